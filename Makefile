@@ -1,0 +1,34 @@
+# gpuloader: `make test` and `make bench` are the two front-door commands.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export KERAS_BACKEND ?= tensorflow
+
+.PHONY: test bench lint gpu-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[tf,test,bench]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check gpuloader tests bench
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check gpuloader tests bench
+
+# On the lent GPU machine (CuPy, torch, JAX; no TensorFlow, no registry):
+# installs carried Keras wheels from .carry/wheels, runs the GPU tests and the
+# device benchmark, and writes its report under $OUT (or bench/results).
+gpu-check:
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache bench/results

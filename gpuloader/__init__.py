@@ -1,0 +1,26 @@
+"""gpuloader: Keras batches from preloaded arrays, on the GPU when they fit.
+
+``import gpuloader`` imports neither Keras, TensorFlow nor CuPy; ``Loader`` is
+loaded on first use (it subclasses ``keras.utils.PyDataset``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gpuloader.placement import GPUUnavailableError, Plan
+from gpuloader.permutation import permutation
+
+if TYPE_CHECKING:
+    from gpuloader.loader import Loader
+
+__all__ = ["GPUUnavailableError", "Loader", "Plan", "permutation"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Loader":
+        from gpuloader.loader import Loader
+
+        return Loader
+    raise AttributeError(f"module 'gpuloader' has no attribute {name!r}")

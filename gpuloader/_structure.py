@@ -1,0 +1,91 @@
+"""Flatten nested inputs into named leaves and rebuild the same structure.
+
+A batch is a tuple ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``; each part
+may be an array or a nested tuple, list or dict of arrays. The store keeps a
+flat list of leaves; a :class:`Structure` remembers how to put them back.
+Dicts keep their keys (in insertion order); lists and tuples come back as
+tuples, which is what Keras expects of a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The shape of a nest: ``kind`` is "leaf", "tuple" or "dict"."""
+
+    kind: str
+    children: tuple[Structure, ...] = ()
+    keys: tuple[Any, ...] = ()
+
+    @property
+    def num_leaves(self) -> int:
+        if self.kind == "leaf":
+            return 1
+        return sum(child.num_leaves for child in self.children)
+
+    def rebuild(self, leaves: Sequence[Any]) -> Any:
+        """Put ``leaves`` (in flatten order) back into this structure."""
+        iterator = iter(leaves)
+        result = self._rebuild(iterator)
+        return result
+
+    def _rebuild(self, leaves: Any) -> Any:
+        if self.kind == "leaf":
+            return next(leaves)
+        values = [child._rebuild(leaves) for child in self.children]
+        if self.kind == "dict":
+            return dict(zip(self.keys, values))
+        return tuple(values)
+
+
+def flatten(nest: Any, name: str) -> tuple[Structure, list[Any], list[str]]:
+    """Split ``nest`` into its structure, its leaves and a readable name per leaf.
+
+    ``None`` is refused: a missing part is expressed by leaving it out of the
+    batch, not by a hole inside it.
+    """
+    leaves: list[Any] = []
+    names: list[str] = []
+    structure = _flatten(nest, name, leaves, names)
+    return structure, leaves, names
+
+
+def _flatten(nest: Any, name: str, leaves: list[Any], names: list[str]) -> Structure:
+    if isinstance(nest, Mapping):
+        if not nest:
+            raise ValueError(f"{name} is an empty dict; give at least one array in it.")
+        keys = tuple(nest.keys())
+        children = tuple(_flatten(nest[k], f"{name}[{k!r}]", leaves, names) for k in keys)
+        return Structure("dict", children, keys)
+    if isinstance(nest, (list, tuple)) and not _looks_like_array_data(nest):
+        if not nest:
+            raise ValueError(f"{name} is an empty {type(nest).__name__}; give at least one array in it.")
+        children = tuple(
+            _flatten(item, f"{name}[{i}]", leaves, names) for i, item in enumerate(nest)
+        )
+        return Structure("tuple", children)
+    if nest is None:
+        raise ValueError(f"{name} is None; pass an array, or leave the argument out.")
+    leaves.append(nest)
+    names.append(name)
+    return Structure("leaf")
+
+
+def _looks_like_array_data(nest: Sequence[Any]) -> bool:
+    """A list of plain numbers (``[1, 2, 3]``) is data, not a structure of arrays."""
+    return all(isinstance(item, (int, float, bool, complex)) for item in nest)
+
+
+def map_leaves(function: Callable[[Any], Any], structure: Structure, nest: Any) -> Any:
+    """Apply ``function`` to every leaf of ``nest``, which has ``structure``."""
+    _, leaves, _ = flatten(nest, "batch")
+    if len(leaves) != structure.num_leaves:
+        raise ValueError(
+            f"expected {structure.num_leaves} arrays in the batch, got {len(leaves)}"
+        )
+    return structure.rebuild([function(leaf) for leaf in leaves])

@@ -1,0 +1,477 @@
+"""``Loader``: a drop-in Keras ``PyDataset`` that is also its own ``DataAdapter``.
+
+The loader wires the layers together: placement decides host or GPU once; the
+store holds the preloaded arrays; the permutation gives each epoch's order; the
+gather copies one batch's rows into a fresh buffer; an optional ``transform``
+runs where the data lives; the hand-off turns each array into the backend's
+tensor through DLPack. Being a ``DataAdapter``, it is iterated by ``fit``,
+``evaluate`` and ``predict`` directly, never through
+``tf.data.Dataset.from_generator``.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from gpuloader import placement as placement_lib
+from gpuloader import store as store_lib
+from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, tf_batches
+from gpuloader._structure import Structure, flatten
+from gpuloader.gather import gather
+from gpuloader.handoff import hand_off, keras_backend
+from gpuloader.permutation import MAX_SEED, permutation
+from gpuloader.prefetch import in_order
+
+STATE_FORMAT = "gpuloader.Loader/1"
+_PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
+_PARTS = ("x", "y", "sample_weight")
+_REFUSED_DTYPE_KINDS = {"O": "object", "U": "string", "S": "bytes", "V": "void", "M": "datetime", "m": "timedelta"}
+
+
+class Loader(keras.utils.PyDataset, DataAdapter):
+    """Batches of preloaded arrays for ``model.fit``, shuffled per epoch, zero-copy.
+
+    Args:
+        x: an array (anything ``np.asarray`` takes, or a CUDA array), or a nested
+            tuple/list/dict of them. Every leaf of ``x``, ``y`` and
+            ``sample_weight`` has the same first dimension (the samples).
+        y: targets, same rules, or None.
+        sample_weight: per-sample weights, same rules, or None (needs ``y``).
+        batch_size: samples per batch, a positive int.
+        shuffle: a new order every epoch when True; the input order when False.
+        seed: int in [0, 2**64); None draws one. The order is a function of
+            (seed, epoch) alone, identical on host and GPU.
+        drop_remainder: drop the last, smaller batch.
+        device: "auto", "gpu" or "host"; None reads ``$GPULOADER_DEVICE``,
+            else "auto". "gpu" never falls back: it raises with the reason.
+        transform: ``transform(batch, xp) -> batch``, run on every gathered
+            batch where the data lives (``xp`` is NumPy or CuPy); it receives
+            and returns ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``.
+        class_weight: ``{class_index: weight}``. Keras never passes the
+            ``class_weight`` of ``fit`` to a custom adapter, so give it here;
+            ``fit(loader, class_weight=...)`` is refused. Needs a single ``y``
+            of integer labels or one-hot rows; it multiplies ``sample_weight``.
+        gpu_memory_fraction: share of free GPU memory the data may take under
+            "auto" (the rest is left to the model).
+        verbose: show a progress bar for uploads that take over a second.
+        **pydataset_kwargs: ``workers`` (threads preparing batches ahead, in
+            order), ``max_queue_size``; ``use_multiprocessing`` must stay False.
+
+    Cost: construction validates and, on the GPU, copies the data once to the
+    device. Each batch costs one gather (a copy of the batch's bytes); the
+    hand-off itself copies nothing.
+    """
+
+    def __init__(
+        self,
+        x: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        *,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        seed: int | None = None,
+        drop_remainder: bool = False,
+        device: str | None = None,
+        transform: Callable[[tuple[Any, ...], Any], tuple[Any, ...]] | None = None,
+        class_weight: Mapping[int, float] | None = None,
+        gpu_memory_fraction: float = placement_lib.DEFAULT_GPU_MEMORY_FRACTION,
+        verbose: bool = True,
+        **pydataset_kwargs: Any,
+    ) -> None:
+        super().__init__(**_check_pydataset_kwargs(pydataset_kwargs))
+        self._batch_size = _check_positive_int("batch_size", batch_size)
+        self._shuffle = _check_bool("shuffle", shuffle)
+        self._drop_remainder = _check_bool("drop_remainder", drop_remainder)
+        self._seed = _check_seed(seed)
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable as transform(batch, xp); received {transform!r}.")
+        self._transform = transform
+        requested = placement_lib.resolve_device(device)
+        fraction = placement_lib.check_fraction(gpu_memory_fraction)
+
+        structure, leaves, names = _flatten_parts(x, y, sample_weight)
+        n = _check_leaves(leaves, names)
+        if class_weight is not None:
+            structure, leaves, names = _apply_class_weight(class_weight, structure, leaves, names, n)
+        if self._drop_remainder and n < self._batch_size:
+            raise ValueError(
+                f"drop_remainder=True with {n} samples and batch_size={self._batch_size} leaves no "
+                "batch at all; lower batch_size or set drop_remainder=False."
+            )
+        self._structure = structure
+        self._plan, self._store = _place(leaves, names, requested, fraction, self._batch_bytes(leaves), verbose)
+        self._epoch = 0
+        self._served = False
+        self._order_cache: tuple[int, Any] | None = None
+        self._order_lock = threading.Lock()
+        self._backend: str | None = None
+
+    # ----------------------------------------------------------- description
+    @property
+    def placement(self) -> str:
+        """Where the data lives: "host" or "gpu"."""
+        return self._plan.placement
+
+    @property
+    def plan(self) -> placement_lib.Plan:
+        """The placement decision: ``str(loader.plan)`` says what and why, with numbers."""
+        return self._plan
+
+    @property
+    def xp(self) -> Any:
+        """The array namespace the data lives in (NumPy or CuPy)."""
+        return self._store.xp
+
+    @property
+    def num_samples(self) -> int:
+        return self._store.n
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order ``loader[i]`` serves now (0 first)."""
+        return self._epoch
+
+    def __repr__(self) -> str:
+        return (
+            f"Loader(num_samples={self.num_samples}, batch_size={self._batch_size}, "
+            f"shuffle={self._shuffle}, placement={self.placement!r}, epoch={self._epoch})"
+        )
+
+    # ------------------------------------------------------ Sequence contract
+    def __len__(self) -> int:
+        n, size = self._store.n, self._batch_size
+        return n // size if self._drop_remainder else math.ceil(n / size)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        """Batch ``index`` of the current epoch as the backend's tensors.
+
+        The same index returns the same samples until ``on_epoch_end``.
+        Negative indices count from the end.
+        """
+        position = self._check_index(index)
+        self._served = True
+        return self._to_consumer(self._prepare(position), self._consumer_backend())
+
+    def on_epoch_end(self) -> None:
+        """Move to the next epoch's order, if any batch of this epoch was served.
+
+        Keras also calls this once before the first epoch and after evaluation;
+        a call with nothing served since the last one is a no-op, so resuming
+        with ``set_state`` is not shifted by an epoch.
+        """
+        if self._served:
+            self._epoch += 1
+            self._served = False
+
+    def on_epoch_begin(self) -> None:
+        """Nothing to do: the order of the epoch is computed on first use."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the order of ``epoch`` from now on."""
+        self._epoch = _check_non_negative_int("epoch", epoch)
+        self._served = False
+
+    # ------------------------------------------------------------ resumption
+    def get_state(self) -> dict[str, Any]:
+        """A JSON-serialisable dict from which :meth:`set_state` resumes this epoch."""
+        return {
+            "format": STATE_FORMAT,
+            "seed": self._seed,
+            "epoch": self._epoch,
+            "num_samples": self._store.n,
+            "batch_size": self._batch_size,
+            "shuffle": self._shuffle,
+            "drop_remainder": self._drop_remainder,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Serve exactly the batches of the epoch ``state`` was taken at.
+
+        Raises:
+            ValueError: the state is not a gpuloader state, or was taken from a
+                loader whose batches cannot match this one's (other sample count,
+                batch size, shuffle or drop_remainder).
+        """
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"set_state expects a dict from Loader.get_state() with format={STATE_FORMAT!r}; "
+                f"received {state!r}."
+            )
+        for key in ("num_samples", "batch_size", "shuffle", "drop_remainder"):
+            mine = self.get_state()[key]
+            if state.get(key) != mine:
+                raise ValueError(
+                    f"set_state: the state was taken from a loader with {key}={state.get(key)!r}, "
+                    f"this loader has {key}={mine!r}; its batches would differ. Build the loader "
+                    "over the same data with the same arguments."
+                )
+        self._seed = _check_seed(state["seed"])
+        self.set_epoch(state["epoch"])
+        self._order_cache = None
+
+    # ------------------------------------------------------------ DataAdapter
+    @property
+    def num_batches(self) -> int:
+        if class_weight_given_to_fit() is not None:
+            raise ValueError(
+                "class_weight was passed to fit(), but Keras does not pass it to a custom data "
+                "adapter such as gpuloader.Loader, so it would be ignored. Pass it to the loader "
+                "instead: gpuloader.Loader(x, y, class_weight={...})."
+            )
+        return len(self)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def has_partial_batch(self) -> bool:
+        return not self._drop_remainder and self._store.n % self._batch_size != 0
+
+    @property
+    def partial_batch_size(self) -> int | None:
+        return self._store.n % self._batch_size if self.has_partial_batch else None
+
+    def get_numpy_iterator(self) -> Iterator[Any]:
+        return self._iterate("numpy")
+
+    def get_tf_dataset(self) -> Any:
+        return tf_batches(lambda: self._iterate("tensorflow"))
+
+    def get_jax_iterator(self) -> Iterator[Any]:
+        return self._iterate("jax")
+
+    def get_torch_dataloader(self) -> Iterator[Any]:
+        return self._iterate("torch")
+
+    # --------------------------------------------------------------- internals
+    def _iterate(self, backend: str) -> Iterator[Any]:
+        """One epoch of batches for ``backend``, prepared ahead by ``workers`` threads."""
+        batches = in_order(
+            self._prepare, range(len(self)), workers=self.workers, max_queue_size=self.max_queue_size
+        )
+        for leaves in batches:
+            self._served = True
+            yield self._to_consumer(leaves, backend)
+
+    def _prepare(self, position: int) -> tuple[Structure, list[Any]]:
+        """Gather (and transform) batch ``position``; safe to call from worker threads."""
+        xp = self._store.xp
+        rows = self._rows(position)
+        leaves = [gather(xp, leaf, rows) for leaf in self._store.leaves]
+        structure = self._structure
+        if self._transform is not None:
+            structure, leaves = _run_transform(self._transform, structure.rebuild(leaves), xp)
+        if self._plan.placement == "gpu":
+            placement_lib.gpu_runtime().synchronize()
+        return structure, leaves
+
+    def _to_consumer(self, prepared: tuple[Structure, list[Any]], backend: str) -> tuple[Any, ...]:
+        structure, leaves = prepared
+        return structure.rebuild([hand_off(leaf, backend) for leaf in leaves])
+
+    def _consumer_backend(self) -> str:
+        if self._backend is None:
+            self._backend = keras_backend()
+        return self._backend
+
+    def _rows(self, position: int) -> slice | Any:
+        start = position * self._batch_size
+        stop = min(start + self._batch_size, self._store.n)
+        if not self._shuffle:
+            return slice(start, stop)
+        return self._order()[start:stop]
+
+    def _order(self) -> Any:
+        with self._order_lock:
+            key = (self._seed, self._epoch)
+            if self._order_cache is None or self._order_cache[0] != key:
+                order = permutation(self._store.xp, self._store.n, self._seed, self._epoch)
+                self._order_cache = (key, order)
+            return self._order_cache[1]
+
+    def _check_index(self, index: Any) -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"batch index must be an int; received {index!r}.")
+        length = len(self)
+        position = int(index) + length if index < 0 else int(index)
+        if not 0 <= position < length:
+            raise IndexError(f"batch index {index} is out of range for a loader of {length} batches.")
+        return position
+
+    def _batch_bytes(self, leaves: list[Any]) -> int:
+        row_bytes = sum(store_lib.leaf_nbytes(leaf) // leaf.shape[0] for leaf in leaves)
+        return row_bytes * self._batch_size
+
+
+# ------------------------------------------------------------------ helpers
+def _check_pydataset_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - set(_PYDATASET_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"Loader got unexpected keyword argument(s) {', '.join(unknown)}; the PyDataset "
+            f"arguments it takes are {', '.join(_PYDATASET_KWARGS)}."
+        )
+    if kwargs.get("use_multiprocessing"):
+        raise ValueError(
+            "use_multiprocessing=True is not supported: gpuloader prepares batches ahead in "
+            "threads (its gather releases the GIL) and GPU arrays cannot cross processes. "
+            "Use workers=N with use_multiprocessing=False."
+        )
+    for name in ("workers", "max_queue_size"):
+        if name in kwargs:
+            _check_positive_int(name, kwargs[name])
+    return kwargs
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int; received {value!r}. Pass e.g. {name}=32.")
+    return int(value)
+
+
+def _check_non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0; received {value!r}.")
+    return int(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; received {value!r}.")
+    return bool(value)
+
+
+def _check_seed(seed: Any) -> int:
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(
+            f"seed must be an int in [0, 2**64) or None; received {seed!r}. "
+            "Pass e.g. seed=1234 for a reproducible order, or None to draw one."
+        )
+    return int(seed)
+
+
+def _flatten_parts(x: Any, y: Any, sample_weight: Any) -> tuple[Structure, list[Any], list[str]]:
+    if x is None:
+        raise ValueError("x is None; pass the input arrays (an array, or a tuple/list/dict of arrays).")
+    if sample_weight is not None and y is None:
+        raise ValueError("sample_weight was given without y; pass the targets too: Loader(x, y, sample_weight).")
+    parts = [x] if y is None else [x, y] if sample_weight is None else [x, y, sample_weight]
+    structures, leaves, names = [], [], []
+    for name, part in zip(_PARTS, parts):
+        structure, part_leaves, part_names = flatten(part, name)
+        structures.append(structure)
+        leaves.extend(_as_leaf(leaf, leaf_name) for leaf, leaf_name in zip(part_leaves, part_names))
+        names.extend(part_names)
+    return Structure("tuple", tuple(structures)), leaves, names
+
+
+def _as_leaf(value: Any, name: str) -> Any:
+    """A NumPy array, or a CUDA array kept where it is; refuse what cannot be batched."""
+    if placement_lib.gpu_runtime().lives_on_cuda(value):
+        array = value
+        kind = np.dtype(str(getattr(value.dtype, "name", value.dtype)).replace("torch.", "")).kind
+    else:
+        try:
+            array = np.asarray(value)
+        except Exception as error:
+            raise ValueError(f"{name} cannot be read as an array ({error}); pass a NumPy array.") from error
+        kind = array.dtype.kind
+    if kind in _REFUSED_DTYPE_KINDS:
+        raise TypeError(
+            f"{name} has dtype {array.dtype} ({_REFUSED_DTYPE_KINDS[kind]}); only numeric and bool "
+            "arrays can be batched. Encode it first (e.g. integer ids for strings)."
+        )
+    if len(array.shape) == 0:
+        raise ValueError(
+            f"{name} is a 0-d array (a scalar); every input needs a first dimension of samples. "
+            "Reshape it, e.g. np.reshape(value, (-1,))."
+        )
+    return array
+
+
+def _check_leaves(leaves: list[Any], names: list[str]) -> int:
+    lengths = [int(leaf.shape[0]) for leaf in leaves]
+    if len(set(lengths)) > 1:
+        listing = ", ".join(f"{name} has {length}" for name, length in zip(names, lengths))
+        raise ValueError(
+            f"every array must have the same number of samples (first dimension); {listing}. "
+            "Trim or fix the arrays so that their first dimensions agree."
+        )
+    if lengths[0] == 0:
+        raise ValueError(f"the data is empty: {names[0]} has 0 samples; give at least one sample.")
+    return lengths[0]
+
+
+def _apply_class_weight(
+    class_weight: Mapping[int, float], structure: Structure, leaves: list[Any], names: list[str], n: int
+) -> tuple[Structure, list[Any], list[str]]:
+    """Turn ``class_weight`` into per-sample weights (times any given sample_weight)."""
+    if not isinstance(class_weight, Mapping) or not class_weight:
+        raise ValueError(f"class_weight must be a non-empty dict {{class_index: weight}}; received {class_weight!r}.")
+    parts = structure.children
+    if len(parts) < 2 or parts[1].kind != "leaf":
+        raise ValueError("class_weight needs y to be a single array of class labels (integers or one-hot rows).")
+    y = np.asarray(leaves[parts[0].num_leaves])
+    if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
+        labels = y.reshape(-1)
+    elif y.ndim == 2:
+        labels = np.argmax(y, axis=1)
+    else:
+        raise ValueError(f"class_weight needs y of shape (n,), (n, 1) or one-hot (n, k); received {y.shape}.")
+    classes = np.unique(labels)
+    missing = [int(c) for c in classes if int(c) not in class_weight]
+    if missing:
+        raise ValueError(
+            f"class_weight has no weight for class(es) {missing[:10]} present in y; give one for each class."
+        )
+    table = {int(key): float(value) for key, value in class_weight.items()}
+    weights = np.array([table[int(c)] for c in classes], dtype=np.float32)[np.searchsorted(classes, labels)]
+    if len(parts) == 3:
+        if parts[2].kind != "leaf":
+            raise ValueError("class_weight with sample_weight needs sample_weight to be a single array.")
+        given = np.asarray(leaves[-1], dtype=np.float32)
+        weights = given * weights.reshape((n,) + (1,) * (given.ndim - 1))
+        return structure, leaves[:-1] + [weights], names
+    return Structure("tuple", parts + (Structure("leaf"),)), leaves + [weights], names + ["class_weight"]
+
+
+def _place(
+    leaves: list[Any], names: list[str], device: str, fraction: float, batch_bytes: int, verbose: bool
+) -> tuple[placement_lib.Plan, store_lib.Store]:
+    """Decide the placement and build the store; an out-of-memory upload under "auto" falls back."""
+    data_bytes = sum(store_lib.leaf_nbytes(leaf) for leaf in leaves)
+    n = int(leaves[0].shape[0])
+    needed = data_bytes + 4 * batch_bytes + 24 * n  # data, batches in flight, permutation scratch
+    plan = placement_lib.plan(device, needed, fraction)
+    runtime = placement_lib.gpu_runtime()
+    if plan.placement == "gpu":
+        try:
+            store = store_lib.upload(leaves, names, runtime.namespace(), runtime, verbose=verbose)
+            return plan, store
+        except runtime.out_of_memory_errors() as error:
+            if device == "gpu":
+                raise placement_lib.GPUUnavailableError(
+                    f"device='gpu' was asked for, but the upload ran out of GPU memory ({error}); "
+                    f"{plan.reason}. Lower gpu_memory_fraction's competitors or use device='auto'."
+                ) from error
+            reason = f"host: the upload to the GPU ran out of memory ({error}); fell back to RAM after: {plan.reason}"
+            warnings.warn(f"gpuloader: {reason}", RuntimeWarning, stacklevel=3)
+            plan = placement_lib.Plan("host", reason, needed, plan.bytes_free)
+    host_leaves = [runtime.adopt(leaf).get() if runtime.lives_on_cuda(leaf) else leaf for leaf in leaves]
+    return plan, store_lib.on_host(host_leaves, names)

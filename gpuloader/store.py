@@ -1,0 +1,142 @@
+"""The preloaded arrays, held once where the placement put them.
+
+A :class:`Store` is a flat list of leaves (the arrays of x, y and sample_weight)
+that share their first dimension, in one array namespace ``xp``. On the host the
+leaves are read-only views of the caller's arrays (made C-contiguous once, at
+construction; no copy when they already are). On the GPU each leaf is
+allocated once and filled in bounded chunks, so a large or memory-mapped array
+never needs a second full copy in RAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+_PROGRESS_AFTER_SECONDS = 1.0
+
+
+@dataclass
+class Store:
+    """Arrays of one namespace that share the first dimension ``n``."""
+
+    xp: Any
+    leaves: list[Any]
+    names: list[str]
+
+    @property
+    def n(self) -> int:
+        return int(self.leaves[0].shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(leaf_nbytes(leaf) for leaf in self.leaves)
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes of one sample across all leaves."""
+        return sum(leaf_nbytes(leaf) // max(int(leaf.shape[0]), 1) for leaf in self.leaves)
+
+    def release(self) -> None:
+        """Drop the references to the stored arrays (frees device memory)."""
+        self.leaves = []
+
+
+def leaf_nbytes(leaf: Any) -> int:
+    """Size of an array in bytes, for any namespace."""
+    return int(np.prod(leaf.shape, dtype=np.int64)) * _itemsize(leaf.dtype)
+
+
+def _itemsize(dtype: Any) -> int:
+    """Item size of a NumPy/CuPy dtype or of an array-API dtype object."""
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # e.g. array_api_strict.float32
+        return np.dtype(str(dtype).rsplit(".", 1)[-1]).itemsize
+
+
+def on_host(leaves: Sequence[np.ndarray], names: Sequence[str]) -> Store:
+    """Keep NumPy leaves as read-only views; the caller's arrays are not copied.
+
+    Cost: none for C-contiguous inputs (the usual case); one copy otherwise.
+    """
+    views = []
+    for leaf in leaves:
+        view = np.ascontiguousarray(leaf).view()
+        view.flags.writeable = False
+        views.append(view)
+    return Store(np, views, list(names))
+
+
+def upload(
+    leaves: Sequence[Any],
+    names: Sequence[str],
+    xp: Any,
+    runtime: Any,
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    verbose: bool = False,
+) -> Store:
+    """Copy host leaves to the device once, at most ``chunk_bytes`` at a time.
+
+    Leaves that already live on the device (``runtime.lives_on_cuda``) are
+    adopted without a trip through the host. If an allocation or copy fails,
+    everything allocated so far is released before the error propagates, so a
+    caller can fall back with nothing half-built.
+
+    Cost: one host-to-device copy of the data; ``chunk_bytes`` of staging memory.
+    """
+    device_leaves: list[Any] = []
+    total = sum(leaf_nbytes(leaf) for leaf in leaves if not runtime.lives_on_cuda(leaf))
+    progress = _Progress(total, verbose)
+    try:
+        staging = runtime.pinned_staging(min(chunk_bytes, max(total, 1))) if total else None
+        for leaf in leaves:
+            if runtime.lives_on_cuda(leaf):
+                device_leaves.append(runtime.adopt(leaf))
+                continue
+            target = xp.empty(tuple(leaf.shape), dtype=getattr(xp, leaf.dtype.name))
+            rows_per_chunk = max(1, chunk_bytes // max(leaf_nbytes(leaf) // leaf.shape[0], 1))
+            for start in range(0, leaf.shape[0], rows_per_chunk):
+                rows = np.ascontiguousarray(leaf[start : start + rows_per_chunk])
+                runtime.upload_rows(target, start, rows, staging)
+                progress.advance(rows.nbytes)
+            device_leaves.append(target)
+        runtime.synchronize()
+    except BaseException:
+        device_leaves.clear()
+        target = staging = None
+        runtime.free_cached_memory()
+        raise
+    finally:
+        progress.close()
+    return Store(xp, device_leaves, list(names))
+
+
+class _Progress:
+    """A tqdm bar that appears only when the upload takes over a second."""
+
+    def __init__(self, total: int, verbose: bool) -> None:
+        self._bar = None
+        if not verbose or total == 0:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return
+        self._bar = tqdm(
+            total=total, unit="B", unit_scale=True, desc="gpuloader upload",
+            delay=_PROGRESS_AFTER_SECONDS, leave=False,
+        )
+
+    def advance(self, nbytes: int) -> None:
+        if self._bar is not None:
+            self._bar.update(nbytes)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
