@@ -107,7 +107,7 @@ def upload_rows(target: Any, start: int, host_rows: Any, staging: Any) -> None:
     nbytes = host_rows.nbytes
     pinned = staging[:nbytes].view(host_rows.dtype).reshape(host_rows.shape)
     np.copyto(pinned, host_rows)
-    target[start : start + host_rows.shape[0]].set(pinned)
+    target[start : start + host_rows.shape[0], ...].set(pinned)
 
 
 def lives_on_cuda(array: Any) -> bool:

@@ -43,14 +43,14 @@ def gather(xp: Any, leaf: Any, rows: slice | Any) -> Any:
     if xp is np:
         out = aligned_empty((_count(rows, leaf.shape[0]),) + tuple(leaf.shape[1:]), leaf.dtype)
         if isinstance(rows, slice):
-            np.copyto(out, leaf[rows])
+            np.copyto(out, leaf[rows, ...])
         else:
             # mode="clip" skips the bounds-check buffer that mode="raise" needs;
             # indices come from the permutation and are always in range.
             np.take(leaf, rows, axis=0, out=out, mode="clip")
         return out
     if isinstance(rows, slice):
-        return xp.asarray(leaf[rows], copy=True)
+        return xp.asarray(leaf[rows, ...], copy=True)
     return xp.take(leaf, rows, axis=0)
 
 

@@ -475,3 +475,21 @@ def _place(
             plan = placement_lib.Plan("host", reason, needed, plan.bytes_free)
     host_leaves = [runtime.adopt(leaf).get() if runtime.lives_on_cuda(leaf) else leaf for leaf in leaves]
     return plan, store_lib.on_host(host_leaves, names)
+
+
+def _run_transform(transform: Callable[..., Any], batch: Any, xp: Any) -> tuple[Structure, list[Any]]:
+    """Call the user's ``transform(batch, xp)`` and check it returned a batch of arrays."""
+    result = transform(batch, xp)
+    if not isinstance(result, (tuple, list)) or not 1 <= len(result) <= 3:
+        raise TypeError(
+            "transform(batch, xp) must return a tuple (x,), (x, y) or (x, y, sample_weight); "
+            f"it returned {type(result).__name__}{'' if not isinstance(result, (tuple, list)) else f' of length {len(result)}'}."
+        )
+    structure, leaves, names = flatten(tuple(result), "transform output")
+    for leaf, name in zip(leaves, names):
+        if not hasattr(leaf, "__dlpack__") or not hasattr(leaf, "shape"):
+            raise TypeError(
+                f"{name} is a {type(leaf).__name__}, not an array of the namespace xp; build it "
+                "with xp (e.g. xp.astype(x, xp.float32)) so it stays where the data lives."
+            )
+    return structure, leaves

@@ -102,7 +102,7 @@ def upload(
             target = xp.empty(tuple(leaf.shape), dtype=getattr(xp, leaf.dtype.name))
             rows_per_chunk = max(1, chunk_bytes // max(leaf_nbytes(leaf) // leaf.shape[0], 1))
             for start in range(0, leaf.shape[0], rows_per_chunk):
-                rows = np.ascontiguousarray(leaf[start : start + rows_per_chunk])
+                rows = np.ascontiguousarray(leaf[start : start + rows_per_chunk, ...])
                 runtime.upload_rows(target, start, rows, staging)
                 progress.advance(rows.nbytes)
             device_leaves.append(target)
