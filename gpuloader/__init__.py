@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gpuloader.placement import GPUUnavailableError, Plan
 from gpuloader.permutation import permutation
+from gpuloader.placement import GPUUnavailableError, Plan
 
 if TYPE_CHECKING:
     from gpuloader.loader import Loader

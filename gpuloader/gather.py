@@ -41,7 +41,7 @@ def gather(xp: Any, leaf: Any, rows: slice | Any) -> Any:
         rows: a ``slice`` (contiguous rows, no shuffle) or a 1-d int64 index array.
     """
     if xp is np:
-        out = aligned_empty((_count(rows, leaf.shape[0]),) + tuple(leaf.shape[1:]), leaf.dtype)
+        out = aligned_empty((_count(rows, leaf.shape[0]), *leaf.shape[1:]), leaf.dtype)
         if isinstance(rows, slice):
             np.copyto(out, leaf[rows, ...])
         else:

@@ -447,8 +447,8 @@ def _apply_class_weight(
             raise ValueError("class_weight with sample_weight needs sample_weight to be a single array.")
         given = np.asarray(leaves[-1], dtype=np.float32)
         weights = given * weights.reshape((n,) + (1,) * (given.ndim - 1))
-        return structure, leaves[:-1] + [weights], names
-    return Structure("tuple", parts + (Structure("leaf"),)), leaves + [weights], names + ["class_weight"]
+        return structure, [*leaves[:-1], weights], names
+    return Structure("tuple", (*parts, Structure("leaf"))), [*leaves, weights], [*names, "class_weight"]
 
 
 def _place(
@@ -481,9 +481,10 @@ def _run_transform(transform: Callable[..., Any], batch: Any, xp: Any) -> tuple[
     """Call the user's ``transform(batch, xp)`` and check it returned a batch of arrays."""
     result = transform(batch, xp)
     if not isinstance(result, (tuple, list)) or not 1 <= len(result) <= 3:
+        length = f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""
         raise TypeError(
             "transform(batch, xp) must return a tuple (x,), (x, y) or (x, y, sample_weight); "
-            f"it returned {type(result).__name__}{'' if not isinstance(result, (tuple, list)) else f' of length {len(result)}'}."
+            f"it returned {type(result).__name__}{length}."
         )
     structure, leaves, names = flatten(tuple(result), "transform output")
     for leaf, name in zip(leaves, names):

@@ -78,7 +78,7 @@ def upload(
     xp: Any,
     runtime: Any,
     *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     verbose: bool = False,
 ) -> Store:
     """Copy host leaves to the device once, at most ``chunk_bytes`` at a time.
@@ -88,8 +88,10 @@ def upload(
     everything allocated so far is released before the error propagates, so a
     caller can fall back with nothing half-built.
 
-    Cost: one host-to-device copy of the data; ``chunk_bytes`` of staging memory.
+    Cost: one host-to-device copy of the data; ``chunk_bytes`` (default
+    :data:`DEFAULT_CHUNK_BYTES`, 256 MB) of staging memory.
     """
+    chunk_bytes = chunk_bytes or DEFAULT_CHUNK_BYTES
     device_leaves: list[Any] = []
     total = sum(leaf_nbytes(leaf) for leaf in leaves if not runtime.lives_on_cuda(leaf))
     progress = _Progress(total, verbose)

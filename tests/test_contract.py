@@ -178,7 +178,7 @@ def test_state_is_json_and_resumes_the_epoch_exactly():
 
 def test_set_state_refuses_a_state_from_other_data():
     state = make(300, 64).get_state()
-    with pytest.raises(ValueError, match="num_samples=300.*num_samples=301"):
+    with pytest.raises(ValueError, match=r"num_samples=300.*num_samples=301"):
         make(301, 64).set_state(state)
     with pytest.raises(ValueError, match="get_state"):
         make().set_state({"seed": 1})
@@ -193,7 +193,7 @@ def test_host_placement_and_plan_on_a_machine_without_gpu():
 
 def test_gpu_requested_without_gpu_raises_with_the_reason():
     x, y = id_data(10)
-    with pytest.raises(gpuloader.GPUUnavailableError, match="device='gpu'.*(CuPy|CUDA)"):
+    with pytest.raises(gpuloader.GPUUnavailableError, match=r"device='gpu'.*(CuPy|CUDA)"):
         Loader(x, y, device="gpu", verbose=False)
 
 
@@ -233,7 +233,7 @@ def test_transform_runs_on_the_gathered_batch_with_xp():
         return xp.astype(x, xp.float32) / 255.0, y
 
     loader = Loader(images, labels, batch_size=8, transform=scale, verbose=False)
-    x, y = loader[0]
+    x, _ = loader[0]
     assert x.dtype == tf.float32 and float(tf.reduce_max(x)) == 1.0
     assert seen == [np] and loader._store.leaves[0].dtype == np.uint8
 
@@ -267,7 +267,8 @@ BAD_INPUTS = [
      r"same number of samples.*x has 10, y has 9"),
     ("nested lengths named", dict(x={"a": np.zeros((4, 2)), "b": np.zeros(5)}), ValueError,
      r"x\['a'\] has 4, x\['b'\] has 5"),
-    ("batch_size zero", dict(x=np.zeros(4), batch_size=0), ValueError, r"batch_size must be a positive int; received 0"),
+    ("batch_size zero", dict(x=np.zeros(4), batch_size=0), ValueError,
+     r"batch_size must be a positive int; received 0"),
     ("batch_size float", dict(x=np.zeros(4), batch_size=2.5), ValueError, r"received 2.5"),
     ("batch_size bool", dict(x=np.zeros(4), batch_size=True), ValueError, r"received True"),
     ("empty data", dict(x=np.zeros((0, 3))), ValueError, r"empty: x has 0 samples"),

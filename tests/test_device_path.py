@@ -1,0 +1,131 @@
+"""The GPU path's logic on the CPU, with array_api_strict standing in for CuPy.
+
+The stand-in (tests/conftest.py ``fake_gpu``) replaces only gpuloader._cuda,
+the module of CuPy-only calls; placement, the chunked upload, permutation,
+gather, transform and hand-off run their real code in a strict array-API
+namespace that refuses anything CuPy lacks.
+"""
+
+from __future__ import annotations
+
+import array_api_strict as xps
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import epoch_ids, id_data, sample_ids
+
+import gpuloader
+from gpuloader import Loader, store
+
+
+def test_auto_places_data_that_fits_on_the_gpu(fake_gpu):
+    x, y = id_data(100)
+    loader = Loader(x, y, batch_size=16, seed=3, verbose=False)
+    assert loader.placement == "gpu" and loader.xp is xps
+    assert str(loader.plan).startswith("gpu: the data fits (needs ")
+    assert "FakeGPU" in str(loader.plan) and "0.5 x" in str(loader.plan)
+    assert all(type(leaf).__module__.startswith("array_api_strict") for leaf in loader._store.leaves)
+
+
+def test_device_batches_equal_host_batches_for_the_same_seed(fake_gpu):
+    x, y = id_data(203)
+    device = Loader(x, y, batch_size=20, seed=8, verbose=False)
+    host = Loader(x, y, batch_size=20, seed=8, device="host", verbose=False)
+    assert (device.placement, host.placement) == ("gpu", "host")
+    for _ in range(3):
+        assert epoch_ids(device) == epoch_ids(host)
+        assert sorted(epoch_ids(device)) == list(range(203))
+        device.on_epoch_end()
+        host.on_epoch_end()
+
+
+def test_upload_is_chunked(fake_gpu, monkeypatch):
+    x, y = id_data(1000, features=4)  # 16 bytes per row of x
+    monkeypatch.setattr(store, "DEFAULT_CHUNK_BYTES", 1600)
+    Loader(x, y, batch_size=10, verbose=False)
+    assert fake_gpu.state.uploads[:10] == [100] * 10  # x in chunks of 100 rows
+    assert sum(fake_gpu.state.uploads) == 2000  # x and y, every row once
+
+
+def test_every_device_batch_is_synchronised_before_hand_off(fake_gpu):
+    x, y = id_data(64)
+    loader = Loader(x, y, batch_size=16, verbose=False)
+    before = fake_gpu.state.syncs
+    epoch_ids(loader)
+    assert fake_gpu.state.syncs - before == len(loader)
+
+
+def test_transform_runs_on_the_device_and_storage_stays_compact(fake_gpu):
+    images = (np.arange(40 * 8 * 8 * 3) % 256).astype(np.uint8).reshape(40, 8, 8, 3)
+    seen = []
+
+    def scale(batch, xp):
+        seen.append(xp)
+        (x,) = batch
+        return (xp.astype(x, xp.float32) / 255.0,)
+
+    loader = Loader(images, batch_size=10, shuffle=False, transform=scale, verbose=False)
+    assert loader._store.leaves[0].dtype == xps.uint8
+    (batch,) = loader[0]
+    assert seen == [xps] and batch.dtype == tf.float32
+    np.testing.assert_allclose(batch.numpy(), images[:10].astype(np.float32) / 255.0)
+
+
+def test_gpu_that_is_too_small_falls_back_under_auto_and_raises_under_gpu(fake_gpu):
+    fake_gpu.state.free_bytes = 1000
+    x, y = id_data(1000)
+    loader = Loader(x, y, verbose=False)
+    assert loader.placement == "host"
+    reason = str(loader.plan)
+    assert "does not fit on the GPU" in reason and "budget 500 B" in reason and "1.0 KB free" in reason
+    assert loader.plan.bytes_free == 1000 and loader.plan.bytes_needed > 1000
+    with pytest.raises(gpuloader.GPUUnavailableError, match=r"does not fit.*budget 500 B"):
+        Loader(x, y, device="gpu", verbose=False)
+    assert Loader(x, y, gpu_memory_fraction=1.0, device="auto", verbose=False).placement == "host"
+
+
+def test_no_cuda_device_under_gpu_raises_and_auto_falls_back(fake_gpu):
+    fake_gpu.state.usable = False
+    x, y = id_data(10)
+    assert "no CUDA device" in str(Loader(x, y, verbose=False).plan)
+    with pytest.raises(gpuloader.GPUUnavailableError, match="no CUDA device"):
+        Loader(x, y, device="gpu", verbose=False)
+
+
+def test_out_of_memory_during_upload_falls_back_under_auto_and_loses_nothing(fake_gpu):
+    fake_gpu.state.fail_after_uploads = 0
+    x, y = id_data(50)
+    with pytest.warns(RuntimeWarning, match="ran out of memory"):
+        loader = Loader(x, y, batch_size=8, seed=1, verbose=False)
+    assert loader.placement == "host" and "fell back to RAM" in str(loader.plan)
+    assert fake_gpu.state.freed == 1
+    assert sorted(epoch_ids(loader)) == list(range(50))
+    assert np.array_equal(x[:, 0], np.arange(50))  # the caller's data is untouched
+
+
+def test_out_of_memory_during_upload_raises_under_gpu(fake_gpu):
+    fake_gpu.state.fail_after_uploads = 1
+    x, y = id_data(50)
+    with pytest.raises(gpuloader.GPUUnavailableError, match="ran out of GPU memory") as caught:
+        Loader(x, y, device="gpu", verbose=False)
+    assert isinstance(caught.value.__cause__, MemoryError)
+    assert fake_gpu.state.freed == 1
+
+
+def test_gather_in_strict_namespace_matches_numpy():
+    from gpuloader.gather import gather
+
+    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    rows = np.array([5, 0, 19, 7])
+    np.testing.assert_array_equal(np.asarray(gather(xps, xps.asarray(x), xps.asarray(rows))), x[rows])
+    np.testing.assert_array_equal(np.asarray(gather(xps, xps.asarray(x), slice(4, 9))), x[4:9])
+
+
+def test_state_moves_between_host_and_device_loaders(fake_gpu):
+    x, y = id_data(90)
+    device = Loader(x, y, batch_size=30, seed=77, verbose=False)
+    epoch_ids(device)
+    device.on_epoch_end()
+    host = Loader(x, y, batch_size=30, device="host", verbose=False)
+    host.set_state(device.get_state())
+    assert [sample_ids(host[i][0]) for i in range(3)] == [sample_ids(device[i][0]) for i in range(3)]
