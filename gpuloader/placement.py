@@ -11,6 +11,7 @@ Asking for ``device="gpu"`` never falls back: it raises with the numbers.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -100,6 +101,12 @@ def plan(device: str, bytes_needed: int, gpu_memory_fraction: float) -> Plan:
     if device == "host":
         return Plan("host", "host: device='host' was asked for", bytes_needed)
     status = gpu_runtime().probe()
+    tensorflow_note = ""
+    if status.usable and "tensorflow" in sys.modules:
+        # TensorFlow would otherwise reserve most of the GPU at its first op; this has
+        # to happen before the memory is measured, so the budget is what TF leaves us.
+        tensorflow_note = "; " + share_gpu_with_tensorflow(sys.modules["tensorflow"])
+        status = gpu_runtime().probe()
     if not status.usable:
         if device == "gpu":
             raise GPUUnavailableError(
@@ -113,16 +120,46 @@ def plan(device: str, bytes_needed: int, gpu_memory_fraction: float) -> Plan:
         f"{gpu_memory_fraction:g} x {format_bytes(status.free_bytes)} free on {status.name or 'the GPU'}"
     )
     if bytes_needed <= budget:
-        return Plan("gpu", f"gpu: the data fits ({numbers})", bytes_needed, status.free_bytes)
+        return Plan("gpu", f"gpu: the data fits ({numbers}){tensorflow_note}", bytes_needed, status.free_bytes)
     if device == "gpu":
         raise GPUUnavailableError(
             f"device='gpu' was asked for, but the data does not fit: {numbers}. Raise "
             "gpu_memory_fraction, store compact dtypes (uint8 images, cast in `transform`), "
             "or pass device='auto' to fall back to RAM."
         )
-    return Plan("host", f"host: the data does not fit on the GPU ({numbers})", bytes_needed, status.free_bytes)
+    reason = f"host: the data does not fit on the GPU ({numbers}){tensorflow_note}"
+    return Plan("host", reason, bytes_needed, status.free_bytes)
 
 
 def namespace(placement: str) -> Any:
     """The array namespace for a placement: NumPy on the host, the GPU runtime's otherwise."""
     return np if placement == "host" else gpu_runtime().namespace()
+
+
+def share_gpu_with_tensorflow(tf: Any) -> str:
+    """Keep TensorFlow from reserving the whole GPU, so CuPy's copy of the data fits beside it.
+
+    By default TensorFlow reserves most of a GPU's memory when it first touches
+    it. If it has not yet done so, turn on memory growth for every GPU (TF then
+    allocates what the model needs). ``TF_GPU_ALLOCATOR=cuda_malloc_async``
+    already shares memory and is left alone. If TF initialised its GPUs before
+    the loader was built, nothing can be changed any more: the free memory the
+    placement measures afterwards is what TF left, so "auto" falls back to the
+    host and "gpu" raises with the numbers rather than failing at the first step.
+
+    Returns:
+        One line saying which case applied (for logs and tests).
+    """
+    if os.environ.get("TF_GPU_ALLOCATOR") == "cuda_malloc_async":
+        return "TensorFlow uses cuda_malloc_async and shares the GPU"
+    try:
+        gpus = tf.config.list_physical_devices("GPU")
+    except Exception as error:  # a TensorFlow build without GPU support
+        return f"TensorFlow sees no GPU ({error})"
+    try:
+        for gpu in gpus:
+            if not tf.config.experimental.get_memory_growth(gpu):
+                tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        return "TensorFlow had already initialised its GPUs; the budget is the memory it left free"
+    return f"memory growth is on for TensorFlow's {len(gpus)} GPU(s)"

@@ -129,3 +129,42 @@ def test_state_moves_between_host_and_device_loaders(fake_gpu):
     host = Loader(x, y, batch_size=30, device="host", verbose=False)
     host.set_state(device.get_state())
     assert [sample_ids(host[i][0]) for i in range(3)] == [sample_ids(device[i][0]) for i in range(3)]
+
+
+class FakeTensorFlowConfig:
+    """Just enough of tf.config to follow share_gpu_with_tensorflow's decisions."""
+
+    def __init__(self, initialised: bool):
+        self.initialised = initialised
+        self.growth: dict[str, bool] = {"GPU:0": False, "GPU:1": False}
+        self.experimental = self
+
+    def list_physical_devices(self, kind):
+        return list(self.growth)
+
+    def get_memory_growth(self, gpu):
+        return self.growth[gpu]
+
+    def set_memory_growth(self, gpu, value):
+        if self.initialised:
+            raise RuntimeError("Physical devices cannot be modified after being initialized")
+        self.growth[gpu] = value
+
+
+def test_tensorflow_gets_memory_growth_before_it_initialises(monkeypatch):
+    from types import SimpleNamespace
+
+    from gpuloader.placement import share_gpu_with_tensorflow
+
+    monkeypatch.delenv("TF_GPU_ALLOCATOR", raising=False)
+    fresh = SimpleNamespace(config=FakeTensorFlowConfig(initialised=False))
+    assert share_gpu_with_tensorflow(fresh) == "memory growth is on for TensorFlow's 2 GPU(s)"
+    assert all(fresh.config.growth.values())
+
+    started = SimpleNamespace(config=FakeTensorFlowConfig(initialised=True))
+    assert "already initialised" in share_gpu_with_tensorflow(started)
+
+    monkeypatch.setenv("TF_GPU_ALLOCATOR", "cuda_malloc_async")
+    untouched = SimpleNamespace(config=FakeTensorFlowConfig(initialised=False))
+    assert "cuda_malloc_async" in share_gpu_with_tensorflow(untouched)
+    assert not any(untouched.config.growth.values())
