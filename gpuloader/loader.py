@@ -110,8 +110,9 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._structure = structure
         self._plan, self._store = _place(leaves, names, requested, fraction, self._batch_bytes(leaves), verbose)
         self._epoch = 0
-        self._served = False
-        self._order_cache: tuple[int, Any] | None = None
+        self._served = False  # a batch of this epoch went out through loader[i]
+        self._completed_epoch: int | None = None  # last epoch an adapter iterator went through
+        self._order_cache: tuple[tuple[int, int], Any] | None = None
         self._order_lock = threading.Lock()
         self._backend: str | None = None
 
@@ -166,13 +167,16 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         return self._to_consumer(self._prepare(position), self._consumer_backend())
 
     def on_epoch_end(self) -> None:
-        """Move to the next epoch's order, if any batch of this epoch was served.
+        """Move to the next epoch's order, if this epoch was used.
 
-        Keras also calls this once before the first epoch and after evaluation;
-        a call with nothing served since the last one is a no-op, so resuming
-        with ``set_state`` is not shifted by an epoch.
+        Used means: a batch went out through ``loader[i]``, or Keras's iteration
+        reached the epoch's last batch. Keras also calls this before the first
+        epoch, after peeking at one batch to build the model (JAX and torch
+        backends) and at the end of ``steps_per_epoch`` slices of an epoch; none
+        of those moves the order, so resuming with ``set_state`` replays exactly
+        the epoch it saved.
         """
-        if self._served:
+        if self._served or self._completed_epoch == self._epoch:
             self._epoch += 1
             self._served = False
 
@@ -183,6 +187,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         """Serve the order of ``epoch`` from now on."""
         self._epoch = _check_non_negative_int("epoch", epoch)
         self._served = False
+        self._completed_epoch = None
 
     # ------------------------------------------------------------ resumption
     def get_state(self) -> dict[str, Any]:
@@ -259,18 +264,32 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     # --------------------------------------------------------------- internals
     def _iterate(self, backend: str) -> Iterator[Any]:
-        """One epoch of batches for ``backend``, prepared ahead by ``workers`` threads."""
-        batches = in_order(
-            self._prepare, range(len(self)), workers=self.workers, max_queue_size=self.max_queue_size
-        )
-        for leaves in batches:
-            self._served = True
-            yield self._to_consumer(leaves, backend)
+        """One epoch of batches for ``backend``, prepared ahead by ``workers`` threads.
 
-    def _prepare(self, position: int) -> tuple[Structure, list[Any]]:
-        """Gather (and transform) batch ``position``; safe to call from worker threads."""
+        An iterator started after the previous one went through the whole epoch
+        begins the next epoch, even before ``on_epoch_end`` (Keras does that when
+        ``steps_per_epoch`` slices epochs). The epoch is fixed when iteration
+        starts, so batches prepared ahead never mix two orders.
+        """
+        if self._completed_epoch == self._epoch:
+            self.on_epoch_end()
+        epoch, last = self._epoch, len(self) - 1
+        batches = in_order(
+            lambda position: self._prepare(position, epoch),
+            range(len(self)), workers=self.workers, max_queue_size=self.max_queue_size,
+        )
+        for position, prepared in enumerate(batches):
+            if position == last:
+                self._completed_epoch = epoch
+            yield self._to_consumer(prepared, backend)
+
+    def _prepare(self, position: int, epoch: int | None = None) -> tuple[Structure, list[Any]]:
+        """Gather (and transform) batch ``position`` of ``epoch`` (default: the current one).
+
+        Safe to call from worker threads.
+        """
         xp = self._store.xp
-        rows = self._rows(position)
+        rows = self._rows(position, self._epoch if epoch is None else epoch)
         leaves = [gather(xp, leaf, rows) for leaf in self._store.leaves]
         structure = self._structure
         if self._transform is not None:
@@ -288,19 +307,19 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             self._backend = keras_backend()
         return self._backend
 
-    def _rows(self, position: int) -> slice | Any:
+    def _rows(self, position: int, epoch: int) -> slice | Any:
         start = position * self._batch_size
         stop = min(start + self._batch_size, self._store.n)
         if not self._shuffle:
             return slice(start, stop)
-        return self._order()[start:stop]
+        return self._order(epoch)[start:stop]
 
-    def _order(self) -> Any:
+    def _order(self, epoch: int) -> Any:
+        """The permutation of ``epoch``, computed once and kept until another epoch is asked."""
         with self._order_lock:
-            key = (self._seed, self._epoch)
+            key = (self._seed, epoch)
             if self._order_cache is None or self._order_cache[0] != key:
-                order = permutation(self._store.xp, self._store.n, self._seed, self._epoch)
-                self._order_cache = (key, order)
+                self._order_cache = (key, permutation(self._store.xp, self._store.n, self._seed, epoch))
             return self._order_cache[1]
 
     def _check_index(self, index: Any) -> int:

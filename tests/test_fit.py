@@ -50,26 +50,54 @@ def test_fit_validation_evaluate_predict(no_from_generator, steps_per_execution)
     np.testing.assert_allclose(predictions, model.predict(x, batch_size=100, verbose=0), rtol=1e-5)
 
 
-def test_fit_uses_every_sample_once_per_epoch(no_from_generator):
-    x, y = separable(300)
-    ids = np.arange(300, dtype=np.float32)
-    seen: list[list[float]] = [[]]
+def recording_model(seen: list[list[int]]) -> keras.Model:
+    """A model whose first layer records the sample ids (last input column) it trains on, per epoch."""
 
     class Record(keras.layers.Layer):
         def call(self, inputs):
-            tf.py_function(lambda v: seen[-1].extend(v.numpy().tolist()), [inputs[:, -1]], [])
+            tf.py_function(lambda v: seen[-1].extend(int(i) for i in v.numpy()), [inputs[:, -1]], [])
             return inputs[:, :-1]
-
-    class NextEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            seen.append([])
 
     model = keras.Sequential([keras.Input((9,)), Record(), keras.layers.Dense(1, activation="sigmoid")])
     model.compile("sgd", "binary_crossentropy", run_eagerly=True)
-    loader = Loader(np.concatenate([x, ids[:, None]], axis=1), y, batch_size=64, seed=1, verbose=False)
-    model.fit(loader, epochs=3, verbose=0, callbacks=[NextEpoch()])
-    epochs = [sorted(int(v) for v in s) for s in seen if s]
-    assert len(epochs) == 3 and all(e == list(range(300)) for e in epochs)
+    return model
+
+
+class NextEpoch(keras.callbacks.Callback):
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append([])
+
+
+def with_ids(n, **kwargs):
+    x, y = separable(n)
+    ids = np.arange(n, dtype=np.float32)[:, None]
+    return Loader(np.concatenate([x, ids], axis=1), y, verbose=False, **kwargs)
+
+
+def test_fit_uses_every_sample_once_per_epoch_in_the_loaders_order(no_from_generator):
+    seen: list[list[int]] = [[]]
+    loader = with_ids(300, batch_size=64, seed=1)
+    recording_model(seen).fit(loader, epochs=3, verbose=0, callbacks=[NextEpoch(seen)])
+    assert all(sorted(epoch) == list(range(300)) for epoch in seen[:3]) and seen[3] == []
+    reference = with_ids(300, batch_size=64, seed=1)
+    for epoch in range(3):
+        reference.set_epoch(epoch)
+        assert seen[epoch] == [int(v) for b in range(len(reference)) for v in reference[b][0].numpy()[:, -1]]
+
+
+def test_steps_per_epoch_slices_epochs_without_repeating_samples(no_from_generator):
+    seen: list[list[int]] = [[]]
+    loader = with_ids(300, batch_size=60, seed=2)  # 5 batches per loader epoch
+    with pytest.warns(UserWarning, match="ran out of data"):  # Keras cuts the 2nd slice at the loader's end
+        recording_model(seen).fit(loader, epochs=4, steps_per_epoch=3, verbose=0, callbacks=[NextEpoch(seen)])
+    assert [len(chunk) // 60 for chunk in seen[:4]] == [3, 2, 3, 2]
+    flat = [i for chunk in seen for i in chunk]
+    assert sorted(flat[:300]) == list(range(300)) and sorted(flat[300:600]) == list(range(300))
+    assert flat[:300] != flat[300:600]
 
 
 def test_fit_takes_sample_weights_and_loader_class_weights(no_from_generator):
@@ -99,6 +127,17 @@ def test_fit_resumes_the_epoch_order_from_state():
     resumed.set_state(state)
     tiny_model().fit(resumed, epochs=1, verbose=0)  # Keras's extra on_epoch_end before epoch 1 is a no-op
     assert resumed.epoch == 3
+
+
+def test_fit_after_set_state_trains_on_the_saved_epochs_order(no_from_generator):
+    original = with_ids(200, batch_size=50, seed=9)
+    original.set_epoch(5)
+    expected = [int(v) for b in range(len(original)) for v in original[b][0].numpy()[:, -1]]
+    resumed = with_ids(200, batch_size=50, seed=0)
+    resumed.set_state({**original.get_state(), "epoch": 5})
+    seen: list[list[int]] = [[]]
+    recording_model(seen).fit(resumed, epochs=1, verbose=0, callbacks=[NextEpoch(seen)])
+    assert seen[0] == expected
 
 
 @pytest.mark.parametrize("workers", [1, 3])

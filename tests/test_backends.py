@@ -1,0 +1,73 @@
+"""Other Keras backends: batches reach torch (and JAX) through their own DLPack import.
+
+Keras picks its backend once per process, so each case runs in a subprocess
+with KERAS_BACKEND set. Skipped, with the reason, where the framework is not
+installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from gpuloader.gather import aligned_empty
+from gpuloader.handoff import hand_off
+
+FIT_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import numpy as np, keras, gpuloader
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype(np.float32)
+    y = (x[:, :4].sum(axis=1) > 0).astype(np.float32)
+    train = gpuloader.Loader(x, y, batch_size=32, seed=0, verbose=False)
+    val = gpuloader.Loader(x, y, batch_size=100, shuffle=False, verbose=False)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy", metrics=["accuracy"])
+    history = model.fit(train, validation_data=val, epochs=3, verbose=0).history
+    predictions = model.predict(gpuloader.Loader(x, batch_size=100, shuffle=False, verbose=False), verbose=0)
+    print(json.dumps({
+        "batch_type": type(train[0][0]).__module__,
+        "loss": history["loss"], "val_accuracy": history["val_accuracy"],
+        "predictions": list(predictions.shape), "epoch": train.epoch,
+    }))
+    """
+)
+
+
+def run_with_backend(backend: str) -> dict:
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    result = subprocess.run(
+        [sys.executable, "-c", FIT_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_fit_evaluate_predict_on_backend(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed here; the {backend} backend test needs it")
+    report = run_with_backend(backend)
+    assert report["batch_type"].startswith({"torch": "torch", "jax": "numpy"}[backend])
+    assert report["loss"][-1] < report["loss"][0]
+    assert report["val_accuracy"][-1] > 0.8
+    assert report["predictions"] == [512, 1]
+    assert report["epoch"] == 3
+
+
+def test_torch_hand_off_is_zero_copy():
+    torch = pytest.importorskip("torch", reason="torch is not installed here")
+    array = aligned_empty((64, 32), np.float32)
+    array[:] = 1.5
+    tensor = hand_off(array, "torch")
+    assert isinstance(tensor, torch.Tensor)
+    assert tensor.data_ptr() == array.ctypes.data
+    assert float(tensor.sum()) == 1.5 * 64 * 32
