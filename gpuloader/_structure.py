@@ -9,6 +9,7 @@ tuples, which is what Keras expects of a batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +78,9 @@ def _flatten(nest: Any, name: str, leaves: list[Any], names: list[str]) -> Struc
 
 
 def _looks_like_array_data(nest: Sequence[Any]) -> bool:
-    """A list of plain numbers (``[1, 2, 3]``) is data, not a structure of arrays."""
+    """A list of plain numbers (``[1, 2, 3]``) is data, and a list of paths is one sharded array."""
+    if isinstance(nest, list) and all(isinstance(item, (str, os.PathLike)) for item in nest):
+        return True
     return all(isinstance(item, (int, float, bool, complex)) for item in nest)
 
 

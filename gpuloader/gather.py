@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuloader.sources import is_disk_leaf, read_rows_sorted
+
 ALIGNMENT = 64
 
 
@@ -42,7 +44,9 @@ def gather(xp: Any, leaf: Any, rows: slice | Any) -> Any:
     """
     if xp is np:
         out = aligned_empty((_count(rows, leaf.shape[0]), *leaf.shape[1:]), leaf.dtype)
-        if isinstance(rows, slice):
+        if is_disk_leaf(leaf) and not isinstance(rows, slice):
+            read_rows_sorted(leaf, rows, out)
+        elif isinstance(rows, slice):
             np.copyto(out, leaf[rows, ...])
         else:
             # mode="clip" skips the bounds-check buffer that mode="raise" needs;

@@ -29,6 +29,7 @@ from gpuloader.gather import gather
 from gpuloader.handoff import hand_off, keras_backend
 from gpuloader.permutation import MAX_SEED, permutation
 from gpuloader.prefetch import in_order
+from gpuloader.sources import ShardedArray, is_disk_leaf, open_source
 
 STATE_FORMAT = "gpuloader.Loader/1"
 _PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
@@ -40,9 +41,11 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     """Batches of preloaded arrays for ``model.fit``, shuffled per epoch, zero-copy.
 
     Args:
-        x: an array (anything ``np.asarray`` takes, or a CUDA array), or a nested
-            tuple/list/dict of them. Every leaf of ``x``, ``y`` and
-            ``sample_weight`` has the same first dimension (the samples).
+        x: an array (anything ``np.asarray`` takes, or a CUDA array), a path to
+            a ``.npy`` file, a ``np.memmap``, a list of ``.npy`` paths (shards
+            whose rows are concatenated), or a nested tuple/dict of them. Every
+            leaf of ``x``, ``y`` and ``sample_weight`` has the same first
+            dimension (the samples). On-disk inputs are not read at construction.
         y: targets, same rules, or None.
         sample_weight: per-sample weights, same rules, or None (needs ``y``).
         batch_size: samples per batch, a positive int.
@@ -50,8 +53,9 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         seed: int in [0, 2**64); None draws one. The order is a function of
             (seed, epoch) alone, identical on host and GPU.
         drop_remainder: drop the last, smaller batch.
-        device: "auto", "gpu" or "host"; None reads ``$GPULOADER_DEVICE``,
-            else "auto". "gpu" never falls back: it raises with the reason.
+        device: "auto", "gpu", "host" or "disk"; None reads
+            ``$GPULOADER_DEVICE``, else "auto". "auto" tries the GPU, then host
+            RAM, then the disk. "gpu" never falls back: it raises with the reason.
         transform: ``transform(batch, xp) -> batch``, run on every gathered
             batch where the data lives (``xp`` is NumPy or CuPy); it receives
             and returns ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``.
@@ -61,6 +65,9 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             of integer labels or one-hot rows; it multiplies ``sample_weight``.
         gpu_memory_fraction: share of free GPU memory the data may take under
             "auto" (the rest is left to the model).
+        host_memory_limit: bytes of RAM on-disk inputs may be read into;
+            None means half the available RAM. Above it, batches are read from
+            the files ("disk").
         verbose: show a progress bar for uploads that take over a second.
         **pydataset_kwargs: ``workers`` (threads preparing batches ahead, in
             order), ``max_queue_size``; ``use_multiprocessing`` must stay False.
@@ -84,6 +91,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         transform: Callable[[tuple[Any, ...], Any], tuple[Any, ...]] | None = None,
         class_weight: Mapping[int, float] | None = None,
         gpu_memory_fraction: float = placement_lib.DEFAULT_GPU_MEMORY_FRACTION,
+        host_memory_limit: int | None = None,
         verbose: bool = True,
         **pydataset_kwargs: Any,
     ) -> None:
@@ -108,7 +116,9 @@ class Loader(keras.utils.PyDataset, DataAdapter):
                 "batch at all; lower batch_size or set drop_remainder=False."
             )
         self._structure = structure
-        self._plan, self._store = _place(leaves, names, requested, fraction, self._batch_bytes(leaves), verbose)
+        self._plan, self._store = _place(
+            leaves, names, requested, fraction, host_memory_limit, self._batch_bytes(leaves), verbose
+        )
         self._epoch = 0
         self._served = False  # a batch of this epoch went out through loader[i]
         self._completed_epoch: int | None = None  # last epoch an adapter iterator went through
@@ -119,7 +129,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     # ----------------------------------------------------------- description
     @property
     def placement(self) -> str:
-        """Where the data lives: "host" or "gpu"."""
+        """Where the data lives: "gpu", "host" (RAM) or "disk" (read per batch)."""
         return self._plan.placement
 
     @property
@@ -395,14 +405,27 @@ def _flatten_parts(x: Any, y: Any, sample_weight: Any) -> tuple[Structure, list[
     for name, part in zip(_PARTS, parts):
         structure, part_leaves, part_names = flatten(part, name)
         structures.append(structure)
-        leaves.extend(_as_leaf(leaf, leaf_name) for leaf, leaf_name in zip(part_leaves, part_names))
-        names.extend(part_names)
+        part_leaves = [_as_leaf(leaf, leaf_name) for leaf, leaf_name in zip(part_leaves, part_names)]
+        leaves.extend(part_leaves)
+        names.extend(_describe(leaf, name) for leaf, name in zip(part_leaves, part_names))
     return Structure("tuple", tuple(structures)), leaves, names
 
 
+def _describe(leaf: Any, name: str) -> str:
+    """A leaf's name for messages, with its file(s) when it is on disk."""
+    if isinstance(leaf, ShardedArray):
+        return f"{name} ({len(leaf.paths)} shards from {leaf.paths[0]!r})"
+    if isinstance(leaf, np.memmap) and leaf.filename:
+        return f"{name} ({leaf.filename!r})"
+    return name
+
+
 def _as_leaf(value: Any, name: str) -> Any:
-    """A NumPy array, or a CUDA array kept where it is; refuse what cannot be batched."""
-    if placement_lib.gpu_runtime().lives_on_cuda(value):
+    """A NumPy array, a memory map or shards, or a CUDA array kept where it is; refuse what cannot be batched."""
+    source = open_source(value, name)
+    if source is not None:
+        array, kind = source, np.dtype(source.dtype).kind
+    elif placement_lib.gpu_runtime().lives_on_cuda(value):
         array = value
         kind = np.dtype(str(getattr(value.dtype, "name", value.dtype)).replace("torch.", "")).kind
     else:
@@ -471,13 +494,17 @@ def _apply_class_weight(
 
 
 def _place(
-    leaves: list[Any], names: list[str], device: str, fraction: float, batch_bytes: int, verbose: bool
+    leaves: list[Any], names: list[str], device: str, fraction: float, host_memory_limit: int | None,
+    batch_bytes: int, verbose: bool,
 ) -> tuple[placement_lib.Plan, store_lib.Store]:
     """Decide the placement and build the store; an out-of-memory upload under "auto" falls back."""
     data_bytes = sum(store_lib.leaf_nbytes(leaf) for leaf in leaves)
+    disk_bytes = sum(store_lib.leaf_nbytes(leaf) for leaf in leaves if is_disk_leaf(leaf))
     n = int(leaves[0].shape[0])
     needed = data_bytes + 4 * batch_bytes + 24 * n  # data, batches in flight, permutation scratch
-    plan = placement_lib.plan(device, needed, fraction)
+    plan = placement_lib.plan(
+        device, needed, fraction, disk_bytes=disk_bytes, host_memory_limit=host_memory_limit
+    )
     runtime = placement_lib.gpu_runtime()
     if plan.placement == "gpu":
         try:
@@ -489,11 +516,11 @@ def _place(
                     f"device='gpu' was asked for, but the upload ran out of GPU memory ({error}); "
                     f"{plan.reason}. Lower gpu_memory_fraction's competitors or use device='auto'."
                 ) from error
-            reason = f"host: the upload to the GPU ran out of memory ({error}); fell back to RAM after: {plan.reason}"
+            reason = f"the upload to the GPU ran out of memory ({error}); fell back after: {plan.reason}"
             warnings.warn(f"gpuloader: {reason}", RuntimeWarning, stacklevel=3)
-            plan = placement_lib.Plan("host", reason, needed, plan.bytes_free)
+            plan = placement_lib.fallback_plan(reason, needed, disk_bytes, host_memory_limit, plan.bytes_free)
     host_leaves = [runtime.adopt(leaf).get() if runtime.lives_on_cuda(leaf) else leaf for leaf in leaves]
-    return plan, store_lib.on_host(host_leaves, names)
+    return plan, store_lib.on_host(host_leaves, names, load_disk=plan.placement == "host")
 
 
 def _run_transform(transform: Callable[..., Any], batch: Any, xp: Any) -> tuple[Structure, list[Any]]:

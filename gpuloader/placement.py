@@ -20,7 +20,8 @@ import numpy as np
 
 from gpuloader import _cuda
 
-DEVICES = ("auto", "gpu", "host")
+DEVICES = ("auto", "gpu", "host", "disk")
+DEFAULT_HOST_MEMORY_SHARE = 0.5
 ENV_DEVICE = "GPULOADER_DEVICE"
 DEFAULT_GPU_MEMORY_FRACTION = 0.5
 
@@ -63,7 +64,8 @@ def resolve_device(device: str | None) -> str:
     if not isinstance(device, str) or device not in DEVICES:
         raise ValueError(
             f"{source} must be one of {', '.join(map(repr, DEVICES))}; received {device!r}. "
-            "Use 'auto' to let gpuloader choose, 'gpu' to require the GPU, 'host' for RAM."
+            "Use 'auto' to let gpuloader choose, 'gpu' to require the GPU, 'host' for RAM, "
+            "'disk' to read batches from memory-mapped files."
         )
     return device
 
@@ -91,15 +93,57 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
-def plan(device: str, bytes_needed: int, gpu_memory_fraction: float) -> Plan:
-    """Choose host or GPU for ``bytes_needed`` under the rule of ``device``.
+def available_host_memory() -> int:
+    """Bytes of RAM available now (``MemAvailable``), or total RAM where that is unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_host_memory_limit(limit: int | None) -> int:
+    """The RAM the loader may fill with on-disk data: the argument, else half of what is available."""
+    if limit is None:
+        return int(DEFAULT_HOST_MEMORY_SHARE * available_host_memory())
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(
+            f"host_memory_limit must be a number of bytes >= 0; received {limit!r}. "
+            "Pass e.g. host_memory_limit=8 * 1024**3, or None for half the available RAM."
+        )
+    return limit
+
+
+def plan(
+    device: str, bytes_needed: int, gpu_memory_fraction: float, *, disk_bytes: int = 0,
+    host_memory_limit: int | None = None,
+) -> Plan:
+    """Choose the GPU, host RAM or disk for ``bytes_needed`` under the rule of ``device``.
+
+    The tiers, tried in order under "auto": the GPU if the data fits in its
+    budget; host RAM if the ``disk_bytes`` that would have to be read into RAM
+    fit within ``host_memory_limit`` (arrays already in RAM always stay there);
+    else the disk, read batch by batch.
 
     Raises:
         GPUUnavailableError: ``device="gpu"`` and CuPy, a CUDA device, or the
             memory is missing; the message carries the numbers.
+        ValueError: ``device="host"`` for on-disk data over ``host_memory_limit``.
     """
+    limit = check_host_memory_limit(host_memory_limit) if disk_bytes else 0
     if device == "host":
+        if disk_bytes > limit:
+            raise ValueError(
+                f"device='host' would read {format_bytes(disk_bytes)} of on-disk arrays into RAM, over "
+                f"host_memory_limit={format_bytes(limit)}. Pass device='disk' (or 'auto') to read batches "
+                "from the files, or raise host_memory_limit."
+            )
         return Plan("host", "host: device='host' was asked for", bytes_needed)
+    if device == "disk":
+        return Plan("disk", "disk: device='disk' was asked for; batches are read from the files", bytes_needed)
     status = gpu_runtime().probe()
     tensorflow_note = ""
     if status.usable and "tensorflow" in sys.modules:
@@ -113,7 +157,7 @@ def plan(device: str, bytes_needed: int, gpu_memory_fraction: float) -> Plan:
                 f"device='gpu' was asked for, but {status.reason}. Install CuPy for your "
                 "CUDA and run on a machine with a GPU, or pass device='auto' to fall back to RAM."
             )
-        return Plan("host", f"host: {status.reason}", bytes_needed)
+        return _host_or_disk(f"{status.reason}", bytes_needed, disk_bytes, limit)
     budget = int(status.free_bytes * gpu_memory_fraction)
     numbers = (
         f"needs {format_bytes(bytes_needed)}, budget {format_bytes(budget)} = "
@@ -127,8 +171,30 @@ def plan(device: str, bytes_needed: int, gpu_memory_fraction: float) -> Plan:
             "gpu_memory_fraction, store compact dtypes (uint8 images, cast in `transform`), "
             "or pass device='auto' to fall back to RAM."
         )
-    reason = f"host: the data does not fit on the GPU ({numbers}){tensorflow_note}"
-    return Plan("host", reason, bytes_needed, status.free_bytes)
+    return _host_or_disk(
+        f"the data does not fit on the GPU ({numbers}){tensorflow_note}", bytes_needed, disk_bytes, limit,
+        status.free_bytes,
+    )
+
+
+def fallback_plan(
+    why_not_gpu: str, bytes_needed: int, disk_bytes: int, host_memory_limit: int | None,
+    bytes_free: int | None = None,
+) -> Plan:
+    """Host or disk, by the RAM rule, after the GPU was ruled out for ``why_not_gpu``."""
+    limit = check_host_memory_limit(host_memory_limit) if disk_bytes else 0
+    return _host_or_disk(why_not_gpu, bytes_needed, disk_bytes, limit, bytes_free)
+
+
+def _host_or_disk(
+    why_not_gpu: str, bytes_needed: int, disk_bytes: int, limit: int, bytes_free: int | None = None
+) -> Plan:
+    if disk_bytes == 0:
+        return Plan("host", f"host: {why_not_gpu}", bytes_needed, bytes_free)
+    ram = f"{format_bytes(disk_bytes)} on disk vs host_memory_limit {format_bytes(limit)}"
+    if disk_bytes <= limit:
+        return Plan("host", f"host: {why_not_gpu}; the on-disk arrays fit in RAM ({ram})", bytes_needed, bytes_free)
+    return Plan("disk", f"disk: {why_not_gpu}; the on-disk arrays do not fit in RAM ({ram})", bytes_needed, bytes_free)
 
 
 def namespace(placement: str) -> Any:

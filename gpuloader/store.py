@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuloader.sources import is_disk_leaf
+
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
 _PROGRESS_AFTER_SECONDS = 1.0
 
@@ -59,17 +61,38 @@ def _itemsize(dtype: Any) -> int:
         return np.dtype(str(dtype).rsplit(".", 1)[-1]).itemsize
 
 
-def on_host(leaves: Sequence[np.ndarray], names: Sequence[str]) -> Store:
+def on_host(leaves: Sequence[Any], names: Sequence[str], *, load_disk: bool = True) -> Store:
     """Keep NumPy leaves as read-only views; the caller's arrays are not copied.
 
-    Cost: none for C-contiguous inputs (the usual case); one copy otherwise.
+    On-disk leaves (memory maps, shards) are read into RAM in chunks when
+    ``load_disk``, else kept as they are, to be read batch by batch.
+
+    Cost: none for C-contiguous in-RAM inputs (the usual case); one copy
+    otherwise; one read of the files for loaded on-disk leaves.
     """
     views = []
     for leaf in leaves:
+        if is_disk_leaf(leaf):
+            views.append(read_into_ram(leaf) if load_disk else leaf)
+            continue
         view = np.ascontiguousarray(leaf).view()
         view.flags.writeable = False
         views.append(view)
     return Store(np, views, list(names))
+
+
+def read_into_ram(leaf: Any, chunk_bytes: int | None = None) -> np.ndarray:
+    """Copy an on-disk leaf into a new RAM array, ``chunk_bytes`` at a time."""
+    out = np.empty(tuple(leaf.shape), leaf.dtype)
+    rows_per_chunk = _rows_per_chunk(leaf, chunk_bytes or DEFAULT_CHUNK_BYTES)
+    for start in range(0, out.shape[0], rows_per_chunk):
+        out[start : start + rows_per_chunk] = leaf[start : start + rows_per_chunk, ...]
+    out.flags.writeable = False
+    return out
+
+
+def _rows_per_chunk(leaf: Any, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // max(leaf_nbytes(leaf) // max(int(leaf.shape[0]), 1), 1))
 
 
 def upload(
@@ -102,8 +125,9 @@ def upload(
                 device_leaves.append(runtime.adopt(leaf))
                 continue
             target = xp.empty(tuple(leaf.shape), dtype=getattr(xp, leaf.dtype.name))
-            rows_per_chunk = max(1, chunk_bytes // max(leaf_nbytes(leaf) // leaf.shape[0], 1))
+            rows_per_chunk = _rows_per_chunk(leaf, chunk_bytes)
             for start in range(0, leaf.shape[0], rows_per_chunk):
+                # A memory-map slice is a view: rows go from the page cache to staging directly.
                 rows = np.ascontiguousarray(leaf[start : start + rows_per_chunk, ...])
                 runtime.upload_rows(target, start, rows, staging)
                 progress.advance(rows.nbytes)

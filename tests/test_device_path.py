@@ -97,7 +97,7 @@ def test_out_of_memory_during_upload_falls_back_under_auto_and_loses_nothing(fak
     x, y = id_data(50)
     with pytest.warns(RuntimeWarning, match="ran out of memory"):
         loader = Loader(x, y, batch_size=8, seed=1, verbose=False)
-    assert loader.placement == "host" and "fell back to RAM" in str(loader.plan)
+    assert loader.placement == "host" and "fell back after: gpu:" in str(loader.plan)
     assert fake_gpu.state.freed == 1
     assert sorted(epoch_ids(loader)) == list(range(50))
     assert np.array_equal(x[:, 0], np.arange(50))  # the caller's data is untouched
