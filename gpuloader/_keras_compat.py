@@ -21,7 +21,7 @@ from typing import Any
 
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
-__all__ = ["DataAdapter", "class_weight_given_to_fit", "tf_batches"]
+__all__ = ["DataAdapter", "class_weight_given_to_fit", "strategy_of_caller", "tf_batches"]
 
 _EPOCH_ITERATOR_MODULE = "keras.src.trainers.epoch_iterator"
 _tf_batches_class: type | None = None
@@ -57,3 +57,19 @@ def class_weight_given_to_fit(depth: int = 2) -> Any:
     if frame.f_code.co_name != "__init__" or frame.f_globals.get("__name__") != _EPOCH_ITERATOR_MODULE:
         return None
     return frame.f_locals.get("class_weight")
+
+
+def strategy_of_caller(depth: int = 2) -> Any:
+    """The ``tf.distribute`` strategy Keras's TF trainer iterates the loader under.
+
+    ``TFEpochIterator.__init__`` receives the model's strategy and calls
+    ``get_tf_dataset`` before storing it; read it from that frame, else use the
+    strategy in scope (``tf.distribute.get_strategy()``).
+    """
+    frame = sys._getframe(depth)
+    if frame.f_code.co_name == "__init__" and "distribute_strategy" in frame.f_locals:
+        strategy = frame.f_locals["distribute_strategy"]
+        if strategy is not None:
+            return strategy
+    tf = sys.modules.get("tensorflow")
+    return tf.distribute.get_strategy() if tf is not None else None

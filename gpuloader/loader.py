@@ -11,7 +11,7 @@ tensor through DLPack. Being a ``DataAdapter``, it is iterated by ``fit``,
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import secrets
 import threading
 import warnings
@@ -22,14 +22,15 @@ import keras
 import numpy as np
 
 from gpuloader import placement as placement_lib
+from gpuloader import sharding
 from gpuloader import store as store_lib
-from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, tf_batches
+from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, strategy_of_caller, tf_batches
 from gpuloader._structure import Structure, flatten
 from gpuloader.gather import gather
 from gpuloader.handoff import hand_off, keras_backend
 from gpuloader.permutation import MAX_SEED, permutation
 from gpuloader.prefetch import in_order
-from gpuloader.sources import ShardedArray, is_disk_leaf, open_source
+from gpuloader.sources import RowSubset, ShardedArray, is_disk_leaf, open_source
 
 STATE_FORMAT = "gpuloader.Loader/1"
 _PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
@@ -68,6 +69,12 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         host_memory_limit: bytes of RAM on-disk inputs may be read into;
             None means half the available RAM. Above it, batches are read from
             the files ("disk").
+        num_shards, shard_index: this worker's share of the samples. None
+            takes them from the active ``tf.distribute`` strategy, the Keras
+            distribution or ``TF_CONFIG``; else a single worker. With more than
+            one shard, ``seed`` is required (the same on every worker), each
+            worker preloads only its own rows, and every sample is seen once per
+            epoch across all workers.
         verbose: show a progress bar for uploads that take over a second.
         **pydataset_kwargs: ``workers`` (threads preparing batches ahead, in
             order), ``max_queue_size``; ``use_multiprocessing`` must stay False.
@@ -92,6 +99,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         class_weight: Mapping[int, float] | None = None,
         gpu_memory_fraction: float = placement_lib.DEFAULT_GPU_MEMORY_FRACTION,
         host_memory_limit: int | None = None,
+        num_shards: int | None = None,
+        shard_index: int | None = None,
         verbose: bool = True,
         **pydataset_kwargs: Any,
     ) -> None:
@@ -99,6 +108,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._batch_size = _check_positive_int("batch_size", batch_size)
         self._shuffle = _check_bool("shuffle", shuffle)
         self._drop_remainder = _check_bool("drop_remainder", drop_remainder)
+        seed_given = seed is not None
         self._seed = _check_seed(seed)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable as transform(batch, xp); received {transform!r}.")
@@ -110,15 +120,20 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         n = _check_leaves(leaves, names)
         if class_weight is not None:
             structure, leaves, names = _apply_class_weight(class_weight, structure, leaves, names, n)
-        if self._drop_remainder and n < self._batch_size:
-            raise ValueError(
-                f"drop_remainder=True with {n} samples and batch_size={self._batch_size} leaves no "
-                "batch at all; lower batch_size or set drop_remainder=False."
-            )
+        self._num_shards, self._shard_index, shard_note = _resolve_shards(num_shards, shard_index, seed_given)
+        self._steps = sharding.steps_per_epoch(n, self._num_shards, self._batch_size, self._drop_remainder)
+        if self._num_shards > 1:
+            rows = sharding.shard_rows(n, self._seed, self._num_shards, self._shard_index)
+            leaves = [_take_shard(leaf, rows, name) for leaf, name in zip(leaves, names)]
         self._structure = structure
         self._plan, self._store = _place(
             leaves, names, requested, fraction, host_memory_limit, self._batch_bytes(leaves), verbose
         )
+        if self._num_shards > 1:
+            self._plan = dataclasses.replace(
+                self._plan, reason=f"{self._plan.reason}; shard {self._shard_index} of {self._num_shards} "
+                f"({self._store.n} of {n} samples, from {shard_note})"
+            )
         self._epoch = 0
         self._served = False  # a batch of this epoch went out through loader[i]
         self._completed_epoch: int | None = None  # last epoch an adapter iterator went through
@@ -144,7 +159,16 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     @property
     def num_samples(self) -> int:
+        """Samples this loader serves per epoch source (this worker's shard when sharded)."""
         return self._store.n
+
+    @property
+    def num_shards(self) -> int:
+        return self._num_shards
+
+    @property
+    def shard_index(self) -> int:
+        return self._shard_index
 
     @property
     def seed(self) -> int:
@@ -163,8 +187,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     # ------------------------------------------------------ Sequence contract
     def __len__(self) -> int:
-        n, size = self._store.n, self._batch_size
-        return n // size if self._drop_remainder else math.ceil(n / size)
+        return self._steps
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         """Batch ``index`` of the current epoch as the backend's tensors.
@@ -210,6 +233,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             "batch_size": self._batch_size,
             "shuffle": self._shuffle,
             "drop_remainder": self._drop_remainder,
+            "num_shards": self._num_shards,
+            "shard_index": self._shard_index,
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -225,7 +250,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
                 f"set_state expects a dict from Loader.get_state() with format={STATE_FORMAT!r}; "
                 f"received {state!r}."
             )
-        for key in ("num_samples", "batch_size", "shuffle", "drop_remainder"):
+        for key in ("num_samples", "batch_size", "shuffle", "drop_remainder", "num_shards", "shard_index"):
             mine = self.get_state()[key]
             if state.get(key) != mine:
                 raise ValueError(
@@ -260,10 +285,17 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     def partial_batch_size(self) -> int | None:
         return self._store.n % self._batch_size if self.has_partial_batch else None
 
+
     def get_numpy_iterator(self) -> Iterator[Any]:
         return self._iterate("numpy")
 
     def get_tf_dataset(self) -> Any:
+        """Batches for the TF trainer; per-replica values under a multi-device strategy."""
+        strategy = strategy_of_caller()
+        devices = _local_replica_devices(strategy)
+        if len(devices) > 1:
+            self._check_replica_split(len(devices))
+            return tf_batches(lambda: self._iterate_replicas(strategy, devices))
         return tf_batches(lambda: self._iterate("tensorflow"))
 
     def get_jax_iterator(self) -> Iterator[Any]:
@@ -293,13 +325,60 @@ class Loader(keras.utils.PyDataset, DataAdapter):
                 self._completed_epoch = epoch
             yield self._to_consumer(prepared, backend)
 
+    def _iterate_replicas(self, strategy: Any, devices: list[str]) -> Iterator[Any]:
+        """One epoch of ``PerReplica`` batches: replica r gets its part, made on its own device.
+
+        Each batch's rows are split as evenly as possible between the local
+        replicas and gathered per replica into its own aligned buffer; the part
+        is placed on the replica's device (a no-op where it already is).
+        """
+        import tensorflow as tf
+
+        count = len(devices)
+        for batch_parts in self._iterate_split(count):
+            per_replica = []
+            for device, prepared in zip(devices, batch_parts):
+                tensors = self._to_consumer(prepared, "tensorflow")
+                with tf.device(device):
+                    per_replica.append(tf.nest.map_structure(tf.identity, tensors))
+            yield strategy.experimental_distribute_values_from_function(
+                lambda context, values=per_replica: values[context.replica_id_in_sync_group % count]
+            )
+
+    def _iterate_split(self, count: int) -> Iterator[list[tuple[Structure, list[Any]]]]:
+        """Like :meth:`_iterate`, but each batch comes as ``count`` prepared parts."""
+        if self._completed_epoch == self._epoch:
+            self.on_epoch_end()
+        epoch, last = self._epoch, len(self) - 1
+
+        def prepare_parts(position: int) -> list[tuple[Structure, list[Any]]]:
+            rows = self._rows(position, epoch)
+            return [self._prepare_rows(part) for part in _split_rows(rows, count)]
+
+        batches = in_order(prepare_parts, range(len(self)), workers=self.workers, max_queue_size=self.max_queue_size)
+        for position, prepared in enumerate(batches):
+            if position == last:
+                self._completed_epoch = epoch
+            yield prepared
+
+    def _check_replica_split(self, count: int) -> None:
+        smallest = self.partial_batch_size or self._batch_size
+        if smallest < count:
+            raise ValueError(
+                f"the last batch has {smallest} sample(s) for {count} replicas, so a replica would get an "
+                "empty batch; pass drop_remainder=True or a batch_size that leaves at least one sample per "
+                "replica in the last batch."
+            )
+
     def _prepare(self, position: int, epoch: int | None = None) -> tuple[Structure, list[Any]]:
         """Gather (and transform) batch ``position`` of ``epoch`` (default: the current one).
 
         Safe to call from worker threads.
         """
+        return self._prepare_rows(self._rows(position, self._epoch if epoch is None else epoch))
+
+    def _prepare_rows(self, rows: slice | Any) -> tuple[Structure, list[Any]]:
         xp = self._store.xp
-        rows = self._rows(position, self._epoch if epoch is None else epoch)
         leaves = [gather(xp, leaf, rows) for leaf in self._store.leaves]
         structure = self._structure
         if self._transform is not None:
@@ -329,7 +408,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         with self._order_lock:
             key = (self._seed, epoch)
             if self._order_cache is None or self._order_cache[0] != key:
-                self._order_cache = (key, permutation(self._store.xp, self._store.n, self._seed, epoch))
+                seed = sharding.shard_seed(self._seed, self._shard_index)
+                self._order_cache = (key, permutation(self._store.xp, self._store.n, seed, epoch))
             return self._order_cache[1]
 
     def _check_index(self, index: Any) -> int:
@@ -347,6 +427,51 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
 
 # ------------------------------------------------------------------ helpers
+def _local_replica_devices(strategy: Any) -> list[str]:
+    """The devices of this worker's replicas; empty for the default strategy."""
+    try:
+        return list(strategy.extended.worker_devices)
+    except (AttributeError, RuntimeError):  # no strategy, or the default one
+        return []
+
+
+def _split_rows(rows: slice | Any, count: int) -> list[slice | Any]:
+    """``rows`` cut into ``count`` consecutive parts whose sizes differ by at most one."""
+    if isinstance(rows, slice):
+        start, stop = rows.start, rows.stop
+        bounds = [start + (stop - start) * i // count for i in range(count + 1)]
+        return [slice(bounds[i], bounds[i + 1]) for i in range(count)]
+    size = int(rows.shape[0])
+    bounds = [size * i // count for i in range(count + 1)]
+    return [rows[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
+def _resolve_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tuple[int, int, str]:
+    if num_shards is None and shard_index is None:
+        num_shards, shard_index, source = sharding.default_shards()
+    elif num_shards is None or shard_index is None:
+        raise ValueError(
+            f"num_shards and shard_index go together; received num_shards={num_shards!r}, "
+            f"shard_index={shard_index!r}. Pass both, or neither to take them from the strategy."
+        )
+    else:
+        source = "the num_shards and shard_index arguments"
+    shards, index = sharding.check_shards(num_shards, shard_index, seed_given)
+    return shards, index, source
+
+
+def _take_shard(leaf: Any, rows: np.ndarray, name: str) -> Any:
+    """This worker's rows of a leaf: lazily for on-disk data, a copy of just those rows otherwise."""
+    if is_disk_leaf(leaf):
+        return RowSubset(leaf, rows)
+    if placement_lib.gpu_runtime().lives_on_cuda(leaf):
+        raise ValueError(
+            f"{name} is already on a GPU; sharding between workers needs host arrays or .npy files, so that "
+            "each worker uploads only its own rows."
+        )
+    return np.take(np.asarray(leaf), rows, axis=0)
+
+
 def _check_pydataset_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(kwargs) - set(_PYDATASET_KWARGS))
     if unknown:

@@ -68,9 +68,39 @@ class ShardedArray:
                 np.take(mapped, sorted_rows[a:b] - self.offsets[shard], axis=0, out=out[a:b], mode="clip")
 
 
+class RowSubset:
+    """Some rows (ascending indices) of an on-disk array, read lazily: one worker's shard."""
+
+    def __init__(self, base: Any, rows: np.ndarray) -> None:
+        self.base = base
+        self.rows = rows
+        self.shape = (len(rows), *base.shape[1:])
+        self.dtype = base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows = key[0] if isinstance(key, tuple) and len(key) == 2 and key[1] is Ellipsis else key
+        if not isinstance(rows, slice):
+            raise TypeError("RowSubset supports row slices only, e.g. a[10:20]")
+        wanted = self.rows[rows]
+        out = np.empty((len(wanted), *self.shape[1:]), self.dtype)
+        read_rows_sorted(self.base, wanted, out)
+        return out
+
+
 def is_disk_leaf(leaf: Any) -> bool:
-    """Whether a leaf is read from disk batch by batch (a memory map or shards)."""
-    return isinstance(leaf, (np.memmap, ShardedArray))
+    """Whether a leaf is read from disk batch by batch (a memory map, shards, or a subset of them)."""
+    return isinstance(leaf, (np.memmap, ShardedArray, RowSubset))
 
 
 def open_source(value: Any, name: str) -> Any:
@@ -131,6 +161,9 @@ def read_rows_sorted(leaf: Any, rows: np.ndarray, out: np.ndarray) -> None:
 
     Cost: one read of the batch's rows plus one in-memory copy of the batch.
     """
+    if isinstance(leaf, RowSubset):  # its rows are ascending, so the mapping keeps the order
+        read_rows_sorted(leaf.base, leaf.rows[rows], out)
+        return
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
     staging = np.empty_like(out)

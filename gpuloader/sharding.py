@@ -1,0 +1,116 @@
+"""Split the samples between workers: each preloads and serves only its own shard.
+
+Shard membership is fixed for the life of the loader and drawn from the seed
+(so a dataset sorted by label does not give one worker one class): shard ``k``
+of ``S`` owns positions ``k, k + S, k + 2S, ...`` of a permutation reserved for
+membership, kept in ascending row order for file locality. The shards
+partition the rows, so every sample is seen exactly once per epoch across all
+workers; each shard then shuffles its own rows every epoch. Every worker must
+take the same number of steps per epoch (synchronous training hangs
+otherwise), which is checked at construction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from gpuloader.permutation import MAX_SEED, permutation
+
+#: The "epoch" whose permutation assigns rows to shards; no training run reaches it.
+MEMBERSHIP_EPOCH = MAX_SEED
+
+
+def default_shards() -> tuple[int, int, str]:
+    """(num_shards, shard_index, source) from the active strategy, Keras distribution or TF_CONFIG."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and tf.distribute.has_strategy():
+        resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+        spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+        if spec:
+            tasks = [task for kind in ("chief", "worker") for task in _tasks(spec.get(kind))]
+            index = (0 if resolver.task_type == "chief" else resolver.task_id + len(_tasks(spec.get("chief"))))
+            return len(tasks), index, "the active tf.distribute strategy"
+    keras = sys.modules.get("keras")
+    distribution = keras.distribution.distribution() if keras is not None else None
+    processes = getattr(distribution, "_num_process", 1) or 1
+    if processes > 1:
+        return int(processes), int(getattr(distribution, "_process_id", 0)), "the Keras distribution"
+    config = os.environ.get("TF_CONFIG")
+    if config:
+        parsed = json.loads(config)
+        cluster, task = parsed.get("cluster", {}), parsed.get("task", {})
+        chiefs, workers = _tasks(cluster.get("chief")), _tasks(cluster.get("worker"))
+        if task.get("type") in ("chief", "worker") and len(chiefs) + len(workers) > 1:
+            index = 0 if task["type"] == "chief" else len(chiefs) + int(task.get("index", 0))
+            return len(chiefs) + len(workers), index, "TF_CONFIG"
+    return 1, 0, "a single worker"
+
+
+def _tasks(entry: Any) -> list[Any]:
+    if entry is None:
+        return []
+    return list(entry.values()) if isinstance(entry, dict) else list(entry)
+
+
+def check_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tuple[int, int]:
+    """Validate an explicit or default (num_shards, shard_index) pair."""
+    if isinstance(num_shards, bool) or not isinstance(num_shards, (int, np.integer)) or num_shards < 1:
+        raise ValueError(f"num_shards must be an int >= 1; received {num_shards!r}.")
+    if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or not (
+        0 <= shard_index < num_shards
+    ):
+        raise ValueError(
+            f"shard_index must be an int in [0, num_shards={num_shards}); received {shard_index!r}. "
+            "Give each worker its own index 0, 1, ..., num_shards - 1."
+        )
+    if num_shards > 1 and not seed_given:
+        raise ValueError(
+            f"num_shards={num_shards} needs an explicit seed, the same on every worker: the seed decides "
+            "which rows each shard owns and every epoch's order. Pass e.g. seed=1234."
+        )
+    return int(num_shards), int(shard_index)
+
+
+def shard_rows(n: int, seed: int, num_shards: int, shard_index: int) -> np.ndarray:
+    """The ascending row indices that shard ``shard_index`` of ``num_shards`` owns."""
+    membership = permutation(np, n, seed, MEMBERSHIP_EPOCH)
+    return np.sort(membership[shard_index::num_shards])
+
+
+def steps_per_epoch(n: int, num_shards: int, batch_size: int, drop_remainder: bool) -> int:
+    """Batches per epoch, the same on every shard, or a ValueError saying why it cannot be.
+
+    With ``drop_remainder`` every shard serves as many full batches as the
+    smallest shard has; without it, shard sizes (which differ by at most one)
+    must round up to the same count.
+    """
+    small, large = n // num_shards, -(-n // num_shards)
+    if drop_remainder:
+        steps = small // batch_size
+        if steps == 0:
+            raise ValueError(
+                f"drop_remainder=True with shards of {small} samples (n={n}, num_shards={num_shards}) and "
+                f"batch_size={batch_size} leaves no batch at all; lower batch_size or set drop_remainder=False."
+            )
+        return steps
+    if small == 0:
+        raise ValueError(f"{n} samples cannot fill num_shards={num_shards} shards; use fewer shards.")
+    steps = {math.ceil(small / batch_size), math.ceil(large / batch_size)}
+    if len(steps) > 1:
+        raise ValueError(
+            f"{n} samples over num_shards={num_shards} give shards of {small} and {large} samples, which make "
+            f"{sorted(steps)} batches of batch_size={batch_size}; every worker must take the same number of "
+            "steps. Pass drop_remainder=True, or a batch_size that does not divide the shard size."
+        )
+    return steps.pop()
+
+
+def shard_seed(seed: int, shard_index: int) -> int:
+    """The seed of one shard's per-epoch order (shard 0 keeps ``seed``)."""
+    return (seed + shard_index) % (MAX_SEED + 1)
