@@ -66,9 +66,13 @@ def probe() -> DeviceStatus:
 
 
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    """The exception types CuPy raises when an allocation does not fit."""
+    """The exception types that mean the upload cannot complete for lack of memory.
+
+    CuPy raises ``OutOfMemoryError`` for device memory, but a pinned host
+    allocation that fails surfaces as ``CUDARuntimeError``.
+    """
     cupy = import_cupy()
-    return (cupy.cuda.memory.OutOfMemoryError, MemoryError)
+    return (cupy.cuda.memory.OutOfMemoryError, cupy.cuda.runtime.CUDARuntimeError, MemoryError)
 
 
 def free_cached_memory() -> None:
@@ -85,6 +89,19 @@ def synchronize() -> None:
     streams, so every batch handed to it is finished first.
     """
     import_cupy().cuda.get_current_stream().synchronize()
+
+
+def aligned_contiguous(array: Any, alignment: int = 64) -> Any:
+    """``array`` itself if C-contiguous and aligned, else a fresh copy that is (a transform may
+    return a view, and TensorFlow aborts on an unaligned or strided device buffer)."""
+    cupy = import_cupy()
+    if not isinstance(array, cupy.ndarray):
+        return array
+    if array.flags.c_contiguous and array.data.ptr % alignment == 0:
+        return array
+    fresh = cupy.empty(array.shape, array.dtype)  # the pool aligns to 256 bytes
+    fresh[...] = array
+    return fresh
 
 
 def pinned_staging(nbytes: int) -> Any:
@@ -108,6 +125,8 @@ def upload_rows(target: Any, start: int, host_rows: Any, staging: Any) -> None:
     pinned = staging[:nbytes].view(host_rows.dtype).reshape(host_rows.shape)
     np.copyto(pinned, host_rows)
     target[start : start + host_rows.shape[0], ...].set(pinned)
+    # ``set`` only queues the copy; the staging buffer is refilled by the next chunk.
+    synchronize()
 
 
 def lives_on_cuda(array: Any) -> bool:

@@ -384,7 +384,12 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         if self._transform is not None:
             structure, leaves = _run_transform(self._transform, structure.rebuild(leaves), xp)
         if self._plan.placement == "gpu":
-            placement_lib.gpu_runtime().synchronize()
+            runtime = placement_lib.gpu_runtime()
+            if self._transform is not None:  # it may have returned views; host arrays are checked at hand-off
+                leaves = [runtime.aligned_contiguous(leaf) for leaf in leaves]
+            if self._consumer_backend() == "tensorflow":
+                # TF's from_dlpack takes no stream; JAX and torch get it through __dlpack__(stream=...).
+                runtime.synchronize()
         return structure, leaves
 
     def _to_consumer(self, prepared: tuple[Structure, list[Any]], backend: str) -> tuple[Any, ...]:

@@ -85,6 +85,7 @@ def fake_gpu(monkeypatch):
         free_cached_memory=free_cached_memory,
         out_of_memory_errors=lambda: (FakeOutOfMemoryError,),
         lives_on_cuda=lambda array: False,
+        aligned_contiguous=lambda array: array,
         adopt=lambda array: array,
         state=state,
     )

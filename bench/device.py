@@ -1,0 +1,429 @@
+"""Device benchmark: the loader's GPU path against its host path and against the hardware.
+
+No TensorFlow: runs on the lent GPU machine (CuPy, torch, JAX; Keras carried as
+wheels), and anywhere else says why it cannot and exits 0. Three measurements,
+each after a warm-up, each the median of several repeats:
+
+1. Throughput: batches per second over a full shuffled epoch, batch 256, for
+   60000x784 float32, 50000x32x32x3 uint8 and 50000x32x32x3 float32 (x plus int32
+   labels). Host is ``Loader(device="host")`` and device ``Loader(device="gpu")``,
+   both driven through ``loader._prepare(i)`` (gather + stream sync, no hand-off),
+   the epoch's permutation included, the device timed to a final stream sync.
+2. Per-batch overhead, batch sizes 32..4096 on 60000x784 float32 already on the
+   GPU: wall time of ``_prepare(i)`` minus the wall time of the bare work it
+   wraps (``cupy.take`` of the same rows + stream sync). Also the wall time of
+   ``_prepare`` on one-byte rows, where the gather itself costs next to nothing.
+3. Gather bandwidth for batches of 1, 8, 32 and 128 MB (rows of 4 KB): the
+   device path (``_prepare``, wall clock, sync included) against a plain
+   device-to-device ``cupy.copyto`` of the same bytes (wall clock, sync
+   included), counting bytes read + written. Kernel-only times from CUDA events
+   (``cupy.take`` vs ``copyto``) are reported beside them.
+
+Targets (PASS/FAIL): device >= 10x host batches/s for 50000x32x32x3 float32;
+overhead <= 30 us per batch at every batch size; gather >= 0.5 of the copy
+bandwidth for batches >= 32 MB.
+
+Usage: python3 bench/device.py [--json PATH] [--repeats N] [--quick] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The repository root on sys.path, so `python3 bench/device.py` needs no install.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Loader subclasses keras.utils.PyDataset, so Keras must import. Where the backend
+# asked for (or Keras's default, TensorFlow; `make` exports KERAS_BACKEND=tensorflow)
+# is not installed, as on the lent GPU machine, use one that is: the benchmark never
+# hands a batch to the backend. JAX must not take 75% of the GPU.
+_requested = os.environ.get("KERAS_BACKEND", "tensorflow")
+if _requested != "numpy" and importlib.util.find_spec(_requested) is None:
+    for _backend in ("torch", "jax", "tensorflow"):
+        if importlib.util.find_spec(_backend) is not None:
+            print(f"KERAS_BACKEND={_requested} is not installed here; using {_backend} to import Keras")
+            os.environ["KERAS_BACKEND"] = _backend
+            break
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from gpuloader import _cuda  # noqa: E402  (after the sys.path and environment set-up above)
+
+BATCH_SIZE = 256
+THROUGHPUT_CASES = [
+    ("60000x784 float32", (60000, 784), np.float32),
+    ("50000x32x32x3 uint8", (50000, 32, 32, 3), np.uint8),
+    ("50000x32x32x3 float32", (50000, 32, 32, 3), np.float32),
+]
+SPEEDUP_CASE = "50000x32x32x3 float32"
+OVERHEAD_BATCH_SIZES = [32, 64, 128, 256, 512, 1024, 2048, 4096]
+BANDWIDTH_BATCH_MB = [1, 8, 32, 128]
+BANDWIDTH_ROW_BYTES = 4096
+TARGET_SPEEDUP = 10.0
+TARGET_OVERHEAD_US = 30.0
+TARGET_BANDWIDTH_RATIO = 0.5
+TARGET_BANDWIDTH_MIN_MB = 32
+MB = 1 << 20
+
+
+# ------------------------------------------------------------------ timing
+def median_seconds(run: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def median_event_seconds(cp: Any, run_batch: Callable[[int], Any], batches: int, repeats: int) -> float:
+    """Median GPU time per batch of ``run_batch(i)`` for all i, from CUDA events."""
+    run_batch(0)
+    cp.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        for i in range(batches):
+            run_batch(i)
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3 / batches)
+    return statistics.median(times)
+
+
+def release(cp: Any) -> None:
+    gc.collect()
+    cp.cuda.Device().synchronize()
+    cp.get_default_memory_pool().free_all_blocks()
+    cp.get_default_pinned_memory_pool().free_all_blocks()
+
+
+# ----------------------------------------------------------- measurements
+def make_host_data(shape: tuple[int, ...], dtype: Any, rng: np.random.Generator) -> np.ndarray:
+    if np.dtype(dtype) == np.uint8:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
+
+
+def epoch_runner(loader: Any, sync: Callable[[], None] | None) -> Callable[[], None]:
+    """One full epoch of ``_prepare`` calls; each call serves the next epoch's order."""
+    state = {"epoch": 0}
+
+    def run() -> None:
+        loader.set_epoch(state["epoch"])
+        state["epoch"] += 1
+        for i in range(len(loader)):
+            loader._prepare(i)
+        if sync is not None:
+            sync()
+
+    return run
+
+
+def measure_throughput(cp: Any, make_loader: Callable[..., Any], repeats: int, scale: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    sync = cp.cuda.get_current_stream().synchronize
+    rows = []
+    for name, shape, dtype in THROUGHPUT_CASES:
+        shape = (max(BATCH_SIZE, int(shape[0] * scale)), *shape[1:])
+        x = make_host_data(shape, dtype, rng)
+        y = rng.integers(0, 10, shape[0]).astype(np.int32)
+        on_host = make_loader(x, y, batch_size=BATCH_SIZE, device="host")
+        host_s = median_seconds(epoch_runner(on_host, None), max(3, repeats // 2))
+        del on_host
+        on_gpu = make_loader(x, y, batch_size=BATCH_SIZE, device="gpu")
+        device_s = median_seconds(epoch_runner(on_gpu, sync), repeats)
+        batches = len(on_gpu)
+        del on_gpu, x, y
+        release(cp)
+        row = {
+            "case": name,
+            "shape": list(shape),
+            "batch_size": BATCH_SIZE,
+            "batches_per_epoch": batches,
+            "host_epoch_ms": host_s * 1e3,
+            "device_epoch_ms": device_s * 1e3,
+            "host_batches_per_s": batches / host_s,
+            "device_batches_per_s": batches / device_s,
+            "speedup": host_s / device_s,
+        }
+        rows.append(row)
+        print(
+            f"  {name:24s} host {row['host_batches_per_s']:9.0f}/s  "
+            f"device {row['device_batches_per_s']:9.0f}/s  x{row['speedup']:.1f}",
+            flush=True,
+        )
+    return rows
+
+
+def per_batch_wall(run_batch: Callable[[int], Any], batches: int, repeats: int) -> float:
+    """Median over repeats of the wall time per batch of ``run_batch(i)`` for all i."""
+
+    def run() -> None:
+        for i in range(batches):
+            run_batch(i)
+
+    return median_seconds(run, repeats) / batches
+
+
+def measure_overhead(cp: Any, make_loader: Callable[..., Any], repeats: int, scale: float) -> list[dict]:
+    n = max(OVERHEAD_BATCH_SIZES[-1] * 4, int(60000 * scale))
+    stream = cp.cuda.get_current_stream()
+    data = cp.random.random((n, 784), dtype=cp.float32)
+    tiny = cp.zeros((n, 1), dtype=cp.uint8)
+    rows = []
+    for batch_size in OVERHEAD_BATCH_SIZES:
+        loader = make_loader(data, batch_size=batch_size, device="gpu")  # adopted in place, no upload
+        tiny_loader = make_loader(tiny, batch_size=batch_size, device="gpu")
+        batches = n // batch_size  # full batches only: the same work in both loops
+        order = loader._order(loader.epoch)
+        index_slices = [order[i * batch_size : (i + 1) * batch_size] for i in range(batches)]
+        tiny_loader._order(tiny_loader.epoch)
+
+        def bare(i: int, index_slices: list[Any] = index_slices, data: Any = data) -> None:
+            cp.take(data, index_slices[i], axis=0)
+            stream.synchronize()
+
+        prepare_s = per_batch_wall(loader._prepare, batches, repeats)
+        take_s = per_batch_wall(bare, batches, repeats)
+        tiny_s = per_batch_wall(tiny_loader._prepare, batches, repeats)
+        del loader, tiny_loader, index_slices, order
+        row = {
+            "batch_size": batch_size,
+            "batch_mb": batch_size * 784 * 4 / MB,
+            "prepare_us": prepare_s * 1e6,
+            "take_sync_us": take_s * 1e6,
+            "overhead_us": (prepare_s - take_s) * 1e6,
+            "tiny_row_prepare_us": tiny_s * 1e6,
+        }
+        rows.append(row)
+        print(
+            f"  batch {batch_size:5d}: prepare {row['prepare_us']:8.1f} us  take+sync "
+            f"{row['take_sync_us']:8.1f} us  overhead {row['overhead_us']:7.1f} us  "
+            f"1-byte rows {row['tiny_row_prepare_us']:7.1f} us",
+            flush=True,
+        )
+    del data, tiny
+    release(cp)
+    return rows
+
+
+def measure_bandwidth(cp: Any, make_loader: Callable[..., Any], repeats: int, scale: float) -> list[dict]:
+    columns = BANDWIDTH_ROW_BYTES // 4
+    sizes = [mb for mb in BANDWIDTH_BATCH_MB if mb <= max(BANDWIDTH_BATCH_MB) * scale] or BANDWIDTH_BATCH_MB[:1]
+    largest_rows = max(sizes) * MB // BANDWIDTH_ROW_BYTES
+    n = 4 * largest_rows  # every size gathers from the same store, several batches deep
+    stream = cp.cuda.get_current_stream()
+    data = cp.random.random((n, columns), dtype=cp.float32)
+    rows = []
+    for mb in sizes:
+        batch_rows = mb * MB // BANDWIDTH_ROW_BYTES
+        nbytes = batch_rows * BANDWIDTH_ROW_BYTES
+        loader = make_loader(data, batch_size=batch_rows, device="gpu")  # adopted in place
+        batches = n // batch_rows
+        order = loader._order(loader.epoch)
+        # Each batch reads other bytes, for the copy as for the gather: no L2 reuse.
+        indices = [order[i * batch_rows : (i + 1) * batch_rows] for i in range(batches)]
+        sources = [data[i * batch_rows : (i + 1) * batch_rows] for i in range(batches)]
+        target = cp.empty_like(sources[0])
+
+        def copy_and_sync(i: int, sources: list[Any] = sources, target: Any = target) -> None:
+            cp.copyto(target, sources[i])
+            stream.synchronize()
+
+        def take(i: int, indices: list[Any] = indices, data: Any = data) -> None:
+            cp.take(data, indices[i], axis=0)
+
+        def copy(i: int, sources: list[Any] = sources, target: Any = target) -> None:
+            cp.copyto(target, sources[i])
+
+        gather_s = per_batch_wall(loader._prepare, batches, repeats)
+        copy_s = per_batch_wall(copy_and_sync, batches, repeats)
+        take_kernel_s = median_event_seconds(cp, take, batches, repeats)
+        copy_kernel_s = median_event_seconds(cp, copy, batches, repeats)
+        moved = 2 * nbytes  # bytes read + bytes written
+        row = {
+            "batch_mb": mb,
+            "batch_rows": batch_rows,
+            "gather_us": gather_s * 1e6,
+            "copy_us": copy_s * 1e6,
+            "gather_gb_per_s": moved / gather_s / 1e9,
+            "copy_gb_per_s": moved / copy_s / 1e9,
+            "ratio": copy_s / gather_s,
+            "take_kernel_gb_per_s": moved / take_kernel_s / 1e9,
+            "copy_kernel_gb_per_s": moved / copy_kernel_s / 1e9,
+            "kernel_ratio": copy_kernel_s / take_kernel_s,
+        }
+        rows.append(row)
+        print(
+            f"  {mb:4d} MB: gather {row['gather_gb_per_s']:7.0f} GB/s  copy {row['copy_gb_per_s']:7.0f} GB/s  "
+            f"ratio {row['ratio']:.2f}  (kernels: take {row['take_kernel_gb_per_s']:.0f}, copy "
+            f"{row['copy_kernel_gb_per_s']:.0f} GB/s)",
+            flush=True,
+        )
+        del loader, order, indices, sources, target
+        release(cp)
+    del data
+    release(cp)
+    return rows
+
+
+# ---------------------------------------------------------------- targets
+def evaluate_targets(throughput: list[dict], overhead: list[dict], bandwidth: list[dict]) -> list[dict]:
+    targets = []
+    for row in throughput:
+        if row["case"] == SPEEDUP_CASE:
+            targets.append(
+                {
+                    "name": f"device/host batches per second, {SPEEDUP_CASE}, batch {BATCH_SIZE}",
+                    "value": row["speedup"],
+                    "threshold": f">= {TARGET_SPEEDUP:g}x",
+                    "pass": row["speedup"] >= TARGET_SPEEDUP,
+                }
+            )
+    if overhead:
+        worst = max(overhead, key=lambda row: row["overhead_us"])
+        sizes = f"{OVERHEAD_BATCH_SIZES[0]}..{OVERHEAD_BATCH_SIZES[-1]}"
+        targets.append(
+            {
+                "name": f"per-batch overhead, worst of batch sizes {sizes} (batch {worst['batch_size']})",
+                "value": worst["overhead_us"],
+                "threshold": f"<= {TARGET_OVERHEAD_US:g} us",
+                "pass": worst["overhead_us"] <= TARGET_OVERHEAD_US,
+            }
+        )
+    large = [row for row in bandwidth if row["batch_mb"] >= TARGET_BANDWIDTH_MIN_MB]
+    if large:
+        worst = min(large, key=lambda row: row["ratio"])
+        batches = f">= {TARGET_BANDWIDTH_MIN_MB} MB (worst: {worst['batch_mb']} MB)"
+        targets.append(
+            {
+                "name": f"gather / copy bandwidth, batches {batches}",
+                "value": worst["ratio"],
+                "threshold": f">= {TARGET_BANDWIDTH_RATIO:g}",
+                "pass": worst["ratio"] >= TARGET_BANDWIDTH_RATIO,
+            }
+        )
+    return targets
+
+
+def print_tables(result: dict) -> None:
+    print("\nThroughput, batch 256 (batches per second, median)")
+    print(f"  {'case':24s} {'host/s':>10s} {'device/s':>10s} {'speedup':>8s}")
+    for row in result["throughput"]:
+        print(
+            f"  {row['case']:24s} {row['host_batches_per_s']:10.0f} {row['device_batches_per_s']:10.0f} "
+            f"{row['speedup']:7.1f}x"
+        )
+    print("\nPer-batch overhead (us, median): _prepare minus cupy.take + sync of the same rows")
+    print(f"  {'batch':>6s} {'MB':>7s} {'prepare':>9s} {'take+sync':>10s} {'overhead':>9s} {'1-byte rows':>12s}")
+    for row in result["overhead"]:
+        print(
+            f"  {row['batch_size']:6d} {row['batch_mb']:7.2f} {row['prepare_us']:9.1f} {row['take_sync_us']:10.1f} "
+            f"{row['overhead_us']:9.1f} {row['tiny_row_prepare_us']:12.1f}"
+        )
+    print("\nBandwidth (GB/s, read + written; wall clock with sync, and kernels alone)")
+    print(f"  {'MB':>5s} {'gather':>8s} {'copy':>8s} {'ratio':>6s} {'take krn':>9s} {'copy krn':>9s} {'ratio':>6s}")
+    for row in result["bandwidth"]:
+        print(
+            f"  {row['batch_mb']:5d} {row['gather_gb_per_s']:8.0f} {row['copy_gb_per_s']:8.0f} {row['ratio']:6.2f} "
+            f"{row['take_kernel_gb_per_s']:9.0f} {row['copy_kernel_gb_per_s']:9.0f} {row['kernel_ratio']:6.2f}"
+        )
+    print("\nTargets")
+    for target in result["targets"]:
+        verdict = "PASS" if target["pass"] else "FAIL"
+        print(f"  {verdict}  {target['name']}: {target['value']:.2f} (target {target['threshold']})")
+
+
+# ------------------------------------------------------------------ main
+def write_json(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+        print(f"wrote {path}")
+
+
+def skip(reason: str, json_path: str | None) -> int:
+    print(f"device benchmark skipped: {reason}")
+    write_json(json_path, {"skipped": True, "reason": reason})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement (median)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the data: a smoke run, not a result")
+    parser.add_argument("--strict", action="store_true", help="exit 2 when a target fails")
+    args = parser.parse_args(argv)
+
+    status = _cuda.probe()
+    if not status.usable:
+        return skip(status.reason, args.json)
+    try:
+        from gpuloader.loader import Loader
+    except Exception as error:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow (default)")
+        return skip(f"gpuloader.Loader needs Keras (backend {backend}): {type(error).__name__}: {error}", args.json)
+    cp = _cuda.import_cupy()
+
+    def make_loader(*arrays: Any, **kwargs: Any) -> Any:
+        loader = Loader(*arrays, seed=0, verbose=False, **kwargs)
+        if loader.placement != kwargs["device"]:
+            raise RuntimeError(f"asked for {kwargs['device']}, got {loader.plan}")
+        return loader
+
+    scale = 0.1 if args.quick else 1.0
+    repeats = max(1, args.repeats)
+    result: dict[str, Any] = {
+        "skipped": False,
+        "quick": args.quick,
+        "repeats": repeats,
+        "device": status.name,
+        "device_total_bytes": status.total_bytes,
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cupy": cp.__version__,
+            "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+            "cuda_driver": cp.cuda.runtime.driverGetVersion(),
+            "keras_backend": os.environ.get("KERAS_BACKEND"),
+        },
+    }
+    print(f"device benchmark on {status.name} (CuPy {cp.__version__}), {repeats} repeats, median")
+    started = time.perf_counter()
+    print("throughput:", flush=True)
+    result["throughput"] = measure_throughput(cp, make_loader, repeats, scale)
+    print("per-batch overhead:", flush=True)
+    result["overhead"] = measure_overhead(cp, make_loader, repeats, scale)
+    print("bandwidth:", flush=True)
+    result["bandwidth"] = measure_bandwidth(cp, make_loader, repeats, scale)
+    result["targets"] = evaluate_targets(result["throughput"], result["overhead"], result["bandwidth"])
+    result["all_pass"] = all(target["pass"] for target in result["targets"])
+    result["seconds"] = time.perf_counter() - started
+    print_tables(result)
+    write_json(args.json, result)
+    if args.strict and not result["all_pass"]:
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

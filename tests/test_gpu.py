@@ -1,0 +1,632 @@
+"""The GPU path on a real CUDA device: what the device store promises, as tests.
+
+Run where CuPy and a CUDA GPU exist (``make gpu-check`` on the lent machine runs
+``pytest -m gpu`` with ``KERAS_BACKEND=jax``, then the Keras fit test again with
+``KERAS_BACKEND=torch``). Everywhere else each test is skipped with the reason:
+CuPy missing, or no CUDA device; tests that build a ``Loader`` also need Keras
+(with a backend that imports), tests of a hand-off need torch or JAX on the GPU.
+
+The contract, one test (or group) each:
+
+- every sample exactly once per epoch, on the device;
+- the upload is exact: many chunks through one pinned staging buffer, from
+  arrays and memory maps, every numeric dtype;
+- the device order is bit-identical to the host order, for the permutation and
+  for whole batches;
+- the hand-off to torch and JAX is zero-copy (same data pointer);
+- every gathered buffer is C-contiguous and 64-byte aligned;
+- a batch read right after its hand-off, while the next ones are being prepared
+  on other threads, holds exactly the expected rows (stream correctness), and
+  stays intact after later batches are made (a fresh buffer per batch);
+- out of memory: a budget too small falls back to RAM under "auto" with the
+  numbers, raises under "gpu"; an allocation failing mid-upload does the same
+  and leaves CuPy's pool where it was;
+- no device memory growth over 50 epochs;
+- arrays already on the GPU (CuPy, torch) are adopted in place, no host trip;
+- ``transform`` runs on the device: uint8 stored, float32 served;
+- Keras ``fit`` converges on the backend in ``KERAS_BACKEND`` fed from the GPU.
+
+Data is small: the whole file runs in about a minute on an H100.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import math
+import os
+
+# JAX takes 75% of the GPU at first use unless told otherwise; CuPy and torch
+# share the device with it here. Must be set before JAX initialises.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import numpy as np
+import pytest
+
+import gpuloader
+from gpuloader import GPUUnavailableError, _cuda
+from gpuloader.handoff import hand_off
+from gpuloader.placement import format_bytes, plan
+
+SEED = 20240611
+ALIGNMENT = 64
+#: Pool bytes a long run may differ by without counting as growth. A leak of one
+#: batch, or of one epoch's order, per epoch over 45 epochs is several times more.
+GROWTH_SLACK_BYTES = 256 * 1024
+
+
+# ---------------------------------------------------------------- fixtures
+@functools.cache
+def device_status() -> _cuda.DeviceStatus:
+    """CuPy and the CUDA device, probed once per session (never raises)."""
+    return _cuda.probe()
+
+
+@pytest.fixture(autouse=True)
+def _needs_a_cuda_device() -> None:
+    status = device_status()
+    if not status.usable:
+        pytest.skip(f"needs CuPy and a CUDA device: {status.reason}")
+
+
+@pytest.fixture
+def cp():
+    """The CuPy module, with the device idle and unreferenced arrays collected."""
+    cupy = _cuda.import_cupy()
+    cupy.cuda.Device().synchronize()
+    gc.collect()
+    return cupy
+
+
+@pytest.fixture
+def pool(cp):
+    return cp.get_default_memory_pool()
+
+
+@pytest.fixture
+def make_loader():
+    """``make_loader(x, y, ..., device=...)``: a Loader with this file's defaults.
+
+    Skips when Keras (which ``Loader`` subclasses) does not import, e.g. no
+    backend: set ``KERAS_BACKEND=jax`` or ``torch`` where TensorFlow is absent.
+    """
+    try:
+        from gpuloader.loader import Loader
+    except Exception as error:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow (default)")
+        pytest.skip(f"needs Keras with backend {backend}: {type(error).__name__}: {error}")
+
+    def make(*arrays, **kwargs):
+        kwargs.setdefault("seed", SEED)
+        kwargs.setdefault("verbose", False)
+        kwargs.setdefault("batch_size", 32)
+        return Loader(*arrays, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def torch():
+    module = pytest.importorskip("torch")
+    if not module.cuda.is_available():
+        pytest.skip("needs torch with CUDA: torch.cuda.is_available() is False")
+    return module
+
+
+@pytest.fixture
+def jax():
+    module = pytest.importorskip("jax")
+    pytest.importorskip("jax.dlpack")
+    try:
+        module.devices("gpu")
+    except RuntimeError as error:
+        pytest.skip(f"needs JAX with a GPU backend: {error}")
+    return module
+
+
+# ---------------------------------------------------------------- helpers
+def id_rows(n: int, features: int = 3, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """x whose row i is filled with i, and y = i: every batch tells which samples it holds."""
+    x = np.repeat(np.arange(n, dtype=dtype)[:, None], features, axis=1)
+    return x, np.arange(n, dtype=np.int64)
+
+
+def host(array) -> np.ndarray:
+    """A NumPy copy of a CuPy array (NumPy arrays pass through)."""
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
+def host_copy(tensor) -> np.ndarray:
+    """A host copy of a torch tensor or JAX array."""
+    return tensor.cpu().numpy() if hasattr(tensor, "cpu") else np.asarray(tensor)
+
+
+def expected_rows(n: int, batch_size: int, epoch: int, index: int) -> np.ndarray:
+    """The sample indices of batch ``index``, computed on the host."""
+    order = gpuloader.permutation(np, n, SEED, epoch)
+    return order[index * batch_size : (index + 1) * batch_size]
+
+
+def run_epoch(loader, epoch: int) -> None:
+    """Gather every batch of ``epoch`` on the device and drop it."""
+    loader.set_epoch(epoch)
+    for i in range(len(loader)):
+        _, leaves = loader._prepare(i)
+        del leaves
+
+
+def settled_used_bytes(cp, pool) -> int:
+    """Bytes CuPy's pool has handed out, once the device is idle and garbage collected."""
+    cp.cuda.Device().synchronize()
+    gc.collect()
+    return pool.used_bytes()
+
+
+# ------------------------------------------------ exactly once, same order
+@pytest.mark.gpu
+def test_every_sample_once_per_epoch_on_the_device(cp, make_loader):
+    n, batch_size = 1000, 64  # 15 full batches and one of 40
+    x, y = id_rows(n)
+    loader = make_loader(x, y, batch_size=batch_size, device="gpu")
+    assert loader.placement == "gpu", loader.plan
+    assert loader.xp is cp
+
+    orders = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        served = []
+        for i in range(len(loader)):
+            _, (bx, by) = loader._prepare(i)
+            assert isinstance(bx, cp.ndarray) and isinstance(by, cp.ndarray)
+            assert bx.shape == (min(batch_size, n - i * batch_size), 3)
+            ids = host(by)
+            np.testing.assert_array_equal(host(bx), np.repeat(ids[:, None], 3, axis=1).astype(np.float32))
+            served.extend(ids.tolist())
+        assert sorted(served) == list(range(n)), f"epoch {epoch} did not serve every sample exactly once"
+        np.testing.assert_array_equal(served, gpuloader.permutation(np, n, SEED, epoch))
+        orders.append(served)
+    assert orders[0] != orders[1] != orders[2], "each epoch must have its own order"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("n", "seed", "epoch"),
+    [
+        (1, 0, 0),
+        (2, 1, 0),
+        (7, 42, 3),
+        (1000, 2**64 - 1, 0),
+        (1000, 2**64 - 1, 1),
+        (4097, 123, 7),
+        (60000, 1234, 0),
+        (60000, 1234, 1),
+    ],
+)
+def test_permutation_is_bit_identical_on_host_and_device(cp, n, seed, epoch):
+    on_host = gpuloader.permutation(np, n, seed, epoch)
+    on_device = gpuloader.permutation(cp, n, seed, epoch)
+    assert isinstance(on_device, cp.ndarray)
+    assert on_device.dtype == np.int64 and on_host.dtype == np.int64
+    np.testing.assert_array_equal(host(on_device), on_host)
+    np.testing.assert_array_equal(np.sort(on_host), np.arange(n))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "in-order"])
+def test_device_batches_equal_host_batches(cp, make_loader, shuffle):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 5), dtype=np.float32)
+    y = rng.integers(0, 10, 500).astype(np.int64)
+    on_gpu = make_loader(x, y, batch_size=48, shuffle=shuffle, device="gpu")
+    on_host = make_loader(x, y, batch_size=48, shuffle=shuffle, device="host")
+    assert (on_gpu.placement, on_host.placement) == ("gpu", "host")
+    assert len(on_gpu) == len(on_host) == 11
+
+    for epoch in (0, 1):
+        on_gpu.set_epoch(epoch)
+        on_host.set_epoch(epoch)
+        for i in range(len(on_gpu)):
+            _, device_leaves = on_gpu._prepare(i)
+            _, host_leaves = on_host._prepare(i)
+            assert len(device_leaves) == len(host_leaves) == 2
+            for got, want in zip(device_leaves, host_leaves):
+                assert isinstance(got, cp.ndarray) and isinstance(want, np.ndarray)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(host(got), want)
+
+
+# ------------------------------------------------------------------ upload
+@pytest.mark.gpu
+@pytest.mark.parametrize("source", ["array", "memmap"])
+def test_a_chunked_upload_is_exact(cp, make_loader, monkeypatch, tmp_path, source):
+    """Many small chunks through the one pinned staging buffer: every byte arrives.
+
+    Each chunk is copied into the staging buffer, then to the device. CuPy's
+    ``ndarray.set`` only queues that copy on the current stream, so the staging
+    buffer may be refilled only once the copy has run. Here the stream is kept
+    busy first, so every copy is still queued when the next chunk is staged: an
+    upload that does not wait would leave the device holding the wrong rows.
+    """
+    from gpuloader import store
+
+    monkeypatch.setattr(store, "DEFAULT_CHUNK_BYTES", 256 * 1024)
+    real_upload_rows = _cuda.upload_rows
+    starts = []
+
+    def upload_rows_behind_queued_work(target, start, host_rows, staging):
+        if not starts:
+            queue_device_work(cp)
+        starts.append(start)
+        return real_upload_rows(target, start, host_rows, staging)
+
+    monkeypatch.setattr(_cuda, "upload_rows", upload_rows_behind_queued_work)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8192, 512), dtype=np.float32)  # 16 MB: 64 chunks of 128 rows
+    y = rng.integers(0, 2**31 - 1, 8192).astype(np.int64)  # 64 KB: one chunk, staged after x's last
+    if source == "memmap":
+        np.save(tmp_path / "x.npy", x)
+        x_input = np.load(tmp_path / "x.npy", mmap_mode="r")
+    else:
+        x_input = x
+    loader = make_loader(x_input, y, batch_size=1024, device="gpu")
+    assert loader.placement == "gpu", loader.plan
+    assert len(starts) == 64 + 1, "the upload was expected in 64 chunks of x and one of y"
+    stored_x, stored_y = loader._store.leaves
+    np.testing.assert_array_equal(host(stored_x), x)
+    np.testing.assert_array_equal(host(stored_y), y)
+
+
+def queue_device_work(cp, launches: int = 400) -> None:
+    """Queue some 15 ms of work on the current stream (64 MB read and written per launch)."""
+    busy = cp.zeros((4096, 4096), dtype=cp.float32)
+    for _ in range(launches):
+        busy += 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "dtype", [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64, np.float16, np.float32, np.float64]
+)
+def test_every_numeric_dtype_uploads_and_gathers(cp, make_loader, dtype):
+    rng = np.random.default_rng(6)
+    x = (rng.integers(0, 100, (300, 4)) % (2 if dtype is np.bool_ else 100)).astype(dtype)
+    loader = make_loader(x, batch_size=64, device="gpu")
+    assert loader._store.leaves[0].dtype == np.dtype(dtype)
+    _, (bx,) = loader._prepare(1)
+    assert bx.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(host(bx), x[expected_rows(300, 64, 0, 1)])
+
+
+# ------------------------------------------------------ zero-copy hand-off
+@pytest.mark.gpu
+def test_torch_handoff_is_zero_copy(cp, torch, make_loader):
+    x, y = id_rows(256, features=7)
+    loader = make_loader(x, y, batch_size=64, device="gpu")
+    _, leaves = loader._prepare(1)
+    for leaf in leaves:
+        for tensor in (torch.from_dlpack(leaf), hand_off(leaf, "torch")):
+            assert tensor.is_cuda
+            assert tensor.data_ptr() == leaf.data.ptr, "torch got a copy, not the gathered buffer"
+            assert tuple(tensor.shape) == leaf.shape
+
+    batch_x, batch_y = next(iter(loader.get_torch_dataloader()))
+    assert batch_x.is_cuda and batch_y.is_cuda
+
+
+@pytest.mark.gpu
+def test_jax_handoff_is_zero_copy(cp, jax, make_loader):
+    x, y = id_rows(256, features=7)
+    y = y.astype(np.float32)  # JAX runs without x64 by default: keep 32-bit leaves
+    loader = make_loader(x, y, batch_size=64, device="gpu")
+    _, leaves = loader._prepare(1)
+    for leaf in leaves:
+        for array in (jax.dlpack.from_dlpack(leaf), hand_off(leaf, "jax")):
+            assert {device.platform for device in array.devices()} == {"gpu"}
+            assert array.unsafe_buffer_pointer() == leaf.data.ptr, "JAX got a copy, not the gathered buffer"
+            assert array.shape == leaf.shape
+
+    batch_x, _ = next(iter(loader.get_jax_iterator()))
+    assert {device.platform for device in batch_x.devices()} == {"gpu"}
+
+
+# ---------------------------------------------------------------- alignment
+@pytest.mark.gpu
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "in-order"])
+def test_gathered_buffers_are_aligned_and_contiguous(cp, make_loader, shuffle):
+    n = 301  # odd row sizes and an odd batch size: nothing lands aligned by luck
+    rng = np.random.default_rng(1)
+    x = {
+        "pixels": rng.integers(0, 255, (n, 5, 3), dtype=np.uint8),
+        "dense": rng.standard_normal((n, 13), dtype=np.float32),
+    }
+    y = rng.integers(0, 3, n).astype(np.int16)
+    weights = rng.random(n)  # float64
+    loader = make_loader(x, y, weights, batch_size=37, shuffle=shuffle, device="gpu")
+    for i in range(len(loader)):
+        _, leaves = loader._prepare(i)
+        assert len(leaves) == 4
+        for leaf in leaves:
+            assert isinstance(leaf, cp.ndarray)
+            assert leaf.flags.c_contiguous, f"batch {i}: a leaf of shape {leaf.shape} is not C-contiguous"
+            assert leaf.data.ptr % ALIGNMENT == 0, f"batch {i}: {leaf.data.ptr:#x} is not 64-byte aligned"
+
+
+# ------------------------------------------------------ stream correctness
+@pytest.mark.gpu
+@pytest.mark.parametrize("consumer", ["torch", "jax"])
+def test_batches_read_right_after_handoff_hold_the_expected_rows(cp, make_loader, request, consumer):
+    """Two worker threads gather ahead while the consumer reads each batch at once.
+
+    Each batch is compared on the consumer's own stream (torch.equal /
+    jnp.array_equal on the GPU) and on the host, the moment it is handed over,
+    then once more after the whole epoch: a later batch must never overwrite
+    one the consumer still holds.
+    """
+    framework = request.getfixturevalue(consumer)
+    n, features, batch_size = 16384, 512, 1024  # 32 MB of data, 2 MB per batch
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, features), dtype=np.float32)
+    y = np.arange(n, dtype=np.float32)
+    loader = make_loader(x, y, batch_size=batch_size, device="gpu", workers=2, max_queue_size=4)
+
+    if consumer == "torch":
+        iterate = loader.get_torch_dataloader
+
+        def equal_on_device(tensor, expected):
+            return bool(framework.equal(tensor, framework.as_tensor(expected, device=tensor.device)))
+
+    else:
+        import jax.numpy as jnp
+
+        iterate = loader.get_jax_iterator
+
+        def equal_on_device(array, expected):
+            return bool(jnp.array_equal(array, jnp.asarray(expected)))
+
+    for epoch in range(2):
+        assert loader.epoch == epoch
+        held = []
+        for i, (batch_x, batch_y) in enumerate(iterate()):
+            rows = expected_rows(n, batch_size, epoch, i)
+            assert equal_on_device(batch_x, x[rows]), f"epoch {epoch} batch {i}: wrong rows on the device"
+            np.testing.assert_array_equal(np.asarray(batch_y.tolist()), rows.astype(np.float32))
+            np.testing.assert_array_equal(np.asarray(host_copy(batch_x)), x[rows])
+            held.append((rows, batch_x))
+        assert len(held) == math.ceil(n / batch_size)
+        for i, (rows, batch_x) in enumerate(held):
+            np.testing.assert_array_equal(
+                np.asarray(host_copy(batch_x)), x[rows], err_msg=f"batch {i} changed after later batches"
+            )
+        loader.on_epoch_end()
+
+
+# ------------------------------------------------------------ out of memory
+@pytest.mark.gpu
+def test_the_memory_rule_in_numbers(cp):
+    assert plan("gpu", 1024, 0.5).placement == "gpu"
+    too_big = 10**15  # 1 PB: fits no GPU
+    fallback = plan("auto", too_big, 1.0)
+    assert fallback.placement == "host"
+    assert fallback.bytes_free is not None and 0 < fallback.bytes_free
+    assert fallback.bytes_free <= device_status().total_bytes
+    assert format_bytes(too_big) in fallback.reason
+    with pytest.raises(GPUUnavailableError, match="does not fit"):
+        plan("gpu", too_big, 1.0)
+
+
+@pytest.mark.gpu
+def test_a_budget_too_small_falls_back_to_ram_under_auto(cp, make_loader):
+    x, y = id_rows(1000, features=10)
+    loader = make_loader(x, y, device="auto", gpu_memory_fraction=1e-9)
+    assert loader.placement == "host"
+    assert loader.xp is np
+    reason = str(loader.plan)
+    assert "does not fit" in reason
+    assert format_bytes(loader.plan.bytes_needed) in reason, reason
+    assert "free" in reason and "budget" in reason, reason
+    assert loader.plan.bytes_free is not None and loader.plan.bytes_free > 0
+    _, (bx, _) = loader._prepare(0)
+    assert isinstance(bx, np.ndarray)
+
+
+@pytest.mark.gpu
+def test_a_budget_too_small_raises_under_gpu(cp, make_loader):
+    x, y = id_rows(1000, features=10)
+    with pytest.raises(GPUUnavailableError, match="does not fit") as caught:
+        make_loader(x, y, device="gpu", gpu_memory_fraction=1e-9)
+    assert "needs" in str(caught.value) and "free" in str(caught.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", ["auto", "gpu"])
+def test_out_of_memory_during_upload(cp, pool, make_loader, monkeypatch, device):
+    """x uploads, then y's copy runs out of memory: nothing uploaded may stay behind."""
+    x, y = id_rows(4096, features=64)  # 1 MB: one chunk each, so one upload call per leaf
+    real_upload_rows = _cuda.upload_rows
+    calls = []
+
+    def upload_rows_then_out_of_memory(target, start, host_rows, staging):
+        calls.append(host_rows.nbytes)
+        if len(calls) == 1:
+            return real_upload_rows(target, start, host_rows, staging)
+        del target  # the traceback must not be what keeps the device array alive
+        raise cp.cuda.memory.OutOfMemoryError(host_rows.nbytes, device_status().total_bytes)
+
+    monkeypatch.setattr(_cuda, "upload_rows", upload_rows_then_out_of_memory)
+    used_before = settled_used_bytes(cp, pool)
+    total_before = pool.total_bytes()
+
+    if device == "auto":
+        with pytest.warns(RuntimeWarning, match="out of memory"):
+            loader = make_loader(x, y, device="auto")
+        assert loader.placement == "host"
+        assert "ran out of memory" in str(loader.plan)
+        _, (bx, by) = loader._prepare(0)
+        assert isinstance(bx, np.ndarray)
+        np.testing.assert_array_equal(bx[:, 0], by.astype(np.float32))
+    else:
+        with pytest.raises(GPUUnavailableError, match="ran out of GPU memory") as caught:
+            make_loader(x, y, device="gpu")
+        assert isinstance(caught.value.__cause__, cp.cuda.memory.OutOfMemoryError)
+        del caught
+
+    assert len(calls) == 2, "the failure was injected in y's upload, after x's"
+    assert settled_used_bytes(cp, pool) == used_before, "a failed upload left device memory in use"
+    assert pool.total_bytes() <= total_before, "a failed upload left cached blocks in the pool"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("consumer", ["prepare", "torch"])
+def test_no_device_memory_growth_over_50_epochs(cp, pool, make_loader, request, consumer):
+    n, batch_size = 4096, 100  # 1 MB of x; 41 batches, the last one partial
+    x, _ = id_rows(n, features=64)
+    y = np.arange(n, dtype=np.int32)
+    loader = make_loader(x, y, batch_size=batch_size, device="gpu")
+
+    if consumer == "torch":
+        request.getfixturevalue("torch")
+
+        def one_epoch(epoch):
+            loader.set_epoch(epoch)
+            for batch_x, _ in loader.get_torch_dataloader():
+                assert batch_x.is_cuda  # the tensor owns the batch until it is dropped here
+    else:
+
+        def one_epoch(epoch):
+            run_epoch(loader, epoch)
+
+    for epoch in range(5):
+        one_epoch(epoch)
+    after_5 = settled_used_bytes(cp, pool)
+    for epoch in range(5, 50):
+        one_epoch(epoch)
+    after_50 = settled_used_bytes(cp, pool)
+    assert after_50 <= after_5 + GROWTH_SLACK_BYTES, (
+        f"device memory grew by {after_50 - after_5} bytes between epoch 5 and epoch 50"
+    )
+
+
+# ------------------------------------------------- arrays already on the GPU
+@pytest.mark.gpu
+def test_a_cupy_array_is_adopted_in_place(cp, make_loader, monkeypatch):
+    x, y = id_rows(640, features=4)
+    x_on_device = cp.asarray(x)
+    real_upload_rows = _cuda.upload_rows
+    uploaded = []
+
+    def recording_upload_rows(target, start, host_rows, staging):
+        uploaded.append(host_rows.shape)
+        return real_upload_rows(target, start, host_rows, staging)
+
+    monkeypatch.setattr(_cuda, "upload_rows", recording_upload_rows)
+    loader = make_loader(x_on_device, y, batch_size=64, device="gpu")
+    stored_x, stored_y = loader._store.leaves
+    assert stored_x.data.ptr == x_on_device.data.ptr, "x was copied instead of adopted"
+    assert uploaded == [y.shape], "only the host array y may travel through the host"
+    assert isinstance(stored_y, cp.ndarray)
+
+    _, (bx, by) = loader._prepare(3)
+    rows = expected_rows(640, 64, 0, 3)
+    np.testing.assert_array_equal(host(bx), x[rows])
+    np.testing.assert_array_equal(host(by), y[rows])
+
+
+@pytest.mark.gpu
+def test_a_torch_cuda_tensor_is_adopted_in_place(cp, torch, make_loader, monkeypatch):
+    x, y = id_rows(640, features=4)
+    x_on_device = torch.from_numpy(x).cuda()
+    y_on_device = torch.from_numpy(y).cuda()
+
+    def no_host_trip(*args, **kwargs):
+        raise AssertionError("a tensor already on the GPU went through host memory")
+
+    monkeypatch.setattr(_cuda, "upload_rows", no_host_trip)
+    monkeypatch.setattr(_cuda, "pinned_staging", no_host_trip)
+    loader = make_loader(x_on_device, y_on_device, batch_size=64, device="gpu")
+    assert loader.placement == "gpu"
+    stored_x, stored_y = loader._store.leaves
+    assert isinstance(stored_x, cp.ndarray)
+    assert stored_x.data.ptr == x_on_device.data_ptr(), "x was copied instead of adopted"
+    assert stored_y.data.ptr == y_on_device.data_ptr(), "y was copied instead of adopted"
+
+    _, (bx, by) = loader._prepare(3)
+    rows = expected_rows(640, 64, 0, 3)
+    np.testing.assert_array_equal(host(bx), x[rows])
+    np.testing.assert_array_equal(host(by), y[rows])
+
+
+# ---------------------------------------------------------------- transform
+@pytest.mark.gpu
+def test_transform_runs_on_the_device(cp, make_loader):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (512, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 512).astype(np.int32)
+    namespaces = []
+
+    def to_unit_float(batch, xp):
+        namespaces.append(xp)
+        pixels, targets = batch
+        return xp.astype(pixels, xp.float32) / 255, targets
+
+    loader = make_loader(images, labels, batch_size=64, device="gpu", transform=to_unit_float)
+    stored_images = loader._store.leaves[0]
+    assert isinstance(stored_images, cp.ndarray) and stored_images.dtype == np.uint8, "store must stay uint8"
+    assert loader._store.nbytes == images.nbytes + labels.nbytes
+
+    _, (bx, by) = loader._prepare(2)
+    assert namespaces and all(xp is cp for xp in namespaces), "transform must be given CuPy"
+    assert isinstance(bx, cp.ndarray) and bx.dtype == np.float32
+    assert bx.data.ptr % ALIGNMENT == 0 and bx.flags.c_contiguous
+    rows = expected_rows(512, 64, 0, 2)
+    np.testing.assert_allclose(host(bx), images[rows].astype(np.float32) / 255, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(host(by), labels[rows])
+    assert stored_images.dtype == np.uint8
+
+
+# ---------------------------------------------------------------- Keras fit
+@pytest.mark.gpu
+def test_keras_fit_converges_on_the_gpu(cp, make_loader):
+    """A Dense model fed by Loader(device="gpu") learns y = x @ w on the backend in KERAS_BACKEND."""
+    import keras  # make_loader has skipped already when Keras does not import
+
+    backend = keras.backend.backend()
+    if backend == "numpy":
+        pytest.skip("Keras's numpy backend cannot train")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2048, 16), dtype=np.float32)
+    w = rng.standard_normal((16, 1), dtype=np.float32)
+    y = (x @ w + 0.01 * rng.standard_normal((2048, 1), dtype=np.float32)).astype(np.float32)
+    loader = make_loader(x, y, batch_size=128, device="gpu")
+    assert loader.placement == "gpu", loader.plan
+
+    batches = _backend_batches(loader, backend)
+    first_x = next(iter(batches))[0]
+    assert _on_gpu(first_x), f"the {backend} backend was not handed a GPU batch: {first_x!r}"
+    getattr(batches, "close", lambda: None)()
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05), loss="mse")
+    losses = model.fit(loader, epochs=5, verbose=0).history["loss"]
+    assert len(losses) == 5 and all(math.isfinite(loss) for loss in losses), losses
+    assert losses[-1] < 0.1 * losses[0], f"loss did not decrease enough on {backend}: {losses}"
+    evaluated = model.evaluate(loader, verbose=0)
+    assert math.isfinite(evaluated) and evaluated < 0.1 * losses[0]
+
+
+def _backend_batches(loader, backend):
+    if backend == "jax":
+        return loader.get_jax_iterator()
+    if backend == "torch":
+        return loader.get_torch_dataloader()
+    if backend == "tensorflow":
+        return iter(loader.get_tf_dataset())
+    return loader.get_numpy_iterator()
+
+
+def _on_gpu(tensor) -> bool:
+    if hasattr(tensor, "is_cuda"):  # torch
+        return bool(tensor.is_cuda)
+    if hasattr(tensor, "devices"):  # JAX
+        return all(device.platform == "gpu" for device in tensor.devices())
+    return "GPU" in str(getattr(tensor, "device", ""))  # TensorFlow
