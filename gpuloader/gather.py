@@ -11,6 +11,7 @@ Cost: one copy of the batch's bytes (``batch_size x row bytes``) per leaf.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ ALIGNMENT = 64
 def aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = ALIGNMENT) -> np.ndarray:
     """An uninitialised C-contiguous NumPy array whose data starts on ``alignment`` bytes."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + alignment, dtype=np.uint8)
     offset = (-raw.ctypes.data) % alignment
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)

@@ -51,14 +51,27 @@ def is_host(array: Any) -> bool:
     return device is not None and int(device()[0]) == 1
 
 
-def hand_off(array: Any, backend: str) -> Any:
-    """Turn one gathered array into ``backend``'s tensor without copying its data."""
-    if backend == "tensorflow":
-        from tensorflow.experimental import dlpack as tf_dlpack
+_tf_from_dlpack: Any = None
 
-        if is_host(array):
+
+def hand_off(array: Any, backend: str, *, known_aligned: bool = False) -> Any:
+    """Turn one gathered array into ``backend``'s tensor without copying its data.
+
+    Args:
+        array: a host or device array exporting ``__dlpack__``.
+        backend: the Keras backend that consumes it.
+        known_aligned: the caller made ``array`` itself, C-contiguous and
+            64-byte aligned (as :func:`gpuloader.gather.gather` does); skips the check.
+    """
+    if backend == "tensorflow":
+        global _tf_from_dlpack
+        if _tf_from_dlpack is None:
+            from tensorflow.experimental import dlpack as tf_dlpack
+
+            _tf_from_dlpack = tf_dlpack.from_dlpack
+        if not known_aligned and is_host(array):
             array = as_aligned_host(array)
-        return tf_dlpack.from_dlpack(array.__dlpack__())
+        return _tf_from_dlpack(array.__dlpack__())
     if backend == "jax":
         if is_host(array):
             return as_aligned_host(array)  # Keras's JAX trainer takes NumPy as is
