@@ -31,9 +31,9 @@ class Structure:
 
     def rebuild(self, leaves: Sequence[Any]) -> Any:
         """Put ``leaves`` (in flatten order) back into this structure."""
-        iterator = iter(leaves)
-        result = self._rebuild(iterator)
-        return result
+        if self.kind == "tuple" and all(child.kind == "leaf" for child in self.children):
+            return tuple(leaves)  # the common (x, y) case, on the per-batch path
+        return self._rebuild(iter(leaves))
 
     def _rebuild(self, leaves: Any) -> Any:
         if self.kind == "leaf":

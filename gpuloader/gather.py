@@ -43,20 +43,40 @@ def gather(xp: Any, leaf: Any, rows: slice | Any) -> Any:
         leaf: a stored array, rows on the first axis.
         rows: a ``slice`` (contiguous rows, no shuffle) or a 1-d int64 index array.
     """
-    if xp is np:
-        out = aligned_empty((_count(rows, leaf.shape[0]), *leaf.shape[1:]), leaf.dtype)
-        if is_disk_leaf(leaf) and not isinstance(rows, slice):
-            read_rows_sorted(leaf, rows, out)
-        elif isinstance(rows, slice):
+    return gather_batch(xp, [leaf], rows)[0]
+
+
+def gather_batch(xp: Any, leaves: list[Any], rows: slice | Any) -> list[Any]:
+    """Copy ``leaf[rows]`` of every leaf into fresh arrays, one batch at a time.
+
+    On the host all of a batch's arrays are cut from one new block, each
+    starting on a 64-byte boundary: one allocation per batch instead of one per
+    array. The block lives as long as any of its arrays does.
+    """
+    if xp is not np:
+        if isinstance(rows, slice):
+            return [xp.asarray(leaf[rows, ...], copy=True) for leaf in leaves]
+        return [xp.take(leaf, rows, axis=0) for leaf in leaves]
+    count = _count(rows, leaves[0].shape[0])
+    shapes = [(count, *leaf.shape[1:]) for leaf in leaves]
+    sizes = [math.prod(shape) * leaf.dtype.itemsize for shape, leaf in zip(shapes, leaves)]
+    padded = [-(-size // ALIGNMENT) * ALIGNMENT for size in sizes]
+    block = np.empty(sum(padded) + ALIGNMENT, dtype=np.uint8)
+    offset = -block.ctypes.data % ALIGNMENT
+    outs = []
+    for leaf, shape, size, span in zip(leaves, shapes, sizes, padded):
+        out = block[offset : offset + size].view(leaf.dtype).reshape(shape)
+        offset += span
+        if isinstance(rows, slice):
             np.copyto(out, leaf[rows, ...])
+        elif is_disk_leaf(leaf):
+            read_rows_sorted(leaf, rows, out)
         else:
             # mode="clip" skips the bounds-check buffer that mode="raise" needs;
             # indices come from the permutation and are always in range.
             np.take(leaf, rows, axis=0, out=out, mode="clip")
-        return out
-    if isinstance(rows, slice):
-        return xp.asarray(leaf[rows, ...], copy=True)
-    return xp.take(leaf, rows, axis=0)
+        outs.append(out)
+    return outs
 
 
 def _count(rows: slice | Any, n: int) -> int:

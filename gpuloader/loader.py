@@ -26,7 +26,7 @@ from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, strategy_of_caller, tf_batches
 from gpuloader._structure import Structure, flatten
-from gpuloader.gather import gather
+from gpuloader.gather import gather_batch
 from gpuloader.handoff import hand_off, keras_backend
 from gpuloader.permutation import MAX_SEED, permutation
 from gpuloader.prefetch import in_order
@@ -379,7 +379,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     def _prepare_rows(self, rows: slice | Any) -> tuple[Structure, list[Any]]:
         xp = self._store.xp
-        leaves = [gather(xp, leaf, rows) for leaf in self._store.leaves]
+        leaves = gather_batch(xp, self._store.leaves, rows)
         structure = self._structure
         if self._transform is not None:
             structure, leaves = _run_transform(self._transform, structure.rebuild(leaves), xp)
@@ -412,6 +412,9 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     def _order(self, epoch: int) -> Any:
         """The permutation of ``epoch``, computed once and kept until another epoch is asked."""
+        cached = self._order_cache  # read once: another thread may replace it, never mutate it
+        if cached is not None and cached[0] == (self._seed, epoch):
+            return cached[1]
         with self._order_lock:
             key = (self._seed, epoch)
             if self._order_cache is None or self._order_cache[0] != key:

@@ -82,3 +82,17 @@ def test_numpy_backend_gets_numpy_arrays():
     assert hand_off(array, "numpy") is array
     with pytest.raises(ValueError, match="unknown Keras backend"):
         hand_off(array, "mxnet")
+
+
+def test_a_batch_of_several_arrays_is_one_fresh_block_of_aligned_arrays():
+    from gpuloader.gather import gather_batch
+
+    leaves = [np.arange(30 * 3, dtype=np.float32).reshape(30, 3), np.arange(30, dtype=np.int8),
+              np.ones((30, 5, 7), dtype=np.float64)]
+    rows = np.array([29, 0, 7, 7, 13])
+    first = gather_batch(np, leaves, rows)
+    second = gather_batch(np, leaves, rows)
+    for out, leaf in zip(first, leaves):
+        assert is_aligned(out)
+        np.testing.assert_array_equal(out, leaf[rows])
+    assert not any(np.shares_memory(a, b) for a in first for b in second)
