@@ -306,7 +306,12 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     # --------------------------------------------------------------- internals
     def _iterate(self, backend: str) -> Iterator[Any]:
-        """One epoch of batches for ``backend``, prepared ahead by ``workers`` threads.
+        """One epoch of batches for ``backend``, prepared ahead by ``workers`` threads."""
+        for prepared in self._epoch_of(self._prepare_rows):
+            yield self._to_consumer(prepared, backend)
+
+    def _epoch_of(self, prepare: Callable[[slice | Any], Any]) -> Iterator[Any]:
+        """``prepare(rows)`` for every batch of one epoch, in order, ``workers`` threads ahead.
 
         An iterator started after the previous one went through the whole epoch
         begins the next epoch, even before ``on_epoch_end`` (Keras does that when
@@ -317,13 +322,13 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             self.on_epoch_end()
         epoch, last = self._epoch, len(self) - 1
         batches = in_order(
-            lambda position: self._prepare(position, epoch),
+            lambda position: prepare(self._rows(position, epoch)),
             range(len(self)), workers=self.workers, max_queue_size=self.max_queue_size,
         )
         for position, prepared in enumerate(batches):
             if position == last:
                 self._completed_epoch = epoch
-            yield self._to_consumer(prepared, backend)
+            yield prepared
 
     def _iterate_replicas(self, strategy: Any, devices: list[str]) -> Iterator[Any]:
         """One epoch of ``PerReplica`` batches: replica r gets its part, made on its own device.
@@ -335,7 +340,11 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         import tensorflow as tf
 
         count = len(devices)
-        for batch_parts in self._iterate_split(count):
+
+        def prepare_parts(rows: slice | Any) -> list[tuple[Structure, list[Any]]]:
+            return [self._prepare_rows(part) for part in _split_rows(rows, count)]
+
+        for batch_parts in self._epoch_of(prepare_parts):
             per_replica = []
             for device, prepared in zip(devices, batch_parts):
                 tensors = self._to_consumer(prepared, "tensorflow")
@@ -344,22 +353,6 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             yield strategy.experimental_distribute_values_from_function(
                 lambda context, values=per_replica: values[context.replica_id_in_sync_group % count]
             )
-
-    def _iterate_split(self, count: int) -> Iterator[list[tuple[Structure, list[Any]]]]:
-        """Like :meth:`_iterate`, but each batch comes as ``count`` prepared parts."""
-        if self._completed_epoch == self._epoch:
-            self.on_epoch_end()
-        epoch, last = self._epoch, len(self) - 1
-
-        def prepare_parts(position: int) -> list[tuple[Structure, list[Any]]]:
-            rows = self._rows(position, epoch)
-            return [self._prepare_rows(part) for part in _split_rows(rows, count)]
-
-        batches = in_order(prepare_parts, range(len(self)), workers=self.workers, max_queue_size=self.max_queue_size)
-        for position, prepared in enumerate(batches):
-            if position == last:
-                self._completed_epoch = epoch
-            yield prepared
 
     def _check_replica_split(self, count: int) -> None:
         smallest = self.partial_batch_size or self._batch_size
