@@ -30,7 +30,7 @@ from gpuloader.gather import gather_batch
 from gpuloader.handoff import hand_off, keras_backend
 from gpuloader.permutation import MAX_SEED, permutation
 from gpuloader.prefetch import in_order
-from gpuloader.sources import RowSubset, ShardedArray, is_disk_leaf, open_source
+from gpuloader.sources import RowSubset, ShardedArray, advise_random_access, is_disk_leaf, open_source
 
 STATE_FORMAT = "gpuloader.Loader/1"
 _PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
@@ -129,6 +129,10 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._plan, self._store = _place(
             leaves, names, requested, fraction, host_memory_limit, self._batch_bytes(leaves), verbose
         )
+        if self._plan.placement == "disk" and self._shuffle:
+            for leaf in self._store.leaves:
+                if is_disk_leaf(leaf):
+                    advise_random_access(leaf)
         if self._num_shards > 1:
             self._plan = dataclasses.replace(
                 self._plan, reason=f"{self._plan.reason}; shard {self._shard_index} of {self._num_shards} "
