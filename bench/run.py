@@ -1,7 +1,8 @@
 """Host benchmark of gpuloader against named baselines (``make bench``).
 
-Usage: ``python bench/run.py [--rounds N] [--quick] [--modes epoch,fit]
-[--datasets mnist,cifar] [--out DIR] [--jobs N]``
+Usage: ``python bench/run.py [--rounds N] [--quick] [--modes epoch,fit,disk]
+[--datasets mnist,cifar] [--out DIR] [--jobs N] [--disk-dir DIR] [--disk-rows N]
+[--disk-batches B] [--keep-disk-data]``
 
 Every case runs in a process of its own (``bench/cases.py``), and the cases are
 interleaved across rounds (round 1: A B C D, round 2: A B C D, ...): after
@@ -9,6 +10,19 @@ interleaved across rounds (round 1: A B C D, round 2: A B C D, ...): after
 (shared/notes/pitfalls.md, item 5). A case's figure for one round is the median
 of its timed epochs; its reported figure is the median over rounds. Speedups
 are ``baseline seconds / gpuloader seconds`` from the medians of the same run.
+
+Mode ``disk`` reads a ``.npy`` pair from storage (``x`` float32 rows of 3072
+values, 12 KiB a row, and int32 labels; 200000 rows, 2.46 GB, by default),
+written once per run into ``--disk-dir`` (default ``bench/results/disk_data``,
+git-ignored) in chunks, reused by every round and deleted at the end unless
+``--keep-disk-data``. Its cases (``cases.DISK_CASES``) time the first
+``--disk-batches`` batches of each epoch (300 by default, the same for every
+case), and before every epoch each case evicts the files from the page cache
+with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (``bench/pagecache.py``), so every
+epoch reads cold. The driver checks once that the eviction works (cached bytes
+by ``mincore``, the same batches cold then warm) and prints the evidence, and a
+table of peak memory per case. Disk cases always run one at a time, whatever
+``--jobs``: a page another process maps cannot be evicted.
 
 Writes ``<out>/bench.json`` (every raw figure, the machine, the targets) and
 ``<out>/bench.png``; ``<out>`` defaults to ``bench/results``. When a CUDA device
@@ -23,6 +37,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import cases
+import pagecache
 import synthetic
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -42,17 +58,26 @@ DEFAULT_OUT = BENCH_DIR / "results"
 GPULOADER = "gpuloader"
 
 # Timed epochs per case process (after one warm-up epoch), tuned so that the
-# default run (5 rounds, both modes and datasets) takes about 10 minutes on 2 cores.
-TIMED_EPOCHS = {"epoch": 30, "fit": 12}
+# default run (5 rounds, both modes and datasets) takes about 10 minutes on 2 cores,
+# and the disk mode alone about 5 more.
+TIMED_EPOCHS = {"epoch": 30, "fit": 12, "disk": 3}
 QUICK_ROWS = 4096
 QUICK_ROUNDS = 2
 QUICK_JOBS = 2
 CASE_TIMEOUT_S = 600
+DEFAULT_DISK_DIR = DEFAULT_OUT / "disk_data"
+DISK_ROWS = 200_000  # 2.46 GB of x
+DISK_BATCHES = 300  # timed per epoch: 76800 of the 200000 rows
+QUICK_DISK_ROWS = 16_384  # 201 MB
+QUICK_DISK_BATCHES = 16
+EVICTION_CHECK_BATCHES = 50
+DISK_SPACE_MARGIN = 1 << 30
 
 # Minimum speedup of gpuloader over each baseline: baseline seconds / gpuloader seconds.
 TARGETS: dict[str, dict[str, float]] = {
     "epoch": {"seed": 1.5, "tfdata": 3.0, "gather": 0.75},
     "fit": {"seed": 1.4, "arrays": 1.3, "tfdata": 1.2},
+    "disk": {"seed": 2.0},
 }
 
 
@@ -64,11 +89,14 @@ def case_env() -> dict[str, str]:
     return env
 
 
-def run_case(case: str, dataset: str, mode: str, rows: int | None, epochs: int) -> dict[str, Any]:
+def run_case(
+    case: str, dataset: str, mode: str, rows: int | None, epochs: int, extra: list[str] | None = None
+) -> dict[str, Any]:
     """Run one case in a fresh process; return its JSON, or ``{"error": ...}`` when it failed."""
     command = [sys.executable, str(BENCH_DIR / "cases.py"), case, dataset, mode, "--epochs", str(epochs)]
     if rows is not None:
         command += ["--rows", str(rows)]
+    command += extra or []
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, env=case_env(), capture_output=True, text=True, timeout=CASE_TIMEOUT_S)
@@ -105,8 +133,41 @@ def summarise(plan: list[Key], raw: dict[Key, list[dict[str, Any]]]) -> list[dic
                 batches=good[0]["batches"],
                 batches_per_s=good[0]["batches"] / median,
             )
+            if mode == "disk":
+                row.update(_disk_figures(good))
         rows.append(row)
     return rows
+
+
+def _disk_figures(good: list[dict[str, Any]]) -> dict[str, Any]:
+    """Memory and I/O of a disk case: medians over rounds of each round's figure (its worst epoch)."""
+
+    def median_of(name: str) -> float:
+        return statistics.median(result[name] for result in good)
+
+    return {
+        "peak_rss_anon_delta_bytes": median_of("peak_rss_anon_delta_bytes"),
+        "peak_rss_anon_delta_max_bytes": max(result["peak_rss_anon_delta_bytes"] for result in good),
+        "vm_hwm_bytes": median_of("vm_hwm_bytes"),
+        "vm_hwm_reset": all(epoch["vm_hwm_reset"] for result in good for epoch in result["epochs"]),
+        "peak_rss_file_bytes": statistics.median(
+            max(epoch["peak_rss_file_bytes"] for epoch in result["epochs"]) for result in good
+        ),
+        "storage_read_bytes": median_of("storage_read_bytes"),
+        "cpu_s": statistics.median(
+            statistics.median(epoch["cpu_user_s"] + epoch["cpu_sys_s"] for epoch in result["epochs"])
+            for result in good
+        ),
+        "cpu_sys_s": statistics.median(
+            statistics.median(epoch["cpu_sys_s"] for epoch in result["epochs"]) for result in good
+        ),
+        "cached_after_eviction_max_bytes": max(result["cached_after_eviction_bytes"] for result in good),
+        "requested_bytes": good[0]["batches"] * good[0]["batch_size"] * _row_bytes(good[0]),
+    }
+
+
+def _row_bytes(result: dict[str, Any]) -> int:
+    return int(result["file_bytes"] // result["rows"])
 
 
 def speedups(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -164,6 +225,48 @@ def format_table(summary: list[dict[str, Any]], ratios: list[dict[str, Any]]) ->
             f"{row['max_s']:>9.4f} {row['batches_per_s']:>10.0f} {shown:>18}"
         )
     return "\n".join(lines)
+
+
+def format_disk_table(summary: list[dict[str, Any]]) -> str:
+    """Peak memory and bytes read from storage per disk case (MB = 10**6 bytes)."""
+    header = (
+        f"{'case':<10} {'batches/s':>10} {'peak RssAnon':>13} {'VmHWM':>9} {'peak RssFile':>13} "
+        f"{'read/epoch':>11} {'CPU s (sys)':>12} {'cached at start':>16}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in summary:
+        if row["mode"] != "disk" or "median_s" not in row:
+            continue
+        lines.append(
+            f"{row['case']:<10} {row['batches_per_s']:>10.1f} {_mb(row['peak_rss_anon_delta_bytes']):>13} "
+            f"{_mb(row['vm_hwm_bytes']):>9} {_mb(row['peak_rss_file_bytes']):>13} "
+            f"{_mb(row['storage_read_bytes']):>11} {row['cpu_s']:>5.2f} ({row['cpu_sys_s']:.2f}) "
+            f"{_mb(row['cached_after_eviction_max_bytes']):>16}"
+        )
+    return "\n".join(lines)
+
+
+def _mb(value: float) -> str:
+    return f"{value / 1e6:.0f} MB"
+
+
+def format_eviction(evidence: dict[str, Any]) -> str:
+    """The page-cache evidence of :func:`pagecache.check_eviction` in a few lines."""
+    fincore = evidence["fincore_after_eviction_bytes"]
+    return "\n".join(
+        [
+            f"  cached bytes of x.npy: {_mb(evidence['cached_before_eviction_bytes'])} before eviction, "
+            f"{_mb(evidence['cached_after_eviction_bytes'])} after (mincore)"
+            + ("" if fincore is None else f", {_mb(fincore)} (fincore)"),
+            f"  the same {evidence['batches']} shuffled batches (x[rows] on a memmap, "
+            f"{_mb(evidence['requested_bytes'])} of rows): cold {evidence['cold_s']:.3f} s reading "
+            f"{_mb(evidence['cold_storage_read_bytes'])} from storage, then warm {evidence['warm_s']:.3f} s reading "
+            f"{_mb(evidence['warm_storage_read_bytes'])}",
+            f"  {_mb(evidence['cached_after_cold_read_bytes'])} of x.npy cached after the cold pass; read from "
+            f"storage / rows asked for = {evidence['cold_storage_read_bytes'] / evidence['requested_bytes']:.1f}x "
+            "(above 1: the kernel's read-ahead around each page fault)",
+        ]
+    )
 
 
 def format_targets(checks: list[dict[str, Any]]) -> str:
@@ -288,7 +391,10 @@ def write_chart(summary: list[dict[str, Any]], ratios: list[dict[str, Any]], pat
                         textcoords="offset points",
                     )
         axis.set_xticks(range(len(datasets)), datasets)
-        axis.set_ylabel("ms per epoch (median over rounds; lower is better)")
+        if mode == "disk" and rows:
+            axis.set_ylabel(f"ms per {rows[0]['batches']} cold batches (median; lower is better)")
+        else:
+            axis.set_ylabel("ms per epoch (median over rounds; lower is better)")
         axis.set_title(f"{mode}: label = baseline s / gpuloader s")
         axis.legend(fontsize=8)
     figure.suptitle(title, fontsize=9)
@@ -303,16 +409,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke run: {QUICK_ROWS} rows, {QUICK_ROUNDS} rounds, 1 timed epoch, {QUICK_JOBS} processes at a time",
+        help=f"smoke run: {QUICK_ROWS} rows ({QUICK_DISK_ROWS} and {QUICK_DISK_BATCHES} batches for disk), "
+        f"{QUICK_ROUNDS} rounds, 1 timed epoch, {QUICK_JOBS} processes at a time",
     )
-    parser.add_argument("--modes", default="epoch,fit", help="comma-separated: epoch, fit (default both)")
-    parser.add_argument("--datasets", default="mnist,cifar", help="comma-separated: mnist, cifar (default both)")
+    parser.add_argument(
+        "--modes", default="epoch,fit,disk", help="comma-separated: epoch, fit, disk (default all three)"
+    )
+    parser.add_argument(
+        "--datasets", default="mnist,cifar", help="comma-separated: mnist, cifar (default both; not for disk)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default bench/results)")
     parser.add_argument(
         "--jobs",
         type=int,
         default=None,
         help=f"case processes at a time (default 1; {QUICK_JOBS} with --quick); above 1 timings are not comparable",
+    )
+    parser.add_argument(
+        "--disk-dir",
+        type=Path,
+        default=DEFAULT_DISK_DIR,
+        help="disk mode: folder for its x.npy and y.npy, (over)written there and deleted at the end "
+        "(default bench/results/disk_data)",
+    )
+    parser.add_argument(
+        "--disk-rows",
+        type=int,
+        default=None,
+        help=f"disk mode: rows of x.npy, 12 KiB each (default {DISK_ROWS}; {QUICK_DISK_ROWS} with --quick)",
+    )
+    parser.add_argument(
+        "--disk-batches",
+        type=int,
+        default=None,
+        help=f"disk mode: timed batches per epoch (default {DISK_BATCHES}; {QUICK_DISK_BATCHES} with --quick)",
+    )
+    parser.add_argument(
+        "--keep-disk-data", action="store_true", help="disk mode: keep x.npy and y.npy (reused by the next run)"
     )
     args = parser.parse_args(argv)
     args.modes = _choices(parser, "--modes", args.modes, cases.MODES)
@@ -321,6 +454,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.jobs = args.jobs or (QUICK_JOBS if args.quick else 1)
     if args.rounds < 1 or args.jobs < 1:
         parser.error("--rounds and --jobs must be at least 1")
+    args.disk_rows = args.disk_rows or (QUICK_DISK_ROWS if args.quick else DISK_ROWS)
+    args.disk_batches = args.disk_batches or (QUICK_DISK_BATCHES if args.quick else DISK_BATCHES)
+    if not 1 <= args.disk_batches <= args.disk_rows // synthetic.BATCH_SIZE:
+        parser.error(f"--disk-batches must be in [1, --disk-rows / {synthetic.BATCH_SIZE}]")
     return args
 
 
@@ -332,6 +469,73 @@ def _choices(parser: argparse.ArgumentParser, flag: str, value: str, known: Any)
     return picked
 
 
+def prepare_disk(args: argparse.Namespace) -> dict[str, Any]:
+    """Write (or reuse) the disk mode's ``.npy`` pair, check that eviction works, print both."""
+    directory = args.disk_dir.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    x_path, y_path = (directory / name for name in synthetic.DISK_FILES)
+    x_shape = (args.disk_rows, *synthetic.DISK_SAMPLE_SHAPE)
+    reused = synthetic.npy_matches(x_path, x_shape, synthetic.DISK_DTYPE) and synthetic.npy_matches(
+        y_path, (args.disk_rows,), "int32"
+    )
+    needed = synthetic.disk_nbytes(args.disk_rows)
+    if not reused:
+        present = sum(path.stat().st_size for path in (x_path, y_path) if path.exists())
+        free = shutil.disk_usage(directory).free + present
+        if free < needed + DISK_SPACE_MARGIN:
+            raise SystemExit(
+                f"disk mode: {directory} has {free / 1e9:.1f} GB free, the files need {needed / 1e9:.2f} GB "
+                "plus 1 GB of margin; pass --disk-dir elsewhere or a smaller --disk-rows"
+            )
+    start = time.perf_counter()
+    try:
+        synthetic.write_npy(directory, args.disk_rows)
+    except BaseException:
+        if not args.keep_disk_data:
+            remove_disk_data(directory)  # no half-written files left behind
+        raise
+    write_s = time.perf_counter() - start
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    file_bytes = x_path.stat().st_size + y_path.stat().st_size
+    print(
+        f"disk mode: x.npy {args.disk_rows} x {synthetic.DISK_SAMPLE_SHAPE[0]} {synthetic.DISK_DTYPE} + y.npy "
+        f"int32 = {file_bytes / 1e9:.2f} GB in {directory} ({'reused' if reused else f'written in {write_s:.1f} s'}); "
+        f"RAM {ram / 1e9:.1f} GB, so the files fit in the page cache: every epoch is made cold by eviction"
+    )
+    print(f"page cache: {pagecache.METHOD} before each epoch (warm-up included); /proc/sys/vm/drop_caches not used")
+    evidence = pagecache.check_eviction(
+        x_path, [x_path, y_path], min(EVICTION_CHECK_BATCHES, args.disk_batches), synthetic.BATCH_SIZE
+    )
+    print("page-cache check (driver process):")
+    print(format_eviction(evidence))
+    return {
+        "dir": str(directory),
+        "rows": args.disk_rows,
+        "sample_shape": list(synthetic.DISK_SAMPLE_SHAPE),
+        "dtype": synthetic.DISK_DTYPE,
+        "file_bytes": file_bytes,
+        "ram_bytes": ram,
+        "reused": reused,
+        "write_s": write_s,
+        "batches_per_epoch": args.disk_batches,
+        "warmup_batches": min(args.disk_batches, cases.DISK_WARMUP_BATCHES),
+        "gpuloader_workers": cases.DISK_WORKERS,
+        "gpuloader_max_queue_size": cases.DISK_MAX_QUEUE,
+        "page_cache": f"{pagecache.METHOD} before each epoch",
+        "page_cache_check": evidence,
+    }
+
+
+def remove_disk_data(directory: Path) -> None:
+    """Delete the disk mode's files, and their folder when that leaves it empty."""
+    for name in synthetic.DISK_FILES:
+        (directory / name).unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -339,29 +543,62 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint = source_fingerprint()
     rows = QUICK_ROWS if args.quick else None
     epochs = {mode: 1 if args.quick else TIMED_EPOCHS[mode] for mode in args.modes}
-    plan = [(mode, dataset, case) for mode in args.modes for dataset in args.datasets for case in cases.MODES[mode]]
-    sizes = ", ".join(f"{name} {rows or synthetic.SPECS[name].rows} rows" for name in args.datasets)
+    datasets = {mode: [cases.DISK_DATASET] if mode == "disk" else args.datasets for mode in args.modes}
+    plan = [(mode, dataset, case) for mode in args.modes for dataset in datasets[mode] for case in cases.MODES[mode]]
+    in_ram = [mode for mode in args.modes if mode != "disk"]
+    sizes = "; " + ", ".join(f"{name} {rows or synthetic.SPECS[name].rows} rows" for name in args.datasets)
     print(
         f"gpuloader host benchmark: {len(plan)} cases x {args.rounds} rounds, each case in its own process "
-        f"({args.jobs} at a time); batch {synthetic.BATCH_SIZE}; {sizes}"
+        f"({args.jobs} at a time{'; disk cases 1 at a time' if 'disk' in args.modes and args.jobs > 1 else ''}); "
+        f"batch {synthetic.BATCH_SIZE}{sizes if in_ram else ''}"
     )
-    print("per process: 1 warm-up epoch + " + ", ".join(f"{epochs[m]} timed epochs ({m} mode)" for m in args.modes))
+    per_process = [f"1 warm-up epoch + {epochs[m]} timed epochs ({m} mode)" for m in in_ram]
+    if "disk" in args.modes:
+        per_process.append(
+            f"a {min(args.disk_batches, cases.DISK_WARMUP_BATCHES)}-batch warm-up + {epochs['disk']} timed epochs "
+            f"of their first {args.disk_batches} batches ({args.disk_batches * synthetic.BATCH_SIZE} of "
+            f"{args.disk_rows} rows, the same for every case; disk mode)"
+        )
+    print("per process: " + "; ".join(per_process))
     if args.quick or args.jobs > 1:
         print("note: a smoke run (small data or parallel processes); its timings are not meaningful")
 
+    disk: dict[str, Any] | None = None
+    disk_args: list[str] = []
     raw: dict[Key, list[dict[str, Any]]] = {key: [] for key in plan}
     failures = 0
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for round_index in range(args.rounds):
-            round_start = time.perf_counter()
-            results = list(pool.map(lambda key: run_case(key[2], key[1], key[0], rows, epochs[key[0]]), plan))
-            for key, result in zip(plan, results):
-                result["round"] = round_index + 1
-                raw[key].append(result)
-                if "error" in result:
-                    failures += 1
-                    print(f"FAILED {' '.join(key)} (round {round_index + 1}): {result['error']}")
-            print(f"round {round_index + 1}/{args.rounds} done in {time.perf_counter() - round_start:.0f} s")
+    try:
+        if "disk" in args.modes:
+            disk = prepare_disk(args)
+            disk_args = ["--disk-dir", disk["dir"], "--batches", str(args.disk_batches)]
+
+        def run(key: Key) -> dict[str, Any]:
+            mode, dataset, case = key
+            if mode == "disk":
+                return run_case(case, dataset, mode, None, epochs[mode], disk_args)
+            return run_case(case, dataset, mode, rows, epochs[mode])
+
+        # Disk cases run alone: another process's mapped pages could not be evicted.
+        parallel = [key for key in plan if key[0] != "disk"]
+        alone = [key for key in plan if key[0] == "disk"]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for round_index in range(args.rounds):
+                round_start = time.perf_counter()
+                results = dict(zip(parallel, pool.map(run, parallel)))
+                results.update((key, run(key)) for key in alone)
+                for key in plan:
+                    result = results[key]
+                    result["round"] = round_index + 1
+                    raw[key].append(result)
+                    if "error" in result:
+                        failures += 1
+                        print(f"FAILED {' '.join(key)} (round {round_index + 1}): {result['error']}")
+                print(f"round {round_index + 1}/{args.rounds} done in {time.perf_counter() - round_start:.0f} s")
+    finally:
+        if disk is not None and not args.keep_disk_data:
+            remove_disk_data(Path(disk["dir"]))
+    if disk is not None:
+        disk["kept"] = args.keep_disk_data
 
     source = {"gpuloader_sha256_at_start": fingerprint, "gpuloader_sha256_at_end": source_fingerprint()}
     if source["gpuloader_sha256_at_start"] != source["gpuloader_sha256_at_end"]:
@@ -372,6 +609,24 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(summary, ratios))
     print()
+    if disk is not None:
+        print(
+            f"disk mode, memory and I/O per epoch of {args.disk_batches} batches (medians over rounds; memory: "
+            "each round's worst epoch):\n"
+            "  peak RssAnon = highest RssAnon sampled after any batch minus RssAnon before the epoch\n"
+            "  VmHWM = peak resident set of the process (VmRSS: anonymous + file pages, mapped file pages "
+            "included)" + (", reset before each epoch" if _all_reset(summary) else ", over its life") + "\n"
+            "  peak RssFile = file pages mapped (memory maps, libraries); read/epoch = bytes read from storage "
+            "(/proc/self/io)\n"
+            "  CPU s = user + system seconds of the process per epoch (sys: system alone; 2 cores = 2 s per s); "
+            "cached at start = bytes of the files still cached after the eviction (worst epoch)"
+        )
+        print(format_disk_table(summary))
+        print(
+            f"  rows asked for per epoch: {_mb(args.disk_batches * synthetic.BATCH_SIZE * _disk_row_bytes(disk))}; "
+            f"files: {_mb(disk['file_bytes'])}; page cache: {disk['page_cache']}"
+        )
+        print()
     print("targets (speedup = baseline s / gpuloader s, medians of this run):")
     print(format_targets(checks))
     print()
@@ -394,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": machine,
         "source": source,
+        "disk": disk,
         "summary": summary,
         "speedups": ratios,
         "targets": checks,
@@ -411,6 +667,14 @@ def main(argv: list[str] | None = None) -> int:
     write_chart(summary, ratios, png_path, title)
     print(f"wrote {json_path} and {png_path}; total {time.perf_counter() - started:.0f} s")
     return 1 if failures else 0
+
+
+def _all_reset(summary: list[dict[str, Any]]) -> bool:
+    return all(row.get("vm_hwm_reset", True) for row in summary if row["mode"] == "disk")
+
+
+def _disk_row_bytes(disk: dict[str, Any]) -> int:
+    return int(disk["file_bytes"] // disk["rows"])
 
 
 if __name__ == "__main__":
