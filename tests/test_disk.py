@@ -175,7 +175,7 @@ def test_unknown_device_lists_disk():
 def test_shuffled_disk_batches_advise_the_kernel_against_read_ahead(files, tmp_path):
     from gpuloader.sources import advise_random_access
 
-    _, _, x_path, y_path = files
+    _, _, x_path, _ = files
     assert advise_random_access(np.load(x_path, mmap_mode="r"))
     shards = [save(tmp_path, f"p{i}.npy", np.zeros((5, 2))) for i in range(2)]
     assert advise_random_access(Loader(shards, batch_size=2, device="disk", verbose=False)._store.leaves[0])
