@@ -163,7 +163,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     @property
     def num_samples(self) -> int:
-        """Samples this loader serves per epoch source (this worker's shard when sharded)."""
+        """Samples this loader holds and serves each epoch (this worker's shard when sharded)."""
         return self._store.n
 
     @property
