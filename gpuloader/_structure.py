@@ -10,7 +10,7 @@ tuples, which is what Keras expects of a batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,12 +83,3 @@ def _looks_like_array_data(nest: Sequence[Any]) -> bool:
         return True
     return all(isinstance(item, (int, float, bool, complex)) for item in nest)
 
-
-def map_leaves(function: Callable[[Any], Any], structure: Structure, nest: Any) -> Any:
-    """Apply ``function`` to every leaf of ``nest``, which has ``structure``."""
-    _, leaves, _ = flatten(nest, "batch")
-    if len(leaves) != structure.num_leaves:
-        raise ValueError(
-            f"expected {structure.num_leaves} arrays in the batch, got {len(leaves)}"
-        )
-    return structure.rebuild([function(leaf) for leaf in leaves])

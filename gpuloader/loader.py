@@ -429,8 +429,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         return position
 
     def _batch_bytes(self, leaves: list[Any]) -> int:
-        row_bytes = sum(store_lib.leaf_nbytes(leaf) // leaf.shape[0] for leaf in leaves)
-        return row_bytes * self._batch_size
+        return sum(store_lib.row_nbytes(leaf) for leaf in leaves) * self._batch_size
 
 
 # ------------------------------------------------------------------ helpers

@@ -38,19 +38,16 @@ class Store:
     def nbytes(self) -> int:
         return sum(leaf_nbytes(leaf) for leaf in self.leaves)
 
-    @property
-    def row_nbytes(self) -> int:
-        """Bytes of one sample across all leaves."""
-        return sum(leaf_nbytes(leaf) // max(int(leaf.shape[0]), 1) for leaf in self.leaves)
-
-    def release(self) -> None:
-        """Drop the references to the stored arrays (frees device memory)."""
-        self.leaves = []
 
 
 def leaf_nbytes(leaf: Any) -> int:
     """Size of an array in bytes, for any namespace."""
     return int(np.prod(leaf.shape, dtype=np.int64)) * _itemsize(leaf.dtype)
+
+
+def row_nbytes(leaf: Any) -> int:
+    """Bytes of one sample (one row on the first axis) of an array."""
+    return int(np.prod(leaf.shape[1:], dtype=np.int64)) * _itemsize(leaf.dtype)
 
 
 def _itemsize(dtype: Any) -> int:
@@ -92,7 +89,7 @@ def read_into_ram(leaf: Any, chunk_bytes: int | None = None) -> np.ndarray:
 
 
 def _rows_per_chunk(leaf: Any, chunk_bytes: int) -> int:
-    return max(1, chunk_bytes // max(leaf_nbytes(leaf) // max(int(leaf.shape[0]), 1), 1))
+    return max(1, chunk_bytes // max(row_nbytes(leaf), 1))
 
 
 def upload(
