@@ -82,4 +82,3 @@ def _looks_like_array_data(nest: Sequence[Any]) -> bool:
     if isinstance(nest, list) and all(isinstance(item, (str, os.PathLike)) for item in nest):
         return True
     return all(isinstance(item, (int, float, bool, complex)) for item in nest)
-
