@@ -4,8 +4,9 @@ The rest of the package speaks the array API through ``xp`` and runs the same
 code with NumPy, CuPy or ``array_api_strict``. What the array API does not
 cover lives here: finding a CUDA device and its free memory, CuPy's
 out-of-memory error, freeing CuPy's memory pool, pinned-memory staging for the
-upload, stream synchronisation before TensorFlow reads a batch, and adopting
-arrays that already live on a GPU. Nothing here runs at ``import gpuloader``.
+upload, stream synchronisation before TensorFlow reads a batch, adopting
+arrays that already live on a GPU, and the fused row-gather kernel. Nothing
+here runs at ``import gpuloader``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 #: DLPack device type of CUDA memory (``kDLCUDA``); 13 is managed memory.
 _DLPACK_CUDA_DEVICES = (2, 13)
@@ -106,8 +109,6 @@ def aligned_contiguous(array: Any, alignment: int = 64) -> Any:
 
 def pinned_staging(nbytes: int) -> Any:
     """A page-locked host buffer of ``nbytes`` (uint8 NumPy view), for fast uploads."""
-    import numpy as np
-
     cupy = import_cupy()
     memory = cupy.cuda.alloc_pinned_memory(nbytes)
     return np.frombuffer(memory, dtype=np.uint8, count=nbytes)
@@ -119,8 +120,6 @@ def upload_rows(target: Any, start: int, host_rows: Any, staging: Any) -> None:
     The rows pass through the pinned ``staging`` buffer, so the copy runs at
     full PCIe speed and no second copy of the whole array is ever made in RAM.
     """
-    import numpy as np
-
     nbytes = host_rows.nbytes
     pinned = staging[:nbytes].view(host_rows.dtype).reshape(host_rows.shape)
     np.copyto(pinned, host_rows)
@@ -142,11 +141,152 @@ def lives_on_cuda(array: Any) -> bool:
 
 
 def adopt(array: Any) -> Any:
-    """A CuPy view of a CUDA array from any DLPack producer, without a host trip."""
+    """A C-contiguous CuPy array of a CUDA array from any DLPack producer, without a host trip.
+
+    Cost: none for a contiguous array (a view of the producer's memory); one
+    device-to-device copy for a strided one.
+    """
     cupy = import_cupy()
-    if isinstance(array, cupy.ndarray):
-        return array
-    return cupy.from_dlpack(array)
+    if not isinstance(array, cupy.ndarray):
+        array = cupy.from_dlpack(array)
+    return cupy.ascontiguousarray(array)
+
+
+# One thread per unit (16, 8, 4, 2 or 1 bytes) of every row of every leaf; the
+# unit is the widest that divides the leaf's row bytes and its base address.
+# ``table`` holds, per leaf: source address, byte offset in the batch's block,
+# units per row, unit bytes. ``rows`` is null for contiguous rows from first_row.
+_GATHER_SOURCE = r"""
+extern "C" __global__ void gpuloader_gather_rows(
+    const long long* __restrict__ rows, const long long first_row, const unsigned int count,
+    const int leaves, const unsigned long long* __restrict__ table, unsigned char* __restrict__ block)
+{
+    unsigned long long total = 0;
+    for (int l = 0; l < leaves; ++l) total += count * table[4 * l + 2];
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long t = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += stride) {
+        unsigned long long u = t;
+        int l = 0;
+        while (u >= count * table[4 * l + 2]) { u -= count * table[4 * l + 2]; ++l; }
+        const unsigned long long units = table[4 * l + 2];
+        const unsigned long long r = u / units;
+        const long long row = rows ? rows[r] : first_row + (long long)r;
+        const unsigned long long from = (unsigned long long)row * units + (u - r * units);
+        const void* src = (const void*)table[4 * l];
+        void* dst = (void*)(block + table[4 * l + 1]);
+        switch (table[4 * l + 3]) {
+            case 16: ((uint4*)dst)[u] = ((const uint4*)src)[from]; break;
+            case 8: ((unsigned long long*)dst)[u] = ((const unsigned long long*)src)[from]; break;
+            case 4: ((unsigned int*)dst)[u] = ((const unsigned int*)src)[from]; break;
+            case 2: ((unsigned short*)dst)[u] = ((const unsigned short*)src)[from]; break;
+            default: ((unsigned char*)dst)[u] = ((const unsigned char*)src)[from]; break;
+        }
+    }
+}
+"""
+_GATHER_ALIGNMENT = 256  # each leaf's part of a batch's block starts on 256 bytes
+_THREADS = 256
+_NULL = np.uint64(0)  # the kernel's rows pointer for contiguous rows
+_ZERO = np.int64(0)
+
+
+class RowGather:
+    """Gathers a batch's rows of every leaf with one kernel launch into one fresh block.
+
+    ``cupy.take`` launches one kernel per leaf and indexes element by element;
+    this kernel copies rows in 16-byte units where the layout allows, so a
+    batch costs one allocation and one launch whatever the number of leaves,
+    at close to a device-to-device copy's bandwidth. The block is new for every
+    batch (never recycled while a consumer holds a view of it), and each leaf's
+    array in it starts on 256 bytes and is C-contiguous.
+
+    Args:
+        leaves: C-contiguous CuPy arrays on one device sharing their first dimension.
+    """
+
+    def __init__(self, leaves: list[Any]) -> None:
+        cupy = import_cupy()
+        self._cupy = cupy
+        self._leaves = leaves
+        self._device = leaves[0].device
+        self._row_shapes = [tuple(leaf.shape[1:]) for leaf in leaves]
+        self._dtypes = [leaf.dtype for leaf in leaves]
+        self._row_bytes = [int(np.prod(shape, dtype=np.int64)) * leaf.dtype.itemsize
+                           for shape, leaf in zip(self._row_shapes, leaves)]
+        table = []
+        for leaf, row_bytes in zip(leaves, self._row_bytes):
+            if not leaf.flags.c_contiguous:
+                raise ValueError("RowGather needs C-contiguous leaves; adopt() makes them so.")
+            unit = 16
+            while unit > 1 and (row_bytes % unit or leaf.data.ptr % unit):
+                unit //= 2
+            table.append((leaf.data.ptr, 0, row_bytes // unit, unit))
+        self._table_rows = table
+        self._plans: dict[int, tuple[Any, list[int], int, int, Any]] = {}
+        with self._device:
+            self._kernel = cupy.RawKernel(_GATHER_SOURCE, "gpuloader_gather_rows")
+            attributes = self._device.attributes
+        self._max_blocks = attributes["MultiProcessorCount"] * 32
+        self._device_id = self._device.id
+        self._int64 = np.dtype(np.int64)
+        self._leaf_count = np.int32(len(leaves))
+
+    def _plan(self, count: int) -> tuple[Any, list[int], int, int, Any]:
+        """The device table, leaf offsets, block bytes, grid size and kernel count for ``count`` rows (cached)."""
+        plan = self._plans.get(count)
+        if plan is None:
+            offsets, table, block_bytes, units = [], [], 0, 0
+            for (address, _, row_units, unit), row_bytes in zip(self._table_rows, self._row_bytes):
+                offsets.append(block_bytes)
+                table.extend((address, block_bytes, row_units, unit))
+                block_bytes += -(-(row_bytes * count) // _GATHER_ALIGNMENT) * _GATHER_ALIGNMENT
+                units += row_units * count
+            with self._device:
+                device_table = self._cupy.asarray(np.asarray(table, dtype=np.uint64))
+            grid = max(1, min(-(-units // _THREADS), self._max_blocks))
+            plan = (device_table, offsets, max(block_bytes, 1), grid, np.uint32(count))
+            self._plans[count] = plan
+        return plan
+
+    def __call__(self, rows: Any) -> list[Any]:
+        """Fresh arrays holding ``leaf[rows]`` for every leaf; ``rows``: a slice or an int64 CuPy array.
+
+        Cost: one pool allocation, one kernel launch (queued on the current
+        stream, not waited for), and the batch's bytes read and written once.
+        """
+        cupy = self._cupy
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self._leaves[0].shape[0])
+            count, first, index = max(stop - start, 0), np.int64(start), _NULL
+        else:
+            if rows.dtype != self._int64 or not rows.flags.c_contiguous:
+                rows = cupy.ascontiguousarray(rows, dtype=self._int64)
+            count, first, index = rows.shape[0], _ZERO, rows
+        device_table, offsets, block_bytes, grid, kernel_count = self._plan(count)
+        switch = cupy.cuda.runtime.getDevice() != self._device_id
+        if switch:  # several GPUs: allocate and launch on the leaves' device
+            previous = cupy.cuda.runtime.getDevice()
+            cupy.cuda.runtime.setDevice(self._device_id)
+        try:
+            memory = cupy.cuda.alloc(block_bytes)
+            if count:
+                self._kernel(
+                    (grid,), (_THREADS,),
+                    (index, first, kernel_count, self._leaf_count, device_table, np.uint64(memory.ptr)),
+                )
+        finally:
+            if switch:
+                cupy.cuda.runtime.setDevice(previous)
+        return [
+            cupy.ndarray((count, *shape), dtype, memptr=memory + offset)
+            for shape, dtype, offset in zip(self._row_shapes, self._dtypes, offsets)
+        ]
+
+
+def row_gather(leaves: list[Any]) -> RowGather:
+    """The fused gather of a device store's leaves (see :class:`RowGather`)."""
+    return RowGather(leaves)
 
 
 def namespace() -> Any:

@@ -26,7 +26,6 @@ from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, strategy_of_caller, tf_batches
 from gpuloader._structure import Structure, flatten
-from gpuloader.gather import gather_batch
 from gpuloader.handoff import hand_off, keras_backend
 from gpuloader.permutation import MAX_SEED, permutation
 from gpuloader.prefetch import in_order
@@ -376,7 +375,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     def _prepare_rows(self, rows: slice | Any) -> tuple[Structure, list[Any]]:
         xp = self._store.xp
-        leaves = gather_batch(xp, self._store.leaves, rows)
+        leaves = self._store.take(rows)
         structure = self._structure
         if self._transform is not None:
             structure, leaves = _run_transform(self._transform, structure.rebuild(leaves), xp)

@@ -10,12 +10,13 @@ never needs a second full copy in RAM.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gpuloader.gather import gather_batch
 from gpuloader.sources import is_disk_leaf
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
@@ -29,6 +30,8 @@ class Store:
     xp: Any
     leaves: list[Any]
     names: list[str]
+    #: The device's fused gather of all leaves (``_cuda.RowGather``); None: :func:`gather_batch`.
+    fused_gather: Callable[[Any], list[Any]] | None = None
 
     @property
     def n(self) -> int:
@@ -38,6 +41,14 @@ class Store:
     def nbytes(self) -> int:
         return sum(leaf_nbytes(leaf) for leaf in self.leaves)
 
+    def take(self, rows: slice | Any) -> list[Any]:
+        """Fresh arrays holding ``leaf[rows]`` of every leaf (see :mod:`gpuloader.gather`).
+
+        Cost: the batch's bytes copied once; on the GPU one kernel launch for all leaves.
+        """
+        if self.fused_gather is not None:
+            return self.fused_gather(rows)
+        return gather_batch(self.xp, self.leaves, rows)
 
 
 def leaf_nbytes(leaf: Any) -> int:
@@ -130,6 +141,7 @@ def upload(
                 progress.advance(rows.nbytes)
             device_leaves.append(target)
         runtime.synchronize()
+        fused_gather = runtime.row_gather(device_leaves)
     except BaseException:
         device_leaves.clear()
         target = staging = None
@@ -137,7 +149,7 @@ def upload(
         raise
     finally:
         progress.close()
-    return Store(xp, device_leaves, list(names))
+    return Store(xp, device_leaves, list(names), fused_gather)
 
 
 class _Progress:

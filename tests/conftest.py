@@ -55,7 +55,7 @@ def fake_gpu(monkeypatch):
     import array_api_strict as xps
 
     state = types.SimpleNamespace(
-        free_bytes=1 << 30, uploads=[], syncs=0, fail_after_uploads=None, freed=0,
+        free_bytes=1 << 30, uploads=[], syncs=0, fail_after_uploads=None, freed=0, fused_gathers=0,
         usable=True,
     )
 
@@ -76,6 +76,17 @@ def fake_gpu(monkeypatch):
     def free_cached_memory():
         state.freed += 1
 
+    def row_gather(leaves):
+        """The fused kernel's contract in array-API terms: fresh arrays of every leaf's rows."""
+
+        def gather(rows):
+            state.fused_gathers += 1
+            if isinstance(rows, slice):
+                return [xps.asarray(leaf[rows, ...], copy=True) for leaf in leaves]
+            return [xps.take(leaf, rows, axis=0) for leaf in leaves]
+
+        return gather
+
     runtime = FakeGpuRuntime(
         probe=probe,
         namespace=lambda: xps,
@@ -87,6 +98,7 @@ def fake_gpu(monkeypatch):
         lives_on_cuda=lambda array: False,
         aligned_contiguous=lambda array: array,
         adopt=lambda array: array,
+        row_gather=row_gather,
         state=state,
     )
     monkeypatch.setattr(placement, "gpu_runtime", lambda: runtime)

@@ -55,6 +55,16 @@ def test_every_device_batch_is_synchronised_before_hand_off(fake_gpu):
     assert fake_gpu.state.syncs - before == len(loader)
 
 
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "in-order"])
+def test_device_batches_come_from_the_fused_gather_one_call_per_batch(fake_gpu, shuffle):
+    x, y = id_data(50)
+    loader = Loader(x, y, batch_size=16, shuffle=shuffle, verbose=False)
+    before = fake_gpu.state.fused_gathers
+    ids = epoch_ids(loader)
+    assert fake_gpu.state.fused_gathers - before == len(loader)  # one call for x and y together
+    assert sorted(ids) == list(range(50))
+
+
 def test_transform_runs_on_the_device_and_storage_stays_compact(fake_gpu):
     images = (np.arange(40 * 8 * 8 * 3) % 256).astype(np.uint8).reshape(40, 8, 8, 3)
     seen = []

@@ -297,6 +297,46 @@ def test_every_numeric_dtype_uploads_and_gathers(cp, make_loader, dtype):
     np.testing.assert_array_equal(host(bx), x[expected_rows(300, 64, 0, 1)])
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "in-order"])
+def test_one_fused_gather_serves_leaves_of_every_row_width(cp, make_loader, shuffle):
+    """Rows of 1 to 48 bytes (kernel units of 1, 2, 4, 8 and 16 bytes) in one batch, one launch."""
+    n = 517  # a partial last batch
+    rng = np.random.default_rng(9)
+    leaves = [
+        rng.integers(0, 255, (n, 1)).astype(np.uint8),  # 1-byte rows
+        rng.integers(0, 255, (n, 3)).astype(np.uint8),  # 3 bytes: unit 1
+        rng.random((n, 3)).astype(np.float16),  # 6 bytes: unit 2
+        rng.random((n, 3)).astype(np.float32),  # 12 bytes: unit 4
+        rng.integers(0, 1 << 40, (n, 3)),  # 24 bytes of int64: unit 8
+        rng.random((n, 2, 2, 3)).astype(np.float32),  # 48 bytes: unit 16
+    ]
+    loader = make_loader(tuple(leaves[:-1]), leaves[-1], batch_size=64, shuffle=shuffle, device="gpu")
+    assert isinstance(loader._store.fused_gather, _cuda.RowGather)
+    for index in (0, 3, len(loader) - 1):
+        _, gathered = loader._prepare(index)
+        rows = expected_rows(n, 64, 0, index) if shuffle else np.arange(index * 64, min(index * 64 + 64, n))
+        assert len(gathered) == len(leaves)
+        for got, source in zip(gathered, leaves):
+            assert got.flags.c_contiguous and got.data.ptr % ALIGNMENT == 0
+            np.testing.assert_array_equal(host(got), source[rows])
+
+
+@pytest.mark.gpu
+def test_a_strided_device_array_is_made_contiguous_on_the_device(cp, make_loader, monkeypatch):
+    x, _ = id_rows(300, features=8)
+    strided = cp.asarray(x)[:, ::2]  # a view with a column stride
+
+    def no_host_trip(*args, **kwargs):
+        raise AssertionError("an array already on the GPU went through host memory")
+
+    monkeypatch.setattr(_cuda, "upload_rows", no_host_trip)
+    loader = make_loader(strided, batch_size=50, device="gpu")
+    assert loader._store.leaves[0].flags.c_contiguous
+    _, (bx,) = loader._prepare(2)
+    np.testing.assert_array_equal(host(bx), x[:, ::2][expected_rows(300, 50, 0, 2)])
+
+
 # ------------------------------------------------------ zero-copy hand-off
 @pytest.mark.gpu
 def test_torch_handoff_is_zero_copy(cp, torch, make_loader):
