@@ -43,8 +43,8 @@ def import_cupy() -> Any:
         ) from error
 
 
-def probe() -> DeviceStatus:
-    """Find the current CUDA device and its free memory. Never raises."""
+def probe(ordinal: int | None = None) -> DeviceStatus:
+    """Find CUDA device ``ordinal`` (default: the current one) and its free memory. Never raises."""
     try:
         cupy = import_cupy()
     except ImportError:
@@ -55,12 +55,15 @@ def probe() -> DeviceStatus:
         return DeviceStatus(False, f"CuPy cannot reach a CUDA driver ({error})")
     if count < 1:
         return DeviceStatus(False, "no CUDA device is visible")
+    if ordinal is not None and not 0 <= ordinal < count:
+        return DeviceStatus(False, f"CUDA device {ordinal} does not exist ({count} visible)")
     try:
-        device = cupy.cuda.Device()
-        free, total = device.mem_info
-        pool = cupy.get_default_memory_pool()
-        # Memory CuPy's pool holds but does not use is free for our purposes.
-        free += pool.total_bytes() - pool.used_bytes()
+        device = cupy.cuda.Device(ordinal)
+        with device:
+            free, total = device.mem_info
+            pool = cupy.get_default_memory_pool()
+            # Memory CuPy's pool holds but does not use is free for our purposes.
+            free += pool.total_bytes() - pool.used_bytes()
         name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"]
         name = name.decode() if isinstance(name, bytes) else str(name)
     except Exception as error:
@@ -78,8 +81,20 @@ def out_of_memory_errors() -> tuple[type[BaseException], ...]:
     return (cupy.cuda.memory.OutOfMemoryError, cupy.cuda.runtime.CUDARuntimeError, MemoryError)
 
 
+def on_device(ordinal: int) -> Any:
+    """A context in which CuPy allocates, launches and synchronises on CUDA device ``ordinal``."""
+    return import_cupy().cuda.Device(ordinal)
+
+
+def copy_to_device(array: Any, ordinal: int) -> Any:
+    """A copy of a CuPy array on CUDA device ``ordinal`` (a peer copy between GPUs)."""
+    cupy = import_cupy()
+    with cupy.cuda.Device(ordinal):
+        return cupy.copy(array)
+
+
 def free_cached_memory() -> None:
-    """Give the blocks CuPy's pools cache back to the driver."""
+    """Give the blocks CuPy's pools cache on the current device back to the driver."""
     cupy = import_cupy()
     cupy.get_default_memory_pool().free_all_blocks()
     cupy.get_default_pinned_memory_pool().free_all_blocks()

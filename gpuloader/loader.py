@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from gpuloader import placement as placement_lib
+from gpuloader import replicas as replicas_lib
 from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, strategy_of_caller, tf_batches
@@ -125,9 +126,22 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             rows = sharding.shard_rows(n, self._seed, self._num_shards, self._shard_index)
             leaves = [_take_shard(leaf, rows, name) for leaf, name in zip(leaves, names)]
         self._structure = structure
-        self._plan, self._store = _place(
-            leaves, names, requested, fraction, host_memory_limit, self._batch_bytes(leaves), verbose
-        )
+        self._n = int(leaves[0].shape[0])
+        self._replicas: replicas_lib.ReplicaSet | None = None
+        replica_note = ""
+        if requested in ("auto", "gpu"):
+            plan, self._replicas, replica_note = replicas_lib.place(
+                leaves, names, requested, fraction, self._batch_size, self._batch_bytes(leaves) // self._batch_size,
+                sharding.shard_seed(self._seed, self._shard_index), self._drop_remainder, verbose,
+            )
+        if self._replicas is not None:
+            self._plan, self._store = plan, self._replicas.stores[0]
+        else:
+            self._plan, self._store = _place(
+                leaves, names, requested, fraction, host_memory_limit, self._batch_bytes(leaves), verbose
+            )
+            if replica_note:
+                self._plan = dataclasses.replace(self._plan, reason=f"{self._plan.reason}; {replica_note}")
         if self._plan.placement == "disk" and self._shuffle:
             for leaf in self._store.leaves:
                 if is_disk_leaf(leaf):
@@ -135,7 +149,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         if self._num_shards > 1:
             self._plan = dataclasses.replace(
                 self._plan, reason=f"{self._plan.reason}; shard {self._shard_index} of {self._num_shards} "
-                f"({self._store.n} of {n} samples, from {shard_note})"
+                f"({self._n} of {n} samples, from {shard_note})"
             )
         self._epoch = 0
         self._served = False  # a batch of this epoch went out through loader[i]
@@ -143,6 +157,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._order_cache: tuple[tuple[int, int], Any] | None = None
         self._order_lock = threading.Lock()
         self._backend: str | None = None
+        self._warned_cross_device = False
 
     # ----------------------------------------------------------- description
     @property
@@ -163,7 +178,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     @property
     def num_samples(self) -> int:
         """Samples this loader holds and serves each epoch (this worker's shard when sharded)."""
-        return self._store.n
+        return self._n
 
     @property
     def num_shards(self) -> int:
@@ -232,7 +247,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             "format": STATE_FORMAT,
             "seed": self._seed,
             "epoch": self._epoch,
-            "num_samples": self._store.n,
+            "num_samples": self._n,
             "batch_size": self._batch_size,
             "shuffle": self._shuffle,
             "drop_remainder": self._drop_remainder,
@@ -261,9 +276,20 @@ class Loader(keras.utils.PyDataset, DataAdapter):
                     f"this loader has {key}={mine!r}; its batches would differ. Build the loader "
                     "over the same data with the same arguments."
                 )
-        self._seed = _check_seed(state["seed"])
+        seed = _check_seed(state["seed"])
+        sharded_gpus = self._replicas is not None and self._replicas.layout == replicas_lib.SHARDED
+        if seed != self._seed and (self._num_shards > 1 or sharded_gpus):
+            raise ValueError(
+                f"set_state: the state has seed={seed}, this loader seed={self._seed}; the seed also decided "
+                "which rows this loader holds (its shard), so its batches cannot match. Build the loader "
+                f"with seed={seed}, then call set_state."
+            )
+        self._seed = seed
         self.set_epoch(state["epoch"])
         self._order_cache = None
+        if self._replicas is not None:
+            self._replicas.seed = sharding.shard_seed(self._seed, self._shard_index)
+            self._replicas.forget_orders()
 
     # ------------------------------------------------------------ DataAdapter
     @property
@@ -282,11 +308,11 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     @property
     def has_partial_batch(self) -> bool:
-        return not self._drop_remainder and self._store.n % self._batch_size != 0
+        return not self._drop_remainder and self._n % self._batch_size != 0
 
     @property
     def partial_batch_size(self) -> int | None:
-        return self._store.n % self._batch_size if self.has_partial_batch else None
+        return self._n % self._batch_size if self.has_partial_batch else None
 
 
     def get_numpy_iterator(self) -> Iterator[Any]:
@@ -310,11 +336,11 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     # --------------------------------------------------------------- internals
     def _iterate(self, backend: str) -> Iterator[Any]:
         """One epoch of batches for ``backend``, prepared ahead by ``workers`` threads."""
-        for prepared in self._epoch_of(self._prepare_rows):
+        for prepared in self._epoch_of(self._prepare):
             yield self._to_consumer(prepared, backend)
 
-    def _epoch_of(self, prepare: Callable[[slice | Any], Any]) -> Iterator[Any]:
-        """``prepare(rows)`` for every batch of one epoch, in order, ``workers`` threads ahead.
+    def _epoch_of(self, prepare: Callable[[int, int], Any]) -> Iterator[Any]:
+        """``prepare(position, epoch)`` for every batch of one epoch, in order, ``workers`` threads ahead.
 
         An iterator started after the previous one went through the whole epoch
         begins the next epoch, even before ``on_epoch_end`` (Keras does that when
@@ -325,7 +351,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             self.on_epoch_end()
         epoch, last = self._epoch, len(self) - 1
         batches = in_order(
-            lambda position: prepare(self._rows(position, epoch)),
+            lambda position: prepare(position, epoch),
             range(len(self)), workers=self.workers, max_queue_size=self.max_queue_size,
         )
         for position, prepared in enumerate(batches):
@@ -336,18 +362,32 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     def _iterate_replicas(self, strategy: Any, devices: list[str]) -> Iterator[Any]:
         """One epoch of ``PerReplica`` batches: replica r gets its part, made on its own device.
 
-        Each batch's rows are split as evenly as possible between the local
-        replicas and gathered per replica into its own aligned buffer; the part
-        is placed on the replica's device (a no-op where it already is).
+        With a per-GPU layout built for these replicas (``loader.plan.layout``),
+        part r is gathered on GPU r from the data there and never moves.
+        Otherwise each batch's rows are split as evenly as possible between the
+        replicas, each part gathered into its own buffer where the data is and
+        then placed on its replica's device (a copy between devices on GPUs).
         """
         import tensorflow as tf
 
         count = len(devices)
+        own_layout = self._replicas is not None and list(self._replicas.devices) == list(devices)
+        if own_layout:
+            prepare = self._prepare_parts
+        else:
+            if self._plan.placement == "gpu" and not self._warned_cross_device:
+                self._warned_cross_device = True
+                warnings.warn(
+                    f"gpuloader: the data is on one GPU, so every step the other {count - 1} replicas' parts "
+                    "are copied to their GPUs. Build the loader inside strategy.scope() to keep a copy (or a "
+                    "share of the rows) on each replica's GPU.", RuntimeWarning, stacklevel=2,
+                )
 
-        def prepare_parts(rows: slice | Any) -> list[tuple[Structure, list[Any]]]:
-            return [self._prepare_rows(part) for part in _split_rows(rows, count)]
+            def prepare(position: int, epoch: int) -> list[tuple[Structure, list[Any]]]:
+                parts = replicas_lib.split_rows(self._rows(position, epoch), count)
+                return [self._prepare_rows(part) for part in parts]
 
-        for batch_parts in self._epoch_of(prepare_parts):
+        for batch_parts in self._epoch_of(prepare):
             per_replica = []
             for device, prepared in zip(devices, batch_parts):
                 tensors = self._to_consumer(prepared, "tensorflow")
@@ -356,6 +396,16 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             yield strategy.experimental_distribute_values_from_function(
                 lambda context, values=per_replica: values[context.replica_id_in_sync_group % count]
             )
+
+    def _prepare_parts(self, position: int, epoch: int) -> list[tuple[Structure, list[Any]]]:
+        """Each replica's part of batch ``position``, gathered on its own GPU from its own store."""
+        replicas = self._replicas
+        runtime = placement_lib.gpu_runtime()
+        parts = []
+        for replica, rows in enumerate(replicas.rows(position, epoch, self._batch_size, self._n, self._shuffle)):
+            with runtime.on_device(replicas.ordinals[replica]):
+                parts.append(self._prepare_rows(rows, replicas.stores[replica]))
+        return parts
 
     def _check_replica_split(self, count: int) -> None:
         smallest = self.partial_batch_size or self._batch_size
@@ -369,13 +419,35 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     def _prepare(self, position: int, epoch: int | None = None) -> tuple[Structure, list[Any]]:
         """Gather (and transform) batch ``position`` of ``epoch`` (default: the current one).
 
-        Safe to call from worker threads.
+        Safe to call from worker threads. With rows sharded across GPUs, the
+        whole batch (``loader[i]`` outside the strategy) is assembled on the
+        first replica's GPU: a copy between GPUs that the strategy's own path
+        never makes.
         """
-        return self._prepare_rows(self._rows(position, self._epoch if epoch is None else epoch))
-
-    def _prepare_rows(self, rows: slice | Any) -> tuple[Structure, list[Any]]:
+        epoch = self._epoch if epoch is None else epoch
+        if self._replicas is None:
+            return self._prepare_rows(self._rows(position, epoch))
+        runtime = placement_lib.gpu_runtime()
+        home = self._replicas.ordinals[0]
+        if self._replicas.layout == replicas_lib.REPLICATED:
+            with runtime.on_device(home):
+                return self._prepare_rows(self._rows(position, epoch))
+        parts = self._prepare_parts(position, epoch)
         xp = self._store.xp
-        leaves = self._store.take(rows)
+        concat = getattr(xp, "concat", None) or xp.concatenate
+        with runtime.on_device(home):
+            leaves = [
+                concat([runtime.copy_to_device(part_leaves[j], home) for _, part_leaves in parts], axis=0)
+                for j in range(len(parts[0][1]))
+            ]
+            if self._consumer_backend() == "tensorflow":
+                runtime.synchronize()
+        return parts[0][0], leaves
+
+    def _prepare_rows(self, rows: slice | Any, store: store_lib.Store | None = None) -> tuple[Structure, list[Any]]:
+        store = self._store if store is None else store
+        xp = store.xp
+        leaves = store.take(rows)
         structure = self._structure
         if self._transform is not None:
             structure, leaves = _run_transform(self._transform, structure.rebuild(leaves), xp)
@@ -401,7 +473,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     def _rows(self, position: int, epoch: int) -> slice | Any:
         start = position * self._batch_size
-        stop = min(start + self._batch_size, self._store.n)
+        stop = min(start + self._batch_size, self._n)
         if not self._shuffle:
             return slice(start, stop)
         return self._order(epoch)[start:stop]
@@ -415,7 +487,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             key = (self._seed, epoch)
             if self._order_cache is None or self._order_cache[0] != key:
                 seed = sharding.shard_seed(self._seed, self._shard_index)
-                self._order_cache = (key, permutation(self._store.xp, self._store.n, seed, epoch))
+                self._order_cache = (key, permutation(self._store.xp, self._n, seed, epoch))
             return self._order_cache[1]
 
     def _check_index(self, index: Any) -> int:
@@ -438,17 +510,6 @@ def _local_replica_devices(strategy: Any) -> list[str]:
         return list(strategy.extended.worker_devices)
     except (AttributeError, RuntimeError):  # no strategy, or the default one
         return []
-
-
-def _split_rows(rows: slice | Any, count: int) -> list[slice | Any]:
-    """``rows`` cut into ``count`` consecutive parts whose sizes differ by at most one."""
-    if isinstance(rows, slice):
-        start, stop = rows.start, rows.stop
-        bounds = [start + (stop - start) * i // count for i in range(count + 1)]
-        return [slice(bounds[i], bounds[i + 1]) for i in range(count)]
-    size = int(rows.shape[0])
-    bounds = [size * i // count for i in range(count + 1)]
-    return [rows[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
 def _resolve_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tuple[int, int, str]:
@@ -641,13 +702,7 @@ def _place(
             store = store_lib.upload(leaves, names, runtime.namespace(), runtime, verbose=verbose)
             return plan, store
         except runtime.out_of_memory_errors() as error:
-            if device == "gpu":
-                raise placement_lib.GPUUnavailableError(
-                    f"device='gpu' was asked for, but the upload ran out of GPU memory ({error}); "
-                    f"{plan.reason}. Lower gpu_memory_fraction's competitors or use device='auto'."
-                ) from error
-            reason = f"the upload to the GPU ran out of memory ({error}); fell back after: {plan.reason}"
-            warnings.warn(f"gpuloader: {reason}", RuntimeWarning, stacklevel=3)
+            reason = placement_lib.upload_ran_out_of_memory(device, error, "the GPU", plan.reason)
             plan = placement_lib.fallback_plan(reason, needed, disk_bytes, host_memory_limit, plan.bytes_free)
     host_leaves = [runtime.adopt(leaf).get() if runtime.lives_on_cuda(leaf) else leaf for leaf in leaves]
     return plan, store_lib.on_host(host_leaves, names, load_disk=plan.placement == "host")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -37,14 +38,21 @@ class Plan:
     Attributes:
         placement: "host" or "gpu".
         reason: one readable line: what was chosen and the rule that chose it.
-        bytes_needed: data + batch buffers + permutation scratch, in bytes.
-        bytes_free: free device memory seen, or None when no device was asked.
+        bytes_needed: data + batch buffers + permutation scratch, in bytes (per GPU
+            when there are several).
+        bytes_free: free device memory seen (the least of several GPUs), or None
+            when no device was asked.
+        layout: on several GPUs (a ``MirroredStrategy``'s replicas), "replicated"
+            (a copy on each) or "sharded" (rows split across them); "" on one device.
+        gpus: the CUDA devices holding the data under a multi-GPU layout.
     """
 
     placement: str
     reason: str
     bytes_needed: int
     bytes_free: int | None = None
+    layout: str = ""
+    gpus: tuple[int, ...] = ()
 
     def __str__(self) -> str:
         return self.reason
@@ -175,6 +183,23 @@ def plan(
         f"the data does not fit on the GPU ({numbers}){tensorflow_note}", bytes_needed, disk_bytes, limit,
         status.free_bytes,
     )
+
+
+def upload_ran_out_of_memory(device: str, error: BaseException, where: str, numbers: str) -> str:
+    """What an out-of-memory error during an upload means under ``device``.
+
+    Under "gpu" it raises :class:`GPUUnavailableError` with ``numbers``; under
+    "auto" it warns and returns the reason to fall back with (the caller has
+    already freed what the upload allocated).
+    """
+    if device == "gpu":
+        raise GPUUnavailableError(
+            f"device='gpu' was asked for, but the upload to {where} ran out of GPU memory ({error}); {numbers}. "
+            "Free GPU memory (other processes, TensorFlow's own allocations) or use device='auto' to fall back."
+        ) from error
+    reason = f"the upload to {where} ran out of memory ({error}); fell back after: {numbers}"
+    warnings.warn(f"gpuloader: {reason}", RuntimeWarning, stacklevel=4)
+    return reason
 
 
 def fallback_plan(

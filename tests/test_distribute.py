@@ -106,13 +106,19 @@ def finish(process, timeout=240):
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_over_two_logical_cpus():
-    report = finish(run_script("_mirrored_script.py"))
+@pytest.mark.parametrize("layout", ["host", "replicated", "sharded"])
+def test_mirrored_strategy_over_two_logical_cpus(layout):
+    report = finish(run_script("_mirrored_script.py", args=(layout,)))
+    assert report["layout"] == ("" if layout == "host" else layout), report["plan"]
     for epoch in report["epochs"]:
         replica0, replica1 = epoch["seen"]["0"], epoch["seen"]["1"]
         assert epoch["devices_ok"], "a replica's part was not on its own device"
         assert sorted(replica0 + replica1) == list(range(600))
         assert abs(len(replica0) - len(replica1)) <= 64
+        if layout != "host":  # replica r's parts were all gathered on fake GPU r
+            assert epoch["gathered_on"] == [[0], [1]]
+    if layout == "sharded":  # each GPU keeps its own rows every epoch
+        assert set(report["epochs"][0]["seen"]["0"]) == set(report["epochs"][1]["seen"]["0"])
     assert report["epochs"][0]["seen"] != report["epochs"][1]["seen"]
     assert report["loss"][-1] < report["loss"][0] and report["accuracy"][-1] > 0.8
 

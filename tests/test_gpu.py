@@ -35,6 +35,7 @@ import functools
 import gc
 import math
 import os
+from dataclasses import replace as dataclasses_replace
 
 # JAX takes 75% of the GPU at first use unless told otherwise; CuPy and torch
 # share the device with it here. Must be set before JAX initialises.
@@ -621,6 +622,50 @@ def test_transform_runs_on_the_device(cp, make_loader):
     np.testing.assert_allclose(host(bx), images[rows].astype(np.float32) / 255, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(host(by), labels[rows])
     assert stored_images.dtype == np.uint8
+
+
+# ------------------------------------------------------------ several GPUs
+@pytest.mark.gpu
+def test_device_calls_for_several_gpus_work_on_device_zero(cp):
+    """probe(ordinal), on_device and copy_to_device: what the per-GPU layouts use, checked on GPU 0."""
+    assert _cuda.probe(0).usable and _cuda.probe(0).free_bytes > 0
+    missing = cp.cuda.runtime.getDeviceCount()
+    assert not _cuda.probe(missing).usable and f"CUDA device {missing} does not exist" in _cuda.probe(missing).reason
+    with _cuda.on_device(0):
+        a = cp.arange(10)
+    b = _cuda.copy_to_device(a, 0)
+    assert b.device.id == 0 and b.data.ptr != a.data.ptr
+    np.testing.assert_array_equal(host(b), np.arange(10))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["replicated", "sharded"])
+def test_each_replica_part_is_gathered_on_its_own_gpu(cp, make_loader, monkeypatch, layout):
+    """Needs 2 GPUs: a MirroredStrategy's replicas on GPUs 0 and 1 (patched in; no TensorFlow needed)."""
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs 2 CUDA devices for a per-GPU layout")
+    from gpuloader import replicas
+
+    devices = ["/job:localhost/replica:0/task:0/device:GPU:0", "/job:localhost/replica:0/task:0/device:GPU:1"]
+    monkeypatch.setattr(replicas, "strategy_replica_devices", lambda: devices)
+    monkeypatch.setattr(replicas, "gpu_ordinals", lambda names: [0, 1])
+    x, y = id_rows(1000, features=4)
+    if layout == "sharded":  # report room for half of the data on each GPU (rows of 24 bytes), not for all
+        real_probe, free = _cuda.probe, 2 * (500 * 24 + 4 * 32 * 24 + 24 * 500) + 64
+
+        def probe(ordinal=None):
+            return dataclasses_replace(real_probe(ordinal), free_bytes=free)
+
+        monkeypatch.setattr(_cuda, "probe", probe)
+    loader = make_loader(x, y, batch_size=64, device="gpu")
+    assert loader.plan.layout == layout, loader.plan
+    seen = []
+    for position in range(len(loader)):
+        parts = loader._prepare_parts(position, 0)
+        for replica, (_, leaves) in enumerate(parts):
+            assert all(leaf.device.id == replica for leaf in leaves)
+            seen.extend(host(leaves[1]).tolist())
+    assert sorted(seen) == list(range(1000))
 
 
 # ---------------------------------------------------------------- Keras fit

@@ -1,0 +1,133 @@
+"""A CPU stand-in for gpuloader._cuda: array_api_strict plays CuPy, its devices play GPUs.
+
+It runs the whole device path on the CPU: placement's memory rule, the chunked
+upload, the permutation, gather and transform in a strict array-API namespace
+(which refuses anything CuPy lacks), the stream sync before hand-off, injected
+out-of-memory failures, and up to three "GPUs" (array_api_strict's devices
+CPU_DEVICE, device1 and device2), between which the namespace refuses to mix
+arrays: a batch part gathered from another GPU's data fails loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+import numpy as np
+
+from gpuloader import _cuda
+from gpuloader.gather import aligned_empty
+
+_CREATORS = ("empty", "zeros", "ones", "full", "arange", "asarray", "linspace", "eye")
+
+
+class FakeOutOfMemoryError(MemoryError):
+    """What the stand-in raises where CuPy would raise OutOfMemoryError."""
+
+
+class FakeGpuRuntime(types.SimpleNamespace):
+    """The stand-in runtime; ``state`` records what the loader asked of it."""
+
+
+class DeviceNamespace:
+    """array_api_strict whose creation functions allocate on the current fake GPU, as CuPy's do."""
+
+    def __init__(self, xps, state):
+        self._xps = xps
+        self._state = state
+
+    def __getattr__(self, name):
+        value = getattr(self._xps, name)
+        if name not in _CREATORS:
+            return value
+
+        def create(*args, **kwargs):
+            kwargs.setdefault("device", self._state.devices[self._state.current])
+            return value(*args, **kwargs)
+
+        return create
+
+
+def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
+    """A stand-in with ``gpus`` fake GPUs of ``free_bytes`` free memory each."""
+    import array_api_strict as xps
+
+    device_names = ["CPU_DEVICE", "device1", "device2"][:gpus]
+    state = types.SimpleNamespace(
+        free_bytes=free_bytes, device_free={}, uploads=[], syncs=0, fail_after_uploads=None, freed=0,
+        fused_gathers=0, gathers_on=[], usable=True, current=0, freed_on=[], peer_copies=0,
+        devices=[xps.Device(name) for name in device_names],
+    )
+    # One GPU: array_api_strict itself (its default device); several: allocate on the current one.
+    namespace = xps if gpus == 1 else DeviceNamespace(xps, state)
+
+    def probe(ordinal=None):
+        if not state.usable:
+            return _cuda.DeviceStatus(False, "no CUDA device is visible")
+        ordinal = state.current if ordinal is None else ordinal
+        if ordinal >= len(state.devices):
+            return _cuda.DeviceStatus(False, f"CUDA device {ordinal} does not exist")
+        free = state.device_free.get(ordinal, state.free_bytes)
+        return _cuda.DeviceStatus(True, "usable", free, 2 * free, f"FakeGPU{ordinal}")
+
+    @contextlib.contextmanager
+    def on_device(ordinal):
+        previous, state.current = state.current, ordinal
+        try:
+            yield
+        finally:
+            state.current = previous
+
+    def upload_rows(target, start, host_rows, staging):
+        if state.fail_after_uploads is not None and len(state.uploads) >= state.fail_after_uploads:
+            raise FakeOutOfMemoryError("out of memory allocating 1 bytes")
+        target[start : start + host_rows.shape[0], ...] = xps.asarray(host_rows, device=target.device)
+        state.uploads.append(host_rows.shape[0])
+
+    def synchronize():
+        state.syncs += 1
+
+    def free_cached_memory():
+        state.freed += 1
+        state.freed_on.append(state.current)
+
+    def row_gather(leaves):
+        """The fused kernel's contract: fresh, C-contiguous, aligned arrays of every leaf's rows, on its GPU."""
+
+        def gather(rows):
+            state.fused_gathers += 1
+            state.gathers_on.append(state.devices.index(leaves[0].device))
+            if isinstance(rows, slice):
+                parts = [leaf[rows, ...] for leaf in leaves]
+            else:
+                parts = [xps.take(leaf, rows, axis=0) for leaf in leaves]  # refuses rows from another GPU
+            out = []
+            for part in parts:
+                values = np.from_dlpack(part)
+                fresh = aligned_empty(values.shape, values.dtype, alignment=256)
+                np.copyto(fresh, values)
+                out.append(xps.asarray(fresh, device=part.device, copy=False))
+            return out
+
+        return gather
+
+    def copy_to_device(array, ordinal):
+        state.peer_copies += 1
+        return array.to_device(state.devices[ordinal])
+
+    return FakeGpuRuntime(
+        probe=probe,
+        namespace=lambda: namespace,
+        on_device=on_device,
+        upload_rows=upload_rows,
+        pinned_staging=lambda nbytes: np.empty(nbytes, np.uint8),
+        synchronize=synchronize,
+        free_cached_memory=free_cached_memory,
+        out_of_memory_errors=lambda: (FakeOutOfMemoryError,),
+        lives_on_cuda=lambda array: False,
+        aligned_contiguous=lambda array: array,
+        adopt=lambda array: array,
+        row_gather=row_gather,
+        copy_to_device=copy_to_device,
+        state=state,
+    )
