@@ -176,8 +176,35 @@ def _loader_info(loader: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- fit mode
-def _fit(data: Any, sample_shape: tuple[int, ...], epochs: int, **fit_kwargs: Any) -> tuple[float, list[float]]:
-    """``model.fit(data, epochs=1 + epochs)`` on Input -> Flatten -> Dense(10, softmax), SGD.
+MODELS = ("dense", "conv")
+
+
+def build_model(name: str, sample_shape: tuple[int, ...]) -> Any:
+    """``dense``: Input -> Flatten -> Dense(10, softmax), where feeding the data is most of a step.
+    ``conv``: two small convolutions, pooling, Dense(10), where the model does real work too."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    if name == "dense":
+        layers = [keras.layers.Flatten()]
+    elif name == "conv":
+        layers = [
+            keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+        ]
+    else:
+        raise ValueError(f"model must be one of {MODELS}; received {name!r}")
+    model = keras.Sequential(
+        [keras.Input(shape=sample_shape), *layers, keras.layers.Dense(synthetic.NUM_CLASSES, activation="softmax")]
+    )
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def fit_epochs(
+    data: Any, sample_shape: tuple[int, ...], epochs: int, model: str = "dense", **fit_kwargs: Any
+) -> tuple[float, list[float]]:
+    """``model.fit(data, epochs=1 + epochs)`` on :func:`build_model`'s ``model``, SGD.
 
     Returns the warm-up epoch (from ``on_train_begin``, tracing included) and
     the timed epochs, each the wall time between consecutive ``on_epoch_end``
@@ -185,16 +212,7 @@ def _fit(data: Any, sample_shape: tuple[int, ...], epochs: int, **fit_kwargs: An
     """
     import keras
 
-    keras.utils.set_random_seed(SEED)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=sample_shape),
-            keras.layers.Flatten(),
-            keras.layers.Dense(synthetic.NUM_CLASSES, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-
+    network = build_model(model, sample_shape)
     marks: list[float] = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -204,7 +222,7 @@ def _fit(data: Any, sample_shape: tuple[int, ...], epochs: int, **fit_kwargs: An
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             marks.append(time.perf_counter())
 
-    model.fit(data, epochs=1 + epochs, verbose=0, callbacks=[EpochTimer()], **fit_kwargs)
+    network.fit(data, epochs=1 + epochs, verbose=0, callbacks=[EpochTimer()], **fit_kwargs)
     times = [later - earlier for earlier, later in itertools.pairwise(marks)]
     if len(times) != 1 + epochs:
         raise RuntimeError(f"fit ran {len(times)} epochs, expected {1 + epochs}")
@@ -219,12 +237,12 @@ def fit_seed(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[flo
     from seed_sequence import SeedSequence
 
     sequence = SeedSequence(x, y, synthetic.BATCH_SIZE, shuffle=True)
-    return (*_fit(sequence, x.shape[1:], epochs), {})
+    return (*fit_epochs(sequence, x.shape[1:], epochs), {})
 
 
 def fit_arrays(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[float], dict[str, Any]]:
     """arrays: ``fit(x, y, batch_size=256, shuffle=True)``, Keras's own array path."""
-    return (*_fit(x, x.shape[1:], epochs, y=y, batch_size=synthetic.BATCH_SIZE, shuffle=True), {})
+    return (*fit_epochs(x, x.shape[1:], epochs, y=y, batch_size=synthetic.BATCH_SIZE, shuffle=True), {})
 
 
 def fit_tfdata(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[float], dict[str, Any]]:
@@ -237,13 +255,13 @@ def fit_tfdata(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[f
         .batch(synthetic.BATCH_SIZE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    return (*_fit(dataset, x.shape[1:], epochs), {})
+    return (*fit_epochs(dataset, x.shape[1:], epochs), {})
 
 
 def fit_gpuloader(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[float], dict[str, Any]]:
     """gpuloader: ``fit(gpuloader.Loader(x, y, batch_size=256, ..., workers=1, device="host"))``."""
     loader = _make_loader(x, y)
-    return (*_fit(loader, x.shape[1:], epochs), _loader_info(loader))
+    return (*fit_epochs(loader, x.shape[1:], epochs), _loader_info(loader))
 
 
 # ---------------------------------------------------------------- disk mode

@@ -11,7 +11,8 @@
 #   2. print nvidia-smi and versions;
 #   3. pytest -m gpu tests/test_gpu.py with KERAS_BACKEND=jax;
 #   4. the Keras fit test again with KERAS_BACKEND=torch;
-#   5. bench/device.py --json $OUT/device.json.
+#   5. bench/device.py --json $OUT/device.json;
+#   6. bench/device_fit.py --json $OUT/device_fit.json (Keras fit: seed, arrays, host, gpu).
 # Every step runs even when an earlier one failed; the exit status is non-zero
 # if any did. All output is also written to ${OUT:-bench/results}/gpu_check.log,
 # with pytest's JUnit reports beside it. Without a GPU (or CuPy) the tests skip
@@ -20,8 +21,9 @@
 # Environment: PYTHON (default: .venv/bin/python if present, else python3),
 # OUT, GPU_CHECK_SITE (where carried wheels go, default /tmp/gpuloader-site),
 # GPU_CHECK_STRICT_TARGETS=1 (a benchmark target FAIL fails the check), and the
-# per-step time limits GPU_CHECK_PYTEST_TIMEOUT (240 s), GPU_CHECK_FIT_TIMEOUT
-# (150 s), GPU_CHECK_BENCH_TIMEOUT (180 s): together under the run tool's 10 minutes.
+# per-step time limits GPU_CHECK_PYTEST_TIMEOUT (150 s), GPU_CHECK_FIT_TIMEOUT
+# (90 s), GPU_CHECK_BENCH_TIMEOUT (90 s), GPU_CHECK_FIT_BENCH_TIMEOUT (240 s; 1
+# round instead of 3 when under 200 s): together under the run tool's 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 repo=$(pwd)
@@ -168,16 +170,22 @@ main() {
     step "environment" show_environment
     local pytest_args=(-m gpu -v -p no:cacheprovider tests/test_gpu.py)
     step "pytest -m gpu, KERAS_BACKEND=jax" \
-        env KERAS_BACKEND=jax timeout -k 10 "${GPU_CHECK_PYTEST_TIMEOUT:-240}" \
+        env KERAS_BACKEND=jax timeout -k 10 "${GPU_CHECK_PYTEST_TIMEOUT:-150}" \
         "$py" -m pytest "${pytest_args[@]}" --junitxml="$out/pytest_jax.xml"
     step "pytest -m gpu -k keras_fit, KERAS_BACKEND=torch" \
-        env KERAS_BACKEND=torch timeout -k 10 "${GPU_CHECK_FIT_TIMEOUT:-150}" \
+        env KERAS_BACKEND=torch timeout -k 10 "${GPU_CHECK_FIT_TIMEOUT:-90}" \
         "$py" -m pytest "${pytest_args[@]}" -k keras_fit --junitxml="$out/pytest_torch.xml"
     local bench_args=(--json "$out/device.json")
     if [[ ${GPU_CHECK_STRICT_TARGETS:-0} == 1 ]]; then
         bench_args+=(--strict)
     fi
-    step "device benchmark" timeout -k 10 "${GPU_CHECK_BENCH_TIMEOUT:-180}" "$py" bench/device.py "${bench_args[@]}"
+    step "device benchmark" timeout -k 10 "${GPU_CHECK_BENCH_TIMEOUT:-90}" "$py" bench/device.py "${bench_args[@]}"
+    local fit_limit=${GPU_CHECK_FIT_BENCH_TIMEOUT:-240} rounds=3
+    if ((fit_limit < 200)); then
+        rounds=1
+    fi
+    step "device fit benchmark" env KERAS_BACKEND=jax timeout -k 10 "$fit_limit" \
+        "$py" bench/device_fit.py --rounds "$rounds" --json "$out/device_fit.json"
 
     echo
     if ((${#failed[@]} == 0)); then

@@ -311,7 +311,14 @@ def device_rows(out: Path, quick: bool) -> dict[str, Any]:
         return {"error": f"exit status {done.returncode}", "stderr_tail": tail}
     print(f"device rows ({target}):")
     print(done.stdout.rstrip())
-    return json.loads(target.read_text())
+    result = json.loads(target.read_text())
+    fit_target = out / "device_fit.json"
+    command = [sys.executable, str(BENCH_DIR / "device_fit.py"), "--json", str(fit_target)]
+    command += ["--rounds", "1", "--epochs", "1"] if quick else []
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    print(done.stdout.rstrip() if done.returncode == 0 else f"device fit rows: failed:\n{done.stderr[-2000:]}")
+    result["fit"] = json.loads(fit_target.read_text()) if fit_target.exists() else {"error": done.stderr[-2000:]}
+    return result
 
 
 def source_fingerprint() -> str:
