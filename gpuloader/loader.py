@@ -16,6 +16,7 @@ import secrets
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import keras
@@ -29,7 +30,7 @@ from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, stra
 from gpuloader._structure import Structure, flatten
 from gpuloader.handoff import hand_off, keras_backend
 from gpuloader.permutation import MAX_SEED, permutation
-from gpuloader.prefetch import in_order
+from gpuloader.prefetch import in_background, in_order
 from gpuloader.sources import RowSubset, ShardedArray, advise_random_access, is_disk_leaf, open_source
 
 STATE_FORMAT = "gpuloader.Loader/1"
@@ -155,6 +156,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._served = False  # a batch of this epoch went out through loader[i]
         self._completed_epoch: int | None = None  # last epoch an adapter iterator went through
         self._order_cache: tuple[tuple[int, int], Any] | None = None
+        self._order_ahead: tuple[tuple[int, int], Future[Any]] | None = None
         self._order_lock = threading.Lock()
         self._backend: str | None = None
         self._warned_cross_device = False
@@ -286,7 +288,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             )
         self._seed = seed
         self.set_epoch(state["epoch"])
-        self._order_cache = None
+        self._order_cache = self._order_ahead = None
         if self._replicas is not None:
             self._replicas.seed = sharding.shard_seed(self._seed, self._shard_index)
             self._replicas.forget_orders()
@@ -479,16 +481,29 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         return self._order(epoch)[start:stop]
 
     def _order(self, epoch: int) -> Any:
-        """The permutation of ``epoch``, computed once and kept until another epoch is asked."""
+        """The permutation of ``epoch``, computed once and kept until another epoch is asked.
+
+        On the host the next epoch's permutation is then computed on a
+        background thread (NumPy's sort releases the GIL), so moving to the
+        next epoch does not wait for it. Cost: one more int64 per sample.
+        """
         cached = self._order_cache  # read once: another thread may replace it, never mutate it
         if cached is not None and cached[0] == (self._seed, epoch):
             return cached[1]
         with self._order_lock:
             key = (self._seed, epoch)
             if self._order_cache is None or self._order_cache[0] != key:
-                seed = sharding.shard_seed(self._seed, self._shard_index)
-                self._order_cache = (key, permutation(self._store.xp, self._n, seed, epoch))
+                ahead, self._order_ahead = self._order_ahead, None
+                order = ahead[1].result() if ahead is not None and ahead[0] == key else self._permute(key)
+                self._order_cache = (key, order)
+                if self._store.xp is np:
+                    following = (self._seed, epoch + 1)
+                    self._order_ahead = (following, in_background(self._permute, following))
             return self._order_cache[1]
+
+    def _permute(self, key: tuple[int, int]) -> Any:
+        seed, epoch = key
+        return permutation(self._store.xp, self._n, sharding.shard_seed(seed, self._shard_index), epoch)
 
     def _check_index(self, index: Any) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):

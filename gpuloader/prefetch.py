@@ -6,16 +6,33 @@ At most ``max_queue_size`` batches are in flight; results come back in index
 order whatever order the threads finish in. Closing the iterator early (a
 ``break``, an exception in the training step) cancels what is queued and joins
 the threads: nothing keeps running after the epoch.
+
+:func:`in_background` runs one call on a single shared thread, started on first
+use: the loader computes the next epoch's host permutation there while the
+current epoch is served.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+_background: ThreadPoolExecutor | None = None
+_background_lock = threading.Lock()
+
+
+def in_background(call: Callable[..., T], *args: Any) -> Future[T]:
+    """``call(*args)`` on gpuloader's one background thread (created on first use)."""
+    global _background
+    with _background_lock:
+        if _background is None:
+            _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuloader-ahead")
+        return _background.submit(call, *args)
 
 
 def in_order(

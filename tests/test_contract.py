@@ -153,6 +153,21 @@ def test_pinned_order_for_seed_1234():
     assert np.asarray(loader[0][0]).tolist() == [6, 8, 1, 9, 7, 2, 5, 4, 0, 3]
 
 
+def test_the_next_order_is_computed_ahead_and_is_the_same_order():
+    loader = make(500, 50, seed=7)
+    first = epoch_ids(loader)
+    assert loader._order_ahead is not None and loader._order_ahead[0] == (7, 1)  # epoch 1, on its way
+    loader.on_epoch_end()
+    fresh = make(500, 50, seed=7)
+    fresh.set_epoch(1)
+    assert epoch_ids(loader) == epoch_ids(fresh) != first
+    # A state with another seed discards what was computed ahead for the old seed.
+    loader.set_state({**make(500, 50, seed=8).get_state(), "epoch": 2})
+    other = make(500, 50, seed=8)
+    other.set_epoch(2)
+    assert epoch_ids(loader) == epoch_ids(other)
+
+
 def test_seed_none_draws_a_seed_at_construction():
     a, b = make(seed=None), make(seed=None)
     assert isinstance(a.seed, int) and a.seed != b.seed
