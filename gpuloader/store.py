@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuloader.gather import gather_batch
+from gpuloader.gather import HostGather, gather_batch
 from gpuloader.sources import is_disk_leaf
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
@@ -30,7 +30,8 @@ class Store:
     xp: Any
     leaves: list[Any]
     names: list[str]
-    #: The device's fused gather of all leaves (``_cuda.RowGather``); None: :func:`gather_batch`.
+    #: The gather of all leaves: ``_cuda.RowGather`` on the GPU, ``gather.HostGather`` in RAM;
+    #: None (on-disk leaves): :func:`gather_batch`.
     fused_gather: Callable[[Any], list[Any]] | None = None
 
     @property
@@ -86,7 +87,8 @@ def on_host(leaves: Sequence[Any], names: Sequence[str], *, load_disk: bool = Tr
         view = np.ascontiguousarray(leaf).view()
         view.flags.writeable = False
         views.append(view)
-    return Store(np, views, list(names))
+    in_ram = not any(is_disk_leaf(view) for view in views)
+    return Store(np, views, list(names), HostGather(views) if in_ram else None)
 
 
 def read_into_ram(leaf: Any, chunk_bytes: int | None = None) -> np.ndarray:

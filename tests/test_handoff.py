@@ -96,3 +96,22 @@ def test_a_batch_of_several_arrays_is_one_fresh_block_of_aligned_arrays():
         assert is_aligned(out)
         np.testing.assert_array_equal(out, leaf[rows])
     assert not any(np.shares_memory(a, b) for a in first for b in second)
+
+
+@pytest.mark.parametrize(
+    "rows", [np.array([29, 0, 7, 7, 13]), slice(4, 21), slice(25, 30)], ids=["rows", "slice", "tail"]
+)
+def test_the_in_ram_gather_matches_gather_batch_and_never_reuses_a_block(rows):
+    from gpuloader.gather import HostGather, gather_batch
+
+    leaves = [np.arange(30 * 3, dtype=np.float32).reshape(30, 3), np.arange(30, dtype=np.int8),
+              np.arange(30 * 35, dtype=np.float64).reshape(30, 5, 7), np.arange(30, dtype=np.uint8)[:, None]]
+    gather = HostGather(leaves)
+    held = [gather(rows) for _ in range(3)]  # a consumer holding three batches at once
+    expected = gather_batch(np, leaves, rows)
+    for batch in held:
+        for out, want in zip(batch, expected):
+            assert is_aligned(out) and out.dtype == want.dtype
+            np.testing.assert_array_equal(out, want)
+    blocks = {id(batch[0].base) for batch in held}
+    assert len(blocks) == 3 and all(out.base is batch[0].base for batch in held for out in batch)
