@@ -349,41 +349,32 @@ def measure_bandwidth(cp: Any, make_loader: Callable[..., Any], repeats: int, sc
 
 
 # ---------------------------------------------------------------- targets
+def _target(name: str, value: float, threshold: str, passed: bool) -> dict:
+    return {"name": name, "value": value, "threshold": threshold, "pass": passed}
+
+
 def evaluate_targets(throughput: list[dict], overhead: list[dict], bandwidth: list[dict]) -> list[dict]:
     targets = []
     for row in throughput:
         if row["case"] == SPEEDUP_CASE:
-            targets.append(
-                {
-                    "name": f"device (synced per batch) / host batches per second, {SPEEDUP_CASE}, batch {BATCH_SIZE}",
-                    "value": row["speedup"],
-                    "threshold": f">= {TARGET_SPEEDUP:g}x",
-                    "pass": row["speedup"] >= TARGET_SPEEDUP,
-                }
-            )
+            targets.append(_target(
+                f"device (synced per batch) / host batches per second, {SPEEDUP_CASE}, batch {BATCH_SIZE}",
+                row["speedup"], f">= {TARGET_SPEEDUP:g}x", row["speedup"] >= TARGET_SPEEDUP,
+            ))
     if overhead:
         worst = max(overhead, key=lambda row: row["overhead_us"])
         sizes = f"{OVERHEAD_BATCH_SIZES[0]}..{OVERHEAD_BATCH_SIZES[-1]}"
-        targets.append(
-            {
-                "name": f"per-batch overhead, worst of batch sizes {sizes} (batch {worst['batch_size']})",
-                "value": worst["overhead_us"],
-                "threshold": f"<= {TARGET_OVERHEAD_US:g} us",
-                "pass": worst["overhead_us"] <= TARGET_OVERHEAD_US,
-            }
-        )
+        targets.append(_target(
+            f"per-batch overhead, worst of batch sizes {sizes} (batch {worst['batch_size']})",
+            worst["overhead_us"], f"<= {TARGET_OVERHEAD_US:g} us", worst["overhead_us"] <= TARGET_OVERHEAD_US,
+        ))
     large = [row for row in bandwidth if row["batch_mb"] >= TARGET_BANDWIDTH_MIN_MB]
     if large:
         worst = min(large, key=lambda row: row["ratio"])
-        batches = f">= {TARGET_BANDWIDTH_MIN_MB} MB (worst: {worst['batch_mb']} MB)"
-        targets.append(
-            {
-                "name": f"gather / copy bandwidth, batches {batches}",
-                "value": worst["ratio"],
-                "threshold": f">= {TARGET_BANDWIDTH_RATIO:g}",
-                "pass": worst["ratio"] >= TARGET_BANDWIDTH_RATIO,
-            }
-        )
+        targets.append(_target(
+            f"gather / copy bandwidth, batches >= {TARGET_BANDWIDTH_MIN_MB} MB (worst: {worst['batch_mb']} MB)",
+            worst["ratio"], f">= {TARGET_BANDWIDTH_RATIO:g}", worst["ratio"] >= TARGET_BANDWIDTH_RATIO,
+        ))
     return targets
 
 

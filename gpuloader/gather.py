@@ -49,34 +49,15 @@ def gather(xp: Any, leaf: Any, rows: slice | Any) -> Any:
 def gather_batch(xp: Any, leaves: list[Any], rows: slice | Any) -> list[Any]:
     """Copy ``leaf[rows]`` of every leaf into fresh arrays, one batch at a time.
 
-    On the host all of a batch's arrays are cut from one new block, each
-    starting on a 64-byte boundary: one allocation per batch instead of one per
-    array. The block lives as long as any of its arrays does.
+    On the host this is :class:`HostGather`: all of a batch's arrays are cut
+    from one new block, each starting on a 64-byte boundary. In another array
+    namespace, one ``take`` (or sliced copy) per leaf.
     """
-    if xp is not np:
-        if isinstance(rows, slice):
-            return [xp.asarray(leaf[rows, ...], copy=True) for leaf in leaves]
-        return [xp.take(leaf, rows, axis=0) for leaf in leaves]
-    count = _count(rows, leaves[0].shape[0])
-    shapes = [(count, *leaf.shape[1:]) for leaf in leaves]
-    sizes = [math.prod(shape) * leaf.dtype.itemsize for shape, leaf in zip(shapes, leaves)]
-    padded = [-(-size // ALIGNMENT) * ALIGNMENT for size in sizes]
-    block = np.empty(sum(padded) + ALIGNMENT, dtype=np.uint8)
-    offset = -block.ctypes.data % ALIGNMENT
-    outs = []
-    for leaf, shape, size, span in zip(leaves, shapes, sizes, padded):
-        out = block[offset : offset + size].view(leaf.dtype).reshape(shape)
-        offset += span
-        if isinstance(rows, slice):
-            np.copyto(out, leaf[rows, ...])
-        elif is_disk_leaf(leaf):
-            read_rows_sorted(leaf, rows, out)
-        else:
-            # mode="clip" skips the bounds-check buffer that mode="raise" needs;
-            # indices come from the permutation and are always in range.
-            np.take(leaf, rows, axis=0, out=out, mode="clip")
-        outs.append(out)
-    return outs
+    if xp is np:
+        return HostGather(leaves)(rows)
+    if isinstance(rows, slice):
+        return [xp.asarray(leaf[rows, ...], copy=True) for leaf in leaves]
+    return [xp.take(leaf, rows, axis=0) for leaf in leaves]
 
 
 def _count(rows: slice | Any, n: int) -> int:
@@ -87,18 +68,20 @@ def _count(rows: slice | Any, n: int) -> int:
 
 
 class HostGather:
-    """:func:`gather_batch` for fixed in-RAM leaves, with each batch size's layout computed once.
+    """The host gather of fixed leaves, with each batch size's block layout computed once.
 
-    Same result as ``gather_batch(np, leaves, rows)``: one fresh block per batch,
-    each leaf's rows C-contiguous on a 64-byte boundary. Per batch it only
-    allocates the block, makes one array per leaf on it and copies the rows.
+    One fresh block per batch holds all of the batch's arrays, each C-contiguous
+    on a 64-byte boundary: one allocation per batch instead of one per array.
+    The block lives as long as any of its arrays does. On-disk leaves (memory
+    maps, shards) are read in ascending row order (:func:`read_rows_sorted`).
 
     Args:
-        leaves: C-contiguous NumPy arrays in RAM sharing their first dimension.
+        leaves: NumPy arrays in RAM or on-disk leaves, sharing their first dimension.
     """
 
-    def __init__(self, leaves: list[np.ndarray]) -> None:
+    def __init__(self, leaves: list[Any]) -> None:
         self._leaves = leaves
+        self._on_disk = [is_disk_leaf(leaf) for leaf in leaves]
         self._n = int(leaves[0].shape[0])
         self._layouts: dict[int, tuple[int, list[tuple[tuple[int, ...], np.dtype, int]]]] = {}
 
@@ -107,23 +90,24 @@ class HostGather:
         if layout is None:
             parts, offset = [], 0
             for leaf in self._leaves:
-                shape = (count, *leaf.shape[1:])
-                parts.append((shape, leaf.dtype, offset))
-                offset += -(-math.prod(shape) * leaf.dtype.itemsize // ALIGNMENT) * ALIGNMENT
+                shape, dtype = (count, *leaf.shape[1:]), np.dtype(leaf.dtype)
+                parts.append((shape, dtype, offset))
+                offset += -(-math.prod(shape) * dtype.itemsize // ALIGNMENT) * ALIGNMENT
             layout = self._layouts[count] = (offset + ALIGNMENT, parts)
         return layout
 
     def __call__(self, rows: slice | np.ndarray) -> list[np.ndarray]:
         """Fresh arrays holding ``leaf[rows]`` of every leaf. Cost: the batch's bytes copied once."""
-        count = _count(rows, self._n)
-        block_bytes, parts = self._layout(count)
+        block_bytes, parts = self._layout(_count(rows, self._n))
         block = np.empty(block_bytes, dtype=np.uint8)
         start = -block.ctypes.data % ALIGNMENT
         outs = []
-        for leaf, (shape, dtype, offset) in zip(self._leaves, parts):
+        for leaf, on_disk, (shape, dtype, offset) in zip(self._leaves, self._on_disk, parts):
             out = np.ndarray(shape, dtype, buffer=block, offset=start + offset)
             if isinstance(rows, slice):
                 np.copyto(out, leaf[rows, ...])
+            elif on_disk:
+                read_rows_sorted(leaf, rows, out)
             else:
                 # mode="clip" skips the bounds-check buffer that mode="raise" needs;
                 # indices come from the permutation and are always in range.

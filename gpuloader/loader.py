@@ -31,7 +31,7 @@ from gpuloader._structure import Structure, flatten
 from gpuloader.handoff import hand_off, keras_backend
 from gpuloader.permutation import MAX_SEED, permutation
 from gpuloader.prefetch import in_background, in_order
-from gpuloader.sources import RowSubset, ShardedArray, advise_random_access, is_disk_leaf, open_source
+from gpuloader.sources import ShardedArray, advise_random_access, is_disk_leaf, open_source
 
 STATE_FORMAT = "gpuloader.Loader/1"
 _PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
@@ -125,21 +125,22 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._steps = sharding.steps_per_epoch(n, self._num_shards, self._batch_size, self._drop_remainder)
         if self._num_shards > 1:
             rows = sharding.shard_rows(n, self._seed, self._num_shards, self._shard_index)
-            leaves = [_take_shard(leaf, rows, name) for leaf, name in zip(leaves, names)]
+            leaves = [sharding.take_shard(leaf, rows, name) for leaf, name in zip(leaves, names)]
         self._structure = structure
         self._n = int(leaves[0].shape[0])
+        row_bytes = sum(store_lib.row_nbytes(leaf) for leaf in leaves)
         self._replicas: replicas_lib.ReplicaSet | None = None
         replica_note = ""
         if requested in ("auto", "gpu"):
             plan, self._replicas, replica_note = replicas_lib.place(
-                leaves, names, requested, fraction, self._batch_size, self._batch_bytes(leaves) // self._batch_size,
+                leaves, names, requested, fraction, self._batch_size, row_bytes,
                 sharding.shard_seed(self._seed, self._shard_index), self._drop_remainder, verbose,
             )
         if self._replicas is not None:
             self._plan, self._store = plan, self._replicas.stores[0]
         else:
             self._plan, self._store = _place(
-                leaves, names, requested, fraction, host_memory_limit, self._batch_bytes(leaves), verbose
+                leaves, names, requested, fraction, host_memory_limit, row_bytes * self._batch_size, verbose
             )
             if replica_note:
                 self._plan = dataclasses.replace(self._plan, reason=f"{self._plan.reason}; {replica_note}")
@@ -289,9 +290,6 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._seed = seed
         self.set_epoch(state["epoch"])
         self._order_cache = self._order_ahead = None
-        if self._replicas is not None:
-            self._replicas.seed = sharding.shard_seed(self._seed, self._shard_index)
-            self._replicas.forget_orders()
 
     # ------------------------------------------------------------ DataAdapter
     @property
@@ -323,7 +321,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     def get_tf_dataset(self) -> Any:
         """Batches for the TF trainer; per-replica values under a multi-device strategy."""
         strategy = strategy_of_caller()
-        devices = _local_replica_devices(strategy)
+        devices = replicas_lib.replica_devices(strategy)
         if len(devices) > 1:
             self._check_replica_split(len(devices))
             return tf_batches(lambda: self._iterate_replicas(strategy, devices))
@@ -404,7 +402,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         replicas = self._replicas
         runtime = placement_lib.gpu_runtime()
         parts = []
-        for replica, rows in enumerate(replicas.rows(position, epoch, self._batch_size, self._n, self._shuffle)):
+        seed = sharding.shard_seed(self._seed, self._shard_index)
+        for replica, rows in enumerate(replicas.rows(position, epoch, seed, self._batch_size, self._n, self._shuffle)):
             with runtime.on_device(replicas.ordinals[replica]):
                 parts.append(self._prepare_rows(rows, replicas.stores[replica]))
         return parts
@@ -514,19 +513,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             raise IndexError(f"batch index {index} is out of range for a loader of {length} batches.")
         return position
 
-    def _batch_bytes(self, leaves: list[Any]) -> int:
-        return sum(store_lib.row_nbytes(leaf) for leaf in leaves) * self._batch_size
-
 
 # ------------------------------------------------------------------ helpers
-def _local_replica_devices(strategy: Any) -> list[str]:
-    """The devices of this worker's replicas; empty for the default strategy."""
-    try:
-        return list(strategy.extended.worker_devices)
-    except (AttributeError, RuntimeError):  # no strategy, or the default one
-        return []
-
-
 def _resolve_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tuple[int, int, str]:
     if num_shards is None and shard_index is None:
         num_shards, shard_index, source = sharding.default_shards()
@@ -539,18 +527,6 @@ def _resolve_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tupl
         source = "the num_shards and shard_index arguments"
     shards, index = sharding.check_shards(num_shards, shard_index, seed_given)
     return shards, index, source
-
-
-def _take_shard(leaf: Any, rows: np.ndarray, name: str) -> Any:
-    """This worker's rows of a leaf: lazily for on-disk data, a copy of just those rows otherwise."""
-    if is_disk_leaf(leaf):
-        return RowSubset(leaf, rows)
-    if placement_lib.gpu_runtime().lives_on_cuda(leaf):
-        raise ValueError(
-            f"{name} is already on a GPU; sharding between workers needs host arrays or .npy files, so that "
-            "each worker uploads only its own rows."
-        )
-    return np.take(np.asarray(leaf), rows, axis=0)
 
 
 def _check_pydataset_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

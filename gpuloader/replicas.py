@@ -35,7 +35,6 @@ from gpuloader import placement as placement_lib
 from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader.permutation import permutation
-from gpuloader.sources import RowSubset, is_disk_leaf
 
 REPLICATED = "replicated"
 SHARDED = "sharded"
@@ -51,7 +50,6 @@ class ReplicaSet:
         devices: TensorFlow's name of each replica's device, in replica order.
         ordinals: the CUDA device of each replica.
         stores: each replica's store, on its own GPU.
-        seed: the seed of the orders (the worker's shard seed).
         part_size: rows each replica serves per step (sharded layout).
     """
 
@@ -59,43 +57,51 @@ class ReplicaSet:
     devices: list[str]
     ordinals: list[int]
     stores: list[store_lib.Store]
-    seed: int
     part_size: int
-    _orders: dict[int, tuple[int, Any]] = field(default_factory=dict, repr=False)
+    _orders: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def rows(self, position: int, epoch: int, batch_size: int, n: int, shuffle: bool) -> list[slice | Any]:
-        """Each replica's rows of batch ``position`` of ``epoch``, in its own store's indices and namespace."""
+    def rows(
+        self, position: int, epoch: int, seed: int, batch_size: int, n: int, shuffle: bool
+    ) -> list[slice | Any]:
+        """Each replica's rows of batch ``position`` of ``(seed, epoch)``, in its own store's indices and namespace."""
         count = len(self.stores)
         if self.layout == REPLICATED:
             start, stop = position * batch_size, min(position * batch_size + batch_size, n)
             return [
-                split_rows(self._order(r, n, epoch, shuffle, start, stop), count)[r] for r in range(count)
+                split_rows(self._order(r, n, seed, epoch, shuffle, start, stop), count)[r] for r in range(count)
             ]
         parts = []
         for r, store in enumerate(self.stores):
             start = position * self.part_size
-            parts.append(self._order(r, store.n, epoch, shuffle, start, min(start + self.part_size, store.n)))
+            stop = min(start + self.part_size, store.n)
+            parts.append(self._order(r, store.n, sharding.shard_seed(seed, r), epoch, shuffle, start, stop))
         return parts
 
-    def _order(self, replica: int, n: int, epoch: int, shuffle: bool, start: int, stop: int) -> slice | Any:
+    def _order(
+        self, replica: int, n: int, seed: int, epoch: int, shuffle: bool, start: int, stop: int
+    ) -> slice | Any:
+        """Rows ``start:stop`` of replica ``replica``'s order, computed on its GPU once per (seed, epoch)."""
         if not shuffle:
             return slice(start, stop)
+        key = (seed, epoch)
         cached = self._orders.get(replica)
-        if cached is None or cached[0] != epoch:
+        if cached is None or cached[0] != key:
             with self._lock:
                 cached = self._orders.get(replica)
-                if cached is None or cached[0] != epoch:
-                    seed = self.seed if self.layout == REPLICATED else sharding.shard_seed(self.seed, replica)
+                if cached is None or cached[0] != key:
                     with placement_lib.gpu_runtime().on_device(self.ordinals[replica]):
-                        cached = (epoch, permutation(self.stores[replica].xp, n, seed, epoch))
+                        cached = (key, permutation(self.stores[replica].xp, n, seed, epoch))
                     self._orders[replica] = cached
         return cached[1][start:stop]
 
-    def forget_orders(self) -> None:
-        """Drop the cached orders (after ``set_state`` changes the seed)."""
-        with self._lock:
-            self._orders.clear()
+
+def replica_devices(strategy: Any) -> list[str]:
+    """The devices of ``strategy``'s local replicas; empty for none or the default strategy."""
+    try:
+        return list(strategy.extended.worker_devices)
+    except (AttributeError, RuntimeError):
+        return []
 
 
 def strategy_replica_devices() -> list[str]:
@@ -103,10 +109,7 @@ def strategy_replica_devices() -> list[str]:
     tf = sys.modules.get("tensorflow")
     if tf is None or not tf.distribute.has_strategy():
         return []
-    try:
-        return list(tf.distribute.get_strategy().extended.worker_devices)
-    except (AttributeError, RuntimeError):
-        return []
+    return replica_devices(tf.distribute.get_strategy())
 
 
 def gpu_ordinals(devices: Sequence[str]) -> list[int] | None:
@@ -191,7 +194,7 @@ def place(
         min(status.free_bytes for status in statuses), layout=layout, gpus=tuple(ordinals),
     )
     part_size = batch_size // count
-    return plan, ReplicaSet(layout, devices, ordinals, stores, seed, part_size), ""
+    return plan, ReplicaSet(layout, devices, ordinals, stores, part_size), ""
 
 
 def _sharding_refusal(
@@ -224,7 +227,7 @@ def _upload(
             own = leaves
             if layout == SHARDED:
                 rows = sharding.shard_rows(n, seed, count, replica)
-                own = [RowSubset(leaf, rows) if is_disk_leaf(leaf) else leaf[rows] for leaf in leaves]
+                own = [sharding.take_shard(leaf, rows, name) for leaf, name in zip(leaves, names)]
             with runtime.on_device(ordinal):
                 stores.append(store_lib.upload(own, names, runtime.namespace(), runtime, verbose=verbose))
     except BaseException:

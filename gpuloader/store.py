@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuloader.gather import HostGather, gather_batch
+from gpuloader.gather import HostGather
 from gpuloader.sources import is_disk_leaf
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
@@ -30,9 +30,8 @@ class Store:
     xp: Any
     leaves: list[Any]
     names: list[str]
-    #: The gather of all leaves: ``_cuda.RowGather`` on the GPU, ``gather.HostGather`` in RAM;
-    #: None (on-disk leaves): :func:`gather_batch`.
-    fused_gather: Callable[[Any], list[Any]] | None = None
+    #: The gather of all leaves at once: ``gather.HostGather`` on the host, ``_cuda.RowGather`` on the GPU.
+    fused_gather: Callable[[Any], list[Any]]
 
     @property
     def n(self) -> int:
@@ -47,9 +46,7 @@ class Store:
 
         Cost: the batch's bytes copied once; on the GPU one kernel launch for all leaves.
         """
-        if self.fused_gather is not None:
-            return self.fused_gather(rows)
-        return gather_batch(self.xp, self.leaves, rows)
+        return self.fused_gather(rows)
 
 
 def leaf_nbytes(leaf: Any) -> int:
@@ -87,8 +84,7 @@ def on_host(leaves: Sequence[Any], names: Sequence[str], *, load_disk: bool = Tr
         view = np.ascontiguousarray(leaf).view()
         view.flags.writeable = False
         views.append(view)
-    in_ram = not any(is_disk_leaf(view) for view in views)
-    return Store(np, views, list(names), HostGather(views) if in_ram else None)
+    return Store(np, views, list(names), HostGather(views))
 
 
 def read_into_ram(leaf: Any, chunk_bytes: int | None = None) -> np.ndarray:

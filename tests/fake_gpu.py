@@ -16,7 +16,7 @@ import types
 import numpy as np
 
 from gpuloader import _cuda
-from gpuloader.gather import aligned_empty
+from gpuloader.gather import aligned_empty, gather_batch
 
 _CREATORS = ("empty", "zeros", "ones", "full", "arange", "asarray", "linspace", "eye")
 
@@ -97,12 +97,9 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
         def gather(rows):
             state.fused_gathers += 1
             state.gathers_on.append(state.devices.index(leaves[0].device))
-            if isinstance(rows, slice):
-                parts = [leaf[rows, ...] for leaf in leaves]
-            else:
-                parts = [xps.take(leaf, rows, axis=0) for leaf in leaves]  # refuses rows from another GPU
             out = []
-            for part in parts:
+            # The array-API gather; its take refuses rows from another GPU.
+            for part in gather_batch(xps, leaves, rows):
                 values = np.from_dlpack(part)
                 fresh = aligned_empty(values.shape, values.dtype, alignment=256)
                 np.copyto(fresh, values)
