@@ -12,7 +12,6 @@ tensor through DLPack. Being a ``DataAdapter``, it is iterated by ``fit``,
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -22,16 +21,16 @@ from typing import Any
 import keras
 import numpy as np
 
+from gpuloader import inputs, sharding
 from gpuloader import placement as placement_lib
 from gpuloader import replicas as replicas_lib
-from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, strategy_of_caller, tf_batches
 from gpuloader._structure import Structure, flatten
 from gpuloader.handoff import hand_off, keras_backend
-from gpuloader.permutation import MAX_SEED, permutation
+from gpuloader.permutation import permutation
 from gpuloader.prefetch import in_background, in_order
-from gpuloader.sources import ShardedArray, advise_random_access, is_disk_leaf, open_source
+from gpuloader.sources import advise_random_access, is_disk_leaf
 
 STATE_FORMAT = "gpuloader.Loader/1"
 _PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
@@ -105,22 +104,22 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         verbose: bool = True,
         **pydataset_kwargs: Any,
     ) -> None:
-        super().__init__(**_check_pydataset_kwargs(pydataset_kwargs))
-        self._batch_size = _check_positive_int("batch_size", batch_size)
-        self._shuffle = _check_bool("shuffle", shuffle)
-        self._drop_remainder = _check_bool("drop_remainder", drop_remainder)
+        super().__init__(**inputs.check_pydataset_kwargs(pydataset_kwargs))
+        self._batch_size = inputs.check_positive_int("batch_size", batch_size)
+        self._shuffle = inputs.check_bool("shuffle", shuffle)
+        self._drop_remainder = inputs.check_bool("drop_remainder", drop_remainder)
         seed_given = seed is not None
-        self._seed = _check_seed(seed)
+        self._seed = inputs.check_seed(seed)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable as transform(batch, xp); received {transform!r}.")
         self._transform = transform
         requested = placement_lib.resolve_device(device)
         fraction = placement_lib.check_fraction(gpu_memory_fraction)
 
-        structure, leaves, names = _flatten_parts(x, y, sample_weight)
-        n = _check_leaves(leaves, names)
+        structure, leaves, names = inputs.flatten_parts(x, y, sample_weight)
+        n = inputs.check_leaves(leaves, names)
         if class_weight is not None:
-            structure, leaves, names = _apply_class_weight(class_weight, structure, leaves, names, n)
+            structure, leaves, names = inputs.apply_class_weight(class_weight, structure, leaves, names, n)
         self._num_shards, self._shard_index, shard_note = _resolve_shards(num_shards, shard_index, seed_given)
         self._steps = sharding.steps_per_epoch(n, self._num_shards, self._batch_size, self._drop_remainder)
         if self._num_shards > 1:
@@ -239,7 +238,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     def set_epoch(self, epoch: int) -> None:
         """Serve the order of ``epoch`` from now on."""
-        self._epoch = _check_non_negative_int("epoch", epoch)
+        self._epoch = inputs.check_non_negative_int("epoch", epoch)
         self._served = False
         self._completed_epoch = None
 
@@ -279,7 +278,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
                     f"this loader has {key}={mine!r}; its batches would differ. Build the loader "
                     "over the same data with the same arguments."
                 )
-        seed = _check_seed(state["seed"])
+        seed = inputs.check_seed(state["seed"])
         sharded_gpus = self._replicas is not None and self._replicas.layout == replicas_lib.SHARDED
         if seed != self._seed and (self._num_shards > 1 or sharded_gpus):
             raise ValueError(
@@ -527,152 +526,6 @@ def _resolve_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tupl
         source = "the num_shards and shard_index arguments"
     shards, index = sharding.check_shards(num_shards, shard_index, seed_given)
     return shards, index, source
-
-
-def _check_pydataset_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(kwargs) - set(_PYDATASET_KWARGS))
-    if unknown:
-        raise TypeError(
-            f"Loader got unexpected keyword argument(s) {', '.join(unknown)}; the PyDataset "
-            f"arguments it takes are {', '.join(_PYDATASET_KWARGS)}."
-        )
-    if kwargs.get("use_multiprocessing"):
-        raise ValueError(
-            "use_multiprocessing=True is not supported: gpuloader prepares batches ahead in "
-            "threads (its gather releases the GIL) and GPU arrays cannot cross processes. "
-            "Use workers=N with use_multiprocessing=False."
-        )
-    for name in ("workers", "max_queue_size"):
-        if name in kwargs:
-            _check_positive_int(name, kwargs[name])
-    return kwargs
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int; received {value!r}. Pass e.g. {name}=32.")
-    return int(value)
-
-
-def _check_non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0; received {value!r}.")
-    return int(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False; received {value!r}.")
-    return bool(value)
-
-
-def _check_seed(seed: Any) -> int:
-    if seed is None:
-        return secrets.randbits(63)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(
-            f"seed must be an int in [0, 2**64) or None; received {seed!r}. "
-            "Pass e.g. seed=1234 for a reproducible order, or None to draw one."
-        )
-    return int(seed)
-
-
-def _flatten_parts(x: Any, y: Any, sample_weight: Any) -> tuple[Structure, list[Any], list[str]]:
-    if x is None:
-        raise ValueError("x is None; pass the input arrays (an array, or a tuple/list/dict of arrays).")
-    if sample_weight is not None and y is None:
-        raise ValueError("sample_weight was given without y; pass the targets too: Loader(x, y, sample_weight).")
-    parts = [x] if y is None else [x, y] if sample_weight is None else [x, y, sample_weight]
-    structures, leaves, names = [], [], []
-    for name, part in zip(_PARTS, parts):
-        structure, part_leaves, part_names = flatten(part, name)
-        structures.append(structure)
-        part_leaves = [_as_leaf(leaf, leaf_name) for leaf, leaf_name in zip(part_leaves, part_names)]
-        leaves.extend(part_leaves)
-        names.extend(_describe(leaf, name) for leaf, name in zip(part_leaves, part_names))
-    return Structure("tuple", tuple(structures)), leaves, names
-
-
-def _describe(leaf: Any, name: str) -> str:
-    """A leaf's name for messages, with its file(s) when it is on disk."""
-    if isinstance(leaf, ShardedArray):
-        return f"{name} ({len(leaf.paths)} shards from {leaf.paths[0]!r})"
-    if isinstance(leaf, np.memmap) and leaf.filename:
-        return f"{name} ({leaf.filename!r})"
-    return name
-
-
-def _as_leaf(value: Any, name: str) -> Any:
-    """A NumPy array, a memory map or shards, or a CUDA array kept where it is; refuse what cannot be batched."""
-    source = open_source(value, name)
-    if source is not None:
-        array, kind = source, np.dtype(source.dtype).kind
-    elif placement_lib.gpu_runtime().lives_on_cuda(value):
-        array = value
-        kind = np.dtype(str(getattr(value.dtype, "name", value.dtype)).replace("torch.", "")).kind
-    else:
-        try:
-            array = np.asarray(value)
-        except Exception as error:
-            raise ValueError(f"{name} cannot be read as an array ({error}); pass a NumPy array.") from error
-        kind = array.dtype.kind
-    if kind in _REFUSED_DTYPE_KINDS:
-        raise TypeError(
-            f"{name} has dtype {array.dtype} ({_REFUSED_DTYPE_KINDS[kind]}); only numeric and bool "
-            "arrays can be batched. Encode it first (e.g. integer ids for strings)."
-        )
-    if len(array.shape) == 0:
-        raise ValueError(
-            f"{name} is a 0-d array (a scalar); every input needs a first dimension of samples. "
-            "Reshape it, e.g. np.reshape(value, (-1,))."
-        )
-    return array
-
-
-def _check_leaves(leaves: list[Any], names: list[str]) -> int:
-    lengths = [int(leaf.shape[0]) for leaf in leaves]
-    if len(set(lengths)) > 1:
-        listing = ", ".join(f"{name} has {length}" for name, length in zip(names, lengths))
-        raise ValueError(
-            f"every array must have the same number of samples (first dimension); {listing}. "
-            "Trim or fix the arrays so that their first dimensions agree."
-        )
-    if lengths[0] == 0:
-        raise ValueError(f"the data is empty: {names[0]} has 0 samples; give at least one sample.")
-    return lengths[0]
-
-
-def _apply_class_weight(
-    class_weight: Mapping[int, float], structure: Structure, leaves: list[Any], names: list[str], n: int
-) -> tuple[Structure, list[Any], list[str]]:
-    """Turn ``class_weight`` into per-sample weights (times any given sample_weight)."""
-    if not isinstance(class_weight, Mapping) or not class_weight:
-        raise ValueError(f"class_weight must be a non-empty dict {{class_index: weight}}; received {class_weight!r}.")
-    parts = structure.children
-    if len(parts) < 2 or parts[1].kind != "leaf":
-        raise ValueError("class_weight needs y to be a single array of class labels (integers or one-hot rows).")
-    y = np.asarray(leaves[parts[0].num_leaves])
-    if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
-        labels = y.reshape(-1)
-    elif y.ndim == 2:
-        labels = np.argmax(y, axis=1)
-    else:
-        raise ValueError(f"class_weight needs y of shape (n,), (n, 1) or one-hot (n, k); received {y.shape}.")
-    classes = np.unique(labels)
-    missing = [int(c) for c in classes if int(c) not in class_weight]
-    if missing:
-        raise ValueError(
-            f"class_weight has no weight for class(es) {missing[:10]} present in y; give one for each class."
-        )
-    table = {int(key): float(value) for key, value in class_weight.items()}
-    weights = np.array([table[int(c)] for c in classes], dtype=np.float32)[np.searchsorted(classes, labels)]
-    if len(parts) == 3:
-        if parts[2].kind != "leaf":
-            raise ValueError("class_weight with sample_weight needs sample_weight to be a single array.")
-        given = np.asarray(leaves[-1], dtype=np.float32)
-        weights = given * weights.reshape((n,) + (1,) * (given.ndim - 1))
-        return structure, [*leaves[:-1], weights], names
-    return Structure("tuple", (*parts, Structure("leaf"))), [*leaves, weights], [*names, "class_weight"]
 
 
 def _place(

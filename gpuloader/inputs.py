@@ -1,0 +1,170 @@
+"""The loader's inputs: argument checks, flattening ``x, y, sample_weight`` into leaves, class weights.
+
+Everything here runs once, at construction, so a mistake is refused before
+anything is placed or uploaded: every error names the rule, the value received
+and the fix. Leaves are NumPy arrays, memory maps or shard lists (nothing read
+but their headers), or CUDA arrays kept where they are.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gpuloader import placement as placement_lib
+from gpuloader._structure import Structure, flatten
+from gpuloader.permutation import MAX_SEED
+from gpuloader.sources import ShardedArray, open_source
+
+PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
+_PARTS = ("x", "y", "sample_weight")
+_REFUSED_DTYPE_KINDS = {"O": "object", "U": "string", "S": "bytes", "V": "void", "M": "datetime", "m": "timedelta"}
+
+
+def check_pydataset_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - set(PYDATASET_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"Loader got unexpected keyword argument(s) {', '.join(unknown)}; the PyDataset "
+            f"arguments it takes are {', '.join(PYDATASET_KWARGS)}."
+        )
+    if kwargs.get("use_multiprocessing"):
+        raise ValueError(
+            "use_multiprocessing=True is not supported: gpuloader prepares batches ahead in "
+            "threads (its gather releases the GIL) and GPU arrays cannot cross processes. "
+            "Use workers=N with use_multiprocessing=False."
+        )
+    for name in ("workers", "max_queue_size"):
+        if name in kwargs:
+            check_positive_int(name, kwargs[name])
+    return kwargs
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int; received {value!r}. Pass e.g. {name}=32.")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0; received {value!r}.")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; received {value!r}.")
+    return bool(value)
+
+
+def check_seed(seed: Any) -> int:
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(
+            f"seed must be an int in [0, 2**64) or None; received {seed!r}. "
+            "Pass e.g. seed=1234 for a reproducible order, or None to draw one."
+        )
+    return int(seed)
+
+
+def flatten_parts(x: Any, y: Any, sample_weight: Any) -> tuple[Structure, list[Any], list[str]]:
+    if x is None:
+        raise ValueError("x is None; pass the input arrays (an array, or a tuple/list/dict of arrays).")
+    if sample_weight is not None and y is None:
+        raise ValueError("sample_weight was given without y; pass the targets too: Loader(x, y, sample_weight).")
+    parts = [x] if y is None else [x, y] if sample_weight is None else [x, y, sample_weight]
+    structures, leaves, names = [], [], []
+    for name, part in zip(_PARTS, parts):
+        structure, part_leaves, part_names = flatten(part, name)
+        structures.append(structure)
+        part_leaves = [_as_leaf(leaf, leaf_name) for leaf, leaf_name in zip(part_leaves, part_names)]
+        leaves.extend(part_leaves)
+        names.extend(_describe(leaf, name) for leaf, name in zip(part_leaves, part_names))
+    return Structure("tuple", tuple(structures)), leaves, names
+
+
+def _describe(leaf: Any, name: str) -> str:
+    """A leaf's name for messages, with its file(s) when it is on disk."""
+    if isinstance(leaf, ShardedArray):
+        return f"{name} ({len(leaf.paths)} shards from {leaf.paths[0]!r})"
+    if isinstance(leaf, np.memmap) and leaf.filename:
+        return f"{name} ({leaf.filename!r})"
+    return name
+
+
+def _as_leaf(value: Any, name: str) -> Any:
+    """A NumPy array, a memory map or shards, or a CUDA array kept where it is; refuse what cannot be batched."""
+    source = open_source(value, name)
+    if source is not None:
+        array, kind = source, np.dtype(source.dtype).kind
+    elif placement_lib.gpu_runtime().lives_on_cuda(value):
+        array = value
+        kind = np.dtype(str(getattr(value.dtype, "name", value.dtype)).replace("torch.", "")).kind
+    else:
+        try:
+            array = np.asarray(value)
+        except Exception as error:
+            raise ValueError(f"{name} cannot be read as an array ({error}); pass a NumPy array.") from error
+        kind = array.dtype.kind
+    if kind in _REFUSED_DTYPE_KINDS:
+        raise TypeError(
+            f"{name} has dtype {array.dtype} ({_REFUSED_DTYPE_KINDS[kind]}); only numeric and bool "
+            "arrays can be batched. Encode it first (e.g. integer ids for strings)."
+        )
+    if len(array.shape) == 0:
+        raise ValueError(
+            f"{name} is a 0-d array (a scalar); every input needs a first dimension of samples. "
+            "Reshape it, e.g. np.reshape(value, (-1,))."
+        )
+    return array
+
+
+def check_leaves(leaves: list[Any], names: list[str]) -> int:
+    lengths = [int(leaf.shape[0]) for leaf in leaves]
+    if len(set(lengths)) > 1:
+        listing = ", ".join(f"{name} has {length}" for name, length in zip(names, lengths))
+        raise ValueError(
+            f"every array must have the same number of samples (first dimension); {listing}. "
+            "Trim or fix the arrays so that their first dimensions agree."
+        )
+    if lengths[0] == 0:
+        raise ValueError(f"the data is empty: {names[0]} has 0 samples; give at least one sample.")
+    return lengths[0]
+
+
+def apply_class_weight(
+    class_weight: Mapping[int, float], structure: Structure, leaves: list[Any], names: list[str], n: int
+) -> tuple[Structure, list[Any], list[str]]:
+    """Turn ``class_weight`` into per-sample weights (times any given sample_weight)."""
+    if not isinstance(class_weight, Mapping) or not class_weight:
+        raise ValueError(f"class_weight must be a non-empty dict {{class_index: weight}}; received {class_weight!r}.")
+    parts = structure.children
+    if len(parts) < 2 or parts[1].kind != "leaf":
+        raise ValueError("class_weight needs y to be a single array of class labels (integers or one-hot rows).")
+    y = np.asarray(leaves[parts[0].num_leaves])
+    if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
+        labels = y.reshape(-1)
+    elif y.ndim == 2:
+        labels = np.argmax(y, axis=1)
+    else:
+        raise ValueError(f"class_weight needs y of shape (n,), (n, 1) or one-hot (n, k); received {y.shape}.")
+    classes = np.unique(labels)
+    missing = [int(c) for c in classes if int(c) not in class_weight]
+    if missing:
+        raise ValueError(
+            f"class_weight has no weight for class(es) {missing[:10]} present in y; give one for each class."
+        )
+    table = {int(key): float(value) for key, value in class_weight.items()}
+    weights = np.array([table[int(c)] for c in classes], dtype=np.float32)[np.searchsorted(classes, labels)]
+    if len(parts) == 3:
+        if parts[2].kind != "leaf":
+            raise ValueError("class_weight with sample_weight needs sample_weight to be a single array.")
+        given = np.asarray(leaves[-1], dtype=np.float32)
+        weights = given * weights.reshape((n,) + (1,) * (given.ndim - 1))
+        return structure, [*leaves[:-1], weights], names
+    return Structure("tuple", (*parts, Structure("leaf"))), [*leaves, weights], [*names, "class_weight"]
