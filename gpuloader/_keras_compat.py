@@ -9,21 +9,79 @@ private that the loader relies on is named here:
 - The TensorFlow trainer iterates a plain Python iterator step by step when
   ``get_tf_dataset()`` returns a ``tf.distribute.DistributedDataset``
   (``TFEpochIterator``); :func:`tf_batches` builds one.
-- ``EpochIterator.__init__`` holds the ``class_weight`` given to ``fit``;
-  :func:`class_weight_given_to_fit` reads it so the loader can refuse it.
+- The trainers' ``fit``, ``evaluate`` and ``predict`` (TensorFlow, JAX and torch
+  backends) hold their arguments and, in ``fit``, the loop variables ``epoch``
+  and ``initial_epoch`` (after ``BackupAndRestore`` set it) and the
+  ``epoch_iterator``; :func:`keras_call` reads them from the innermost such frame,
+  so the loader can follow the epoch Keras trains and refuse arguments Keras
+  would silently drop for a custom adapter.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
-__all__ = ["DataAdapter", "class_weight_given_to_fit", "strategy_of_caller", "tf_batches"]
+__all__ = ["DataAdapter", "KerasCall", "keras_call", "strategy_of_caller", "tf_batches"]
 
-_EPOCH_ITERATOR_MODULE = "keras.src.trainers.epoch_iterator"
+_TRAINER_METHODS = frozenset(("fit", "evaluate", "predict"))
+_ARGUMENTS = ("y", "sample_weight", "class_weight", "batch_size", "shuffle", "validation_batch_size")
+_MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class KerasCall:
+    """The Keras trainer call that is using the loader now.
+
+    Attributes:
+        kind: "fit", "evaluate" or "predict" (the innermost one: validation
+            inside ``fit`` is "evaluate").
+        epoch: the epoch ``fit`` is training, None before its epoch loop
+            started (building the model) and outside ``fit``.
+        initial_epoch: the epoch this ``fit`` started (or resumed) at.
+        steps_per_epoch: ``fit``'s argument.
+        token: an object that lives exactly as long as this call (its epoch iterator).
+        arguments: the call's arguments the loader checks (see ``_ARGUMENTS``).
+    """
+
+    kind: str
+    epoch: int | None
+    initial_epoch: int
+    steps_per_epoch: int | None
+    token: Any
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+def keras_call(depth: int = 2) -> KerasCall | None:
+    """The innermost Keras ``fit``/``evaluate``/``predict`` on the caller's stack, or None.
+
+    Cost: a walk up at most 64 frames comparing names (about a microsecond).
+    """
+    frame = sys._getframe(depth)
+    for _ in range(_MAX_DEPTH):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_name in _TRAINER_METHODS and _is_trainer_module(frame.f_globals.get("__name__", "")):
+            local = frame.f_locals
+            return KerasCall(
+                kind=code.co_name,
+                epoch=local.get("epoch") if code.co_name == "fit" else None,
+                initial_epoch=int(local.get("initial_epoch") or 0),
+                steps_per_epoch=local.get("steps_per_epoch"),
+                token=local.get("epoch_iterator", frame),
+                arguments={name: local[name] for name in _ARGUMENTS if name in local},
+            )
+        frame = frame.f_back
+    return None
+
+
+def _is_trainer_module(name: str) -> bool:
+    return name.startswith("keras.src.backend.") and name.endswith(".trainer")
 _tf_batches_class: type | None = None
 
 
@@ -44,19 +102,6 @@ def tf_batches(make_iterator: Callable[[], Iterator[Any]]) -> Any:
 
         _tf_batches_class = _TFBatches
     return _tf_batches_class(make_iterator)
-
-
-def class_weight_given_to_fit(depth: int = 2) -> Any:
-    """The ``class_weight`` Keras's ``EpochIterator`` was built with, if the caller is one.
-
-    Called from the loader's ``num_batches``, which ``EpochIterator.__init__``
-    reads right after choosing the adapter. Returns None when the caller is not
-    an ``EpochIterator`` or no class weight was given.
-    """
-    frame = sys._getframe(depth)
-    if frame.f_code.co_name != "__init__" or frame.f_globals.get("__name__") != _EPOCH_ITERATOR_MODULE:
-        return None
-    return frame.f_locals.get("class_weight")
 
 
 def strategy_of_caller(depth: int = 2) -> Any:

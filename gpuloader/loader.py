@@ -1,21 +1,19 @@
 """``Loader``: a drop-in Keras ``PyDataset`` that is also its own ``DataAdapter``.
 
-The loader wires the layers together: placement decides host or GPU once; the
-store holds the preloaded arrays; the permutation gives each epoch's order; the
-gather copies one batch's rows into a fresh buffer; an optional ``transform``
-runs where the data lives; the hand-off turns each array into the backend's
-tensor through DLPack. Being a ``DataAdapter``, it is iterated by ``fit``,
-``evaluate`` and ``predict`` directly, never through
+The loader only composes the layers: :mod:`gpuloader.inputs` checks and
+flattens the arguments; placement (:mod:`gpuloader.store`, :mod:`gpuloader.replicas`,
+:mod:`gpuloader.sharding`) decides once where the data lives and puts it there;
+:mod:`gpuloader.schedule` decides which epoch each pass serves and owns the
+state; :mod:`gpuloader.pipeline` prepares and hands over each batch; and
+:mod:`gpuloader.adapter` answers Keras's trainers. Being a ``DataAdapter``, it
+is iterated by ``fit``, ``evaluate`` and ``predict`` directly, never through
 ``tf.data.Dataset.from_generator``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import warnings
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
 from typing import Any
 
 import keras
@@ -25,17 +23,13 @@ from gpuloader import inputs, sharding
 from gpuloader import placement as placement_lib
 from gpuloader import replicas as replicas_lib
 from gpuloader import store as store_lib
-from gpuloader._keras_compat import DataAdapter, class_weight_given_to_fit, strategy_of_caller, tf_batches
-from gpuloader._structure import Structure, flatten
-from gpuloader.handoff import hand_off, keras_backend
-from gpuloader.permutation import permutation
-from gpuloader.prefetch import in_background, in_order
+from gpuloader._keras_compat import DataAdapter, keras_call
+from gpuloader.adapter import KerasPasses
+from gpuloader.pipeline import BatchPipeline
+from gpuloader.schedule import STATE_FORMAT, EpochSchedule
 from gpuloader.sources import advise_random_access, is_disk_leaf
 
-STATE_FORMAT = "gpuloader.Loader/1"
-_PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
-_PARTS = ("x", "y", "sample_weight")
-_REFUSED_DTYPE_KINDS = {"O": "object", "U": "string", "S": "bytes", "V": "void", "M": "datetime", "m": "timedelta"}
+__all__ = ["STATE_FORMAT", "Loader"]
 
 
 class Loader(keras.utils.PyDataset, DataAdapter):
@@ -104,15 +98,15 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         verbose: bool = True,
         **pydataset_kwargs: Any,
     ) -> None:
+        _refuse_overrides(type(self))
         super().__init__(**inputs.check_pydataset_kwargs(pydataset_kwargs))
         self._batch_size = inputs.check_positive_int("batch_size", batch_size)
         self._shuffle = inputs.check_bool("shuffle", shuffle)
         self._drop_remainder = inputs.check_bool("drop_remainder", drop_remainder)
         seed_given = seed is not None
-        self._seed = inputs.check_seed(seed)
+        seed = inputs.check_seed(seed)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable as transform(batch, xp); received {transform!r}.")
-        self._transform = transform
         requested = placement_lib.resolve_device(device)
         fraction = placement_lib.check_fraction(gpu_memory_fraction)
 
@@ -120,46 +114,34 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         n = inputs.check_leaves(leaves, names)
         if class_weight is not None:
             structure, leaves, names = inputs.apply_class_weight(class_weight, structure, leaves, names, n)
-        self._num_shards, self._shard_index, shard_note = _resolve_shards(num_shards, shard_index, seed_given)
-        self._steps = sharding.steps_per_epoch(n, self._num_shards, self._batch_size, self._drop_remainder)
-        if self._num_shards > 1:
-            rows = sharding.shard_rows(n, self._seed, self._num_shards, self._shard_index)
+        num_shards, shard_index, shard_note = sharding.resolve_shards(num_shards, shard_index, seed_given)
+        steps = sharding.steps_per_epoch(n, num_shards, self._batch_size, self._drop_remainder)
+        if num_shards > 1:
+            rows = sharding.shard_rows(n, seed, num_shards, shard_index)
             leaves = [sharding.take_shard(leaf, rows, name) for leaf, name in zip(leaves, names)]
-        self._structure = structure
-        self._n = int(leaves[0].shape[0])
-        row_bytes = sum(store_lib.row_nbytes(leaf) for leaf in leaves)
-        self._replicas: replicas_lib.ReplicaSet | None = None
-        replica_note = ""
-        if requested in ("auto", "gpu"):
-            plan, self._replicas, replica_note = replicas_lib.place(
-                leaves, names, requested, fraction, self._batch_size, row_bytes,
-                sharding.shard_seed(self._seed, self._shard_index), self._drop_remainder, verbose,
-            )
-        if self._replicas is not None:
-            self._plan, self._store = plan, self._replicas.stores[0]
-        else:
-            self._plan, self._store = _place(
-                leaves, names, requested, fraction, host_memory_limit, row_bytes * self._batch_size, verbose
-            )
-            if replica_note:
-                self._plan = dataclasses.replace(self._plan, reason=f"{self._plan.reason}; {replica_note}")
-        if self._plan.placement == "disk" and self._shuffle:
-            for leaf in self._store.leaves:
-                if is_disk_leaf(leaf):
-                    advise_random_access(leaf)
-        if self._num_shards > 1:
+        self._plan, store, replicas = _lay_out(
+            leaves, names, requested, fraction, host_memory_limit, self._batch_size,
+            sharding.shard_seed(seed, shard_index), self._drop_remainder, self._shuffle, verbose,
+        )
+        if num_shards > 1:
             self._plan = dataclasses.replace(
-                self._plan, reason=f"{self._plan.reason}; shard {self._shard_index} of {self._num_shards} "
-                f"({self._n} of {n} samples, from {shard_note})"
+                self._plan, reason=f"{self._plan.reason}; shard {shard_index} of {num_shards} "
+                f"({store.n} of {n} samples, from {shard_note})"
             )
-        self._epoch = 0
-        self._served = False  # a batch of this epoch went out through loader[i]
-        self._completed_epoch: int | None = None  # last epoch an adapter iterator went through
-        self._order_cache: tuple[tuple[int, int], Any] | None = None
-        self._order_ahead: tuple[tuple[int, int], Future[Any]] | None = None
-        self._order_lock = threading.Lock()
-        self._backend: str | None = None
-        self._warned_cross_device = False
+        signature = {
+            "num_samples": store.n, "batch_size": self._batch_size, "shuffle": self._shuffle,
+            "drop_remainder": self._drop_remainder, "num_shards": num_shards, "shard_index": shard_index,
+        }
+        seed_owns_rows = num_shards > 1 or (replicas is not None and replicas.layout == replicas_lib.SHARDED)
+        self._schedule = EpochSchedule(store.xp, seed, self._shuffle, steps, signature, seed_owns_rows)
+        self._pipeline = BatchPipeline(
+            store, replicas, structure, transform, self._batch_size, self._schedule.order,
+            lambda: sharding.shard_seed(self._schedule.seed, shard_index), self._plan.placement == "gpu",
+        )
+        self._passes = KerasPasses(
+            self._schedule, self._pipeline, steps, self._batch_size, self._shuffle, self._drop_remainder,
+            self.workers, self.max_queue_size,
+        )
 
     # ----------------------------------------------------------- description
     @property
@@ -175,130 +157,88 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     @property
     def xp(self) -> Any:
         """The array namespace the data lives in (NumPy or CuPy)."""
-        return self._store.xp
+        return self._pipeline.store.xp
 
     @property
     def num_samples(self) -> int:
         """Samples this loader holds and serves each epoch (this worker's shard when sharded)."""
-        return self._n
+        return self._pipeline.n
 
     @property
     def num_shards(self) -> int:
-        return self._num_shards
+        return self._schedule.signature["num_shards"]
 
     @property
     def shard_index(self) -> int:
-        return self._shard_index
+        return self._schedule.signature["shard_index"]
 
     @property
     def seed(self) -> int:
-        return self._seed
+        return self._schedule.seed
 
     @property
     def epoch(self) -> int:
         """The epoch whose order ``loader[i]`` serves now (0 first)."""
-        return self._epoch
+        return self._schedule.epoch
 
     def __repr__(self) -> str:
         return (
             f"Loader(num_samples={self.num_samples}, batch_size={self._batch_size}, "
-            f"shuffle={self._shuffle}, placement={self.placement!r}, epoch={self._epoch})"
+            f"shuffle={self._shuffle}, placement={self.placement!r}, epoch={self.epoch})"
         )
 
     # ------------------------------------------------------ Sequence contract
     def __len__(self) -> int:
-        return self._steps
+        return self._passes.steps
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         """Batch ``index`` of the current epoch as the backend's tensors.
 
-        The same index returns the same samples until ``on_epoch_end``.
-        Negative indices count from the end.
+        The same index returns the same samples until the epoch moves on.
+        Negative indices count from the end. Inside ``fit`` (a callback) it is
+        the batch of the epoch Keras is training; outside Keras calls, giving
+        out every batch of an epoch finishes it (see :mod:`gpuloader.schedule`).
         """
-        position = self._check_index(index)
-        self._served = True
-        return self._to_consumer(self._prepare(position), self._consumer_backend())
+        position = _position(index, len(self))
+        epoch = self._schedule.epoch_for_item(position, keras_call())
+        return self._pipeline.to_consumer(self._pipeline.prepare(position, epoch, self._shuffle))
 
     def on_epoch_end(self) -> None:
-        """Move to the next epoch's order, if this epoch was used.
+        """Move to the next epoch's order if this epoch finished (see :mod:`gpuloader.schedule`).
 
-        Used means: a batch went out through ``loader[i]``, or Keras's iteration
-        reached the epoch's last batch. Keras also calls this before the first
-        epoch, after peeking at one batch to build the model (JAX and torch
-        backends) and at the end of ``steps_per_epoch`` slices of an epoch; none
-        of those moves the order, so resuming with ``set_state`` replays exactly
-        the epoch it saved.
+        Finished means: an iteration reached the epoch's last batch, or every
+        batch went out through ``loader[i]``. Keras also calls this before the
+        first epoch, after peeking at a batch and after every evaluation; none
+        of those moves the order.
         """
-        if self._served or self._completed_epoch == self._epoch:
-            self._epoch += 1
-            self._served = False
+        self._schedule.on_epoch_end()
 
     def on_epoch_begin(self) -> None:
-        """Nothing to do: the order of the epoch is computed on first use."""
+        """Nothing to do: the order of an epoch is computed on first use."""
 
     def set_epoch(self, epoch: int) -> None:
-        """Serve the order of ``epoch`` from now on."""
-        self._epoch = inputs.check_non_negative_int("epoch", epoch)
-        self._served = False
-        self._completed_epoch = None
+        """Serve the order of ``epoch`` from now on; the next ``fit`` starts its first epoch on it."""
+        self._schedule.set_epoch(epoch)
 
     # ------------------------------------------------------------ resumption
     def get_state(self) -> dict[str, Any]:
-        """A JSON-serialisable dict from which :meth:`set_state` resumes this epoch."""
-        return {
-            "format": STATE_FORMAT,
-            "seed": self._seed,
-            "epoch": self._epoch,
-            "num_samples": self._n,
-            "batch_size": self._batch_size,
-            "shuffle": self._shuffle,
-            "drop_remainder": self._drop_remainder,
-            "num_shards": self._num_shards,
-            "shard_index": self._shard_index,
-        }
+        """A JSON-serialisable dict naming the epoch the next pass serves; :meth:`set_state` resumes there."""
+        return self._schedule.get_state()
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Serve exactly the batches of the epoch ``state`` was taken at.
+        """Serve exactly the batches of the epoch ``state`` names.
 
         Raises:
             ValueError: the state is not a gpuloader state, or was taken from a
                 loader whose batches cannot match this one's (other sample count,
-                batch size, shuffle or drop_remainder).
+                batch size, shuffle, drop_remainder or shard).
         """
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                f"set_state expects a dict from Loader.get_state() with format={STATE_FORMAT!r}; "
-                f"received {state!r}."
-            )
-        for key in ("num_samples", "batch_size", "shuffle", "drop_remainder", "num_shards", "shard_index"):
-            mine = self.get_state()[key]
-            if state.get(key) != mine:
-                raise ValueError(
-                    f"set_state: the state was taken from a loader with {key}={state.get(key)!r}, "
-                    f"this loader has {key}={mine!r}; its batches would differ. Build the loader "
-                    "over the same data with the same arguments."
-                )
-        seed = inputs.check_seed(state["seed"])
-        sharded_gpus = self._replicas is not None and self._replicas.layout == replicas_lib.SHARDED
-        if seed != self._seed and (self._num_shards > 1 or sharded_gpus):
-            raise ValueError(
-                f"set_state: the state has seed={seed}, this loader seed={self._seed}; the seed also decided "
-                "which rows this loader holds (its shard), so its batches cannot match. Build the loader "
-                f"with seed={seed}, then call set_state."
-            )
-        self._seed = seed
-        self.set_epoch(state["epoch"])
-        self._order_cache = self._order_ahead = None
+        self._schedule.set_state(state)
 
     # ------------------------------------------------------------ DataAdapter
     @property
     def num_batches(self) -> int:
-        if class_weight_given_to_fit() is not None:
-            raise ValueError(
-                "class_weight was passed to fit(), but Keras does not pass it to a custom data "
-                "adapter such as gpuloader.Loader, so it would be ignored. Pass it to the loader "
-                "instead: gpuloader.Loader(x, y, class_weight={...})."
-            )
+        self._passes.check_arguments(keras_call())
         return len(self)
 
     @property
@@ -307,265 +247,82 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     @property
     def has_partial_batch(self) -> bool:
-        return not self._drop_remainder and self._n % self._batch_size != 0
+        return not self._drop_remainder and self.num_samples % self._batch_size != 0
 
     @property
     def partial_batch_size(self) -> int | None:
-        return self._n % self._batch_size if self.has_partial_batch else None
-
+        return self.num_samples % self._batch_size if self.has_partial_batch else None
 
     def get_numpy_iterator(self) -> Iterator[Any]:
-        return self._iterate("numpy")
+        return self._passes.iterate("numpy")
 
     def get_tf_dataset(self) -> Any:
         """Batches for the TF trainer; per-replica values under a multi-device strategy."""
-        strategy = strategy_of_caller()
-        devices = replicas_lib.replica_devices(strategy)
-        if len(devices) > 1:
-            self._check_replica_split(len(devices))
-            return tf_batches(lambda: self._iterate_replicas(strategy, devices))
-        return tf_batches(lambda: self._iterate("tensorflow"))
+        return self._passes.tf_dataset()
 
     def get_jax_iterator(self) -> Iterator[Any]:
-        return self._iterate("jax")
+        return self._passes.iterate("jax")
 
     def get_torch_dataloader(self) -> Iterator[Any]:
-        return self._iterate("torch")
+        return self._passes.iterate("torch")
 
-    # --------------------------------------------------------------- internals
-    def _iterate(self, backend: str) -> Iterator[Any]:
-        """One epoch of batches for ``backend``, prepared ahead by ``workers`` threads."""
-        for prepared in self._epoch_of(self._prepare):
-            yield self._to_consumer(prepared, backend)
+    # ------------------------------------------- internals kept for the GPU tests and bench
+    _store = property(lambda self: self._pipeline.store)
+    _replicas = property(lambda self: self._pipeline.replicas)
 
-    def _epoch_of(self, prepare: Callable[[int, int], Any]) -> Iterator[Any]:
-        """``prepare(position, epoch)`` for every batch of one epoch, in order, ``workers`` threads ahead.
+    def _prepare(self, position: int, epoch: int | None = None) -> Any:
+        return self._pipeline.prepare(position, self.epoch if epoch is None else epoch, self._shuffle)
 
-        An iterator started after the previous one went through the whole epoch
-        begins the next epoch, even before ``on_epoch_end`` (Keras does that when
-        ``steps_per_epoch`` slices epochs). The epoch is fixed when iteration
-        starts, so batches prepared ahead never mix two orders.
-        """
-        if self._completed_epoch == self._epoch:
-            self.on_epoch_end()
-        epoch, last = self._epoch, len(self) - 1
-        batches = in_order(
-            lambda position: prepare(position, epoch),
-            range(len(self)), workers=self.workers, max_queue_size=self.max_queue_size,
-        )
-        for position, prepared in enumerate(batches):
-            if position == last:
-                self._completed_epoch = epoch
-            yield prepared
-
-    def _iterate_replicas(self, strategy: Any, devices: list[str]) -> Iterator[Any]:
-        """One epoch of ``PerReplica`` batches: replica r gets its part, made on its own device.
-
-        With a per-GPU layout built for these replicas (``loader.plan.layout``),
-        part r is gathered on GPU r from the data there and never moves.
-        Otherwise each batch's rows are split as evenly as possible between the
-        replicas, each part gathered into its own buffer where the data is and
-        then placed on its replica's device (a copy between devices on GPUs).
-        """
-        import tensorflow as tf
-
-        count = len(devices)
-        own_layout = self._replicas is not None and list(self._replicas.devices) == list(devices)
-        if own_layout:
-            prepare = self._prepare_parts
-        else:
-            if self._plan.placement == "gpu" and not self._warned_cross_device:
-                self._warned_cross_device = True
-                warnings.warn(
-                    f"gpuloader: the data is on one GPU, so every step the other {count - 1} replicas' parts "
-                    "are copied to their GPUs. Build the loader inside strategy.scope() to keep a copy (or a "
-                    "share of the rows) on each replica's GPU.", RuntimeWarning, stacklevel=2,
-                )
-
-            def prepare(position: int, epoch: int) -> list[tuple[Structure, list[Any]]]:
-                parts = replicas_lib.split_rows(self._rows(position, epoch), count)
-                return [self._prepare_rows(part) for part in parts]
-
-        for batch_parts in self._epoch_of(prepare):
-            per_replica = []
-            for device, prepared in zip(devices, batch_parts):
-                tensors = self._to_consumer(prepared, "tensorflow")
-                with tf.device(device):
-                    per_replica.append(tf.nest.map_structure(tf.identity, tensors))
-            yield strategy.experimental_distribute_values_from_function(
-                lambda context, values=per_replica: values[context.replica_id_in_sync_group % count]
-            )
-
-    def _prepare_parts(self, position: int, epoch: int) -> list[tuple[Structure, list[Any]]]:
-        """Each replica's part of batch ``position``, gathered on its own GPU from its own store."""
-        replicas = self._replicas
-        runtime = placement_lib.gpu_runtime()
-        parts = []
-        seed = sharding.shard_seed(self._seed, self._shard_index)
-        for replica, rows in enumerate(replicas.rows(position, epoch, seed, self._batch_size, self._n, self._shuffle)):
-            with runtime.on_device(replicas.ordinals[replica]):
-                parts.append(self._prepare_rows(rows, replicas.stores[replica]))
-        return parts
-
-    def _check_replica_split(self, count: int) -> None:
-        smallest = self.partial_batch_size or self._batch_size
-        if smallest < count:
-            raise ValueError(
-                f"the last batch has {smallest} sample(s) for {count} replicas, so a replica would get an "
-                "empty batch; pass drop_remainder=True or a batch_size that leaves at least one sample per "
-                "replica in the last batch."
-            )
-
-    def _prepare(self, position: int, epoch: int | None = None) -> tuple[Structure, list[Any]]:
-        """Gather (and transform) batch ``position`` of ``epoch`` (default: the current one).
-
-        Safe to call from worker threads. With rows sharded across GPUs, the
-        whole batch (``loader[i]`` outside the strategy) is assembled on the
-        first replica's GPU: a copy between GPUs that the strategy's own path
-        never makes.
-        """
-        epoch = self._epoch if epoch is None else epoch
-        if self._replicas is None:
-            return self._prepare_rows(self._rows(position, epoch))
-        runtime = placement_lib.gpu_runtime()
-        home = self._replicas.ordinals[0]
-        if self._replicas.layout == replicas_lib.REPLICATED:
-            with runtime.on_device(home):
-                return self._prepare_rows(self._rows(position, epoch))
-        parts = self._prepare_parts(position, epoch)
-        xp = self._store.xp
-        concat = getattr(xp, "concat", None) or xp.concatenate
-        with runtime.on_device(home):
-            leaves = [
-                concat([runtime.copy_to_device(part_leaves[j], home) for _, part_leaves in parts], axis=0)
-                for j in range(len(parts[0][1]))
-            ]
-            if self._consumer_backend() == "tensorflow":
-                runtime.synchronize()
-        return parts[0][0], leaves
-
-    def _prepare_rows(self, rows: slice | Any, store: store_lib.Store | None = None) -> tuple[Structure, list[Any]]:
-        store = self._store if store is None else store
-        xp = store.xp
-        leaves = store.take(rows)
-        structure = self._structure
-        if self._transform is not None:
-            structure, leaves = _run_transform(self._transform, structure.rebuild(leaves), xp)
-        if self._plan.placement == "gpu":
-            runtime = placement_lib.gpu_runtime()
-            if self._transform is not None:  # it may have returned views; host arrays are checked at hand-off
-                leaves = [runtime.aligned_contiguous(leaf) for leaf in leaves]
-            if self._consumer_backend() == "tensorflow":
-                # TF's from_dlpack takes no stream; JAX and torch get it through __dlpack__(stream=...).
-                runtime.synchronize()
-        return structure, leaves
-
-    def _to_consumer(self, prepared: tuple[Structure, list[Any]], backend: str) -> tuple[Any, ...]:
-        structure, leaves = prepared
-        # Gathered buffers are aligned by construction; a transform's output is checked.
-        trusted = self._transform is None
-        return structure.rebuild([hand_off(leaf, backend, known_aligned=trusted) for leaf in leaves])
-
-    def _consumer_backend(self) -> str:
-        if self._backend is None:
-            self._backend = keras_backend()
-        return self._backend
-
-    def _rows(self, position: int, epoch: int) -> slice | Any:
-        start = position * self._batch_size
-        stop = min(start + self._batch_size, self._n)
-        if not self._shuffle:
-            return slice(start, stop)
-        return self._order(epoch)[start:stop]
+    def _prepare_parts(self, position: int, epoch: int) -> Any:
+        return self._pipeline.prepare_parts(position, epoch, self._shuffle)
 
     def _order(self, epoch: int) -> Any:
-        """The permutation of ``epoch``, computed once and kept until another epoch is asked.
-
-        On the host the next epoch's permutation is then computed on a
-        background thread (NumPy's sort releases the GIL), so moving to the
-        next epoch does not wait for it. Cost: one more int64 per sample.
-        """
-        cached = self._order_cache  # read once: another thread may replace it, never mutate it
-        if cached is not None and cached[0] == (self._seed, epoch):
-            return cached[1]
-        with self._order_lock:
-            key = (self._seed, epoch)
-            if self._order_cache is None or self._order_cache[0] != key:
-                ahead, self._order_ahead = self._order_ahead, None
-                order = ahead[1].result() if ahead is not None and ahead[0] == key else self._permute(key)
-                self._order_cache = (key, order)
-                if self._store.xp is np:
-                    following = (self._seed, epoch + 1)
-                    self._order_ahead = (following, in_background(self._permute, following))
-            return self._order_cache[1]
-
-    def _permute(self, key: tuple[int, int]) -> Any:
-        seed, epoch = key
-        return permutation(self._store.xp, self._n, sharding.shard_seed(seed, self._shard_index), epoch)
-
-    def _check_index(self, index: Any) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"batch index must be an int; received {index!r}.")
-        length = len(self)
-        position = int(index) + length if index < 0 else int(index)
-        if not 0 <= position < length:
-            raise IndexError(f"batch index {index} is out of range for a loader of {length} batches.")
-        return position
+        return self._schedule.order(epoch)
 
 
-# ------------------------------------------------------------------ helpers
-def _resolve_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tuple[int, int, str]:
-    if num_shards is None and shard_index is None:
-        num_shards, shard_index, source = sharding.default_shards()
-    elif num_shards is None or shard_index is None:
-        raise ValueError(
-            f"num_shards and shard_index go together; received num_shards={num_shards!r}, "
-            f"shard_index={shard_index!r}. Pass both, or neither to take them from the strategy."
-        )
-    else:
-        source = "the num_shards and shard_index arguments"
-    shards, index = sharding.check_shards(num_shards, shard_index, seed_given)
-    return shards, index, source
+def _position(index: Any, length: int) -> int:
+    """``index`` as a position in ``[0, length)``, negative counting from the end, or a clear error."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"batch index must be an int; received {index!r}.")
+    position = int(index) + length if index < 0 else int(index)
+    if not 0 <= position < length:
+        raise IndexError(f"batch index {index} is out of range for a loader of {length} batches.")
+    return position
 
 
-def _place(
-    leaves: list[Any], names: list[str], device: str, fraction: float, host_memory_limit: int | None,
-    batch_bytes: int, verbose: bool,
-) -> tuple[placement_lib.Plan, store_lib.Store]:
-    """Decide the placement and build the store; an out-of-memory upload under "auto" falls back."""
-    data_bytes = sum(store_lib.leaf_nbytes(leaf) for leaf in leaves)
-    disk_bytes = sum(store_lib.leaf_nbytes(leaf) for leaf in leaves if is_disk_leaf(leaf))
-    n = int(leaves[0].shape[0])
-    needed = data_bytes + 4 * batch_bytes + 24 * n  # data, batches in flight, permutation scratch
-    plan = placement_lib.plan(
-        device, needed, fraction, disk_bytes=disk_bytes, host_memory_limit=host_memory_limit
-    )
-    runtime = placement_lib.gpu_runtime()
-    if plan.placement == "gpu":
-        try:
-            store = store_lib.upload(leaves, names, runtime.namespace(), runtime, verbose=verbose)
-            return plan, store
-        except runtime.out_of_memory_errors() as error:
-            reason = placement_lib.upload_ran_out_of_memory(device, error, "the GPU", plan.reason)
-            plan = placement_lib.fallback_plan(reason, needed, disk_bytes, host_memory_limit, plan.bytes_free)
-    host_leaves = [runtime.adopt(leaf).get() if runtime.lives_on_cuda(leaf) else leaf for leaf in leaves]
-    return plan, store_lib.on_host(host_leaves, names, load_disk=plan.placement == "host")
-
-
-def _run_transform(transform: Callable[..., Any], batch: Any, xp: Any) -> tuple[Structure, list[Any]]:
-    """Call the user's ``transform(batch, xp)`` and check it returned a batch of arrays."""
-    result = transform(batch, xp)
-    if not isinstance(result, (tuple, list)) or not 1 <= len(result) <= 3:
-        length = f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""
-        raise TypeError(
-            "transform(batch, xp) must return a tuple (x,), (x, y) or (x, y, sample_weight); "
-            f"it returned {type(result).__name__}{length}."
-        )
-    structure, leaves, names = flatten(tuple(result), "transform output")
-    for leaf, name in zip(leaves, names):
-        if not hasattr(leaf, "__dlpack__") or not hasattr(leaf, "shape"):
+def _refuse_overrides(cls: type) -> None:
+    """A subclass may add methods, but not replace what fit, evaluate and predict never call."""
+    for name in ("__getitem__", "__len__"):
+        if getattr(cls, name) is not getattr(Loader, name):
+            owner = next(klass.__name__ for klass in cls.__mro__ if name in vars(klass))
             raise TypeError(
-                f"{name} is a {type(leaf).__name__}, not an array of the namespace xp; build it "
-                "with xp (e.g. xp.astype(x, xp.float32)) so it stays where the data lives."
+                f"{owner} overrides Loader.{name}, but fit(), evaluate() and predict() do not call it: they "
+                "iterate the loader's own batches, so the override would be silently bypassed. Shape batches "
+                "with transform=lambda batch, xp: ... (it runs on every batch, where the data lives) instead "
+                f"of overriding {name}."
             )
-    return structure, leaves
+
+
+def _lay_out(
+    leaves: list[Any], names: list[str], requested: str, fraction: float, host_memory_limit: int | None,
+    batch_size: int, order_seed: int, drop_remainder: bool, shuffle: bool, verbose: bool,
+) -> tuple[placement_lib.Plan, store_lib.Store, replicas_lib.ReplicaSet | None]:
+    """Place the data once: a per-GPU layout under a multi-GPU strategy, else one device, host or disk."""
+    row_bytes = sum(store_lib.row_nbytes(leaf) for leaf in leaves)
+    replicas, replica_note = None, ""
+    if requested in ("auto", "gpu"):
+        plan, replicas, replica_note = replicas_lib.place(
+            leaves, names, requested, fraction, batch_size, row_bytes, order_seed, drop_remainder, verbose,
+        )
+    if replicas is not None:
+        return plan, replicas.stores[0], replicas
+    plan, store = store_lib.place(
+        leaves, names, requested, fraction, host_memory_limit, row_bytes * batch_size, verbose
+    )
+    if replica_note:
+        plan = dataclasses.replace(plan, reason=f"{plan.reason}; {replica_note}")
+    if plan.placement == "disk" and shuffle:
+        for leaf in store.leaves:
+            if is_disk_leaf(leaf):
+                advise_random_access(leaf)
+    return plan, store, None

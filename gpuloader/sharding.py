@@ -60,6 +60,21 @@ def _tasks(entry: Any) -> list[Any]:
     return list(entry.values()) if isinstance(entry, dict) else list(entry)
 
 
+def resolve_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tuple[int, int, str]:
+    """``(num_shards, shard_index, where they came from)``: the arguments, else the defaults."""
+    if num_shards is None and shard_index is None:
+        num_shards, shard_index, source = default_shards()
+    elif num_shards is None or shard_index is None:
+        raise ValueError(
+            f"num_shards and shard_index go together; received num_shards={num_shards!r}, "
+            f"shard_index={shard_index!r}. Pass both, or neither to take them from the strategy."
+        )
+    else:
+        source = "the num_shards and shard_index arguments"
+    shards, index = check_shards(num_shards, shard_index, seed_given)
+    return shards, index, source
+
+
 def check_shards(num_shards: Any, shard_index: Any, seed_given: bool) -> tuple[int, int]:
     """Validate an explicit or default (num_shards, shard_index) pair."""
     if isinstance(num_shards, bool) or not isinstance(num_shards, (int, np.integer)) or num_shards < 1:

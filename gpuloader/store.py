@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuloader import placement as placement_lib
 from gpuloader.gather import HostGather
 from gpuloader.sources import is_disk_leaf
 
@@ -173,3 +174,32 @@ class _Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def bytes_needed(data_bytes: int, batch_bytes: int, n: int) -> int:
+    """Device bytes a loader needs: the data, four batches in flight, 24 bytes per sample of permutation scratch."""
+    return data_bytes + 4 * batch_bytes + 24 * n
+
+
+def place(
+    leaves: list[Any], names: list[str], device: str, fraction: float, host_memory_limit: int | None,
+    batch_bytes: int, verbose: bool,
+) -> tuple[placement_lib.Plan, Store]:
+    """Decide the placement and build the store; an out-of-memory upload under "auto" falls back."""
+    data_bytes = sum(leaf_nbytes(leaf) for leaf in leaves)
+    disk_bytes = sum(leaf_nbytes(leaf) for leaf in leaves if is_disk_leaf(leaf))
+    n = int(leaves[0].shape[0])
+    needed = bytes_needed(data_bytes, batch_bytes, n)
+    plan = placement_lib.plan(
+        device, needed, fraction, disk_bytes=disk_bytes, host_memory_limit=host_memory_limit
+    )
+    runtime = placement_lib.gpu_runtime()
+    if plan.placement == "gpu":
+        try:
+            store = upload(leaves, names, runtime.namespace(), runtime, verbose=verbose)
+            return plan, store
+        except runtime.out_of_memory_errors() as error:
+            reason = placement_lib.upload_ran_out_of_memory(device, error, "the GPU", plan.reason)
+            plan = placement_lib.fallback_plan(reason, needed, disk_bytes, host_memory_limit, plan.bytes_free)
+    host_leaves = [runtime.adopt(leaf).get() if runtime.lives_on_cuda(leaf) else leaf for leaf in leaves]
+    return plan, on_host(host_leaves, names, load_disk=plan.placement == "host")

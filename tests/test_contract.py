@@ -156,7 +156,8 @@ def test_pinned_order_for_seed_1234():
 def test_the_next_order_is_computed_ahead_and_is_the_same_order():
     loader = make(500, 50, seed=7)
     first = epoch_ids(loader)
-    assert loader._order_ahead is not None and loader._order_ahead[0] == (7, 1)  # epoch 1, on its way
+    ahead = loader._schedule._order_ahead
+    assert ahead is not None and ahead[0] == (7, 1)  # epoch 1, on its way
     loader.on_epoch_end()
     fresh = make(500, 50, seed=7)
     fresh.set_epoch(1)

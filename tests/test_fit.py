@@ -145,6 +145,7 @@ def test_workers_prepare_batches_in_order(no_from_generator, workers):
     x, y = separable(1000)
     loader = Loader(x, y, batch_size=50, seed=2, workers=workers, max_queue_size=4, verbose=False)
     expected = [np.asarray(loader[i][1]).tolist() for i in range(len(loader))]
+    loader.set_epoch(0)  # every batch went out through loader[i]: the next pass would serve epoch 1
     served = [np.asarray(batch[1]).tolist() for batch in loader.get_tf_dataset()]
     assert served == expected
     history = tiny_model().fit(loader, epochs=2, verbose=0)

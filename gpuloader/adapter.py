@@ -1,0 +1,178 @@
+"""The Keras side of the loader: passes over the data, the guards on ``fit`` arguments, per-replica values.
+
+Keras 3 iterates a custom ``DataAdapter`` directly (``get_numpy_iterator``,
+``get_tf_dataset``, ``get_jax_iterator``, ``get_torch_dataloader``), so every
+batch of ``fit``, ``evaluate`` and ``predict`` goes through :meth:`KerasPasses.iterate`:
+the schedule says which epoch the pass serves (training follows Keras's epoch;
+evaluation and prediction serve the input order), ``workers`` threads prepare
+the batches ahead in order (:mod:`gpuloader.prefetch`), and the pipeline hands
+each one over. Under a multi-device ``tf.distribute`` strategy each step is a
+``PerReplica`` value, part r made on replica r's device.
+
+Keras also drops, without a word, arguments a custom adapter cannot see
+(``y``, ``sample_weight``, ``class_weight``, ``batch_size``, ``shuffle``);
+:meth:`KerasPasses.check_arguments` refuses or warns about each.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from gpuloader import replicas as replicas_lib
+from gpuloader._keras_compat import KerasCall, keras_call, strategy_of_caller, tf_batches
+from gpuloader.pipeline import BatchPipeline
+from gpuloader.prefetch import in_order
+from gpuloader.schedule import EpochSchedule
+
+
+class KerasPasses:
+    """Iterations over one loader's batches, as Keras's trainers ask for them.
+
+    Args:
+        schedule: decides the epoch each pass serves.
+        pipeline: prepares and hands over each batch.
+        steps: batches per pass.
+        batch_size, shuffle, drop_remainder: the loader's, for the guards' messages.
+        workers, max_queue_size: threads preparing batches ahead, and the bound on them.
+    """
+
+    def __init__(
+        self, schedule: EpochSchedule, pipeline: BatchPipeline, steps: int, batch_size: int, shuffle: bool,
+        drop_remainder: bool, workers: int, max_queue_size: int,
+    ) -> None:
+        self._schedule = schedule
+        self._pipeline = pipeline
+        self._steps = steps
+        self._batch_size = batch_size
+        self._shuffle = shuffle
+        self._drop_remainder = drop_remainder
+        self._workers = workers
+        self._max_queue_size = max_queue_size
+        self._warned: set[str] = set()
+
+    @property
+    def steps(self) -> int:
+        """Batches per pass (``len(loader)``)."""
+        return self._steps
+
+    # ------------------------------------------------------------- guards
+    def check_arguments(self, call: KerasCall | None) -> None:
+        """Refuse what Keras would silently not pass to the loader; warn about what it ignores."""
+        if call is None:
+            return
+        arguments = call.arguments
+        for name, fix in (
+            ("y", "Give the targets to the loader: gpuloader.Loader(x, y)."),
+            ("sample_weight", "Give them to the loader: gpuloader.Loader(x, y, sample_weight)."),
+            ("class_weight", "Pass it to the loader instead: gpuloader.Loader(x, y, class_weight={...})."),
+        ):
+            if arguments.get(name) is not None:
+                raise ValueError(
+                    f"{name} was passed to {call.kind}() together with a gpuloader.Loader, but Keras does not "
+                    f"pass it to a loader, so it would be ignored. {fix}"
+                )
+        for name in ("batch_size", "validation_batch_size"):
+            given = arguments.get(name)
+            if given is not None and given != self._batch_size:
+                self._warn_once(
+                    name, f"{call.kind}({name}={given}) is ignored for a gpuloader.Loader, which serves batches "
+                    f"of batch_size={self._batch_size}; set the batch size on the loader instead.",
+                )
+        if call.kind == "fit" and arguments.get("shuffle") is False and self._shuffle:
+            self._warn_once(
+                "shuffle", "fit(shuffle=False) is ignored for a gpuloader.Loader, which shuffles every epoch "
+                "because it was built with shuffle=True; build it with shuffle=False for the input order.",
+            )
+        if call.kind == "predict" and self._drop_remainder and self._pipeline.n % self._batch_size:
+            self._warn_once(
+                "predict", f"predict() on a loader with drop_remainder=True returns predictions for "
+                f"{self._steps * self._batch_size} of its {self._pipeline.n} samples (the last, partial batch "
+                "is dropped); build the loader with drop_remainder=False to predict every sample.",
+            )
+
+    def _warn_once(self, key: str, message: str, category: type[Warning] = UserWarning) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"gpuloader: {message}", category, stacklevel=4)
+
+    # ------------------------------------------------------------- passes
+    def iterate(self, backend: str) -> Iterator[Any]:
+        """One pass of batches for ``backend``, prepared ahead by ``workers`` threads."""
+        pipeline = self._pipeline
+        for prepared in self._pass_of(pipeline.prepare):
+            yield pipeline.to_consumer(prepared, backend)
+
+    def _pass_of(self, prepare: Callable[[int, int, bool], Any]) -> Iterator[Any]:
+        """``prepare(position, epoch, shuffled)`` for every batch of one pass, in order, ahead in threads.
+
+        The epoch is decided when iteration starts (the schedule's rule), so
+        batches prepared ahead never mix two orders.
+        """
+        epoch, shuffled, counts = self._schedule.begin_pass(keras_call())
+        last = self._steps - 1
+        batches = in_order(
+            lambda position: prepare(position, epoch, shuffled),
+            range(self._steps), workers=self._workers, max_queue_size=self._max_queue_size,
+        )
+        for position, prepared in enumerate(batches):
+            if counts and position == last:
+                self._schedule.finish_pass(epoch)
+            yield prepared
+
+    def tf_dataset(self) -> Any:
+        """Batches for the TF trainer; per-replica values under a multi-device strategy."""
+        strategy = strategy_of_caller(depth=3)
+        devices = replicas_lib.replica_devices(strategy)
+        if len(devices) > 1:
+            self._check_replica_split(len(devices))
+            return tf_batches(lambda: self._iterate_replicas(strategy, devices))
+        return tf_batches(lambda: self.iterate("tensorflow"))
+
+    def _iterate_replicas(self, strategy: Any, devices: list[str]) -> Iterator[Any]:
+        """One pass of ``PerReplica`` batches: replica r gets its part, made on its own device.
+
+        With a per-GPU layout built for these replicas (``loader.plan.layout``),
+        part r is gathered on GPU r from the data there and never moves.
+        Otherwise each batch's rows are split as evenly as possible between the
+        replicas, each part gathered into its own buffer where the data is and
+        then placed on its replica's device (a copy between devices on GPUs).
+        """
+        import tensorflow as tf
+
+        count = len(devices)
+        pipeline = self._pipeline
+        replicas = pipeline.replicas
+        if replicas is not None and list(replicas.devices) == list(devices):
+            prepare = pipeline.prepare_parts
+        else:
+            if pipeline.on_gpu:
+                self._warn_once(
+                    "cross-device", f"the data is on one GPU, so every step the other {count - 1} replicas' "
+                    "parts are copied to their GPUs. Build the loader inside strategy.scope() to keep a copy "
+                    "(or a share of the rows) on each replica's GPU.", RuntimeWarning,
+                )
+
+            def prepare(position: int, epoch: int, shuffled: bool) -> list[Any]:
+                return pipeline.prepare_split(position, epoch, shuffled, count)
+
+        for batch_parts in self._pass_of(prepare):
+            per_replica = []
+            for device, prepared in zip(devices, batch_parts):
+                tensors = pipeline.to_consumer(prepared, "tensorflow")
+                with tf.device(device):
+                    per_replica.append(tf.nest.map_structure(tf.identity, tensors))
+            yield strategy.experimental_distribute_values_from_function(
+                lambda context, values=per_replica: values[context.replica_id_in_sync_group % count]
+            )
+
+    def _check_replica_split(self, count: int) -> None:
+        remainder = 0 if self._drop_remainder else self._pipeline.n % self._batch_size
+        smallest = remainder or self._batch_size
+        if smallest < count:
+            raise ValueError(
+                f"the last batch has {smallest} sample(s) for {count} replicas, so a replica would get an "
+                "empty batch; pass drop_remainder=True or a batch_size that leaves at least one sample per "
+                "replica in the last batch."
+            )
