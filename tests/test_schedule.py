@@ -1,0 +1,160 @@
+"""The epoch schedule's rule, without Keras: which epoch each pass serves, and what a state names.
+
+Keras calls are stood in for by ``KerasCall`` values (what gpuloader/_keras_compat.py
+reads from the trainer's frame); tests/test_keras_paths.py checks the same rule through fit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import epoch_ids, id_data
+
+from gpuloader import Loader, permutation
+from gpuloader._keras_compat import KerasCall
+from gpuloader.schedule import EpochSchedule
+
+SIGNATURE = {"num_samples": 40, "batch_size": 10, "shuffle": True, "drop_remainder": False,
+             "num_shards": 1, "shard_index": 0}
+
+
+def schedule(seed=3) -> EpochSchedule:
+    return EpochSchedule(np, seed, True, 4, SIGNATURE, seed_owns_rows=False)
+
+
+class Fit:
+    """One fit() call: its token lives as long as the call."""
+
+    def __init__(self, initial_epoch=0, steps_per_epoch=None):
+        self.initial_epoch, self.steps_per_epoch = initial_epoch, steps_per_epoch
+
+    def at(self, epoch) -> KerasCall:
+        return KerasCall("fit", epoch, self.initial_epoch, self.steps_per_epoch, self)
+
+
+def train(s: EpochSchedule, call: KerasCall) -> int:
+    epoch, shuffled, counts = s.begin_pass(call)
+    assert shuffled and counts
+    s.finish_pass(epoch)
+    s.on_epoch_end()  # Keras's EpochIterator calls it after every pass
+    return epoch
+
+
+def test_fit_epochs_follow_keras_epochs():
+    s, fit = schedule(), Fit()
+    assert [train(s, fit.at(e)) for e in range(3)] == [0, 1, 2]
+
+
+def test_a_fit_starting_at_zero_continues_from_the_loaders_next_epoch():
+    s = schedule()
+    first, second = Fit(), Fit()
+    assert train(s, first.at(0)) == 0
+    assert train(s, second.at(0)) == 1
+
+
+def test_a_resumed_fit_in_a_new_process_serves_the_keras_epoch():
+    s, fit = schedule(), Fit(initial_epoch=2)
+    assert [train(s, fit.at(e)) for e in (2, 3)] == [2, 3]
+
+
+def test_a_resumed_fit_in_the_same_process_keeps_the_numbering_of_the_fit_it_resumes():
+    s = schedule()
+    train(s, Fit().at(0))  # an earlier fit: order 0
+    crashed = Fit()
+    assert [train(s, crashed.at(e)) for e in (0, 1)] == [1, 2]
+    s.begin_pass(crashed.at(2))  # crashed during its epoch 2 (order 3)
+    resumed = Fit(initial_epoch=2)
+    assert [train(s, resumed.at(e)) for e in (2, 3)] == [3, 4]
+
+
+def test_set_epoch_decides_the_first_epoch_of_the_next_fit():
+    s = schedule()
+    s.set_epoch(5)
+    fit = Fit(initial_epoch=3)
+    assert [train(s, fit.at(e)) for e in (3, 4)] == [5, 6]
+
+
+def test_sliced_epochs_share_one_order_per_pass_and_a_mid_pass_resume_warns():
+    s, fit = schedule(), Fit(steps_per_epoch=2)  # 4 batches per pass: two Keras epochs per order
+    assert s.begin_pass(fit.at(0))[0] == 0
+    assert s.epoch_for_item(0, fit.at(1)) == 0
+    assert s.begin_pass(fit.at(2))[0] == 1
+    fresh = schedule()
+    with pytest.warns(RuntimeWarning, match="starts in the middle of a pass"):
+        fresh.begin_pass(Fit(initial_epoch=3, steps_per_epoch=2).at(3))
+
+
+def test_evaluation_and_prediction_serve_the_input_order_and_move_nothing():
+    s = schedule()
+    for kind in ("evaluate", "predict"):
+        epoch, shuffled, counts = s.begin_pass(KerasCall(kind, None, 0, None, object()))
+        assert (epoch, shuffled, counts) == (0, False, False)
+    s.on_epoch_end()
+    assert s.epoch == 0 and s.get_state()["epoch"] == 0
+
+
+def test_the_model_building_peek_in_fit_finishes_nothing():
+    s = schedule()
+    assert s.begin_pass(KerasCall("fit", None, 0, None, object()))[2] is False
+    s.on_epoch_end()
+    assert s.epoch == 0
+
+
+# ------------------------------------------------------------- outside Keras
+def make(seed=3, **kwargs):
+    x, y = id_data(40)
+    return Loader(x, y, batch_size=10, seed=seed, verbose=False, **kwargs)
+
+
+def order(seed, epoch):
+    return np.asarray(permutation(np, 40, seed, epoch)).tolist()
+
+
+def test_a_peek_then_on_epoch_end_keeps_the_epoch():
+    loader = make()
+    loader[0]
+    loader.on_epoch_end()
+    assert loader.epoch == 0 and epoch_ids(loader) == order(3, 0)
+
+
+def test_a_manual_loop_over_every_batch_then_on_epoch_end_moves_to_the_next_order():
+    loader = make()
+    assert epoch_ids(loader) == order(3, 0)
+    loader.on_epoch_end()
+    assert loader.epoch == 1 and epoch_ids(loader) == order(3, 1)
+
+
+def iterator_ids(loader):
+    return [i for batch in loader.get_numpy_iterator() for i in np.asarray(batch[1]).tolist()]
+
+
+def test_a_second_full_pass_serves_the_next_epoch():
+    loader = make()
+    assert iterator_ids(loader) == order(3, 0)
+    assert iterator_ids(loader) == order(3, 1)
+
+
+def test_get_state_after_a_full_pass_names_the_next_epoch_so_a_resume_replays_nothing():
+    original = make()
+    iterator_ids(original)  # a custom loop went through epoch 0; on_epoch_end not called yet
+    state = original.get_state()
+    assert state["epoch"] == 1
+    resumed = make()
+    resumed.set_state(state)
+    assert iterator_ids(resumed) == iterator_ids(original) == order(3, 1)
+
+
+def test_set_epoch_jumps_to_that_order_even_after_the_next_one_was_computed_ahead():
+    loader = make()
+    iterator_ids(loader)  # epoch 0 served; epoch 1's order is computed ahead on the host
+    loader.set_epoch(5)
+    assert iterator_ids(loader) == order(3, 5)
+    loader.set_epoch(2)
+    assert epoch_ids(loader) == order(3, 2)
+
+
+def test_set_state_with_another_seed_serves_that_seeds_order():
+    loader = make(seed=3)
+    state = make(seed=9).get_state()
+    loader.set_state(state)
+    assert loader.seed == 9 and iterator_ids(loader) == order(9, 0)
