@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Structure:
@@ -63,9 +65,12 @@ def _flatten(nest: Any, name: str, leaves: list[Any], names: list[str]) -> Struc
         keys = tuple(nest.keys())
         children = tuple(_flatten(nest[k], f"{name}[{k!r}]", leaves, names) for k in keys)
         return Structure("dict", children, keys)
+    if isinstance(nest, (list, tuple)) and not nest:
+        raise ValueError(
+            f"{name} is an empty {type(nest).__name__}; give the data: an array, a list of numbers, or a "
+            "non-empty list of .npy paths (shards)."
+        )
     if isinstance(nest, (list, tuple)) and not _looks_like_array_data(nest):
-        if not nest:
-            raise ValueError(f"{name} is an empty {type(nest).__name__}; give at least one array in it.")
         children = tuple(
             _flatten(item, f"{name}[{i}]", leaves, names) for i, item in enumerate(nest)
         )
@@ -78,7 +83,37 @@ def _flatten(nest: Any, name: str, leaves: list[Any], names: list[str]) -> Struc
 
 
 def _looks_like_array_data(nest: Sequence[Any]) -> bool:
-    """A list of plain numbers (``[1, 2, 3]``) is data, and a list of paths is one sharded array."""
+    """Whether a list or tuple is one input's data rather than a structure of inputs.
+
+    Data: a list or tuple of numbers (Python or NumPy scalars, ``[1, 2, 3]``);
+    a list whose items are numbers or (nested) lists/tuples of numbers, read
+    with ``np.asarray`` (``[[0., .5], [1., 1.5]]`` is one array of 2 rows);
+    a list of strings or paths (``.npy`` shards; strings that name no file are
+    refused later as non-numeric). A list holding arrays is a structure of
+    inputs, as in Keras; so is a tuple of lists (``(x_list, y_list)``).
+    """
     if isinstance(nest, list) and all(isinstance(item, (str, os.PathLike)) for item in nest):
         return True
-    return all(isinstance(item, (int, float, bool, complex)) for item in nest)
+    if isinstance(nest, list):
+        return all(_is_number(item) or _is_nested_numbers(item) for item in nest)
+    return all(_is_number(item) for item in nest)
+
+
+_NUMBER_TYPES = (int, float, complex, np.number, np.bool_)  # bool is an int
+_PLAIN_NUMBERS = {int, float, bool}
+
+
+def _is_number(item: Any) -> bool:
+    """A Python or NumPy number (a 0-d numeric array counts as one)."""
+    if isinstance(item, _NUMBER_TYPES):
+        return True
+    return isinstance(item, np.ndarray) and item.ndim == 0 and item.dtype.kind in "biufc"
+
+
+def _is_nested_numbers(item: Any) -> bool:
+    """A non-empty list or tuple whose items are numbers or such lists, at any depth."""
+    if not isinstance(item, (list, tuple)) or not item:
+        return False
+    if set(map(type, item)) <= _PLAIN_NUMBERS:  # the common row of Python numbers, checked at C speed
+        return True
+    return all(_is_number(value) or _is_nested_numbers(value) for value in item)

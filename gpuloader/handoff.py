@@ -18,9 +18,127 @@ from typing import Any
 
 import numpy as np
 
+from gpuloader._structure import Structure, flatten
 from gpuloader.gather import aligned_empty, is_aligned
 
 BACKENDS = ("tensorflow", "jax", "torch", "numpy")
+#: DLPack's IEEE sizes; NumPy's longdouble (float96/float128) and clongdouble are not among them.
+_DLPACK_ITEMSIZES = {"f": (2, 4, 8), "c": (8, 16)}
+_FRAMEWORKS = {"tensorflow": "TensorFlow", "torch": "torch", "jax": "JAX", "jaxlib": "JAX", "keras": "Keras"}
+
+
+def dtype_problem(dtype: Any, name: str, *, byte_order_ok: bool = False) -> str | None:
+    """Why arrays of ``dtype`` cannot be batched and handed over, with the fix; None when they can.
+
+    Refused: Python objects, strings, bytes, dates, raw and structured bytes,
+    ml_dtypes' bfloat16/float8/int4 (NumPy kind "V": DLPack takes none of
+    them), long double floats and complex, and, unless ``byte_order_ok`` (the
+    loader converts inputs once), a non-native byte order.
+    """
+    dtype = np.dtype(dtype)
+    kind = dtype.kind
+    received = f"{name} has dtype {dtype}"
+    if dtype.type.__module__.split(".")[0] == "ml_dtypes":  # bfloat16, float8_*, int4, ... (kind "V" or "f")
+        if "int" in dtype.name:
+            fix = "store it as int8 or uint8: value.astype(np.int8)"
+        else:
+            fix = (
+                "store it as float16 (no larger) or float32: value.astype(np.float32). To compute in bfloat16, "
+                "set keras.mixed_precision.set_global_policy('mixed_bfloat16')"
+            )
+        return f"{received} (an ml_dtypes type, which DLPack cannot hand to TensorFlow or torch); {fix}."
+    if kind == "O":
+        return (
+            f"{received} (object: Python objects, or rows of different lengths); only numeric and bool arrays "
+            "can be batched. Pass a numeric array, e.g. np.asarray(value, dtype=np.float32) when every row has "
+            "the same length; pad or split ragged rows first."
+        )
+    if kind in "US":
+        what = "string" if kind == "U" else "bytes"
+        return (
+            f"{received} ({what}); strings are not numeric data and cannot be batched. Encode them first, e.g. "
+            "integer ids: names, ids = np.unique(value, return_inverse=True), and pass ids."
+        )
+    if kind in "Mm":
+        what = "datetime" if kind == "M" else "timedelta"
+        return (
+            f"{received} ({what}); only numeric and bool arrays can be batched. Convert it to numbers first, "
+            "e.g. value.astype('int64') (counts of its unit) or seconds as float32."
+        )
+    if kind == "V":
+        if dtype.names:
+            return (
+                f"{received} (a structured array with fields {', '.join(dtype.names)}); pass each field as an "
+                "input of its own, e.g. {field: value[field] for field in value.dtype.names}."
+            )
+        return (
+            f"{received} (raw bytes: np.save writes bfloat16 and float8 arrays so); view it as the dtype it holds "
+            "and cast it to float32 or float16, e.g. value.view(ml_dtypes.bfloat16).astype(np.float32), or "
+            "as integers: value.view(np.uint8)."
+        )
+    if kind in _DLPACK_ITEMSIZES and dtype.itemsize not in _DLPACK_ITEMSIZES[kind]:
+        fix = "np.float64" if kind == "f" else "np.complex128"
+        return (
+            f"{received} (long double, {dtype.itemsize} bytes), which no Keras backend takes and DLPack cannot "
+            f"hand over; cast it first: value.astype({fix})."
+        )
+    if not byte_order_ok and not dtype.isnative:
+        return (
+            f"{received} in non-native byte order ({dtype.str}), which DLPack refuses; return native order: "
+            "value.astype(value.dtype.newbyteorder('='))."
+        )
+    return None
+
+
+def check_transform_output(result: Any, backend: str | None = None) -> tuple[Structure, list[Any]]:
+    """The structure and leaves of what ``transform(batch, xp)`` returned, or a TypeError saying what to return.
+
+    A transform must return a tuple ``(x,)``, ``(x, y)`` or ``(x, y,
+    sample_weight)`` (nested tuples/dicts allowed) of arrays of ``xp``: NumPy
+    on the host, CuPy on the GPU. Refused, each with the fix: anything else
+    (lists of numbers, framework tensors such as a ``tf.Tensor``), dtypes the
+    hand-off cannot take, and, when the consumer is TensorFlow (``backend``
+    "tensorflow" or None), read-only NumPy arrays, which its DLPack import refuses.
+
+    Cost: a few attribute checks per leaf.
+    """
+    if not isinstance(result, (tuple, list)) or not 1 <= len(result) <= 3:
+        length = f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""
+        raise TypeError(
+            "transform(batch, xp) must return a tuple (x,), (x, y) or (x, y, sample_weight); "
+            f"it returned {type(result).__name__}{length}."
+        )
+    structure, leaves, names = flatten(tuple(result), "transform output")
+    for leaf, name in zip(leaves, names):
+        _check_transform_leaf(leaf, name, backend)
+    return structure, leaves
+
+
+def _check_transform_leaf(leaf: Any, name: str, backend: str | None) -> None:
+    package = type(leaf).__module__.split(".")[0]
+    if package in _FRAMEWORKS:
+        framework = _FRAMEWORKS[package]
+        raise TypeError(
+            f"{name} is a {framework} tensor ({type(leaf).__name__}); transform(batch, xp) runs where the data "
+            "lives and must return arrays of xp (NumPy on the host, CuPy on the GPU), which are handed to the "
+            "model without a copy. Compute with xp instead, e.g. xp.astype(x, xp.float32) / 255, and leave "
+            f"{framework} operations to the model (a Keras layer)."
+        )
+    if not hasattr(leaf, "__dlpack__") or not hasattr(leaf, "shape"):
+        raise TypeError(
+            f"{name} is a {type(leaf).__name__}, not an array of the namespace xp; build it "
+            "with xp (e.g. xp.astype(x, xp.float32)) so it stays where the data lives."
+        )
+    if isinstance(leaf, np.ndarray):
+        problem = dtype_problem(leaf.dtype, name)
+        if problem is not None:
+            raise TypeError(f"transform output: {problem}")
+        if backend in (None, "tensorflow") and not leaf.flags.writeable:
+            raise TypeError(
+                f"{name} is a read-only NumPy array (e.g. from np.broadcast_to, or an array from outside the "
+                "batch returned as is), which TensorFlow's DLPack import refuses. Return a writable array: the "
+                "result of an xp operation, or xp.asarray(value, copy=True)."
+            )
 
 
 def keras_backend() -> str:

@@ -8,6 +8,7 @@ but their headers), or CUDA arrays kept where they are.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -16,12 +17,12 @@ import numpy as np
 
 from gpuloader import placement as placement_lib
 from gpuloader._structure import Structure, flatten
+from gpuloader.handoff import dtype_problem
 from gpuloader.permutation import MAX_SEED
 from gpuloader.sources import ShardedArray, open_source
 
 PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
 _PARTS = ("x", "y", "sample_weight")
-_REFUSED_DTYPE_KINDS = {"O": "object", "U": "string", "S": "bytes", "V": "void", "M": "datetime", "m": "timedelta"}
 
 
 def check_pydataset_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +62,30 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_host_memory_limit(limit: Any) -> int | None:
+    """``host_memory_limit``: None (half the available RAM, decided at placement) or bytes, an int >= 0.
+
+    A whole-number float (``8e9``) is taken as that many bytes. Checked at
+    construction whatever the data, so a wrong value is refused even when the
+    data is already in RAM and the limit would not be consulted.
+    """
+    if limit is None:
+        return None
+    if isinstance(limit, (float, np.floating)) and math.isfinite(limit) and float(limit).is_integer():
+        limit = int(limit)
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+        raise TypeError(
+            f"host_memory_limit must be a number of bytes (an int) or None; received {limit!r}. "
+            "Pass e.g. host_memory_limit=8 * 1024**3, or None for half the available RAM."
+        )
+    if limit < 0:
+        raise ValueError(
+            f"host_memory_limit must be >= 0 bytes; received {limit}. Pass e.g. host_memory_limit=8 * 1024**3, "
+            "0 to keep on-disk inputs on disk, or None for half the available RAM."
+        )
+    return int(limit)
+
+
 def check_seed(seed: Any) -> int:
     if seed is None:
         return secrets.randbits(63)
@@ -98,24 +123,42 @@ def _describe(leaf: Any, name: str) -> str:
 
 
 def _as_leaf(value: Any, name: str) -> Any:
-    """A NumPy array, a memory map or shards, or a CUDA array kept where it is; refuse what cannot be batched."""
+    """A NumPy array, a memory map or shards, or a CUDA array kept where it is; refuse what cannot be batched.
+
+    A non-native byte order is accepted: the store converts it once (on-disk
+    files: per batch on the disk tier).
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        masked = int(np.ma.count_masked(value))
+        raise TypeError(
+            f"{name} is a masked array (np.ma, {masked} of {value.size} values masked); the loader batches plain "
+            "arrays, so the mask would be dropped. Fill the masked values, e.g. value.filled(0), and if the "
+            "model needs the mask, pass it as an input of its own: np.ma.getmaskarray(value)."
+        )
     source = open_source(value, name)
     if source is not None:
-        array, kind = source, np.dtype(source.dtype).kind
+        array, dtype = source, np.dtype(source.dtype)
     elif placement_lib.gpu_runtime().lives_on_cuda(value):
         array = value
-        kind = np.dtype(str(getattr(value.dtype, "name", value.dtype)).replace("torch.", "")).kind
+        dtype_name = str(getattr(value.dtype, "name", value.dtype)).replace("torch.", "")
+        try:
+            dtype = np.dtype(dtype_name)
+        except TypeError as error:
+            raise TypeError(
+                f"{name} is a CUDA array of dtype {dtype_name}, which gpuloader cannot hold (CuPy has no such "
+                "dtype); cast it to float16 or float32 first."
+            ) from error
     else:
         try:
             array = np.asarray(value)
         except Exception as error:
-            raise ValueError(f"{name} cannot be read as an array ({error}); pass a NumPy array.") from error
-        kind = array.dtype.kind
-    if kind in _REFUSED_DTYPE_KINDS:
-        raise TypeError(
-            f"{name} has dtype {array.dtype} ({_REFUSED_DTYPE_KINDS[kind]}); only numeric and bool "
-            "arrays can be batched. Encode it first (e.g. integer ids for strings)."
-        )
+            raise ValueError(
+                f"{name} cannot be read as an array ({error}); pass a NumPy array (rows of equal length)."
+            ) from error
+        dtype = array.dtype
+    problem = dtype_problem(dtype, name, byte_order_ok=True)
+    if problem is not None:
+        raise TypeError(problem)
     if len(array.shape) == 0:
         raise ValueError(
             f"{name} is a 0-d array (a scalar); every input needs a first dimension of samples. "
@@ -140,9 +183,14 @@ def check_leaves(leaves: list[Any], names: list[str]) -> int:
 def apply_class_weight(
     class_weight: Mapping[int, float], structure: Structure, leaves: list[Any], names: list[str], n: int
 ) -> tuple[Structure, list[Any], list[str]]:
-    """Turn ``class_weight`` into per-sample weights (times any given sample_weight)."""
+    """Turn ``class_weight`` into per-sample weights (times any given sample_weight).
+
+    Rules: keys are integer class indices, weights finite numbers >= 0; ``y``
+    holds integer labels (whole-number floats are accepted) or one-hot rows.
+    """
     if not isinstance(class_weight, Mapping) or not class_weight:
         raise ValueError(f"class_weight must be a non-empty dict {{class_index: weight}}; received {class_weight!r}.")
+    table = _check_class_weight_table(class_weight)
     parts = structure.children
     if len(parts) < 2 or parts[1].kind != "leaf":
         raise ValueError("class_weight needs y to be a single array of class labels (integers or one-hot rows).")
@@ -153,13 +201,13 @@ def apply_class_weight(
         labels = np.argmax(y, axis=1)
     else:
         raise ValueError(f"class_weight needs y of shape (n,), (n, 1) or one-hot (n, k); received {y.shape}.")
+    _check_integer_labels(labels, y.dtype)
     classes = np.unique(labels)
-    missing = [int(c) for c in classes if int(c) not in class_weight]
+    missing = [int(c) for c in classes if int(c) not in table]
     if missing:
         raise ValueError(
             f"class_weight has no weight for class(es) {missing[:10]} present in y; give one for each class."
         )
-    table = {int(key): float(value) for key, value in class_weight.items()}
     weights = np.array([table[int(c)] for c in classes], dtype=np.float32)[np.searchsorted(classes, labels)]
     if len(parts) == 3:
         if parts[2].kind != "leaf":
@@ -168,3 +216,46 @@ def apply_class_weight(
         weights = given * weights.reshape((n,) + (1,) * (given.ndim - 1))
         return structure, [*leaves[:-1], weights], names
     return Structure("tuple", (*parts, Structure("leaf"))), [*leaves, weights], [*names, "class_weight"]
+
+
+def _check_class_weight_table(class_weight: Mapping[Any, Any]) -> dict[int, float]:
+    """``{int class: float weight}``, or a ValueError naming the first key or weight that breaks the rule."""
+    table: dict[int, float] = {}
+    for key, value in class_weight.items():
+        whole = isinstance(key, (int, np.integer)) or (
+            isinstance(key, (float, np.floating)) and math.isfinite(key) and float(key).is_integer()
+        )
+        if isinstance(key, bool) or not whole:
+            raise ValueError(
+                f"class_weight keys must be integer class indices; received the key {key!r}. Map labels to "
+                "0, 1, ... first, e.g. names, y = np.unique(labels, return_inverse=True)."
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(
+                f"class_weight weights must be numbers; class {key!r} has {value!r}. Pass e.g. {{0: 1.0, 1: 5.0}}."
+            )
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"class_weight weights must be finite and >= 0 (they multiply each sample's loss); class {key!r} "
+                f"has {value!r}. Give a weight >= 0 to every class (0 ignores a class)."
+            )
+        table[int(key)] = float(value)
+    return table
+
+
+def _check_integer_labels(labels: np.ndarray, dtype: np.dtype) -> None:
+    """Class weights need class labels: integers or bools, or floats that are whole numbers."""
+    if dtype.kind in "iub":
+        return
+    if dtype.kind != "f":
+        raise ValueError(
+            f"class_weight needs integer class labels; y has dtype {dtype}. Pass integer labels or one-hot rows."
+        )
+    bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+    if len(bad):
+        raise ValueError(
+            f"class_weight needs integer class labels; y (dtype {dtype}) holds {labels[bad[0]]:g} at sample "
+            f"{int(bad[0])} ({len(bad)} non-integer value(s) in all), which is no class index. Pass integer "
+            "labels (y.astype(np.int64) if they are whole numbers) or one-hot rows; for soft or regression "
+            "targets, weigh samples with sample_weight instead."
+        )

@@ -105,6 +105,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._drop_remainder = inputs.check_bool("drop_remainder", drop_remainder)
         seed_given = seed is not None
         seed = inputs.check_seed(seed)
+        verbose = inputs.check_bool("verbose", verbose)
+        host_memory_limit = inputs.check_host_memory_limit(host_memory_limit)
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable as transform(batch, xp); received {transform!r}.")
         requested = placement_lib.resolve_device(device)

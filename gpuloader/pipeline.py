@@ -23,8 +23,8 @@ from typing import Any
 from gpuloader import placement as placement_lib
 from gpuloader import replicas as replicas_lib
 from gpuloader import store as store_lib
-from gpuloader._structure import Structure, flatten
-from gpuloader.handoff import hand_off, keras_backend
+from gpuloader._structure import Structure
+from gpuloader.handoff import check_transform_output, hand_off, keras_backend
 
 Prepared = tuple[Structure, list[Any]]
 
@@ -136,7 +136,9 @@ class BatchPipeline:
         leaves = store.take(rows)
         structure = self._structure
         if self._transform is not None:
-            structure, leaves = run_transform(self._transform, structure.rebuild(leaves), store.xp)
+            structure, leaves = check_transform_output(
+                self._transform(structure.rebuild(leaves), store.xp), self.backend()
+            )
         if self.on_gpu:
             runtime = placement_lib.gpu_runtime()
             if self._transform is not None:  # it may have returned views; host arrays are checked at hand-off
@@ -153,22 +155,3 @@ class BatchPipeline:
         # Gathered buffers are aligned by construction; a transform's output is checked.
         trusted = self._transform is None
         return structure.rebuild([hand_off(leaf, backend, known_aligned=trusted) for leaf in leaves])
-
-
-def run_transform(transform: Callable[..., Any], batch: Any, xp: Any) -> Prepared:
-    """Call the user's ``transform(batch, xp)`` and check it returned a batch of arrays."""
-    result = transform(batch, xp)
-    if not isinstance(result, (tuple, list)) or not 1 <= len(result) <= 3:
-        length = f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""
-        raise TypeError(
-            "transform(batch, xp) must return a tuple (x,), (x, y) or (x, y, sample_weight); "
-            f"it returned {type(result).__name__}{length}."
-        )
-    structure, leaves, names = flatten(tuple(result), "transform output")
-    for leaf, name in zip(leaves, names):
-        if not hasattr(leaf, "__dlpack__") or not hasattr(leaf, "shape"):
-            raise TypeError(
-                f"{name} is a {type(leaf).__name__}, not an array of the namespace xp; build it "
-                "with xp (e.g. xp.astype(x, xp.float32)) so it stays where the data lives."
-            )
-    return structure, leaves

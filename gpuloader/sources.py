@@ -3,6 +3,14 @@
 Nothing here reads the data: opening a source reads only the ``.npy`` headers
 and maps the files. Rows are read when a batch (or an upload chunk) asks for
 them, in ascending file order.
+
+A memory map trusts the file to stay as it was opened: a file truncated under
+it kills the process with SIGBUS at the next read past the new end, and a file
+rewritten in place is read through the old header's shape and dtype. So every
+file is remembered when it is opened (device, inode, size, modification time)
+and :func:`check_unchanged` compares it, one ``os.stat`` per file a batch
+touches, before the batch is read. A file deleted or replaced by a rename is
+not a change: the map holds the inode it opened, whose data stays readable.
 """
 
 from __future__ import annotations
@@ -11,11 +19,16 @@ import mmap
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 PathLike = (str, os.PathLike)
+
+
+class SourceChangedError(RuntimeError):
+    """A file under an on-disk input changed after the loader opened it; the message names it."""
 
 
 class ShardedArray:
@@ -60,6 +73,18 @@ class ShardedArray:
             a, b = max(start, low), min(stop, high)
             if a < b:
                 out[a - start : b - start] = mapped[a - low : b - low]
+
+    def shards_of(self, rows: slice | np.ndarray | None) -> list[int]:
+        """The shards that ``rows`` (a slice, row indices, or None for all) read from."""
+        if rows is None:
+            return list(range(len(self.maps)))
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.shape[0])
+            if start >= stop:
+                return []
+            first, last = np.searchsorted(self.offsets, [start, stop - 1], side="right") - 1
+            return list(range(int(first), int(last) + 1))
+        return np.unique(np.searchsorted(self.offsets, rows, side="right") - 1).tolist()
 
     def take_sorted(self, sorted_rows: np.ndarray, out: np.ndarray) -> None:
         """Copy ``self[sorted_rows]`` (ascending indices) into ``out``, shard by shard."""
@@ -116,8 +141,16 @@ def advise_random_access(leaf: Any) -> bool:
     mapping = getattr(leaf, "_mmap", None)  # np.memmap keeps its mmap.mmap here
     if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_RANDOM"):
         return False
-    mapping.madvise(mmap.MADV_RANDOM)
+    _madvise(mapping, mmap.MADV_RANDOM)
     return True
+
+
+def _madvise(mapping: mmap.mmap, advice: int, start: int = 0, length: int | None = None) -> None:
+    """``mapping.madvise``: every piece of advice the loader gives goes through here (tests record it)."""
+    if length is None:
+        mapping.madvise(advice)
+    else:
+        mapping.madvise(advice, start, length)
 
 
 def is_disk_leaf(leaf: Any) -> bool:
@@ -125,23 +158,162 @@ def is_disk_leaf(leaf: Any) -> bool:
     return isinstance(leaf, (np.memmap, ShardedArray, RowSubset))
 
 
+@dataclass(frozen=True)
+class _Opened:
+    """A file as it was when its memory map was made."""
+
+    path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    mapped_size: int  # the size of the file the map holds, read through the map's own descriptor
+    mapping: Any
+    #: False for maps the caller opened writable ('r+', 'w+'): writing through them updates the time.
+    watch_mtime: bool
+
+
+_OPENED = "_gpuloader_opened"
+
+
+def remember_files(leaf: Any) -> Any:
+    """Record the identity, size and modification time of the file(s) under an on-disk leaf; returns it.
+
+    Maps already remembered keep their record (the state they were opened in).
+
+    Raises:
+        SourceChangedError: the file is already shorter than the map (reading would crash the process).
+    """
+    if isinstance(leaf, RowSubset):
+        remember_files(leaf.base)
+    elif isinstance(leaf, ShardedArray):
+        for mapped in leaf.maps:
+            remember_files(mapped)
+    elif isinstance(leaf, np.memmap) and getattr(leaf, _OPENED, None) is None:
+        mapping = getattr(leaf, "_mmap", None)
+        if mapping is None or not leaf.filename:
+            return leaf
+        path = os.fspath(leaf.filename)
+        stat = os.stat(path)
+        try:
+            mapped_size = mapping.size()
+        except (OSError, ValueError):  # no descriptor kept with the map: the path's size stands in
+            mapped_size = stat.st_size
+        mapped_end = leaf.offset - leaf.offset % mmap.ALLOCATIONGRANULARITY + len(mapping)
+        if mapped_size < mapped_end:
+            raise SourceChangedError(
+                f"{path!r} is {mapped_size} bytes, shorter than its memory map ({mapped_end} bytes): the file was "
+                "truncated after it was mapped, and reading it would crash the process (SIGBUS). Map the file "
+                "again (np.load(path, mmap_mode='r')) or pass its path."
+            )
+        opened = _Opened(
+            path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, mapped_size, mapping,
+            watch_mtime=leaf.mode not in ("r+", "w+"),
+        )
+        object.__setattr__(leaf, _OPENED, opened)
+    return leaf
+
+
+def check_unchanged(leaf: Any, rows: slice | np.ndarray | None = None) -> None:
+    """Raise :class:`SourceChangedError` if a file that ``rows`` of ``leaf`` are read from has changed.
+
+    Changed means: the path still names the file that was opened (same device
+    and inode) and its size or modification time differs; or the path names
+    another file (or none) and the opened file's own size differs. A file
+    deleted or replaced by a rename is not a change: the map keeps the opened
+    inode, so its data is still served.
+
+    Cost: one ``os.stat`` per file (per shard that ``rows`` touch), a few
+    microseconds. A file changed between this check and the read is not caught.
+    """
+    if isinstance(leaf, RowSubset):
+        check_unchanged(leaf.base, None if rows is None else leaf.rows[rows])
+    elif isinstance(leaf, ShardedArray):
+        for shard in leaf.shards_of(rows):
+            _check_map(leaf.maps[shard])
+    elif isinstance(leaf, np.memmap):
+        _check_map(leaf)
+
+
+def _check_map(mapped: np.memmap) -> None:
+    opened = getattr(mapped, _OPENED, None)
+    if opened is None:
+        remember_files(mapped)
+        return
+    try:
+        stat = os.stat(opened.path)
+    except FileNotFoundError:
+        stat = None
+    if stat is not None and (stat.st_dev, stat.st_ino) == (opened.device, opened.inode):
+        changes = []
+        if stat.st_size != opened.size:
+            changes.append(f"size {opened.size} -> {stat.st_size} bytes")
+        if opened.watch_mtime and stat.st_mtime_ns != opened.mtime_ns:
+            changes.append(f"modified: mtime_ns {opened.mtime_ns} -> {stat.st_mtime_ns}")
+        if changes:
+            _raise_changed(opened, f"it was rewritten in place ({'; '.join(changes)})")
+        return
+    try:  # deleted or renamed over: the map holds the opened inode; only its own size matters
+        size = opened.mapping.size()
+    except (OSError, ValueError):
+        return
+    if size != opened.mapped_size:
+        where = "deleted" if stat is None else "replaced at that path"
+        _raise_changed(opened, f"the opened file, since {where}, changed size: {opened.mapped_size} -> {size} bytes")
+
+
+def _raise_changed(opened: _Opened, what: str) -> None:
+    raise SourceChangedError(
+        f"{opened.path!r} changed on disk after the loader opened it: {what}. The loader reads it batch by batch "
+        "through a memory map of the file as it was opened, so a shorter file would crash the process (SIGBUS) "
+        "and new contents would be read through the old header's shape and dtype. Build a new Loader over the "
+        "new file. To update data under a running loader, write a new file and rename it over the old path "
+        "(os.replace): the loader keeps serving the data it opened."
+    )
+
+
 def open_source(value: Any, name: str) -> Any:
     """A memory map or :class:`ShardedArray` for a disk input; None for anything else.
+
+    Every file opened is remembered (see :func:`check_unchanged`).
 
     Raises:
         FileNotFoundError: a path that does not exist.
         ValueError: a file that is not a readable ``.npy`` (truncated, another
-            format, object dtype), or shards whose trailing shape or dtype differ.
+            format, object dtype), shards whose trailing shape or dtype differ,
+            or an empty list.
+        TypeError: a list of strings that are not file names (e.g. string labels).
+        SourceChangedError: a memory map whose file is already shorter than the map.
     """
     if isinstance(value, np.memmap):
-        return value
+        return remember_files(value.view())  # a view of the caller's map, so the caller's object is not marked
     if isinstance(value, PathLike):
         return _open_npy(value, name)
-    if isinstance(value, list) and value and all(isinstance(item, PathLike) for item in value):
+    if isinstance(value, list) and all(isinstance(item, PathLike) for item in value):
+        if not value:
+            raise ValueError(
+                f"{name} is an empty list; give the data: an array, a list of numbers, or a non-empty list "
+                "of .npy paths (shards)."
+            )
+        if not any(_names_a_file(item) for item in value):
+            example = ", ".join(repr(os.fspath(item)) for item in value[:3])
+            raise TypeError(
+                f"{name} is a list of {len(value)} strings ({example}{', ...' if len(value) > 3 else ''}) "
+                "that are neither numeric data nor .npy files (none ends in .npy or exists). Strings "
+                "cannot be batched: encode them as integer ids, e.g. names, ids = np.unique(labels, "
+                f"return_inverse=True), and pass ids; or, if these are files, pass their paths."
+            )
         maps = [_open_npy(path, f"{name} shard {i}") for i, path in enumerate(value)]
         _check_shards(maps, value, name)
         return ShardedArray(maps, value)
     return None
+
+
+def _names_a_file(item: Any) -> bool:
+    """Whether a list item is meant as a file: a path object, a name ending in .npy, or an existing file."""
+    if not isinstance(item, str):
+        return True
+    return item.lower().endswith(".npy") or os.path.exists(item)
 
 
 def _open_npy(path: Any, name: str) -> np.ndarray:
@@ -160,7 +332,7 @@ def _open_npy(path: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name}: {path!r} is not a single .npy array; save each array with np.save.")
     if mapped.ndim == 0:
         raise ValueError(f"{name}: {path!r} holds a 0-d array; every input needs a first dimension of samples.")
-    return mapped
+    return remember_files(mapped)
 
 
 def _check_shards(maps: list[np.ndarray], paths: Sequence[Any], name: str) -> None:
@@ -232,7 +404,7 @@ def prefetch_rows(mapped: np.ndarray, sorted_rows: np.ndarray) -> int:
     heads = np.flatnonzero(opens)
     tails = np.append(heads[1:] - 1, len(first_page) - 1)
     for first, last in zip(first_page[heads].tolist(), last_page[tails].tolist()):
-        mapping.madvise(mmap.MADV_WILLNEED, first * page, (last - first + 1) * page)
+        _madvise(mapping, mmap.MADV_WILLNEED, first * page, (last - first + 1) * page)
     return len(heads)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from gpuloader import placement as placement_lib
 from gpuloader.gather import HostGather
-from gpuloader.sources import is_disk_leaf
+from gpuloader.sources import check_unchanged, is_disk_leaf, remember_files
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
 _PROGRESS_AFTER_SECONDS = 1.0
@@ -72,27 +72,75 @@ def on_host(leaves: Sequence[Any], names: Sequence[str], *, load_disk: bool = Tr
     """Keep NumPy leaves as read-only views; the caller's arrays are not copied.
 
     On-disk leaves (memory maps, shards) are read into RAM in chunks when
-    ``load_disk``, else kept as they are, to be read batch by batch.
+    ``load_disk``, else kept as they are, to be read batch by batch (their
+    files checked before every batch, see :class:`DiskGather`). Arrays in a
+    non-native byte order (big-endian on x86 and ARM) are converted once here,
+    since DLPack hands over native order only; on-disk ones per batch.
 
-    Cost: none for C-contiguous in-RAM inputs (the usual case); one copy
-    otherwise; one read of the files for loaded on-disk leaves.
+    Cost: none for C-contiguous, native-order in-RAM inputs (the usual case);
+    one copy otherwise; one read of the files for loaded on-disk leaves.
     """
     views = []
     for leaf in leaves:
         if is_disk_leaf(leaf):
             views.append(read_into_ram(leaf) if load_disk else leaf)
             continue
-        view = np.ascontiguousarray(leaf).view()
+        view = np.ascontiguousarray(leaf, dtype=native_dtype(leaf.dtype)).view()
         view.flags.writeable = False
         views.append(view)
+    if any(is_disk_leaf(leaf) for leaf in views):
+        return Store(np, views, list(names), DiskGather(views))
     return Store(np, views, list(names), HostGather(views))
 
 
+def native_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` in the machine's byte order (the same dtype when it already is)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+class DiskGather:
+    """The host gather of a store with on-disk leaves: files checked first, byte order fixed after.
+
+    Before a batch is read, every file its rows come from is compared with
+    the file that was opened (:func:`gpuloader.sources.check_unchanged`), so a
+    file truncated or rewritten under the loader raises a
+    :class:`~gpuloader.sources.SourceChangedError` naming it instead of
+    crashing the process or serving the wrong bytes. On-disk arrays in a
+    non-native byte order are swapped in the batch's own buffer after the read.
+
+    Cost: one ``os.stat`` per file touched per batch; for non-native files, one
+    pass over the batch's bytes of them.
+    """
+
+    def __init__(self, leaves: list[Any]) -> None:
+        self._gather = HostGather(leaves)
+        self._disk = [leaf for leaf in leaves if is_disk_leaf(leaf)]
+        for leaf in self._disk:
+            remember_files(leaf)
+        self._swap = [not np.dtype(leaf.dtype).isnative for leaf in leaves]
+
+    def __call__(self, rows: slice | np.ndarray) -> list[np.ndarray]:
+        for leaf in self._disk:
+            check_unchanged(leaf, rows)
+        outs = self._gather(rows)
+        if any(self._swap):
+            outs = [_swap_in_place(out) if swap else out for out, swap in zip(outs, self._swap)]
+        return outs
+
+
+def _swap_in_place(out: np.ndarray) -> np.ndarray:
+    """The same buffer with its bytes in native order, typed natively (alignment unchanged)."""
+    return out.byteswap(inplace=True).view(native_dtype(out.dtype))
+
+
 def read_into_ram(leaf: Any, chunk_bytes: int | None = None) -> np.ndarray:
-    """Copy an on-disk leaf into a new RAM array, ``chunk_bytes`` at a time."""
-    out = np.empty(tuple(leaf.shape), leaf.dtype)
+    """Copy an on-disk leaf into a new RAM array in native byte order, ``chunk_bytes`` at a time."""
+    out = np.empty(tuple(leaf.shape), native_dtype(leaf.dtype))
     rows_per_chunk = _rows_per_chunk(leaf, chunk_bytes or DEFAULT_CHUNK_BYTES)
+    remember_files(leaf)
     for start in range(0, out.shape[0], rows_per_chunk):
+        check_unchanged(leaf, slice(start, start + rows_per_chunk))
         out[start : start + rows_per_chunk] = leaf[start : start + rows_per_chunk, ...]
     out.flags.writeable = False
     return out
@@ -133,9 +181,12 @@ def upload(
                 continue
             target = xp.empty(tuple(leaf.shape), dtype=getattr(xp, leaf.dtype.name))
             rows_per_chunk = _rows_per_chunk(leaf, chunk_bytes)
+            native = native_dtype(leaf.dtype)
             for start in range(0, leaf.shape[0], rows_per_chunk):
-                # A memory-map slice is a view: rows go from the page cache to staging directly.
-                rows = np.ascontiguousarray(leaf[start : start + rows_per_chunk, ...])
+                check_unchanged(leaf, slice(start, start + rows_per_chunk))
+                # A memory-map slice is a view: rows go from the page cache to staging directly
+                # (converted to native byte order on the way, where the file's is not).
+                rows = np.ascontiguousarray(leaf[start : start + rows_per_chunk, ...], dtype=native)
                 runtime.upload_rows(target, start, rows, staging)
                 progress.advance(rows.nbytes)
             device_leaves.append(target)

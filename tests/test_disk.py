@@ -173,7 +173,7 @@ def test_unknown_device_lists_disk():
     assert gpuloader.Loader(np.zeros(3), device="disk", verbose=False).placement == "disk"
 
 
-def test_shuffled_disk_batches_advise_the_kernel_against_read_ahead(files, tmp_path):
+def test_the_helpers_advise_only_maps_numpy_made(files, tmp_path):
     from gpuloader.sources import advise_random_access
 
     _, _, x_path, _ = files
@@ -181,3 +181,60 @@ def test_shuffled_disk_batches_advise_the_kernel_against_read_ahead(files, tmp_p
     shards = [save(tmp_path, f"p{i}.npy", np.zeros((5, 2))) for i in range(2)]
     assert advise_random_access(Loader(shards, batch_size=2, device="disk", verbose=False)._store.leaves[0])
     assert not advise_random_access(np.zeros((3, 2)))  # an array in RAM has no file to advise on
+
+
+def pages_of_rows(path, ids, row_bytes):
+    """The page numbers (from the map's start) that rows ``ids`` of a .npy file span."""
+    import mmap
+
+    offset = np.load(path, mmap_mode="r").offset
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY  # where NumPy's map of the file begins
+    pages = set()
+    for row in ids:
+        first = offset - start + row * row_bytes
+        pages.update(range(first // mmap.PAGESIZE, (first + row_bytes - 1) // mmap.PAGESIZE + 1))
+    return pages
+
+
+@pytest.mark.parametrize("source", ["path", "shards"])
+def test_a_shuffled_disk_loader_turns_read_ahead_off_and_asks_for_each_batchs_pages(tmp_path, monkeypatch, source):
+    import mmap
+
+    from gpuloader import sources
+
+    given = []
+    real = sources._madvise
+    monkeypatch.setattr(sources, "_madvise", lambda m, *a: given.append((m, *a)) or real(m, *a))
+    x, y = id_data(2000, features=600)  # rows of 2400 bytes: each spans one or two pages
+    paths = [save(tmp_path, "x.npy", x)] if source == "path" else [
+        save(tmp_path, f"x{i}.npy", part) for i, part in enumerate(np.split(x, 4))
+    ]
+    loader = Loader(paths[0] if source == "path" else paths, y, batch_size=64, seed=7, device="disk", verbose=False)
+    maps = [leaf._mmap for leaf in ([loader._store.leaves[0]] if source == "path" else loader._store.leaves[0].maps)]
+    randoms = [m for m, what, *_ in given if what == mmap.MADV_RANDOM]
+    assert sorted(map(id, randoms)) == sorted(map(id, maps)), "every map of x advised random access, once"
+    given.clear()
+
+    ids = sample_ids(loader[5][0])
+    asked = {id(m): set() for m in maps}
+    for mapping, what, start, length in given:
+        assert what == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0 and length % mmap.PAGESIZE == 0
+        asked[id(mapping)].update(range(start // mmap.PAGESIZE, (start + length) // mmap.PAGESIZE))
+    rows_per_file = len(x) // len(maps)
+    for k, (path, mapping) in enumerate(zip(paths, maps)):
+        mine = [i - k * rows_per_file for i in ids if i // rows_per_file == k]
+        assert asked[id(mapping)] == pages_of_rows(path, mine, 600 * 4), f"file {k}: exactly the batch's pages"
+
+
+def test_an_unshuffled_disk_loader_keeps_the_kernels_read_ahead(files, monkeypatch):
+    import mmap
+
+    from gpuloader import sources
+
+    given = []
+    real = sources._madvise
+    monkeypatch.setattr(sources, "_madvise", lambda m, *a: given.append((m, *a)) or real(m, *a))
+    _, _, x_path, y_path = files
+    loader = Loader(x_path, y_path, batch_size=64, shuffle=False, device="disk", verbose=False)
+    loader[3]
+    assert not [what for _, what, *_ in given if what == mmap.MADV_RANDOM]
