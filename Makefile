@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: test bench lint gpu-check clean
+.PHONY: test bench bench-full lint gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ test: $(STAMP)
 	$(PY) -m ruff check gpuloader tests bench
 	$(PY) -m pytest
 
+# make bench: the quick profile (2 rounds, about 5 minutes on 2 cores); make bench-full: the long
+# version the README's figures come from. Extra arguments: make bench BENCH_ARGS="--modes epoch".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) bench/run.py --profile quick $(BENCH_ARGS)
+
+bench-full: $(STAMP)
+	$(PY) bench/run.py --profile full $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check gpuloader tests bench

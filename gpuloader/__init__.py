@@ -1,20 +1,25 @@
 """gpuloader: Keras batches from preloaded arrays, on the GPU when they fit.
 
 ``import gpuloader`` imports neither Keras, TensorFlow nor CuPy; ``Loader`` is
-loaded on first use (it subclasses ``keras.utils.PyDataset``).
+loaded on first use (it subclasses ``keras.utils.PyDataset``). ``info()``
+imports what it reports on when called (``python -m gpuloader info`` prints it).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# info.py imports only NumPy and placement at module level; importing it here (not in
+# __getattr__) keeps ``gpuloader.info`` the function even after ``gpuloader.info`` the
+# module is imported (the import system would bind the submodule over the name).
+from gpuloader.info import info
 from gpuloader.permutation import permutation
 from gpuloader.placement import GPUUnavailableError, Plan
 
 if TYPE_CHECKING:
     from gpuloader.loader import Loader
 
-__all__ = ["GPUUnavailableError", "Loader", "Plan", "permutation"]
+__all__ = ["GPUUnavailableError", "Loader", "Plan", "info", "permutation"]
 __version__ = "0.1.0"
 
 

@@ -1,0 +1,226 @@
+"""``gpuloader.info()`` and ``python -m gpuloader info``: versions, devices, and the placement a Loader would choose."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fake_gpu import make_runtime
+
+import gpuloader
+from gpuloader import _cuda, placement
+from gpuloader.__main__ import main
+
+info_module = importlib.import_module("gpuloader.info")
+CIFAR = (50000, 32, 32, 3)
+
+
+class NoGpu:
+    """A GPU runtime that finds nothing, whatever this machine has."""
+
+    @staticmethod
+    def probe(ordinal=None):
+        return _cuda.DeviceStatus(False, "CuPy is not installed (pip install 'gpuloader[gpu]')")
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(placement, "gpu_runtime", lambda: NoGpu)
+    monkeypatch.delenv(placement.ENV_DEVICE, raising=False)
+
+
+def test_info_is_public_and_import_stays_light():
+    assert "info" in gpuloader.__all__
+    assert gpuloader.__all__ == sorted(gpuloader.__all__)
+    assert gpuloader.info is info_module.info  # the function, even after the submodule was imported
+    code = "import sys, json, gpuloader; gpuloader.info; print(json.dumps(sorted(m for m in "
+    code += "('tensorflow', 'keras', 'cupy', 'jax', 'torch') if m in sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_versions_frameworks_and_no_device(no_gpu, monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    monkeypatch.setenv(placement.ENV_DEVICE, "auto")
+    report = gpuloader.info(frameworks=("tensorflow", "no_such_framework_here"))
+    assert report["gpuloader"] == gpuloader.__version__
+    assert report["numpy"] == np.__version__
+    assert report["keras"] == {"version": keras.__version__, "backend": keras.backend.backend()}
+    assert report["frameworks"]["tensorflow"] == {"imports": True, "version": tf.__version__}
+    missing = report["frameworks"]["no_such_framework_here"]
+    assert missing["imports"] is False
+    assert "ModuleNotFoundError" in missing["error"]
+    assert report["cuda"] == {"devices": [], "reason": "CuPy is not installed (pip install 'gpuloader[gpu]')"}
+    assert report["env"][placement.ENV_DEVICE] == "auto"
+    assert report["placement"] is None
+    json.dumps(report)  # serialisable as it is
+    text = info_module.format_info(report)
+    assert "CUDA       none: CuPy is not installed" in text
+    assert f"tensorflow {tf.__version__}" in text
+    assert "no_such_framework_here does not import (ModuleNotFoundError" in text
+
+
+def test_placement_without_a_gpu_is_the_host_with_the_reason(no_gpu):
+    where = gpuloader.info(CIFAR, "uint8", frameworks=())["placement"]
+    row = 32 * 32 * 3
+    assert where["data_bytes"] == 50000 * row
+    assert where["bytes_needed"] == 50000 * row + 4 * 32 * row + 24 * 50000
+    assert where["placement"] == "host"
+    assert where["reason"] == "host: CuPy is not installed (pip install 'gpuloader[gpu]')"
+    assert where["device"] == "auto"
+
+
+def test_device_lines_from_the_stand_in_runtime(fake_gpu):
+    cuda = gpuloader.info(frameworks=())["cuda"]
+    assert cuda == {
+        "devices": [{"ordinal": 0, "name": "FakeGPU0", "free_bytes": 1 << 30, "total_bytes": 2 << 30}],
+        "reason": "",
+    }
+    text = info_module.format_info(gpuloader.info(frameworks=()))
+    assert "CUDA 0     FakeGPU0: 1.1 GB free of 2.1 GB" in text
+
+
+def test_every_device_is_listed(monkeypatch):
+    runtime = make_runtime(gpus=3, free_bytes=1 << 30)
+    runtime.state.device_free[1] = 123_000_000
+    monkeypatch.setattr(placement, "gpu_runtime", lambda: runtime)
+    devices = info_module.cuda_devices()["devices"]
+    assert [(d["ordinal"], d["name"], d["free_bytes"]) for d in devices] == [
+        (0, "FakeGPU0", 1 << 30), (1, "FakeGPU1", 123_000_000), (2, "FakeGPU2", 1 << 30)
+    ]
+
+
+def test_a_device_that_cannot_be_queried_is_listed_with_why(monkeypatch):
+    statuses = [
+        _cuda.DeviceStatus(True, "usable", 5, 10, "A"),
+        _cuda.DeviceStatus(False, "the CUDA device could not be queried (boom)"),
+        _cuda.DeviceStatus(True, "usable", 7, 10, "C"),
+        _cuda.DeviceStatus(False, "CUDA device 3 does not exist (3 visible)"),
+    ]
+    runtime = type("R", (), {"probe": staticmethod(lambda ordinal=None: statuses[ordinal])})
+    monkeypatch.setattr(placement, "gpu_runtime", lambda: runtime)
+    cuda = info_module.cuda_devices()
+    assert [d["ordinal"] for d in cuda["devices"]] == [0, 1, 2]
+    assert cuda["devices"][1]["error"] == "the CUDA device could not be queried (boom)"
+    assert cuda["reason"] == ""
+
+
+def test_placement_on_the_stand_in_gpu_fits_or_not(fake_gpu):
+    fits = info_module.would_place(CIFAR, "uint8", batch_size=256)
+    assert fits["placement"] == "gpu"
+    assert fits["reason"].startswith("gpu: the data fits (needs ")
+    assert fits["bytes_free"] == 1 << 30
+    too_big = info_module.would_place((50000, 32, 32, 3), "float32", batch_size=256)  # 614 MB > 0.5 x 1.07 GB
+    assert too_big["placement"] == "host"
+    assert "the data does not fit on the GPU" in too_big["reason"]
+    assert info_module.would_place((50000, 32, 32, 3), "float32", gpu_memory_fraction=0.9)["placement"] == "gpu"
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+@pytest.mark.parametrize("batch_size", [64, 1000])
+def test_same_estimate_and_decision_as_a_real_loader(fake_gpu, batch_size, fraction):
+    """At the budget's edge, info and a Loader built over the same data decide alike, with the same reason."""
+    x = np.zeros((2000, 5, 3), np.float32)
+    y = np.zeros(2000, np.int64)
+    described = {"batch_size": batch_size, "gpu_memory_fraction": fraction}
+    needed = info_module.would_place(x.shape, x.dtype, y_dtype=y.dtype, **described)["bytes_needed"]
+    chosen = []
+    for free in (int(needed / fraction) + 4, int(needed / fraction) - 4):  # just fits, just does not
+        fake_gpu.state.free_bytes = free
+        where = info_module.would_place(x.shape, x.dtype, y_dtype=y.dtype, **described)
+        loader = gpuloader.Loader(x, y, verbose=False, **described)
+        assert loader.plan.bytes_needed == where["bytes_needed"] == needed
+        assert (loader.placement, loader.plan.reason) == (where["placement"], where["reason"])
+        chosen.append(where["placement"])
+    assert chosen == ["gpu", "host"]
+
+
+def test_placement_follows_gpuloader_device(fake_gpu, monkeypatch):
+    monkeypatch.setenv(placement.ENV_DEVICE, "host")
+    report = gpuloader.info((1000, 4), frameworks=())
+    assert report["env"][placement.ENV_DEVICE] == "host"
+    assert (report["placement"]["device"], report["placement"]["placement"]) == ("host", "host")
+    assert report["placement"]["reason"] == "host: device='host' was asked for"
+    assert info_module.would_place((1000, 4), device="gpu")["placement"] == "gpu"  # the argument wins
+    monkeypatch.setenv(placement.ENV_DEVICE, "tpu")
+    wrong = gpuloader.info((1000, 4), frameworks=())["placement"]
+    assert wrong["placement"] is None
+    assert wrong["error"].startswith("ValueError: $GPULOADER_DEVICE must be one of")
+
+
+def test_gpu_asked_for_without_one_says_why(no_gpu):
+    where = info_module.would_place(nbytes=6_000_000_000, rows=1_000_000, device="gpu")
+    assert where["placement"] is None
+    assert where["error"].startswith("GPUUnavailableError: device='gpu' was asked for, but CuPy is not installed")
+    text = info_module.format_info({**gpuloader.info(frameworks=()), "placement": where})
+    assert "  would fail: GPUUnavailableError" in text
+
+
+def test_bytes_with_and_without_rows(no_gpu):
+    only = info_module.would_place(nbytes=6e9)
+    assert only["bytes_needed"] == only["data_bytes"] == 6_000_000_000
+    assert only["estimate"].startswith("data only")
+    counted = info_module.would_place(nbytes=3000, rows=100, y_dtype="int32", batch_size=10)
+    assert counted["data_bytes"] == 3000 + 400
+    assert counted["bytes_needed"] == 3400 + 4 * 10 * 34 + 24 * 100
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {},  # neither, for would_place
+        {"shape": (10, 3), "nbytes": 120},
+        {"shape": (0, 3)},
+        {"shape": (10, 3), "rows": 11},
+        {"nbytes": 0},
+        {"nbytes": 100, "y_dtype": "int32"},
+        {"shape": (10, 3), "batch_size": 0},
+    ],
+)
+def test_a_bad_description_is_refused(no_gpu, arguments):
+    with pytest.raises(ValueError):
+        info_module.would_place(**arguments)
+    if arguments:
+        with pytest.raises(ValueError):
+            gpuloader.info(**arguments, frameworks=())
+
+
+def test_command_line_json_is_info(no_gpu, monkeypatch, capsys):
+    # main() reads info from the module when called; skip importing torch and JAX into this process.
+    monkeypatch.setattr(info_module, "info", functools.partial(gpuloader.info, frameworks=()))
+    assert main(["info", "--shape", "50000,32,32,3", "--dtype", "uint8", "--batch-size", "256", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = gpuloader.info(CIFAR, "uint8", batch_size=256, frameworks=())
+    printed.pop("platform"), expected.pop("platform")
+    assert printed == expected
+    assert printed["placement"]["placement"] == "host"
+
+
+def test_command_line_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--shape", "10,abc"])
+    assert exit_info.value.code == 2
+    assert "expected sizes >= 1 separated by commas" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["info", "--shape", "10,3", "--bytes", "100"])
+    assert main(["info", "--shape", "10,3", "--dtype", "not-a-dtype"]) == 2
+    assert "gpuloader info: " in capsys.readouterr().err
+
+
+def test_python_dash_m_gpuloader_info_runs():
+    """The real command in a fresh process, on whatever this machine has."""
+    command = [sys.executable, "-m", "gpuloader", "info", "--shape", "50000,32,32,3", "--dtype", "uint8"]
+    text = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300).stdout
+    assert text.startswith(f"gpuloader {gpuloader.__version__}")
+    for line in ("numpy ", "keras ", "tensorflow ", "jax ", "torch ", "cupy ", "$GPULOADER_DEVICE = "):
+        assert f"\n{line}" in text
+    assert "a Loader over x 50000x32x32x3 uint8, batch_size=32" in text
+    assert "  would place it on: " in text
+    assert "  why: " in text
