@@ -36,7 +36,8 @@ class Plan:
     """Where the data lives and why, in numbers.
 
     Attributes:
-        placement: "host" or "gpu".
+        placement: "gpu" (copied to the device), "host" (in RAM) or "disk" (on-disk
+            inputs read batch by batch).
         reason: one readable line: what was chosen and the rule that chose it.
         bytes_needed: data + batch buffers + permutation scratch, in bytes (per GPU
             when there are several).

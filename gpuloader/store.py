@@ -68,7 +68,9 @@ def _itemsize(dtype: Any) -> int:
         return np.dtype(str(dtype).rsplit(".", 1)[-1]).itemsize
 
 
-def on_host(leaves: Sequence[Any], names: Sequence[str], *, load_disk: bool = True) -> Store:
+def on_host(
+    leaves: Sequence[Any], names: Sequence[str], *, load_disk: bool = True, verbose: bool = False
+) -> Store:
     """Keep NumPy leaves as read-only views; the caller's arrays are not copied.
 
     On-disk leaves (memory maps, shards) are read into RAM in chunks when
@@ -83,7 +85,7 @@ def on_host(leaves: Sequence[Any], names: Sequence[str], *, load_disk: bool = Tr
     views = []
     for leaf in leaves:
         if is_disk_leaf(leaf):
-            views.append(read_into_ram(leaf) if load_disk else leaf)
+            views.append(read_into_ram(leaf, verbose=verbose) if load_disk else leaf)
             continue
         view = np.ascontiguousarray(leaf, dtype=native_dtype(leaf.dtype)).view()
         view.flags.writeable = False
@@ -134,14 +136,22 @@ def _swap_in_place(out: np.ndarray) -> np.ndarray:
     return out.byteswap(inplace=True).view(native_dtype(out.dtype))
 
 
-def read_into_ram(leaf: Any, chunk_bytes: int | None = None) -> np.ndarray:
-    """Copy an on-disk leaf into a new RAM array in native byte order, ``chunk_bytes`` at a time."""
+def read_into_ram(leaf: Any, chunk_bytes: int | None = None, verbose: bool = False) -> np.ndarray:
+    """Copy an on-disk leaf into a new RAM array in native byte order, ``chunk_bytes`` at a time.
+
+    With ``verbose``, a progress bar (the uploads' own) appears when the read takes over a second.
+    """
     out = np.empty(tuple(leaf.shape), native_dtype(leaf.dtype))
     rows_per_chunk = _rows_per_chunk(leaf, chunk_bytes or DEFAULT_CHUNK_BYTES)
     remember_files(leaf)
-    for start in range(0, out.shape[0], rows_per_chunk):
-        check_unchanged(leaf, slice(start, start + rows_per_chunk))
-        out[start : start + rows_per_chunk] = leaf[start : start + rows_per_chunk, ...]
+    progress = _Progress(out.nbytes, verbose, "gpuloader read into RAM")
+    try:
+        for start in range(0, out.shape[0], rows_per_chunk):
+            check_unchanged(leaf, slice(start, start + rows_per_chunk))
+            out[start : start + rows_per_chunk] = leaf[start : start + rows_per_chunk, ...]
+            progress.advance(out[start : start + rows_per_chunk].nbytes)
+    finally:
+        progress.close()
     out.flags.writeable = False
     return out
 
@@ -203,9 +213,9 @@ def upload(
 
 
 class _Progress:
-    """A tqdm bar that appears only when the upload takes over a second."""
+    """A tqdm bar that appears only when the copy takes over a second (none without tqdm)."""
 
-    def __init__(self, total: int, verbose: bool) -> None:
+    def __init__(self, total: int, verbose: bool, description: str = "gpuloader upload") -> None:
         self._bar = None
         if not verbose or total == 0:
             return
@@ -214,7 +224,7 @@ class _Progress:
         except ImportError:
             return
         self._bar = tqdm(
-            total=total, unit="B", unit_scale=True, desc="gpuloader upload",
+            total=total, unit="B", unit_scale=True, desc=description,
             delay=_PROGRESS_AFTER_SECONDS, leave=False,
         )
 
@@ -253,4 +263,4 @@ def place(
             reason = placement_lib.upload_ran_out_of_memory(device, error, "the GPU", plan.reason)
             plan = placement_lib.fallback_plan(reason, needed, disk_bytes, host_memory_limit, plan.bytes_free)
     host_leaves = [runtime.adopt(leaf).get() if runtime.lives_on_cuda(leaf) else leaf for leaf in leaves]
-    return plan, on_host(host_leaves, names, load_disk=plan.placement == "host")
+    return plan, on_host(host_leaves, names, load_disk=plan.placement == "host", verbose=verbose)

@@ -95,3 +95,28 @@ def test_big_endian_arrays_are_uploaded_in_native_order(fake_gpu):
     loader = Loader(big_endian(x), big_endian(y), batch_size=64, seed=4, verbose=False)
     assert loader.placement == "gpu"
     assert epoch_ids(loader) == epoch_ids(Loader(x, y, batch_size=64, seed=4, device="host", verbose=False))
+
+
+def test_reading_a_file_into_ram_reports_progress_when_verbose(tmp_path, monkeypatch):
+    x = np.arange(ROWS * FEATURES, dtype=np.float32).reshape(ROWS, FEATURES)
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setattr(store_lib, "DEFAULT_CHUNK_BYTES", 100 * FEATURES * 4)
+    bars = []
+
+    class Recorder:
+        def __init__(self, total, verbose, description="gpuloader upload"):
+            self.total, self.verbose, self.description, self.done = total, verbose, description, 0
+            bars.append(self)
+
+        def advance(self, nbytes):
+            self.done += nbytes
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(store_lib, "_Progress", Recorder)
+    loader = Loader(str(tmp_path / "x.npy"), batch_size=100, shuffle=False, device="host", verbose=True)
+    assert [(bar.description, bar.verbose, bar.total, bar.done, bar.closed) for bar in bars] == [
+        ("gpuloader read into RAM", True, x.nbytes, x.nbytes, True)
+    ]
+    assert np.array_equal(unshuffled_values(loader), x)
