@@ -11,12 +11,20 @@
 #   2. print nvidia-smi and versions;
 #   3. pytest -m gpu tests/test_gpu.py with KERAS_BACKEND=jax;
 #   4. the Keras fit test again with KERAS_BACKEND=torch;
+#      each pytest step fails unless at least one GPU test passed (read from its
+#      JUnit report): a run where every GPU test skipped checked nothing.
 #   5. bench/device.py --json $OUT/device.json;
 #   6. bench/device_fit.py --json $OUT/device_fit.json (Keras fit: seed, arrays, host, gpu).
 # Every step runs even when an earlier one failed; the exit status is non-zero
 # if any did. All output is also written to ${OUT:-bench/results}/gpu_check.log,
-# with pytest's JUnit reports beside it. Without a GPU (or CuPy) the tests skip
-# with the reason and the benchmark says why it skipped: the check still passes.
+# with pytest's JUnit reports beside it.
+#
+# Whether a GPU is there is asked of CuPy directly (its device count), not of
+# gpuloader's own probe, the code under test. When CuPy sees a device,
+# GPULOADER_EXPECT_GPU=1 is exported, so that tests/test_gpu.py fails (rather
+# than skips) a test that cannot run for want of a device or of Keras. Without
+# a GPU (or CuPy) the tests skip with the reason and the check FAILS: nothing
+# was checked. tests/test_gpu.py runs this script with a stand-in python.
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3),
 # OUT, GPU_CHECK_SITE (where carried wheels go, default /tmp/gpuloader-site),
@@ -41,6 +49,7 @@ else
 fi
 
 failed=()
+devices=0  # CUDA devices CuPy sees (cuda_devices)
 
 step() {  # step NAME COMMAND...: run, report, remember a failure, go on
     local name=$1
@@ -56,6 +65,52 @@ step() {  # step NAME COMMAND...: run, report, remember a failure, go on
     else
         echo "=== $name: FAILED with exit status $rc ($((SECONDS - start)) s)"
         failed+=("$name (exit $rc)")
+    fi
+    return 0
+}
+
+cuda_devices() {  # the number of CUDA devices CuPy sees, asked directly; 0 when CuPy or a driver is missing
+    local count
+    count=$("$py" -c 'import cupy; print(cupy.cuda.runtime.getDeviceCount())' 2>/dev/null | tail -n 1)
+    if [[ $count =~ ^[0-9]+$ ]]; then
+        echo "$count"
+    else
+        echo 0
+    fi
+}
+
+junit_count() {  # junit_count REPORT ATTRIBUTE: the attribute of the report's first <testsuite>, empty if none
+    [[ -f $1 ]] || return 0
+    grep -o '<testsuite [^>]*' "$1" | head -n 1 | grep -o " $2=\"[0-9]*\"" | grep -o '[0-9][0-9]*'
+}
+
+gpu_tests() {  # gpu_tests REPORT COMMAND...: run pytest, then require at least one GPU test to have passed
+    local report=$1
+    shift
+    rm -f "$report"
+    "$@"
+    local rc=$?
+    local tests failures errors skipped
+    tests=$(junit_count "$report" tests)
+    failures=$(junit_count "$report" failures)
+    errors=$(junit_count "$report" errors)
+    skipped=$(junit_count "$report" skipped)
+    if [[ -z $tests || -z $failures || -z $errors || -z $skipped ]]; then
+        echo "no JUnit report at $report: cannot tell whether any GPU test ran"
+        return $((rc == 0 ? 1 : rc))
+    fi
+    local passed=$((tests - failures - errors - skipped))
+    echo "GPU tests: $passed passed, $skipped skipped, $failures failed, $errors errors (CuPy sees $devices device(s))"
+    if ((rc != 0)); then
+        return "$rc"
+    fi
+    if ((passed == 0)); then
+        if ((devices > 0)); then
+            echo "no GPU test passed although CuPy sees $devices CUDA device(s): the check checked nothing"
+        else
+            echo "no GPU test passed: CuPy sees no CUDA device here, so nothing was checked on a GPU"
+        fi
+        return 1
     fi
     return 0
 }
@@ -169,11 +224,18 @@ main() {
 
     step "install carried wheels" install_carried_wheels
     step "environment" show_environment
+    devices=$(cuda_devices)
+    if ((devices > 0)); then
+        export GPULOADER_EXPECT_GPU=1  # tests/test_gpu.py: a GPU test that cannot run fails, never skips
+        echo "CuPy sees $devices CUDA device(s): every GPU test must run"
+    else
+        echo "CuPy sees no CUDA device: the GPU tests will skip, and the check will fail"
+    fi
     local pytest_args=(-m gpu -v -p no:cacheprovider tests/test_gpu.py)
-    step "pytest -m gpu, KERAS_BACKEND=jax" \
+    step "pytest -m gpu, KERAS_BACKEND=jax" gpu_tests "$out/pytest_jax.xml" \
         env KERAS_BACKEND=jax timeout -k 10 "${GPU_CHECK_PYTEST_TIMEOUT:-150}" \
         "$py" -m pytest "${pytest_args[@]}" --junitxml="$out/pytest_jax.xml"
-    step "pytest -m gpu -k keras_fit, KERAS_BACKEND=torch" \
+    step "pytest -m gpu -k keras_fit, KERAS_BACKEND=torch" gpu_tests "$out/pytest_torch.xml" \
         env KERAS_BACKEND=torch timeout -k 10 "${GPU_CHECK_FIT_TIMEOUT:-90}" \
         "$py" -m pytest "${pytest_args[@]}" -k keras_fit --junitxml="$out/pytest_torch.xml"
     local bench_args=(--json "$out/device.json")

@@ -1,8 +1,18 @@
-"""Shared fixtures: data whose values name their sample, and a CPU stand-in for CuPy."""
+"""Shared fixtures: data whose values name their sample, a CPU stand-in for CuPy, child processes.
+
+Tests marked ``first`` run before all others. If one of them finds that handing
+batches to TensorFlow aborts a child process (TensorFlow CHECK-fails on an
+unaligned buffer instead of raising), the session stops there: the rest of the
+suite would hand the same buffers to TensorFlow in this process and die without
+naming a test.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -11,7 +21,43 @@ import numpy as np
 import pytest
 from fake_gpu import make_runtime
 
+import gpuloader
 from gpuloader import placement
+
+#: The directory holding the gpuloader package under test, and this tests/ directory.
+ROOT = Path(gpuloader.__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+#: Set in a test's ``user_properties`` when a child process died of a signal (an abort).
+ABORTED = "child process aborted"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "first: runs before every other test; if its child process aborts, the session stops there"
+    )
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)  # stable: the rest keep their order
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and item.get_closest_marker("first") and (ABORTED, True) in item.user_properties:
+        item.session.shouldstop = (
+            f"{item.nodeid} failed: a child process handing batches to TensorFlow aborted, and the tests "
+            "after it would abort this process the same way without naming a test"
+        )
+    return report
+
+
+def run_python(args, timeout=180, **env) -> subprocess.CompletedProcess:
+    """Run ``python *args`` in a child importing the same gpuloader (and tests/) as this process."""
+    paths = [str(ROOT), str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    child_env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), TF_CPP_MIN_LOG_LEVEL="2", **env)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=child_env, cwd=ROOT,
+                          timeout=timeout)
 
 
 def sample_ids(batch_part) -> list[int]:

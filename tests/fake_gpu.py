@@ -6,6 +6,13 @@ upload, the permutation, gather and transform in a strict array-API namespace
 out-of-memory failures, and up to three "GPUs" (array_api_strict's devices
 CPU_DEVICE, device1 and device2), between which the namespace refuses to mix
 arrays: a batch part gathered from another GPU's data fails loudly.
+
+The stand-in promises what gpuloader/_cuda.py promises and nothing more, so the
+CPU tests check the loader, not the stand-in: ``row_gather`` returns fresh,
+C-contiguous leaves on 256 bytes (``RowGather``) and refuses strided leaves;
+``aligned_contiguous`` copies only what is strided or unaligned, and passes
+arrays of other namespaces through; a transform's output (a view, say) is not
+aligned unless the loader asks for it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import numpy as np
 from gpuloader import _cuda
 from gpuloader.gather import aligned_empty, gather_batch
 
+#: ``_cuda._GATHER_ALIGNMENT``: where each leaf's part of a gathered block starts.
+GATHER_ALIGNMENT = 256
 _CREATORS = ("empty", "zeros", "ones", "full", "arange", "asarray", "linspace", "eye")
 
 
@@ -52,10 +61,12 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
     """A stand-in with ``gpus`` fake GPUs of ``free_bytes`` free memory each."""
     import array_api_strict as xps
 
+    xps_array = type(xps.asarray(0))
+
     device_names = ["CPU_DEVICE", "device1", "device2"][:gpus]
     state = types.SimpleNamespace(
         free_bytes=free_bytes, device_free={}, uploads=[], syncs=0, fail_after_uploads=None, freed=0,
-        fused_gathers=0, gathers_on=[], usable=True, current=0, freed_on=[], peer_copies=0,
+        fused_gathers=0, gathers_on=[], realigned=0, usable=True, current=0, freed_on=[], peer_copies=0,
         devices=[xps.Device(name) for name in device_names],
     )
     # One GPU: array_api_strict itself (its default device); several: allocate on the current one.
@@ -92,21 +103,44 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
         state.freed_on.append(state.current)
 
     def row_gather(leaves):
-        """The fused kernel's contract: fresh, C-contiguous, aligned arrays of every leaf's rows, on its GPU."""
+        """``_cuda.RowGather``'s contract, no more: refuses leaves that are not C-contiguous, and
+        gathers every leaf's rows into one fresh block, each leaf's part C-contiguous on 256 bytes."""
+        for leaf in leaves:
+            if not np.from_dlpack(leaf).flags.c_contiguous:
+                raise ValueError("RowGather needs C-contiguous leaves; adopt() makes them so.")
 
         def gather(rows):
             state.fused_gathers += 1
             state.gathers_on.append(state.devices.index(leaves[0].device))
+            # The array-API gather (its take refuses rows from another GPU), then copied into one
+            # fresh block as the kernel writes it: each leaf's part starts on 256 bytes.
+            parts = [np.from_dlpack(part) for part in gather_batch(xps, leaves, rows)]
+            offsets, size = [], 0
+            for values in parts:
+                offsets.append(size)
+                size += -(-values.nbytes // GATHER_ALIGNMENT) * GATHER_ALIGNMENT
+            block = aligned_empty((max(size, 1),), np.uint8, alignment=GATHER_ALIGNMENT)
             out = []
-            # The array-API gather; its take refuses rows from another GPU.
-            for part in gather_batch(xps, leaves, rows):
-                values = np.from_dlpack(part)
-                fresh = aligned_empty(values.shape, values.dtype, alignment=256)
+            for values, offset in zip(parts, offsets):
+                fresh = np.ndarray(values.shape, values.dtype, buffer=block, offset=offset)
                 np.copyto(fresh, values)
-                out.append(xps.asarray(fresh, device=part.device, copy=False))
+                out.append(xps.asarray(fresh, device=leaves[0].device, copy=False))
             return out
 
         return gather
+
+    def aligned_contiguous(array, alignment=64):
+        """``_cuda.aligned_contiguous``: the array itself when C-contiguous and aligned, else a fresh
+        copy (CuPy's pool aligns to 256 bytes); arrays of another namespace pass through untouched."""
+        if not isinstance(array, xps_array):
+            return array
+        values = np.from_dlpack(array)
+        if values.flags.c_contiguous and values.ctypes.data % alignment == 0:
+            return array
+        state.realigned += 1
+        fresh = aligned_empty(values.shape, values.dtype, alignment=GATHER_ALIGNMENT)
+        np.copyto(fresh, values)
+        return xps.asarray(fresh, device=array.device, copy=False)
 
     def copy_to_device(array, ordinal):
         state.peer_copies += 1
@@ -122,7 +156,7 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
         free_cached_memory=free_cached_memory,
         out_of_memory_errors=lambda: (FakeOutOfMemoryError,),
         lives_on_cuda=lambda array: False,
-        aligned_contiguous=lambda array: array,
+        aligned_contiguous=aligned_contiguous,
         adopt=lambda array: array,
         row_gather=row_gather,
         copy_to_device=copy_to_device,

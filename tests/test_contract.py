@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import epoch_ids, id_data, sample_ids
+from conftest import epoch_ids, id_data, run_python, sample_ids
 
 import gpuloader
 from gpuloader import Loader
@@ -48,10 +48,15 @@ def test_batch_parts_follow_the_inputs():
     x, y = id_data(10)
     only_x = Loader(x, batch_size=4, verbose=False)[0]
     assert isinstance(only_x, tuple) and len(only_x) == 1
+    ids = sample_ids(only_x[0])
+    np.testing.assert_array_equal(only_x[0].numpy(), x[ids])
     weights = np.linspace(0, 1, 10).astype(np.float32)
     with_w = Loader(x, y, weights, batch_size=4, verbose=False)[0]
     assert len(with_w) == 3
     assert all(isinstance(part, tf.Tensor) for part in with_w)
+    ids = sample_ids(with_w[0])
+    for part, source in zip(with_w, (x, y, weights)):
+        np.testing.assert_array_equal(part.numpy(), source[ids])
 
 
 def test_nested_structures_keep_dict_keys_and_become_tuples():
@@ -70,10 +75,12 @@ def test_nested_structures_keep_dict_keys_and_become_tuples():
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32,
                                    np.float64, np.bool_])
 def test_dtypes_are_kept(dtype):
-    x = (np.arange(40).reshape(20, 2) % 2).astype(dtype)
-    batch = Loader(x, x[:, 0], batch_size=8, verbose=False)[0]
+    x = (np.arange(40).reshape(20, 2) % (2 if dtype is np.bool_ else 37)).astype(dtype)
+    batch = Loader(x, x[:, 0], batch_size=8, shuffle=False, verbose=False)[1]
     assert batch[0].dtype.as_numpy_dtype == dtype
     assert batch[1].dtype.as_numpy_dtype == dtype
+    np.testing.assert_array_equal(batch[0].numpy(), x[8:16])
+    np.testing.assert_array_equal(batch[1].numpy(), x[8:16, 0])
 
 
 def test_negative_index_counts_from_the_end_and_out_of_range_raises():
@@ -172,7 +179,38 @@ def test_the_next_order_is_computed_ahead_and_is_the_same_order():
 def test_seed_none_draws_a_seed_at_construction():
     a, b = make(seed=None), make(seed=None)
     assert isinstance(a.seed, int) and a.seed != b.seed
-    assert epoch_ids(a) == epoch_ids(a)
+    again = make(seed=a.seed)  # built independently, from the seed the first one drew
+    for _ in range(3):
+        assert epoch_ids(a) == epoch_ids(again) != epoch_ids(b)
+        for loader in (a, b, again):
+            loader.on_epoch_end()
+
+
+ORDERS_SCRIPT = """
+import json, sys
+import numpy as np
+from gpuloader import Loader
+x = np.repeat(np.arange(100, dtype=np.float32)[:, None], 3, axis=1)
+loader = Loader(x, np.arange(100), batch_size=32, seed=int(sys.argv[1]), verbose=False)
+orders = []
+for _ in range(3):
+    orders.append([int(v) for i in range(len(loader)) for v in np.asarray(loader[i][1])])
+    loader.on_epoch_end()
+print(json.dumps(orders))
+"""
+
+
+def test_orders_are_the_same_in_another_process():
+    """The order is a function of (seed, epoch) only: nothing of the process (hash salt, pid, RNG state)."""
+    seed = 2**63 + 12345
+    done = run_python(["-c", ORDERS_SCRIPT, str(seed)], PYTHONHASHSEED="12345")
+    assert done.returncode == 0, done.stderr[-3000:]
+    there = json.loads(done.stdout.strip().splitlines()[-1])
+    np.random.seed(99)  # this process's global RNG state differs from the child's
+    here = make(100, 32, seed=seed)
+    for epoch in range(3):
+        assert epoch_ids(here) == there[epoch], f"epoch {epoch} differs between processes"
+        here.on_epoch_end()
 
 
 def test_state_is_json_and_resumes_the_epoch_exactly():
@@ -239,7 +277,7 @@ def test_lists_of_numbers_are_data():
 
 
 def test_transform_runs_on_the_gathered_batch_with_xp():
-    images = np.full((20, 4, 4, 3), 255, dtype=np.uint8)
+    images = (np.arange(20 * 4 * 4 * 3) % 256).astype(np.uint8).reshape(20, 4, 4, 3)
     labels = np.arange(20)
     seen = []
 
@@ -249,8 +287,9 @@ def test_transform_runs_on_the_gathered_batch_with_xp():
         return xp.astype(x, xp.float32) / 255.0, y
 
     loader = Loader(images, labels, batch_size=8, transform=scale, verbose=False)
-    x, _ = loader[0]
-    assert x.dtype == tf.float32 and float(tf.reduce_max(x)) == 1.0
+    x, labels_0 = loader[0]
+    assert x.dtype == tf.float32
+    np.testing.assert_allclose(x.numpy(), images[labels_0.numpy()].astype(np.float32) / 255.0, rtol=1e-6)
     assert seen == [np] and loader._store.leaves[0].dtype == np.uint8
 
 

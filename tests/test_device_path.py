@@ -178,3 +178,50 @@ def test_tensorflow_gets_memory_growth_before_it_initialises(monkeypatch):
     untouched = SimpleNamespace(config=FakeTensorFlowConfig(initialised=False))
     assert "cuda_malloc_async" in share_gpu_with_tensorflow(untouched)
     assert not any(untouched.config.growth.values())
+
+
+def strided_columns(batch, xp):
+    bx, by = batch
+    return bx[:, ::2], by  # a view with a column stride
+
+
+def rows_from_an_offset(batch, xp):
+    bx, by = batch
+    return bx[1:, ...], by[1:]  # C-contiguous views starting 24 and 8 bytes into the gathered block
+
+
+@pytest.mark.parametrize("transform", [strided_columns, rows_from_an_offset])
+def test_a_transform_that_returns_a_view_is_realigned_on_the_device(fake_gpu, transform):
+    """On a real GPU the hand-off does not check device buffers: the pipeline must re-align them."""
+    x, y = id_data(100, features=6)  # 24-byte rows of x, 8-byte rows of y
+    loader = Loader(x, y, batch_size=10, shuffle=False, transform=transform, verbose=False)
+    assert loader.placement == "gpu"
+    want_x, want_y = transform((x[20:30], y[20:30]), np)
+    _, leaves = loader._prepare(2)
+    for leaf, want in zip(leaves, (want_x, want_y)):
+        values = np.from_dlpack(leaf)
+        assert values.flags.c_contiguous, "a transform's strided view reached the hand-off"
+        assert values.ctypes.data % 64 == 0, f"a transform's view at {values.ctypes.data:#x} reached the hand-off"
+        np.testing.assert_array_equal(values, want)
+    assert fake_gpu.state.realigned >= 1
+    bx, by = loader[2]
+    np.testing.assert_array_equal(bx.numpy(), want_x)
+    np.testing.assert_array_equal(by.numpy(), want_y)
+
+
+def test_the_stand_in_promises_no_more_than_the_real_runtime(fake_gpu):
+    """What the CPU tests rely on from the stand-in is what gpuloader/_cuda.py guarantees, no more."""
+    strided = xps.asarray(np.arange(40, dtype=np.float32).reshape(10, 4))[:, ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fake_gpu.row_gather([strided])
+    block = xps.asarray(np.zeros((16, 16), np.float32))
+    leaves = fake_gpu.row_gather([block, xps.asarray(np.arange(16, dtype=np.int8))])(xps.asarray(np.arange(5)))
+    addresses = [np.from_dlpack(leaf).ctypes.data for leaf in leaves]
+    assert all(address % 256 == 0 for address in addresses) and addresses[1] - addresses[0] == 512
+    aligned = leaves[0]
+    assert fake_gpu.aligned_contiguous(aligned) is aligned  # nothing to do: no copy
+    view = aligned[:, ::2]
+    fresh = fake_gpu.aligned_contiguous(view)
+    assert fresh is not view and np.from_dlpack(fresh).flags.c_contiguous
+    host = np.arange(6, dtype=np.float32)[1:]
+    assert fake_gpu.aligned_contiguous(host) is host  # not the runtime's array: left alone, as CuPy's does

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import epoch_ids, id_data
+from conftest import epoch_ids, id_data, sample_ids
 
 from gpuloader import Loader
 
@@ -87,6 +88,74 @@ def test_shards_default_from_tf_config(monkeypatch):
     assert (loader.num_shards, loader.shard_index) == (3, 2)
     assert "from TF_CONFIG" in str(loader.plan)
 
+
+@pytest.mark.parametrize(("n", "num_shards", "batch_size"), [(199, 2, 50), (599, 2, 100), (299, 3, 50), (899, 3, 100)])
+def test_drop_remainder_serves_full_batches_when_shard_sizes_straddle_a_batch(n, num_shards, batch_size):
+    """Shards of 99 and 100 rows with batches of 50: the step count comes from the smaller shard."""
+    loaders = shard_loaders(n, num_shards, batch_size=batch_size, drop_remainder=True)
+    sizes = [loader.num_samples for loader in loaders]
+    steps = min(sizes) // batch_size
+    assert max(sizes) // batch_size > steps, "the case must give the shards different counts of full batches"
+    for epoch in range(2):
+        per_shard = []
+        for loader in loaders:
+            batches = [sample_ids(loader[i][0]) for i in range(len(loader))]
+            assert [len(batch) for batch in batches] == [batch_size] * steps, (
+                f"shard {loader.shard_index} of {sizes} rows served batches of {[len(b) for b in batches]}"
+            )
+            per_shard.append([i for batch in batches for i in batch])
+            loader.on_epoch_end()
+        union = [i for ids in per_shard for i in ids]
+        assert len(union) == len(set(union)) == num_shards * steps * batch_size, f"epoch {epoch}"
+    for loader in loaders:  # the same steps through the adapter, which fit iterates
+        assert [int(batch[0].shape[0]) for batch in loader.get_tf_dataset()] == [batch_size] * steps
+
+
+def tf_config(cluster, kind, index):
+    return json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})
+
+
+def test_the_chief_in_tf_config_owns_a_shard_of_its_own(monkeypatch):
+    cluster = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"]}
+    x, y = id_data(90)
+    owned = {}
+    for kind, index in (("chief", 0), ("worker", 0), ("worker", 1)):
+        monkeypatch.setenv("TF_CONFIG", tf_config(cluster, kind, index))
+        loader = Loader(x, y, batch_size=10, seed=4, shuffle=False, verbose=False)
+        assert loader.num_shards == 3 and "from TF_CONFIG" in str(loader.plan)
+        owned[kind, index] = (loader.shard_index, epoch_ids(loader))
+    assert [shard for shard, _ in owned.values()] == [0, 1, 2]
+    chief, worker0, worker1 = (set(ids) for _, ids in owned.values())
+    assert not chief & worker0, "the chief and worker 0 own the same rows"
+    assert sorted(chief | worker0 | worker1) == list(range(90)) and len(chief) == len(worker0) == 30
+
+
+
+class FakeResolver:
+    """The part of a cluster resolver default_shards reads."""
+
+    def __init__(self, cluster, task_type, task_id):
+        self._cluster, self.task_type, self.task_id = cluster, task_type, task_id
+
+    def cluster_spec(self):
+        return SimpleNamespace(as_dict=lambda: self._cluster)
+
+
+def test_the_chief_of_an_active_strategy_owns_a_shard_of_its_own(monkeypatch):
+    import tensorflow as tf
+
+    cluster = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"]}
+    x, y = id_data(90)
+    owned = []
+    for kind, index in (("chief", 0), ("worker", 0), ("worker", 1)):
+        strategy = SimpleNamespace(cluster_resolver=FakeResolver(cluster, kind, index))
+        monkeypatch.setattr(tf.distribute, "has_strategy", lambda: True)
+        monkeypatch.setattr(tf.distribute, "get_strategy", lambda strategy=strategy: strategy)
+        loader = Loader(x, y, batch_size=10, seed=4, shuffle=False, verbose=False)
+        assert "from the active tf.distribute strategy" in str(loader.plan)
+        owned.append((loader.num_shards, loader.shard_index, set(epoch_ids(loader))))
+    assert [(shards, index) for shards, index, _ in owned] == [(3, 0), (3, 1), (3, 2)]
+    assert not owned[0][2] & owned[1][2], "the chief and worker 0 own the same rows"
 
 def run_script(name, env_extra=None, args=(), timeout=240):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env_extra or {}))

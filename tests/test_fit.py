@@ -100,15 +100,45 @@ def test_steps_per_epoch_slices_epochs_without_repeating_samples(no_from_generat
     assert flat[:300] != flat[300:600]
 
 
-def test_fit_takes_sample_weights_and_loader_class_weights(no_from_generator):
+def test_fit_takes_loader_class_weights(no_from_generator):
     x, y = separable()
     zero_for_class_1 = Loader(x, y, batch_size=64, seed=0, class_weight={0: 1.0, 1: 0.0}, verbose=False)
     model = tiny_model()
     model.fit(zero_for_class_1, epochs=5, verbose=0)
     # Trained only on class 0, the model predicts class 0 everywhere.
     assert float(model.predict(x, verbose=0).mean()) < 0.3
-    weighted = Loader(x, y, np.ones(len(x), np.float32), batch_size=64, seed=0, verbose=False)
-    tiny_model().fit(weighted, epochs=1, verbose=0)
+
+
+def test_sample_weights_decide_what_fit_learns(no_from_generator):
+    x, y = separable()
+    class_0_only = np.where(y == 1, 0.0, 1.0).astype(np.float32)
+    weighted, unit = tiny_model(), tiny_model()
+    unit.set_weights(weighted.get_weights())
+    weighted.fit(Loader(x, y, class_0_only, batch_size=64, seed=0, verbose=False), epochs=5, verbose=0)
+    unit.fit(Loader(x, y, np.ones_like(class_0_only), batch_size=64, seed=0, verbose=False), epochs=5, verbose=0)
+    assert float(weighted.predict(x, verbose=0).mean()) < 0.3, "zero weights on class 1 were not applied"
+    assert float(unit.evaluate(x, y, verbose=0)[1]) > 0.8
+
+
+def test_sample_weighted_fit_and_evaluate_equal_keras_on_the_same_arrays(no_from_generator):
+    """Same start, same batches, same weights: the loader's fit must land where Keras's own array path does."""
+    x, y = separable(256)
+    weights = np.random.default_rng(1).uniform(0, 2, 256).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    through_loader, through_arrays, unweighted = tiny_model(), tiny_model(), tiny_model()
+    for model in (through_arrays, unweighted):
+        model.set_weights(through_loader.get_weights())
+    loader = Loader(x, y, weights, batch_size=64, shuffle=False, verbose=False)
+    through_loader.fit(loader, epochs=2, verbose=0)
+    through_arrays.fit(x, y, sample_weight=weights, batch_size=64, shuffle=False, epochs=2, verbose=0)
+    unweighted.fit(x, y, batch_size=64, shuffle=False, epochs=2, verbose=0)
+    for got, want, plain in zip(through_loader.get_weights(), through_arrays.get_weights(), unweighted.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got, plain, rtol=1e-3), "the weights made no difference to training"
+    loss = through_loader.evaluate(loader, verbose=0)[0]
+    np.testing.assert_allclose(loss, through_loader.evaluate(x, y, sample_weight=weights, batch_size=64,
+                                                             verbose=0)[0], rtol=1e-5)
+    assert not np.isclose(loss, through_loader.evaluate(x, y, batch_size=64, verbose=0)[0], rtol=1e-3)
 
 
 def test_fit_class_weight_is_refused_loudly():
@@ -148,5 +178,15 @@ def test_workers_prepare_batches_in_order(no_from_generator, workers):
     loader.set_epoch(0)  # every batch went out through loader[i]: the next pass would serve epoch 1
     served = [np.asarray(batch[1]).tolist() for batch in loader.get_tf_dataset()]
     assert served == expected
-    history = tiny_model().fit(loader, epochs=2, verbose=0)
-    assert len(history.history["loss"]) == 2
+    # Training through worker threads is training on the same batches: the same weights as one thread.
+    keras.utils.set_random_seed(0)
+    model, reference = tiny_model(), tiny_model()
+    reference.set_weights(model.get_weights())
+    one_thread = Loader(x, y, batch_size=50, seed=2, verbose=False)
+    one_thread.set_state(loader.get_state())
+    losses = model.fit(loader, epochs=2, verbose=0).history["loss"]
+    reference_losses = reference.fit(one_thread, epochs=2, verbose=0).history["loss"]
+    np.testing.assert_allclose(losses, reference_losses, rtol=1e-6)
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert losses[1] < losses[0]

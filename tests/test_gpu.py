@@ -2,9 +2,17 @@
 
 Run where CuPy and a CUDA GPU exist (``make gpu-check`` on the lent machine runs
 ``pytest -m gpu`` with ``KERAS_BACKEND=jax``, then the Keras fit test again with
-``KERAS_BACKEND=torch``). Everywhere else each test is skipped with the reason:
-CuPy missing, or no CUDA device; tests that build a ``Loader`` also need Keras
-(with a backend that imports), tests of a hand-off need torch or JAX on the GPU.
+``KERAS_BACKEND=torch``). Where CuPy sees no CUDA device (asked directly, not
+through ``gpuloader._cuda``, the code under test) each test is skipped with the
+reason; where it sees one, or ``GPULOADER_EXPECT_GPU=1`` (set by
+bench/gpu_check.sh when it found a device), a test that cannot run fails
+instead. Tests that build a ``Loader`` also need Keras (with a backend that
+imports): skipped without it, failed under ``GPULOADER_EXPECT_GPU=1``; an error
+importing gpuloader's loader is always an error. Tests of a hand-off need torch
+or JAX on the GPU.
+
+The unmarked tests at the end check bench/gpu_check.sh itself on the CPU, with
+a stand-in ``python``: it fails when no GPU test passed.
 
 The contract, one test (or group) each:
 
@@ -13,8 +21,10 @@ The contract, one test (or group) each:
   arrays and memory maps, every numeric dtype;
 - the device order is bit-identical to the host order, for the permutation and
   for whole batches;
-- the hand-off to torch and JAX is zero-copy (same data pointer);
-- every gathered buffer is C-contiguous and 64-byte aligned;
+- the hand-off to torch and JAX is zero-copy (same data pointer), through the
+  loader's iterators and ``loader[i]`` too: what the consumer gets is the gathered buffer;
+- every gathered buffer is C-contiguous and 256-byte aligned (the README's promise);
+  a transform's view is re-aligned before the hand-off;
 - a batch read right after its hand-off, while the next ones are being prepared
   on other threads, holds exactly the expected rows (stream correctness), and
   stays intact after later batches are made (a fresh buffer per batch);
@@ -33,9 +43,13 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib.util
 import math
 import os
+import subprocess
+import sys
 from dataclasses import replace as dataclasses_replace
+from pathlib import Path
 
 # JAX takes 75% of the GPU at first use unless told otherwise; CuPy and torch
 # share the device with it here. Must be set before JAX initialises.
@@ -50,7 +64,12 @@ from gpuloader.handoff import hand_off
 from gpuloader.placement import format_bytes, plan
 
 SEED = 20240611
-ALIGNMENT = 64
+#: Each gathered array starts on 256 bytes (``_cuda.RowGather``, the README).
+ALIGNMENT = 256
+#: What the pipeline guarantees for a transform's output (``_cuda.aligned_contiguous``): TensorFlow's need.
+TRANSFORM_ALIGNMENT = 64
+#: bench/gpu_check.sh sets this when CuPy sees a CUDA device: then no GPU test may skip for want of one.
+EXPECT_GPU = os.environ.get("GPULOADER_EXPECT_GPU") == "1"
 #: Pool bytes a long run may differ by without counting as growth. A leak of one
 #: batch, or of one epoch's order, per epoch over 45 epochs is several times more.
 GROWTH_SLACK_BYTES = 256 * 1024
@@ -63,11 +82,30 @@ def device_status() -> _cuda.DeviceStatus:
     return _cuda.probe()
 
 
+@functools.cache
+def cupy_device_count() -> tuple[int, str]:
+    """CUDA devices CuPy sees, asked directly: the skip must not rest on ``_cuda.probe``, the code under test."""
+    try:
+        import cupy
+    except ImportError as error:
+        return 0, f"CuPy does not import ({error})"
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount()), "CuPy's device count"
+    except Exception as error:  # no driver
+        return 0, f"CuPy cannot count CUDA devices ({type(error).__name__}: {error})"
+
+
 @pytest.fixture(autouse=True)
-def _needs_a_cuda_device() -> None:
+def _needs_a_cuda_device(request) -> None:
+    if request.node.get_closest_marker("gpu") is None:
+        return  # the CPU tests of bench/gpu_check.sh
+    count, how = cupy_device_count()
     status = device_status()
-    if not status.usable:
-        pytest.skip(f"needs CuPy and a CUDA device: {status.reason}")
+    if count > 0 or EXPECT_GPU:
+        if not status.usable:
+            pytest.fail(f"CuPy sees {count} CUDA device(s) ({how}), but gpuloader's probe says: {status.reason}")
+        return
+    pytest.skip(f"needs CuPy and a CUDA device: {how}; gpuloader's probe: {status.reason}")
 
 
 @pytest.fixture
@@ -90,12 +128,18 @@ def make_loader():
 
     Skips when Keras (which ``Loader`` subclasses) does not import, e.g. no
     backend: set ``KERAS_BACKEND=jax`` or ``torch`` where TensorFlow is absent.
+    Under bench/gpu_check.sh (``GPULOADER_EXPECT_GPU=1``) that fails instead;
+    an error importing gpuloader's loader once Keras imports is never a skip.
     """
     try:
-        from gpuloader.loader import Loader
-    except Exception as error:
+        import keras  # noqa: F401
+    except ImportError as error:
         backend = os.environ.get("KERAS_BACKEND", "tensorflow (default)")
-        pytest.skip(f"needs Keras with backend {backend}: {type(error).__name__}: {error}")
+        message = f"needs Keras with backend {backend}: {type(error).__name__}: {error}"
+        if EXPECT_GPU:
+            pytest.fail(message)
+        pytest.skip(message)
+    from gpuloader.loader import Loader
 
     def make(*arrays, **kwargs):
         kwargs.setdefault("seed", SEED)
@@ -154,6 +198,26 @@ def run_epoch(loader, epoch: int) -> None:
     for i in range(len(loader)):
         _, leaves = loader._prepare(i)
         del leaves
+
+
+def record_gathers(loader) -> list[tuple[int, ...]]:
+    """Wrap the loader's gather: the device addresses of every batch's buffers, in the order made.
+
+    The gathered arrays are kept alive, so no later batch can reuse their memory.
+    """
+    store = loader._store
+    gather_rows = store.fused_gather
+    made: list[tuple[int, ...]] = []
+    keep = []
+
+    def recording(rows):
+        leaves = gather_rows(rows)
+        keep.append(leaves)
+        made.append(tuple(leaf.data.ptr for leaf in leaves))
+        return leaves
+
+    store.fused_gather = recording
+    return made
 
 
 def settled_used_bytes(cp, pool) -> int:
@@ -319,7 +383,7 @@ def test_one_fused_gather_serves_leaves_of_every_row_width(cp, make_loader, shuf
         rows = expected_rows(n, 64, 0, index) if shuffle else np.arange(index * 64, min(index * 64 + 64, n))
         assert len(gathered) == len(leaves)
         for got, source in zip(gathered, leaves):
-            assert got.flags.c_contiguous and got.data.ptr % ALIGNMENT == 0
+            assert got.flags.c_contiguous and got.data.ptr % ALIGNMENT == 0, f"{got.data.ptr:#x} not on 256 bytes"
             np.testing.assert_array_equal(host(got), source[rows])
 
 
@@ -350,8 +414,13 @@ def test_torch_handoff_is_zero_copy(cp, torch, make_loader):
             assert tensor.data_ptr() == leaf.data.ptr, "torch got a copy, not the gathered buffer"
             assert tuple(tensor.shape) == leaf.shape
 
-    batch_x, batch_y = next(iter(loader.get_torch_dataloader()))
-    assert batch_x.is_cuda and batch_y.is_cuda
+    made = record_gathers(loader)
+    held = list(loader.get_torch_dataloader())  # through the adapter, as Keras's torch trainer reads it
+    assert all(part.is_cuda for batch in held for part in batch)
+    assert [tuple(part.data_ptr() for part in batch) for batch in held] == made, (
+        "get_torch_dataloader handed torch copies, not the gathered buffers"
+    )
+    assert len(made) == len(loader)
 
 
 @pytest.mark.gpu
@@ -366,8 +435,30 @@ def test_jax_handoff_is_zero_copy(cp, jax, make_loader):
             assert array.unsafe_buffer_pointer() == leaf.data.ptr, "JAX got a copy, not the gathered buffer"
             assert array.shape == leaf.shape
 
-    batch_x, _ = next(iter(loader.get_jax_iterator()))
-    assert {device.platform for device in batch_x.devices()} == {"gpu"}
+    made = record_gathers(loader)
+    held = list(loader.get_jax_iterator())  # through the adapter, as Keras's JAX trainer reads it
+    assert all({device.platform for device in part.devices()} == {"gpu"} for batch in held for part in batch)
+    assert [tuple(part.unsafe_buffer_pointer() for part in batch) for batch in held] == made, (
+        "get_jax_iterator handed JAX copies, not the gathered buffers"
+    )
+    assert len(made) == len(loader)
+
+
+@pytest.mark.gpu
+def test_loader_items_are_the_gathered_buffers(cp, make_loader):
+    """``loader[i]`` on the backend in KERAS_BACKEND: the consumer's tensor is the gathered buffer itself."""
+    import keras
+
+    backend = keras.backend.backend()
+    pointer = {"jax": lambda a: a.unsafe_buffer_pointer(), "torch": lambda t: t.data_ptr()}.get(backend)
+    if pointer is None:
+        pytest.skip(f"reads device pointers of JAX and torch; KERAS_BACKEND is {backend}")
+    x, y = id_rows(256, features=7)
+    y = y.astype(np.float32)
+    loader = make_loader(x, y, batch_size=64, device="gpu")
+    made = record_gathers(loader)
+    held = [loader[i] for i in range(len(loader))]
+    assert [tuple(pointer(part) for part in batch) for batch in held] == made, "loader[i] handed over a copy"
 
 
 # ---------------------------------------------------------------- alignment
@@ -389,7 +480,7 @@ def test_gathered_buffers_are_aligned_and_contiguous(cp, make_loader, shuffle):
         for leaf in leaves:
             assert isinstance(leaf, cp.ndarray)
             assert leaf.flags.c_contiguous, f"batch {i}: a leaf of shape {leaf.shape} is not C-contiguous"
-            assert leaf.data.ptr % ALIGNMENT == 0, f"batch {i}: {leaf.data.ptr:#x} is not 64-byte aligned"
+            assert leaf.data.ptr % ALIGNMENT == 0, f"batch {i}: {leaf.data.ptr:#x} is not 256-byte aligned"
 
 
 # ------------------------------------------------------ stream correctness
@@ -617,11 +708,30 @@ def test_transform_runs_on_the_device(cp, make_loader):
     _, (bx, by) = loader._prepare(2)
     assert namespaces and all(xp is cp for xp in namespaces), "transform must be given CuPy"
     assert isinstance(bx, cp.ndarray) and bx.dtype == np.float32
-    assert bx.data.ptr % ALIGNMENT == 0 and bx.flags.c_contiguous
+    assert bx.data.ptr % TRANSFORM_ALIGNMENT == 0 and bx.flags.c_contiguous
     rows = expected_rows(512, 64, 0, 2)
     np.testing.assert_allclose(host(bx), images[rows].astype(np.float32) / 255, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(host(by), labels[rows])
     assert stored_images.dtype == np.uint8
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("view", ["strided", "offset"])
+def test_a_transform_that_returns_a_view_is_realigned_on_the_device(cp, make_loader, view):
+    x, y = id_rows(300, features=6)  # 24-byte rows of x, 8-byte rows of y
+
+    def transform(batch, xp):
+        bx, by = batch
+        return (bx[:, ::2], by) if view == "strided" else (bx[1:], by[1:])
+
+    loader = make_loader(x, y, batch_size=50, device="gpu", transform=transform)
+    _, (bx, by) = loader._prepare(2)
+    rows = expected_rows(300, 50, 0, 2)
+    want_x, want_y = transform((x[rows], y[rows]), np)
+    for got, want in ((bx, want_x), (by, want_y)):
+        assert got.flags.c_contiguous, "a transform's strided view reached the hand-off"
+        assert got.data.ptr % TRANSFORM_ALIGNMENT == 0, f"a view at {got.data.ptr:#x} reached the hand-off"
+        np.testing.assert_array_equal(host(got), want)
 
 
 # ------------------------------------------------------------ several GPUs
@@ -715,3 +825,97 @@ def _on_gpu(tensor) -> bool:
     if hasattr(tensor, "devices"):  # JAX
         return all(device.platform == "gpu" for device in tensor.devices())
     return "GPU" in str(getattr(tensor, "device", ""))  # TensorFlow
+
+
+# ----------------------------------------- bench/gpu_check.sh, on the CPU (not marked gpu)
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A stand-in for python in bench/gpu_check.sh: CuPy's device count and pytest's JUnit report
+#: come from STUB_* variables; every other call (environment report, benchmarks) succeeds.
+STUB_PYTHON = r"""#!/usr/bin/env bash
+if [[ $1 == -c && $2 == *getDeviceCount* ]]; then
+    if [[ $STUB_DEVICES == none ]]; then
+        echo "ModuleNotFoundError: No module named 'cupy'" >&2
+        exit 1
+    fi
+    echo "$STUB_DEVICES"
+    exit 0
+fi
+if [[ $1 == -m && $2 == pytest ]]; then
+    echo "pytest GPULOADER_EXPECT_GPU=${GPULOADER_EXPECT_GPU:-unset}" >> "$STUB_LOG"
+    for arg in "$@"; do
+        if [[ $arg == --junitxml=* ]]; then
+            suite='<testsuite name="pytest" errors="0" failures="%s" skipped="%s" tests="%s" time="1">'
+            printf "<?xml version=\"1.0\"?><testsuites name=\"pytest tests\">$suite</testsuite></testsuites>" \
+                "$STUB_FAILED" "$STUB_SKIPPED" "$((STUB_PASSED + STUB_SKIPPED + STUB_FAILED))" > "${arg#--junitxml=}"
+        fi
+    done
+    exit "$STUB_RC"
+fi
+exit 0
+"""
+
+
+def run_gpu_check(tmp_path, devices, passed, skipped, failed=0, rc=0):
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), OUT=str(tmp_path / "out"), STUB_DEVICES=devices, STUB_LOG=str(
+        tmp_path / "calls"), STUB_PASSED=str(passed), STUB_SKIPPED=str(skipped), STUB_FAILED=str(failed),
+        STUB_RC=str(rc))
+    env.pop("GPULOADER_EXPECT_GPU", None)
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    return done.returncode, done.stdout, calls
+
+
+@pytest.mark.parametrize(
+    ("devices", "passed", "skipped", "failed", "rc", "ok", "says"),
+    [
+        ("1", 0, 49, 0, 0, False, "no GPU test passed although CuPy sees 1 CUDA device(s)"),
+        ("none", 0, 49, 0, 0, False, "CuPy sees no CUDA device here, so nothing was checked"),
+        ("1", 47, 2, 0, 0, True, "gpu_check: all steps passed"),
+        ("2", 40, 0, 9, 1, False, "9 failed"),
+    ],
+    ids=["device-but-all-skipped", "no-device", "tests-passed", "tests-failed"],
+)
+def test_gpu_check_fails_unless_a_gpu_test_passed(tmp_path, devices, passed, skipped, failed, rc, ok, says):
+    returncode, output, calls = run_gpu_check(tmp_path, devices, passed, skipped, failed, rc)
+    assert (returncode == 0) == ok, output[-3000:]
+    assert says in output, output[-3000:]
+    expect_gpu = "unset" if devices == "none" else "1"
+    assert calls == [f"pytest GPULOADER_EXPECT_GPU={expect_gpu}"] * 2, "both pytest steps, told whether a GPU is there"
+
+
+FAKE_CUPY = """
+from types import SimpleNamespace
+# CuPy that counts one CUDA device and can do nothing else: gpuloader's probe cannot use it.
+cuda = SimpleNamespace(runtime=SimpleNamespace(getDeviceCount=lambda: 1))
+"""
+
+
+@pytest.mark.parametrize("case", ["cupy-sees-a-device", "gpu-check-expects-one"])
+def test_gpu_tests_fail_rather_than_skip_where_a_gpu_is_expected(tmp_path, case):
+    """The skip does not rest on gpuloader's probe: a device CuPy counts, or gpu_check's word, makes a test fail."""
+    env = dict(os.environ)
+    env.pop("GPULOADER_EXPECT_GPU", None)
+    if case == "cupy-sees-a-device":
+        (tmp_path / "cupy").mkdir()
+        (tmp_path / "cupy" / "__init__.py").write_text(FAKE_CUPY)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+        says = "CuPy sees 1 CUDA device(s) (CuPy's device count), but gpuloader's probe says"
+    else:
+        if importlib.util.find_spec("cupy") is not None:
+            pytest.skip("CuPy is installed here; the case needs a machine without it")
+        env["GPULOADER_EXPECT_GPU"] = "1"
+        says = "CuPy sees 0 CUDA device(s) (CuPy does not import"
+    report = tmp_path / "report.xml"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-k", "permutation_is_bit_identical",
+         f"--junitxml={report}", str(Path(__file__))], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )
+    assert done.returncode == 1, done.stdout[-3000:]
+    suite = report.read_text()
+    assert 'skipped="0"' in suite and 'errors="8"' in suite, done.stdout[-3000:]  # failed in the fixture
+    assert says in done.stdout, done.stdout[-3000:]
