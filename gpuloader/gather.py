@@ -7,11 +7,23 @@ is what makes the zero-copy hand-off safe: a tensor a caller still holds is
 never overwritten by a later batch.
 
 Cost: one copy of the batch's bytes (``batch_size x row bytes``) per leaf.
+
+Disk: at most ``DISK_READERS`` (2) threads of the process gather from on-disk
+leaves at a time, whatever ``workers`` is; the others wait their turn without
+the GIL. One batch's page requests (``MADV_WILLNEED``, one per row range:
+about 256 for 256 rows of 12 KB) are about what a device queue holds (256 on
+the machine measured). Readers beyond two only add requests waiting for room,
+and ``mmap.madvise`` waits for that room holding the GIL: with 4 readers single
+calls took 15 to 40 ms (at most 4 ms with one), stalling every other Python
+thread, the one handing batches to the model included. Two readers keep one
+batch's reads in flight while the other's batch is copied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -19,6 +31,11 @@ import numpy as np
 from gpuloader.sources import is_disk_leaf, read_rows_sorted
 
 ALIGNMENT = 64
+
+DISK_READERS = 2
+"""At most this many threads of the process gather from on-disk leaves at once."""
+
+_disk_readers = threading.BoundedSemaphore(DISK_READERS)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = ALIGNMENT) -> np.ndarray:
@@ -82,6 +99,7 @@ class HostGather:
     def __init__(self, leaves: list[Any]) -> None:
         self._leaves = leaves
         self._on_disk = [is_disk_leaf(leaf) for leaf in leaves]
+        self._reads_disk = any(self._on_disk)
         self._n = int(leaves[0].shape[0])
         self._layouts: dict[int, tuple[int, list[tuple[tuple[int, ...], np.dtype, int]]]] = {}
 
@@ -102,15 +120,16 @@ class HostGather:
         block = np.empty(block_bytes, dtype=np.uint8)
         start = -block.ctypes.data % ALIGNMENT
         outs = []
-        for leaf, on_disk, (shape, dtype, offset) in zip(self._leaves, self._on_disk, parts):
-            out = np.ndarray(shape, dtype, buffer=block, offset=start + offset)
-            if isinstance(rows, slice):
-                np.copyto(out, leaf[rows, ...])
-            elif on_disk:
-                read_rows_sorted(leaf, rows, out)
-            else:
-                # mode="clip" skips the bounds-check buffer that mode="raise" needs;
-                # indices come from the permutation and are always in range.
-                leaf.take(rows, axis=0, out=out, mode="clip")
-            outs.append(out)
+        with _disk_readers if self._reads_disk else contextlib.nullcontext():  # DISK_READERS at a time
+            for leaf, on_disk, (shape, dtype, offset) in zip(self._leaves, self._on_disk, parts):
+                out = np.ndarray(shape, dtype, buffer=block, offset=start + offset)
+                if isinstance(rows, slice):
+                    np.copyto(out, leaf[rows, ...])
+                elif on_disk:
+                    read_rows_sorted(leaf, rows, out)
+                else:
+                    # mode="clip" skips the bounds-check buffer that mode="raise" needs;
+                    # indices come from the permutation and are always in range.
+                    leaf.take(rows, axis=0, out=out, mode="clip")
+                outs.append(out)
         return outs
