@@ -1,0 +1,188 @@
+"""Applying a list of ops to a gathered batch: validation at construction, dispatch per batch."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from gpuloader.augment._host import (
+    _copy,
+    _crop_numpy,
+    _cutout_numpy,
+    _flip_numpy,
+    _fresh,
+    _numpy_fast_path,
+    _writable_buffer,
+)
+from gpuloader.augment.keyed import _PROTOCOL, _words
+from gpuloader.augment.ops import _BUILTIN, AugmentOp, RandomCrop, RandomFlip, _numpy_dtype
+
+
+def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: str) -> list[Any]:
+    """Validate an ``augment`` list for one input at construction; return it as a new list.
+
+    Args:
+        ops: the list (or tuple) of ops.
+        leaf_shape: the whole input's shape, ``(n, H, W)`` or ``(n, H, W, C)``.
+        leaf_dtype: its dtype (anything ``numpy.dtype`` takes, or an array-API dtype).
+        name: the input's name in messages (e.g. ``"x"`` or ``"x['image']"``).
+
+    Raises:
+        TypeError: ``ops`` is not a list or tuple, an item is not an op, or the dtype is not numeric.
+        ValueError: the input is not an image array, or an op refuses it (its rule, value and fix).
+    """
+    if not isinstance(ops, (list, tuple)):
+        raise TypeError(
+            f"augment for {name} must be a list of ops, applied in order; received {ops!r}. "
+            f"Fix: wrap it in a list, e.g. augment=[{ops!r}]."
+            if _is_op(ops)
+            else f"augment for {name} must be a list of ops, applied in order; received {type(ops).__name__} "
+            f"{ops!r}. Fix: e.g. augment=[augment.RandomCrop(padding=4), augment.RandomFlip()]."
+        )
+    for position, op in enumerate(ops):
+        if isinstance(op, type) and issubclass(op, AugmentOp):
+            raise TypeError(
+                f"augment[{position}] for {name} is the class {op.__name__}, not an op. "
+                f"Fix: create one, e.g. {op.__name__}(...)."
+            )
+        if not _is_op(op):
+            raise TypeError(f"augment[{position}] for {name} is not an op: {op!r}; {_PROTOCOL}.")
+    shape = tuple(int(size) for size in leaf_shape)
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"augment needs image arrays, (n, H, W) or channels-last (n, H, W, C); {name} has shape {shape} "
+            f"({len(shape)} dimensions). Fix: reshape {name} to images, or give augment only for image inputs."
+        )
+    if 0 in shape[1:]:
+        raise ValueError(f"augment needs non-empty images; {name} has shape {shape}. Fix: drop augment for {name}.")
+    dtype = _numpy_dtype(leaf_dtype)
+    if dtype.kind not in "biuf":
+        raise TypeError(
+            f"augment needs numeric images (bool, integer or floating); {name} has dtype {dtype}. "
+            f"Fix: convert {name}, e.g. to uint8 or float32."
+        )
+    for op in ops:
+        check = getattr(op, "check", None)
+        if callable(check):
+            check(shape, dtype, name)
+    return list(ops)
+
+
+def _is_op(op: Any) -> bool:
+    draws = getattr(op, "draws", None)
+    return (
+        not isinstance(op, type)
+        and callable(getattr(op, "apply", None))
+        and isinstance(draws, numbers.Integral)
+        and not isinstance(draws, bool)
+        and draws >= 0
+    )
+
+
+# ------------------------------------------------------------------ the pipeline
+def apply_augment(
+    ops: Any, images: Any, sample_ids: Any, seed: int, epoch: int, xp: Any, *, overwrite: bool = False
+) -> Any:
+    """Apply ``ops`` in order to a batch of images; return the augmented batch, same shape and dtype.
+
+    Args:
+        ops: a list checked by :func:`check_augment`.
+        images: ``(n, H, W, C)`` or ``(n, H, W)`` array in namespace ``xp`` (a gathered batch).
+        sample_ids: 1-d integer array of ``n`` global dataset indices, one per row, in ``xp``.
+        seed: the loader's seed, in [0, 2**64).
+        epoch: the epoch, >= 0.
+        xp: the array namespace (``numpy``, ``cupy``, ``array_api_strict``).
+        overwrite: ``False`` (default): ``images`` is left untouched and the
+            result is a new array. ``True``: the ops may write into ``images``
+            and return it (for a freshly gathered batch nobody else holds: on
+            the host it saves allocating a second batch buffer).
+
+    Each row's result depends only on its pixels and ``(seed, epoch,
+    sample_ids[row])``. On the host the result is C-contiguous and 64-byte
+    aligned when ``images`` is. Cost: see the module docstring.
+    """
+    shape = tuple(images.shape)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"apply_augment needs (n, H, W) or (n, H, W, C) images; received shape {shape}.")
+    n = shape[0]
+    if tuple(sample_ids.shape) != (n,):
+        raise ValueError(
+            f"apply_augment needs one sample id per image: {n} images, sample_ids of shape {tuple(sample_ids.shape)}."
+        )
+    work = images if len(shape) == 4 else xp.reshape(images, (*shape, 1))
+    draws = tuple(int(op.draws) for op in ops)
+    words = _words(xp, sample_ids, seed, epoch, draws)
+    fast = _numpy_fast_path(xp)
+    # Whether ``work`` may be written into: a buffer made here, or the caller's under overwrite=True.
+    owned = overwrite and (not fast or _writable_buffer(work))
+    starts = [sum(draws[:position]) for position in range(len(ops))]
+
+    def bits_of(position: int) -> Any:
+        return words[:, starts[position] : starts[position] + draws[position]]
+
+    position = 0
+    while position < len(ops):
+        op = ops[position]
+        following = ops[position + 1] if position + 1 < len(ops) else None
+        if fast and isinstance(op, _BUILTIN):
+            crop_first = _crop_flip_pair(op, following)
+            if crop_first is None:
+                work = _apply_builtin_numpy(op, work, bits_of(position), owned)
+                position += 1
+            else:  # a crop and a flip side by side: one pass on the host
+                crop, crop_bits, flip_bits = (
+                    (op, bits_of(position), bits_of(position + 1))
+                    if crop_first
+                    else (following, bits_of(position + 1), bits_of(position))
+                )
+                work = _crop_flip_numpy(crop, crop_bits, flip_bits, not crop_first, work, owned)
+                position += 2
+            owned = True
+            continue
+        result = op.apply(work, bits_of(position), xp)
+        position += 1
+        if tuple(result.shape) != tuple(work.shape) or result.dtype != work.dtype:
+            raise ValueError(
+                f"augment op {op!r} returned shape {tuple(result.shape)} and dtype {result.dtype} for a batch of "
+                f"shape {tuple(work.shape)} and dtype {work.dtype}; an op must keep both. Fix: return a new array "
+                "of the batch's shape and dtype."
+            )
+        if result is not work:
+            owned = isinstance(op, _BUILTIN) or _fresh(result, images, xp)
+        work = result
+    if not owned:
+        work = _copy(work, xp)
+    return work if len(shape) == 4 else xp.reshape(work, shape)
+
+
+def _crop_flip_pair(op: Any, following: Any) -> bool | None:
+    """True for a RandomCrop followed by a RandomFlip, False for the reverse, None otherwise (fused on the host)."""
+    if isinstance(op, RandomCrop) and isinstance(following, RandomFlip):
+        return True
+    if isinstance(op, RandomFlip) and isinstance(following, RandomCrop):
+        return False
+    return None
+
+
+def _apply_builtin_numpy(op: Any, images: np.ndarray, bits: np.ndarray, owned: bool) -> np.ndarray:
+    if isinstance(op, RandomCrop):
+        dy, dx = op.offsets(bits, np)
+        out = images if owned and _writable_buffer(images) else None
+        return _crop_numpy(images, dy, dx, op.padding, op.mode == "reflect", op._fill_value(), out)
+    if isinstance(op, RandomFlip):
+        return _flip_numpy(images, op.flips(bits, np), owned)
+    cy, cx = op.centres(bits, images.shape[1], images.shape[2], np)
+    return _cutout_numpy(images, cy, cx, op.size, op.fill, owned)
+
+
+def _crop_flip_numpy(
+    crop: RandomCrop, crop_bits: np.ndarray, flip_bits: np.ndarray, flip_first: bool, images: np.ndarray, owned: bool
+) -> np.ndarray:
+    """A crop and a flip next to each other in the list, in one pass on the host (the same bytes as one by one)."""
+    dy, dx = crop.offsets(crop_bits, np)
+    flip = RandomFlip().flips(flip_bits, np)
+    out = images if owned and _writable_buffer(images) else None
+    fill = crop._fill_value()
+    return _crop_numpy(images, dy, dx, crop.padding, crop.mode == "reflect", fill, out, flip, flip_first)

@@ -1,0 +1,233 @@
+"""The built-in ops (RandomCrop, RandomFlip, Cutout), their checks and their array-API path."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gpuloader.augment._host import _crop_numpy, _cutout_numpy, _flip_numpy, _numpy_fast_path, _reflect
+from gpuloader.augment.keyed import integers
+
+
+class AugmentOp:
+    """Base class of the ops (optional for your own: any object with ``draws`` and ``apply`` works).
+
+    See the module docstring for the protocol.
+    """
+
+    draws: ClassVar[int] = 0
+
+    def apply(self, images: Any, bits: Any, xp: Any) -> Any:
+        """Return the augmented ``(n, H, W, C)`` batch, a new array of the same shape and dtype."""
+        raise NotImplementedError
+
+    def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+        """Refuse an input this op cannot augment (called at construction); the default accepts any."""
+
+
+def _check_int(op: str, field: str, value: Any, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}({field}=...) must be an int (pixels); received {value!r}. Fix: e.g. {example}.")
+    if value < 0:
+        raise ValueError(f"{op}({field}=...) must be >= 0 (pixels); received {value}. Fix: e.g. {example}.")
+    return int(value)
+
+
+def _check_fill(op: str, fill: Any) -> None:
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
+        raise TypeError(f"{op}(fill=...) must be a real number (a pixel value); received {fill!r}. Fix: e.g. fill=0.")
+
+
+def _fill_fits(op: str, fill: float, dtype: np.dtype, name: str) -> None:
+    """Refuse a fill value the images' dtype cannot hold exactly."""
+    if dtype.kind in "iub":
+        low, high = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+        if not float(fill).is_integer() or not low <= fill <= high:
+            raise ValueError(
+                f"{op}(fill={fill!r}) must be a value {name}'s dtype {dtype} holds exactly "
+                f"(an integer in [{low}, {high}]). Fix: pass such a fill, e.g. fill=0."
+            )
+    elif math.isfinite(float(fill)):
+        with np.errstate(over="ignore"):
+            representable = np.isfinite(np.asarray(fill, dtype=dtype))
+        if representable:
+            return
+        raise ValueError(
+            f"{op}(fill={fill!r}) overflows {name}'s dtype {dtype}. Fix: pass a fill within its range, e.g. fill=0."
+        )
+
+
+@dataclass(frozen=True)
+class RandomCrop(AugmentOp):
+    """Pad by ``padding`` on each side and crop back at a random offset (a translation in [-padding, padding]).
+
+    Args:
+        padding: pixels added on each side, ``0 <= padding < min(H, W)``.
+        mode: ``"reflect"`` (mirror without repeating the edge pixel, as
+            ``numpy.pad``) or ``"constant"`` (pad with ``fill``).
+        fill: the padding value for ``mode="constant"`` (default 0); must fit the images' dtype.
+
+    Draws two words per sample: ``dy`` from the first, ``dx`` from the second.
+    Cost: one pass over the batch (see the module docstring).
+    """
+
+    padding: int
+    mode: str = "reflect"
+    fill: float | None = None
+    draws: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        _check_int("RandomCrop", "padding", self.padding, "RandomCrop(padding=4)")
+        if self.mode not in ("reflect", "constant"):
+            raise ValueError(
+                f"RandomCrop(mode=...) must be 'reflect' or 'constant'; received {self.mode!r}. "
+                "Fix: RandomCrop(padding, mode='reflect')."
+            )
+        if self.fill is not None:
+            _check_fill("RandomCrop", self.fill)
+            if self.mode != "constant":
+                raise ValueError(
+                    f"RandomCrop(fill={self.fill!r}) applies to mode='constant' only (mode is {self.mode!r}). "
+                    "Fix: drop fill, or pass mode='constant'."
+                )
+
+    def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+        height, width = shape[1], shape[2]
+        if self.padding >= min(height, width):
+            hint = ""
+            if len(shape) == 4 and shape[1] <= 4 < shape[3]:
+                hint = " (it looks channels-first: augment expects channels-last (n, H, W, C))"
+            raise ValueError(
+                f"RandomCrop(padding={self.padding}) needs padding < the image height and width, so that a "
+                f"translation keeps part of the image in view and the reflection exists; {name} has images of "
+                f"{height} x {width} (shape {tuple(shape)}){hint}. Fix: padding <= {min(height, width) - 1}."
+            )
+        if self.mode == "constant":
+            _fill_fits("RandomCrop", 0 if self.fill is None else self.fill, dtype, name)
+
+    def offsets(self, bits: Any, xp: Any) -> tuple[Any, Any]:
+        """The ``(dy, dx)`` int64 translations, each in ``[-padding, padding]``, from this op's words."""
+        span = 2 * self.padding + 1
+        return integers(bits[:, 0], span, xp) - self.padding, integers(bits[:, 1], span, xp) - self.padding
+
+    def apply(self, images: Any, bits: Any, xp: Any) -> Any:
+        dy, dx = self.offsets(bits, xp)
+        if _numpy_fast_path(xp):
+            return _crop_numpy(images, dy, dx, self.padding, self.mode == "reflect", self._fill_value())
+        return self.apply_array_api(images, dy, dx, xp)
+
+    def apply_array_api(self, images: Any, dy: Any, dx: Any, xp: Any) -> Any:
+        """The crop in array-API operations: one ``take`` over flat pixel indices (the reference path)."""
+        n, height, width, channels = images.shape
+        rows = xp.reshape(xp.arange(height, dtype=xp.int64), (1, height)) + xp.reshape(dy, (n, 1))
+        cols = xp.reshape(xp.arange(width, dtype=xp.int64), (1, width)) + xp.reshape(dx, (n, 1))
+        if self.mode == "reflect":
+            rows, cols = _reflect(rows, height, xp), _reflect(cols, width, xp)
+        else:
+            inside = xp.reshape((rows >= 0) & (rows < height), (n, height, 1)) & xp.reshape(
+                (cols >= 0) & (cols < width), (n, 1, width)
+            )
+            rows, cols = xp.clip(rows, 0, height - 1), xp.clip(cols, 0, width - 1)
+        base = xp.reshape(xp.arange(n, dtype=xp.int64) * height, (n, 1))
+        index = xp.reshape((base + rows) * width, (n, height, 1)) + xp.reshape(cols, (n, 1, width))
+        pixels = xp.reshape(images, (n * height * width, channels))
+        out = xp.reshape(xp.take(pixels, xp.reshape(index, (-1,)), axis=0), (n, height, width, channels))
+        if self.mode == "constant":
+            fill = xp.asarray(_scalar(self._fill_value(), images.dtype), dtype=images.dtype)
+            out = xp.where(xp.reshape(inside, (n, height, width, 1)), out, fill)
+        return out
+
+    def _fill_value(self) -> float:
+        return 0 if self.fill is None else self.fill
+
+
+@dataclass(frozen=True)
+class RandomFlip(AugmentOp):
+    """Flip horizontally (``x -> W - 1 - x``) with probability 1/2: when the top bit of the sample's word is 1.
+
+    Cost: the flipped images are reversed once (see the module docstring).
+    """
+
+    draws: ClassVar[int] = 1
+
+    def flips(self, bits: Any, xp: Any) -> Any:
+        """The bool mask of the samples to flip."""
+        return (bits[:, 0] >> 63) == 1
+
+    def apply(self, images: Any, bits: Any, xp: Any) -> Any:
+        flip = self.flips(bits, xp)
+        if _numpy_fast_path(xp):
+            return _flip_numpy(images, flip, owned=False)
+        return self.apply_array_api(images, flip, xp)
+
+    def apply_array_api(self, images: Any, flip: Any, xp: Any) -> Any:
+        """The flip in array-API operations: a ``flip`` and a ``where`` (the reference path)."""
+        return xp.where(xp.reshape(flip, (images.shape[0], 1, 1, 1)), xp.flip(images, axis=2), images)
+
+
+@dataclass(frozen=True)
+class Cutout(AugmentOp):
+    """Set one ``size x size`` square, centred at a random pixel and clipped at the border, to ``fill``.
+
+    The square covers rows ``[cy - size // 2, cy - size // 2 + size)`` and the
+    same columns around ``cx``; ``(cy, cx)`` is uniform over the image's pixels
+    (two words per sample: ``cy`` from the first, ``cx`` from the second).
+
+    Args:
+        size: the side in pixels (>= 0; 0 changes nothing).
+        fill: the value written; must fit the images' dtype.
+    """
+
+    size: int
+    fill: float = 0
+    draws: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        _check_int("Cutout", "size", self.size, "Cutout(size=8)")
+        _check_fill("Cutout", self.fill)
+
+    def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+        _fill_fits("Cutout", self.fill, dtype, name)
+
+    def centres(self, bits: Any, height: int, width: int, xp: Any) -> tuple[Any, Any]:
+        """The ``(cy, cx)`` int64 centre of each sample's square."""
+        return integers(bits[:, 0], height, xp), integers(bits[:, 1], width, xp)
+
+    def apply(self, images: Any, bits: Any, xp: Any) -> Any:
+        cy, cx = self.centres(bits, images.shape[1], images.shape[2], xp)
+        if _numpy_fast_path(xp):
+            return _cutout_numpy(images, cy, cx, self.size, self.fill, owned=False)
+        return self.apply_array_api(images, cy, cx, xp)
+
+    def apply_array_api(self, images: Any, cy: Any, cx: Any, xp: Any) -> Any:
+        """Cutout in array-API operations: a ``where`` against the squares' mask (the reference path)."""
+        n, height, width, _ = images.shape
+        top = xp.reshape(cy - self.size // 2, (n, 1))
+        left = xp.reshape(cx - self.size // 2, (n, 1))
+        rows = xp.reshape(xp.arange(height, dtype=xp.int64), (1, height))
+        cols = xp.reshape(xp.arange(width, dtype=xp.int64), (1, width))
+        in_rows = (rows >= top) & (rows < top + self.size)
+        in_cols = (cols >= left) & (cols < left + self.size)
+        mask = xp.reshape(in_rows, (n, height, 1, 1)) & xp.reshape(in_cols, (n, 1, width, 1))
+        return xp.where(mask, xp.asarray(_scalar(self.fill, images.dtype), dtype=images.dtype), images)
+
+
+_BUILTIN = (RandomCrop, RandomFlip, Cutout)
+
+
+def _scalar(fill: float, dtype: Any) -> bool | int | float:
+    """``fill`` as the Python scalar type of ``dtype`` (array-API ``asarray`` refuses a float for an int dtype)."""
+    kind = _numpy_dtype(dtype).kind
+    return bool(fill) if kind == "b" else int(fill) if kind in "iu" else float(fill)
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        inner = getattr(dtype, "_np_dtype", None)  # array_api_strict's dtype objects
+        return np.dtype(inner if inner is not None else str(dtype))

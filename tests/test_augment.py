@@ -1,0 +1,457 @@
+"""Deterministic augmentation: crop, flip and cutout keyed by (seed, epoch, sample), the same bytes everywhere.
+
+Every output is checked against a slow reference written plainly here, one
+sample at a time (``numpy.pad`` and slicing), from the words the keyed hash
+gives each sample. The host's fast path, the array-API reference path on NumPy
+and ``array_api_strict`` (standing in for CuPy) must give identical bytes.
+"""
+
+from __future__ import annotations
+
+import array_api_strict as xps
+import numpy as np
+import pytest
+
+from gpuloader import augment
+from gpuloader.augment import Cutout, RandomCrop, RandomFlip, apply_augment, check_augment, sample_words
+from gpuloader.gather import is_aligned
+from gpuloader.permutation import MAX_SEED
+
+SEED, EPOCH = 1234, 3
+
+
+# ------------------------------------------------------------------ references, one sample at a time
+def below(word: int, high: int) -> int:
+    """The documented draw: the top 32 bits of a word scaled to [0, high)."""
+    return ((word >> 32) * high) >> 32
+
+
+def reference(ops, images, ids, seed, epoch):
+    """Apply ``ops`` to each sample on its own, with np.pad and slicing, from its keyed words."""
+    images = np.asarray(images)
+    squeeze = images.ndim == 3
+    batch = images[..., None] if squeeze else images
+    out = []
+    for row, sample in enumerate(np.asarray(ids).tolist()):
+        image = batch[row].copy()
+        for position, op in enumerate(ops):
+            words = [int(w) for w in sample_words(np, np.array([sample]), seed, epoch, position, op.draws)[0]]
+            image = reference_op(op, image, words)
+        out.append(image)
+    result = np.stack(out) if out else batch.copy()
+    return result[..., 0] if squeeze else result
+
+
+def reference_op(op, image, words):
+    height, width = image.shape[:2]
+    if isinstance(op, RandomCrop):
+        p = op.padding
+        dy, dx = below(words[0], 2 * p + 1) - p, below(words[1], 2 * p + 1) - p
+        widths = ((p, p), (p, p), (0, 0))
+        if op.mode == "reflect":
+            padded = np.pad(image, widths, mode="reflect")
+        else:
+            padded = np.pad(image, widths, mode="constant", constant_values=op.fill or 0)
+        return padded[p + dy : p + dy + height, p + dx : p + dx + width].copy()
+    if isinstance(op, RandomFlip):
+        return image[:, ::-1].copy() if words[0] >> 63 else image
+    if isinstance(op, Cutout):
+        cy, cx = below(words[0], height), below(words[1], width)
+        top, left = cy - op.size // 2, cx - op.size // 2
+        image[max(top, 0) : max(top + op.size, 0), max(left, 0) : max(left + op.size, 0)] = op.fill
+        return image
+    return np.asarray(op.apply(image[None], np.array([words], dtype=np.uint64), np))[0]
+
+
+def images_of(n, height, width, channels=3, dtype=np.uint8, seed=0, low=1):
+    """Random images whose values never equal a fill of 0 (``low=1``)."""
+    rng = np.random.default_rng(seed)
+    shape = (n, height, width) if channels is None else (n, height, width, channels)
+    return rng.integers(low, 250, size=shape).astype(dtype)
+
+
+def run(ops, images, ids, path="fast", seed=SEED, epoch=EPOCH, **kwargs):
+    """apply_augment through one path: ``fast`` (NumPy's), ``generic`` (array-API ops on NumPy), ``strict``."""
+    if path == "strict":
+        return np.asarray(apply_augment(ops, xps.asarray(images), xps.asarray(ids), seed, epoch, xps, **kwargs))
+    if path == "generic":
+        previous, augment._host._FAST_PATH_ENABLED = augment._host._FAST_PATH_ENABLED, False
+        try:
+            return apply_augment(ops, images, ids, seed, epoch, np, **kwargs)
+        finally:
+            augment._host._FAST_PATH_ENABLED = previous
+    return apply_augment(ops, images, ids, seed, epoch, np, **kwargs)
+
+
+PATHS = ("fast", "generic", "strict")
+STANDARD = [RandomCrop(padding=4, mode="reflect"), RandomFlip(), Cutout(size=8)]
+
+
+# ------------------------------------------------------------------ each op does what its contract says
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("mode", "fill"), [("reflect", None), ("constant", None), ("constant", 9)])
+def test_each_crop_output_is_the_padded_crop_of_its_input_at_its_drawn_offset(path, mode, fill):
+    images = images_of(1000, 6, 7)
+    ids = np.arange(1000, 2000, dtype=np.int64)
+    op = RandomCrop(padding=4, mode=mode, fill=fill)
+    out = run([op], images, ids, path)
+    np.testing.assert_array_equal(out, reference([op], images, ids, SEED, EPOCH))
+    # Every translation in [-4, 4] x [-4, 4] occurs and nothing else: each output is one of those crops.
+    p, seen = 4, set()
+    for image, result in zip(images, out):
+        widths = ((p, p), (p, p), (0, 0))
+        if mode == "reflect":
+            padded = np.pad(image, widths, "reflect")
+        else:
+            padded = np.pad(image, widths, constant_values=fill or 0)
+        matches = {
+            (dy, dx)
+            for dy in range(-p, p + 1)
+            for dx in range(-p, p + 1)
+            if np.array_equal(padded[p + dy : p + dy + 6, p + dx : p + dx + 7], result)
+        }
+        assert matches, "an output is not a padded crop of its input"
+        seen |= matches
+    assert seen == {(dy, dx) for dy in range(-p, p + 1) for dx in range(-p, p + 1)}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_flip_output_is_its_input_or_its_mirror_and_half_are_mirrored(path):
+    n = 20000
+    images = np.broadcast_to(np.array([1, 2], dtype=np.uint8).reshape(1, 1, 2), (n, 1, 2)).copy()
+    out = run([RandomFlip()], images, np.arange(n, dtype=np.int64), path)
+    kept = np.all(out == images, axis=(1, 2))
+    mirrored = np.all(out == images[:, :, ::-1], axis=(1, 2))
+    assert np.all(kept ^ mirrored)
+    assert 0.485 < mirrored.mean() < 0.515  # 4 standard deviations of a fair coin over 20000 samples
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("size", [1, 4, 5, 8, 30])
+def test_cutout_is_exactly_one_clipped_square_of_fill(path, size):
+    height, width = 12, 10
+    images = images_of(400, height, width, low=1)
+    ids = np.arange(400, dtype=np.int64) * 7
+    op = Cutout(size=size, fill=0)
+    out = run([op], images, ids, path)
+    np.testing.assert_array_equal(out, reference([op], images, ids, SEED, EPOCH))
+    clipped_at = set()
+    for image, result in zip(images, out):
+        changed = np.any(result != image, axis=-1)
+        assert np.all(result[changed] == 0) and np.all(result[~changed] == image[~changed])
+        rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+        assert changed.sum() == rows.size * cols.size, "the changed pixels are not one rectangle"
+        assert rows.size == rows[-1] - rows[0] + 1 and cols.size == cols[-1] - cols[0] + 1
+        assert rows.size <= size and cols.size <= size
+        # A side shorter than size touches the border: the square was clipped there, nowhere else.
+        for extent, low, high, limit in ((rows.size, rows[0], rows[-1], height), (cols.size, cols[0], cols[-1], width)):
+            if extent < min(size, limit):
+                assert low == 0 or high == limit - 1
+                clipped_at.add("low" if low == 0 else "high")
+            else:
+                assert extent == min(size, limit)
+    if 1 < size < min(height, width):
+        assert clipped_at == {"low", "high"}  # squares were clipped at both edges somewhere
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_standard_recipe_matches_the_per_sample_reference(path):
+    images = images_of(256, 32, 32)
+    ids = np.random.default_rng(5).permutation(50000)[:256].astype(np.int64)
+    out = run(STANDARD, images, ids, path)
+    np.testing.assert_array_equal(out, reference(STANDARD, images, ids, SEED, EPOCH))
+
+
+# ------------------------------------------------------------------ a pure function of (seed, epoch, sample)
+def test_a_sample_gets_the_same_bytes_whatever_its_batch_its_position_or_the_batch_size():
+    n = 600
+    data = images_of(n, 16, 16)
+    whole = run(STANDARD, data, np.arange(n, dtype=np.int64))
+    rng = np.random.default_rng(9)
+    for batch_size in (1, 7, 64, 256, 600):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            np.testing.assert_array_equal(run(STANDARD, data[rows], rows.astype(np.int64)), whole[rows])
+
+
+def test_another_epoch_or_seed_changes_most_draws():
+    ids = np.arange(5000, dtype=np.int64)
+    base = sample_words(np, ids, SEED, EPOCH, 0, 2)
+    for other in (sample_words(np, ids, SEED, EPOCH + 1, 0, 2), sample_words(np, ids, SEED + 1, EPOCH, 0, 2)):
+        assert np.mean(other == base) < 0.001
+    data = images_of(2000, 8, 8)
+    ids = np.arange(2000, dtype=np.int64)
+    first = run(STANDARD, data, ids)
+    for seed, epoch in ((SEED, EPOCH + 1), (SEED + 1, EPOCH)):
+        again = run(STANDARD, data, ids, seed=seed, epoch=epoch)
+        assert np.mean(np.any(again != first, axis=(1, 2, 3))) > 0.9
+
+
+def test_each_op_in_a_list_draws_its_own_words():
+    ids = np.arange(4000, dtype=np.int64)
+    assert np.mean(sample_words(np, ids, SEED, EPOCH, 0, 1) == sample_words(np, ids, SEED, EPOCH, 1, 1)) < 0.001
+    # Two flips in a row: with shared draws every image would come back unchanged.
+    images = np.broadcast_to(np.array([1, 2], dtype=np.uint8).reshape(1, 1, 2), (4000, 1, 2)).copy()
+    out = run([RandomFlip(), RandomFlip()], images, ids)
+    assert 0.45 < np.mean(out[:, 0, 0] == 2) < 0.55
+
+
+def test_the_words_are_pinned_and_follow_the_documented_formula():
+    words = sample_words(np, np.arange(3, dtype=np.int64), 42, 0, 0, 2)
+    assert words.dtype == np.uint64 and words.shape == (3, 2)
+    assert words.tolist() == PINNED_WORDS
+    # The same words from their definition, in Python integers.
+    from gpuloader.permutation import _mix_int, epoch_keys
+
+    first, second = epoch_keys(42, 0)
+    for sample in range(3):
+        for word in range(2):
+            lane = _mix_int(0x6175676D656E7421 ^ word)
+            a, b = _mix_int(first ^ lane), _mix_int(second + lane)
+            assert int(words[sample, word]) == _mix_int(_mix_int(sample + a) ^ b)
+
+
+PINNED_WORDS = [
+    [18410738593708735159, 14446706192363342496],
+    [14169401716785135452, 8493913716974615916],
+    [12849457769917906929, 8804609291635312935],
+]
+
+
+def test_draws_use_the_whole_seed_and_epoch_range():
+    ids = np.arange(4, dtype=np.int64)
+    for seed, epoch in ((0, 0), (MAX_SEED, 10**9)):
+        np.testing.assert_array_equal(
+            np.asarray(sample_words(xps, xps.asarray(ids), seed, epoch, 3, 2)),
+            sample_words(np, ids, seed, epoch, 3, 2),
+        )
+
+
+# ------------------------------------------------------------------ same bytes on every path
+ODD = [(h, w, c) for h in (1, 3, 5, 7) for w in (1, 3, 5, 7) for c in (1, 3, 5, 7)]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32])
+def test_odd_sizes_and_dtypes_match_the_reference_on_every_path(dtype):
+    paths = ("fast", "generic") if dtype == np.float16 else PATHS  # array_api_strict has no float16
+    for index, (height, width, channels) in enumerate(ODD):
+        images = images_of(23, height, width, channels, dtype=dtype, seed=index)
+        ids = np.arange(23, dtype=np.int64) * 3 + index
+        pad = min(height, width) - 1
+        ops = [RandomCrop(pad), RandomFlip(), Cutout(3, fill=7), RandomCrop(pad, mode="constant", fill=2)]
+        expected = reference(ops, images, ids, SEED, EPOCH)
+        for path in paths:
+            out = run(ops, images, ids, path)
+            assert out.dtype == dtype and out.shape == images.shape
+            assert out.tobytes() == expected.tobytes(), (path, height, width, channels)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_images_without_a_channel_axis(path):
+    images = images_of(50, 7, 5, channels=None)
+    ids = np.arange(50, dtype=np.int64)
+    ops = [RandomCrop(3), RandomFlip(), Cutout(4, fill=250)]
+    out = run(ops, images, ids, path)
+    assert out.shape == (50, 7, 5)
+    np.testing.assert_array_equal(out, reference(ops, images, ids, SEED, EPOCH))
+
+
+def test_the_host_fast_path_gives_the_reference_paths_bytes_over_many_draws():
+    images = images_of(512, 32, 32)
+    ids = np.random.default_rng(2).permutation(10**6)[:512].astype(np.int64)
+    recipes = [
+        STANDARD,
+        [RandomFlip(), RandomCrop(4, mode="constant", fill=255), Cutout(16, fill=3)],
+        [Cutout(8), RandomCrop(2), RandomFlip(), RandomCrop(4), Cutout(1)],
+        [RandomFlip(), RandomCrop(3), Cutout(5)],
+        [RandomFlip(), RandomFlip(), RandomCrop(4, mode="constant"), RandomFlip()],
+    ]
+    for ops in recipes:
+        for epoch in range(3):
+            fast, generic = run(ops, images, ids, epoch=epoch), run(ops, images, ids, "generic", epoch=epoch)
+            assert fast.tobytes() == generic.tobytes()
+            assert np.asarray(run(ops, images, ids, "strict", epoch=epoch)).tobytes() == fast.tobytes()
+
+
+def test_the_same_bytes_on_a_second_stand_in_gpu():
+    # array_api_strict devices play GPUs and refuse to mix arrays of two devices: every array the
+    # augmentation makes must be made on the data's device, as CuPy's creation functions do.
+    from fake_gpu import make_runtime
+
+    runtime = make_runtime(gpus=2)
+    xp, device = runtime.namespace(), runtime.state.devices[1]
+    images = images_of(100, 12, 10)
+    ids = np.arange(500, 600, dtype=np.int64)
+    ops = [*STANDARD, RandomCrop(3, mode="constant", fill=5), Brightness(20.0)]
+    with runtime.on_device(1):
+        out = apply_augment(ops, xps.asarray(images, device=device), xps.asarray(ids, device=device), SEED, EPOCH, xp)
+    assert out.device == device
+    assert np.asarray(out.to_device(xps.Device("CPU_DEVICE"))).tobytes() == run(ops, images, ids).tobytes()
+
+
+# ------------------------------------------------------------------ buffers
+def test_the_input_is_untouched_and_the_result_is_a_fresh_aligned_array():
+    images = images_of(64, 8, 8)
+    before = images.copy()
+    for ops in (STANDARD, [RandomFlip()], [Cutout(4)], []):
+        out = apply_augment(ops, images, np.arange(64, dtype=np.int64), SEED, EPOCH, np)
+        np.testing.assert_array_equal(images, before)
+        assert not np.may_share_memory(out, images) and is_aligned(out)
+
+
+def test_overwrite_writes_into_the_batch_and_returns_it():
+    images = images_of(64, 8, 8)
+    ids = np.arange(64, dtype=np.int64)
+    expected = run(STANDARD, images, ids)
+    out = apply_augment(STANDARD, images, ids, SEED, EPOCH, np, overwrite=True)
+    assert out is images
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_a_strided_input_gives_the_same_bytes():
+    images = images_of(40, 8, 16)
+    ids = np.arange(40, dtype=np.int64)
+    view = images[:, :, ::2]
+    np.testing.assert_array_equal(run(STANDARD, view, ids), reference(STANDARD, view, ids, SEED, EPOCH))
+
+
+def test_batches_of_changing_sizes_and_threads_side_by_side_give_the_same_bytes():
+    # The host path keeps work buffers between batches, one set per thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = images_of(700, 16, 16)
+    whole = run(STANDARD, data, np.arange(700, dtype=np.int64), "generic")
+    cuts = [(0, 512), (512, 519), (519, 700), (3, 600), (600, 601)]
+
+    def batch(cut):
+        rows = np.arange(*cut, dtype=np.int64)
+        return run(STANDARD, data[rows], rows), whole[rows]
+
+    for out, expected in map(batch, cuts * 2):
+        np.testing.assert_array_equal(out, expected)
+    with ThreadPoolExecutor(4) as pool:
+        for out, expected in pool.map(batch, cuts * 8):
+            np.testing.assert_array_equal(out, expected)
+
+
+def test_an_empty_batch():
+    images = images_of(0, 8, 8)
+    out = run(STANDARD, images, np.zeros(0, dtype=np.int64))
+    assert out.shape == (0, 8, 8, 3) and out.dtype == np.uint8
+
+
+# ------------------------------------------------------------------ ops of one's own
+class Brightness(augment.AugmentOp):
+    """The module docstring's example: a keyed brightness shift in [-delta, delta]."""
+
+    draws = 1
+
+    def __init__(self, delta):
+        self.delta = delta
+
+    def apply(self, images, bits, xp):
+        shift = (2 * augment.uniform(bits[:, 0], xp) - 1) * self.delta
+        out = xp.astype(images, xp.float32) + xp.reshape(shift, (-1, 1, 1, 1))
+        return xp.astype(xp.clip(out, 0.0, 255.0), images.dtype)
+
+
+def test_an_op_of_ones_own_gets_keyed_words_and_runs_on_every_backend():
+    images = images_of(200, 6, 6)
+    ids = np.arange(200, dtype=np.int64)
+    ops = [RandomCrop(2), Brightness(40.0), RandomFlip()]
+    assert check_augment(ops, images.shape, images.dtype, "x") == ops
+    host = run(ops, images, ids)
+    assert host.tobytes() == run(ops, images, ids, "strict").tobytes()
+    np.testing.assert_array_equal(host, reference(ops, images, ids, SEED, EPOCH))
+    np.testing.assert_array_equal(run(ops, images[::-1], ids[::-1]), host[::-1])  # batch-order independent
+    assert np.mean(np.any(host != run(ops[:1] + ops[2:], images, ids), axis=(1, 2, 3))) > 0.9
+
+
+def test_ops_after_an_op_of_ones_own_that_returns_a_strided_array():
+    class Strided(augment.AugmentOp):  # the same values, in a fresh array that is not C-contiguous
+        draws = 0
+
+        def apply(self, images, bits, xp):
+            return np.ascontiguousarray(np.swapaxes(images, 1, 2) + 0).swapaxes(1, 2)
+
+    images = images_of(60, 9, 7)
+    ids = np.arange(60, dtype=np.int64)
+    for ops in ([Strided(), Cutout(4)], [Strided(), RandomFlip()], [Strided(), RandomCrop(3), RandomFlip()]):
+        np.testing.assert_array_equal(run(ops, images, ids), reference(ops, images, ids, SEED, EPOCH))
+
+
+def test_an_op_of_ones_own_that_changes_the_shape_is_refused():
+    class Shrink(augment.AugmentOp):
+        draws = 0
+
+        def apply(self, images, bits, xp):
+            return images[:, 1:]
+
+    with pytest.raises(ValueError, match="must keep both"):
+        apply_augment([Shrink()], images_of(4, 5, 5), np.arange(4, dtype=np.int64), SEED, EPOCH, np)
+
+
+def test_helpers_turn_words_into_values_the_same_way_everywhere():
+    words = sample_words(np, np.arange(10000, dtype=np.int64), SEED, EPOCH, 0, 1)[:, 0]
+    values = augment.integers(words, 10, np)
+    assert values.dtype == np.int64 and set(values.tolist()) == set(range(10))
+    assert np.all(np.bincount(values) > 900)
+    unit = augment.uniform(words, np)
+    assert unit.dtype == np.float32 and 0.0 <= unit.min() and 0.999 < unit.max() < 1.0
+    assert 0.49 < unit.mean() < 0.51
+    np.testing.assert_array_equal(np.asarray(augment.uniform(xps.asarray(words), xps)), unit)
+    np.testing.assert_array_equal(np.asarray(augment.integers(xps.asarray(words), 10, xps)), values)
+
+
+# ------------------------------------------------------------------ refused at construction, with the fix
+@pytest.mark.parametrize(
+    ("make", "error", "words"),
+    [
+        (lambda: RandomCrop(-1), ValueError, ["padding", "-1", ">= 0", "Fix"]),
+        (lambda: RandomCrop(2.5), TypeError, ["padding", "2.5", "int", "Fix"]),
+        (lambda: RandomCrop(True), TypeError, ["padding", "True", "int"]),
+        (lambda: RandomCrop(4, mode="wrap"), ValueError, ["mode", "'wrap'", "'reflect' or 'constant'", "Fix"]),
+        (lambda: RandomCrop(4, fill=1), ValueError, ["fill=1", "mode='constant' only", "Fix"]),
+        (lambda: RandomCrop(4, mode="constant", fill="black"), TypeError, ["fill", "'black'", "Fix"]),
+        (lambda: Cutout(-3), ValueError, ["size", "-3", ">= 0", "Fix"]),
+        (lambda: Cutout(None), TypeError, ["size", "None", "Fix"]),
+    ],
+)
+def test_bad_op_arguments_are_refused_naming_the_rule_the_value_and_the_fix(make, error, words):
+    with pytest.raises(error) as raised:
+        make()
+    for word in words:
+        assert word in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("ops", "shape", "dtype", "error", "words"),
+    [
+        (RandomFlip(), (10, 8, 8, 3), "uint8", TypeError, ["must be a list", "augment=[RandomFlip()]"]),
+        ("flip", (10, 8, 8, 3), "uint8", TypeError, ["must be a list", "'flip'", "Fix"]),
+        ([RandomFlip(), "crop"], (10, 8, 8, 3), "uint8", TypeError, ["augment[1]", "'crop'", "draws"]),
+        ([RandomFlip], (10, 8, 8, 3), "uint8", TypeError, ["augment[0]", "class RandomFlip", "RandomFlip(...)"]),
+        ([RandomFlip()], (10, 784), "float32", ValueError, ["image arrays", "(10, 784)", "Fix"]),
+        ([RandomFlip()], (10, 2, 8, 8, 3), "uint8", ValueError, ["image arrays", "5 dimensions"]),
+        ([RandomFlip()], (10, 8, 8), "complex64", TypeError, ["numeric", "complex64", "Fix"]),
+        ([RandomCrop(4)], (10, 4, 32, 3), "uint8", ValueError, ["padding=4", "4 x 32", "padding <= 3"]),
+        ([RandomCrop(4)], (10, 3, 32, 32), "uint8", ValueError, ["padding <= 2", "channels-first"]),
+        ([RandomCrop(1, mode="constant", fill=-1)], (10, 8, 8), "uint8", ValueError, ["fill=-1", "uint8", "[0, 255]"]),
+        ([Cutout(4, fill=0.5)], (10, 8, 8), "uint8", ValueError, ["fill=0.5", "uint8", "Fix"]),
+        ([Cutout(4, fill=1e6)], (10, 8, 8), "float16", ValueError, ["fill=1000000.0", "float16"]),
+    ],
+)
+def test_bad_augment_lists_are_refused_naming_the_rule_the_value_and_the_fix(ops, shape, dtype, error, words):
+    with pytest.raises(error) as raised:
+        check_augment(ops, shape, dtype, "x")
+    for word in words:
+        assert word in str(raised.value)
+    assert "x" in str(raised.value)
+
+
+def test_good_augment_lists_are_accepted_as_new_lists():
+    ops = (RandomCrop(3), RandomFlip(), Cutout(0), RandomCrop(0, mode="constant", fill=1.5))
+    checked = check_augment(ops, (10, 4, 4), np.float32, "x")
+    assert checked == list(ops) and isinstance(checked, list)
+    assert check_augment([Cutout(4, fill=255)], (1, 8, 8, 3), xps.uint8, "x") == [Cutout(4, fill=255)]
