@@ -239,9 +239,9 @@ def measure_overhead(cp: Any, make_loader: Callable[..., Any], repeats: int, sca
         loader = make_loader(data, batch_size=batch_size, device="gpu")  # adopted in place, no upload
         tiny_loader = make_loader(tiny, batch_size=batch_size, device="gpu")
         batches = n // batch_size  # full batches only: the same work in every loop
-        order = loader._order(loader.epoch)
+        order = loader._schedule.order(loader.epoch)
         index_slices = [order[i * batch_size : (i + 1) * batch_size] for i in range(batches)]
-        tiny_loader._order(tiny_loader.epoch)
+        tiny_loader._schedule.order(tiny_loader.epoch)
 
         def prepare_and_sync(i: int, loader: Any = loader) -> None:
             loader._prepare(i)
@@ -294,7 +294,7 @@ def measure_bandwidth(cp: Any, make_loader: Callable[..., Any], repeats: int, sc
         nbytes = batch_rows * BANDWIDTH_ROW_BYTES
         loader = make_loader(data, batch_size=batch_rows, device="gpu")  # adopted in place
         batches = n // batch_rows
-        order = loader._order(loader.epoch)
+        order = loader._schedule.order(loader.epoch)
         # Each batch reads other bytes, for the copy as for the gather: no L2 reuse.
         indices = [order[i * batch_rows : (i + 1) * batch_rows] for i in range(batches)]
         sources = [data[i * batch_rows : (i + 1) * batch_rows] for i in range(batches)]

@@ -104,16 +104,17 @@ class KerasPasses:
         for prepared in self._pass_of(pipeline.prepare):
             yield pipeline.to_consumer(prepared, backend)
 
-    def _pass_of(self, prepare: Callable[[int, int, bool], Any]) -> Iterator[Any]:
-        """``prepare(position, epoch, shuffled)`` for every batch of one pass, in order, ahead in threads.
+    def _pass_of(self, prepare: Callable[[int, int, bool, bool], Any]) -> Iterator[Any]:
+        """``prepare(position, epoch, shuffled, augmented)`` for every batch of one pass, in order, ahead.
 
         The epoch is decided when iteration starts (the schedule's rule), so
-        batches prepared ahead never mix two orders.
+        batches prepared ahead never mix two orders. Training passes (and
+        custom loops) are augmented; evaluation and prediction passes are not.
         """
         epoch, shuffled, counts = self._schedule.begin_pass(keras_call())
         last = self._steps - 1
         batches = in_order(
-            lambda position: prepare(position, epoch, shuffled),
+            lambda position: prepare(position, epoch, shuffled, counts),
             range(self._steps), workers=self._workers, max_queue_size=self._max_queue_size,
         )
         for position, prepared in enumerate(batches):
@@ -154,8 +155,8 @@ class KerasPasses:
                     "(or a share of the rows) on each replica's GPU.", RuntimeWarning,
                 )
 
-            def prepare(position: int, epoch: int, shuffled: bool) -> list[Any]:
-                return pipeline.prepare_split(position, epoch, shuffled, count)
+            def prepare(position: int, epoch: int, shuffled: bool, augmented: bool) -> list[Any]:
+                return pipeline.prepare_split(position, epoch, shuffled, count, augmented)
 
         for batch_parts in self._pass_of(prepare):
             per_replica = []

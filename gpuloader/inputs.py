@@ -259,3 +259,41 @@ def _check_integer_labels(labels: np.ndarray, dtype: np.dtype) -> None:
             "labels (y.astype(np.int64) if they are whole numbers) or one-hot rows; for soft or regression "
             "targets, weigh samples with sample_weight instead."
         )
+
+
+def augment_targets(augment: Any, structure: Structure, leaves: list[Any], names: list[str]) -> list[tuple[int, list]]:
+    """``augment`` as ``[(leaf index, checked ops)]`` for the inputs of ``x`` it names.
+
+    A list applies to ``x`` when ``x`` is one array; for a dict or tuple ``x``,
+    a dict from the input's key (or position) to its list.
+    """
+    from gpuloader.augment import check_augment
+
+    if augment is None:
+        return []
+    x = structure.children[0]
+    if x.kind == "leaf":
+        if isinstance(augment, Mapping):
+            raise TypeError(
+                f"augment is a dict ({sorted(map(str, augment))}) but x is one array; pass the list of ops "
+                "itself, e.g. augment=[augment.RandomFlip()]."
+            )
+        return [(0, check_augment(augment, leaves[0].shape, leaves[0].dtype, names[0]))]
+    if not isinstance(augment, Mapping):
+        keys = list(x.keys) if x.kind == "dict" else list(range(len(x.children)))
+        raise TypeError(
+            f"x has several inputs ({keys}), so augment must say which: a dict from the input's "
+            f"{'key' if x.kind == 'dict' else 'position'} to its list of ops, e.g. augment={{{keys[0]!r}: [...]}}."
+        )
+    keys = list(x.keys) if x.kind == "dict" else list(range(len(x.children)))
+    first_leaf = [sum(child.num_leaves for child in x.children[:i]) for i in range(len(x.children))]
+    targets = []
+    for key, ops in augment.items():
+        if key not in keys:
+            raise ValueError(f"augment names input {key!r}, which x does not have; x has {keys}.")
+        position = keys.index(key)
+        if x.children[position].kind != "leaf":
+            raise ValueError(f"augment for x[{key!r}] needs one image array there, not a nest of arrays.")
+        index = first_leaf[position]
+        targets.append((index, check_augment(ops, leaves[index].shape, leaves[index].dtype, names[index])))
+    return targets

@@ -13,7 +13,7 @@ is iterated by ``fit``, ``evaluate`` and ``predict`` directly, never through
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -36,11 +36,10 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     """Batches of preloaded arrays for ``model.fit``, shuffled per epoch, zero-copy.
 
     Args:
-        x: an array (anything ``np.asarray`` takes, or a CUDA array), a path to
-            a ``.npy`` file, a ``np.memmap``, a list of ``.npy`` paths (shards
-            whose rows are concatenated), or a nested tuple/dict of them. Every
-            leaf of ``x``, ``y`` and ``sample_weight`` has the same first
-            dimension (the samples). On-disk inputs are not read at construction.
+        x: an array (anything ``np.asarray`` takes, or a CUDA array), a ``.npy``
+            path, a ``np.memmap``, a list of ``.npy`` paths (shards, rows
+            concatenated), or a nested tuple/dict of them, all with the same
+            first dimension (the samples). Files are not read at construction.
         y: targets, same rules, or None.
         sample_weight: per-sample weights, same rules, or None (needs ``y``).
         batch_size: samples per batch, a positive int.
@@ -54,22 +53,24 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         transform: ``transform(batch, xp) -> batch``, run on every gathered
             batch where the data lives (``xp`` is NumPy or CuPy); it receives
             and returns ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``.
+        augment: ops of :mod:`gpuloader.augment` applied in order to the images
+            of ``x`` after the gather and before ``transform``, where the data
+            lives; a list when ``x`` is one array, else a dict from the input's
+            key (or position) to its list. Each sample's draws are a function
+            of (seed, epoch, its index in the dataset). Training passes only.
         class_weight: ``{class_index: weight}``. Keras never passes the
             ``class_weight`` of ``fit`` to a custom adapter, so give it here;
             ``fit(loader, class_weight=...)`` is refused. Needs a single ``y``
             of integer labels or one-hot rows; it multiplies ``sample_weight``.
         gpu_memory_fraction: share of free GPU memory the data may take under
             "auto" (the rest is left to the model).
-        host_memory_limit: bytes of RAM on-disk inputs may be read into;
-            None means half the available RAM. Above it, batches are read from
-            the files ("disk").
-        num_shards, shard_index: this worker's share of the samples. None
-            takes them from the active ``tf.distribute`` strategy, the Keras
-            distribution or ``TF_CONFIG``; else a single worker. With more than
-            one shard, ``seed`` is required (the same on every worker), each
-            worker preloads only its own rows, and every sample is seen once per
-            epoch across all workers.
-        verbose: show a progress bar for uploads that take over a second.
+        host_memory_limit: bytes of RAM on-disk inputs may be read into (None:
+            half the available RAM); above it, batches are read from the files.
+        num_shards, shard_index: this worker's share of the samples; None takes
+            them from the ``tf.distribute`` strategy, the Keras distribution or
+            ``TF_CONFIG``. Several shards need the same ``seed`` on every worker;
+            each preloads its own rows; every sample is seen once per epoch.
+        verbose: show a progress bar for uploads and reads over a second.
         **pydataset_kwargs: ``workers`` (threads preparing batches ahead, in
             order), ``max_queue_size``; ``use_multiprocessing`` must stay False.
 
@@ -90,6 +91,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         drop_remainder: bool = False,
         device: str | None = None,
         transform: Callable[[tuple[Any, ...], Any], tuple[Any, ...]] | None = None,
+        augment: Sequence[Any] | Mapping[Any, Sequence[Any]] | None = None,
         class_weight: Mapping[int, float] | None = None,
         gpu_memory_fraction: float = placement_lib.DEFAULT_GPU_MEMORY_FRACTION,
         host_memory_limit: int | None = None,
@@ -116,20 +118,20 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         n = inputs.check_leaves(leaves, names)
         if class_weight is not None:
             structure, leaves, names = inputs.apply_class_weight(class_weight, structure, leaves, names, n)
+        augment_targets = inputs.augment_targets(augment, structure, leaves, names)
         num_shards, shard_index, shard_note = sharding.resolve_shards(num_shards, shard_index, seed_given)
         steps = sharding.steps_per_epoch(n, num_shards, self._batch_size, self._drop_remainder)
+        global_rows = None
         if num_shards > 1:
-            rows = sharding.shard_rows(n, seed, num_shards, shard_index)
-            leaves = [sharding.take_shard(leaf, rows, name) for leaf, name in zip(leaves, names)]
+            global_rows = sharding.shard_rows(n, seed, num_shards, shard_index)
+            leaves = [sharding.take_shard(leaf, global_rows, name) for leaf, name in zip(leaves, names)]
         self._plan, store, replicas = _lay_out(
             leaves, names, requested, fraction, host_memory_limit, self._batch_size,
             sharding.shard_seed(seed, shard_index), self._drop_remainder, self._shuffle, verbose,
         )
         if num_shards > 1:
-            self._plan = dataclasses.replace(
-                self._plan, reason=f"{self._plan.reason}; shard {shard_index} of {num_shards} "
-                f"({store.n} of {n} samples, from {shard_note})"
-            )
+            self._plan = _noting(self._plan, f"shard {shard_index} of {num_shards} ({store.n} of {n} samples, "
+                                 f"from {shard_note})")
         signature = {
             "num_samples": store.n, "batch_size": self._batch_size, "shuffle": self._shuffle,
             "drop_remainder": self._drop_remainder, "num_shards": num_shards, "shard_index": shard_index,
@@ -138,7 +140,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._schedule = EpochSchedule(store.xp, seed, self._shuffle, steps, signature, seed_owns_rows)
         self._pipeline = BatchPipeline(
             store, replicas, structure, transform, self._batch_size, self._schedule.order,
-            lambda: sharding.shard_seed(self._schedule.seed, shard_index), self._plan.placement == "gpu",
+            lambda: self._schedule.seed, self._plan.placement == "gpu", shard_index, augment_targets, global_rows,
         )
         self._passes = KerasPasses(
             self._schedule, self._pipeline, steps, self._batch_size, self._shuffle, self._drop_remainder,
@@ -278,8 +280,10 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     def _prepare_parts(self, position: int, epoch: int) -> Any:
         return self._pipeline.prepare_parts(position, epoch, self._shuffle)
 
-    def _order(self, epoch: int) -> Any:
-        return self._schedule.order(epoch)
+
+def _noting(plan: placement_lib.Plan, note: str) -> placement_lib.Plan:
+    """``plan`` with ``note`` added to its reason."""
+    return dataclasses.replace(plan, reason=f"{plan.reason}; {note}")
 
 
 def _position(index: Any, length: int) -> int:
@@ -322,7 +326,7 @@ def _lay_out(
         leaves, names, requested, fraction, host_memory_limit, row_bytes * batch_size, verbose
     )
     if replica_note:
-        plan = dataclasses.replace(plan, reason=f"{plan.reason}; {replica_note}")
+        plan = _noting(plan, replica_note)
     if plan.placement == "disk" and shuffle:
         for leaf in store.leaves:
             if is_disk_leaf(leaf):

@@ -2,8 +2,9 @@
 
 The path of a batch: its rows (a slice of the input order, or a slice of the
 epoch's permutation), the fused gather of every leaf into one fresh block
-(:mod:`gpuloader.gather`, ``_cuda.RowGather`` on the GPU), the user's
-``transform`` where the data lives, the re-alignment of a transform's output on
+(:mod:`gpuloader.gather`, ``_cuda.RowGather`` on the GPU), the augmentation ops
+(:mod:`gpuloader.augment`, keyed by seed, epoch and each row's index in the whole
+dataset) and then the user's ``transform``, both where the data lives, the re-alignment of a transform's output on
 the GPU, the stream sync TensorFlow needs, and the DLPack hand-off
 (:mod:`gpuloader.handoff`). Under a per-GPU layout (:mod:`gpuloader.replicas`)
 each replica's part is prepared on its own GPU from its own store.
@@ -20,10 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from gpuloader import placement as placement_lib
 from gpuloader import replicas as replicas_lib
+from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader._structure import Structure
+from gpuloader.augment import apply_augment
 from gpuloader.handoff import check_transform_output, hand_off, keras_backend
 
 Prepared = tuple[Structure, list[Any]]
@@ -39,9 +44,12 @@ class BatchPipeline:
         transform: ``transform(batch, xp) -> batch`` or None.
         batch_size: rows per batch.
         order_of: ``order_of(epoch)`` returns the epoch's permutation.
-        seed_of: ``seed_of()`` returns the seed of this loader's per-epoch orders
-            (replicas compute their own orders from it).
+        seed_of: ``seed_of()`` returns the loader's seed (its current one, after ``set_state``).
         on_gpu: the store is on a GPU (re-align a transform's output there, sync for TensorFlow).
+        shard_index: this worker's shard (its orders' seed is derived from it).
+        augment: ``[(leaf index, ops)]``, applied after the gather, before ``transform``.
+        global_rows: the rows of the whole dataset this worker holds (None: all of them), for the
+            augmentation's sample ids.
     """
 
     def __init__(
@@ -54,6 +62,9 @@ class BatchPipeline:
         order_of: Callable[[int], Any],
         seed_of: Callable[[], int],
         on_gpu: bool,
+        shard_index: int = 0,
+        augment: list[tuple[int, list[Any]]] | None = None,
+        global_rows: np.ndarray | None = None,
     ) -> None:
         self.store = store
         self.replicas = replicas
@@ -63,6 +74,10 @@ class BatchPipeline:
         self._order_of = order_of
         self._seed_of = seed_of
         self.on_gpu = on_gpu
+        self._shard_index = shard_index
+        self._augment = augment or []
+        self._global_rows = global_rows
+        self._sample_ids: dict[int, Any] = {}  # store index -> its rows' dataset indices, in its namespace
         self._backend: str | None = None
 
     @property
@@ -85,7 +100,7 @@ class BatchPipeline:
         return self._order_of(epoch)[start:stop]
 
     # ----------------------------------------------------------- prepare
-    def prepare(self, position: int, epoch: int, shuffled: bool) -> Prepared:
+    def prepare(self, position: int, epoch: int, shuffled: bool, augmented: bool = True) -> Prepared:
         """Gather (and transform) the whole batch ``position`` of ``epoch``.
 
         Safe to call from worker threads. With rows sharded across GPUs, the
@@ -95,13 +110,13 @@ class BatchPipeline:
         """
         replicas = self.replicas
         if replicas is None:
-            return self.prepare_rows(self.rows(position, epoch, shuffled))
+            return self.prepare_rows(self.rows(position, epoch, shuffled), epoch, augmented)
         runtime = placement_lib.gpu_runtime()
         home = replicas.ordinals[0]
         if replicas.layout == replicas_lib.REPLICATED:
             with runtime.on_device(home):
-                return self.prepare_rows(self.rows(position, epoch, shuffled))
-        parts = self.prepare_parts(position, epoch, shuffled)
+                return self.prepare_rows(self.rows(position, epoch, shuffled), epoch, augmented)
+        parts = self.prepare_parts(position, epoch, shuffled, augmented)
         xp = self.store.xp
         concat = getattr(xp, "concat", None) or xp.concatenate
         with runtime.on_device(home):
@@ -113,27 +128,36 @@ class BatchPipeline:
                 runtime.synchronize()
         return parts[0][0], leaves
 
-    def prepare_parts(self, position: int, epoch: int, shuffled: bool) -> list[Prepared]:
+    def prepare_parts(self, position: int, epoch: int, shuffled: bool, augmented: bool = True) -> list[Prepared]:
         """Each replica's part of batch ``position``, gathered on its own GPU from its own store."""
         replicas = self.replicas
         runtime = placement_lib.gpu_runtime()
-        seed = self._seed_of()
+        seed = sharding.shard_seed(self._seed_of(), self._shard_index)
         parts = []
         rows = replicas.rows(position, epoch, seed, self._batch_size, self.n, shuffled)
         for replica, replica_rows in enumerate(rows):
             with runtime.on_device(replicas.ordinals[replica]):
-                parts.append(self.prepare_rows(replica_rows, replicas.stores[replica]))
+                parts.append(self.prepare_rows(replica_rows, epoch, augmented, replica))
         return parts
 
-    def prepare_split(self, position: int, epoch: int, shuffled: bool, count: int) -> list[Prepared]:
+    def prepare_split(
+        self, position: int, epoch: int, shuffled: bool, count: int, augmented: bool = True
+    ) -> list[Prepared]:
         """Batch ``position`` cut into ``count`` parts, each gathered into its own buffer."""
         parts = replicas_lib.split_rows(self.rows(position, epoch, shuffled), count)
-        return [self.prepare_rows(part) for part in parts]
+        return [self.prepare_rows(part, epoch, augmented) for part in parts]
 
-    def prepare_rows(self, rows: slice | Any, store: store_lib.Store | None = None) -> Prepared:
-        """Gather ``rows`` of every leaf of ``store``, run the transform, ready the GPU buffers."""
-        store = self.store if store is None else store
+    def prepare_rows(self, rows: slice | Any, epoch: int, augmented: bool = True, replica: int = 0) -> Prepared:
+        """Gather ``rows`` of replica ``replica``'s store, augment, transform, ready the GPU buffers.
+
+        ``augmented=False`` (evaluation and prediction passes) skips the augmentation ops.
+        """
+        store = self.store if self.replicas is None else self.replicas.stores[replica]
         leaves = store.take(rows)
+        if self._augment and augmented:
+            ids = self._ids(rows, replica, store)
+            for index, ops in self._augment:
+                leaves[index] = apply_augment(ops, leaves[index], ids, self._seed_of(), epoch, store.xp, overwrite=True)
         structure = self._structure
         if self._transform is not None:
             structure, leaves = check_transform_output(
@@ -141,7 +165,7 @@ class BatchPipeline:
             )
         if self.on_gpu:
             runtime = placement_lib.gpu_runtime()
-            if self._transform is not None:  # it may have returned views; host arrays are checked at hand-off
+            if not self.trusted:  # a transform or an op may have returned views; host arrays are checked at hand-off
                 leaves = [runtime.aligned_contiguous(leaf) for leaf in leaves]
             if self.backend() == "tensorflow":
                 # TF's from_dlpack takes no stream; JAX and torch get it through __dlpack__(stream=...).
@@ -152,6 +176,28 @@ class BatchPipeline:
         """The backend's tensors of a prepared batch, through DLPack (no copy)."""
         structure, leaves = prepared
         backend = self.backend() if backend is None else backend
-        # Gathered buffers are aligned by construction; a transform's output is checked.
-        trusted = self._transform is None
-        return structure.rebuild([hand_off(leaf, backend, known_aligned=trusted) for leaf in leaves])
+        # Gathered buffers are aligned by construction; a transform's or an op's output is checked.
+        return structure.rebuild([hand_off(leaf, backend, known_aligned=self.trusted) for leaf in leaves])
+
+    @property
+    def trusted(self) -> bool:
+        """Every leaf handed over is a buffer the gather made (no transform, no augmentation)."""
+        return self._transform is None and not self._augment
+
+    def _ids(self, rows: slice | Any, replica: int, store: store_lib.Store) -> Any:
+        """The dataset index of each of ``rows`` (of replica ``replica``'s store), as int64 in its namespace.
+
+        Cost: the first call per store keeps one int64 per row of it where rows are a subset
+        (worker or GPU shards); then one gather of ``len(rows)`` integers per batch.
+        """
+        xp = store.xp
+        if replica not in self._sample_ids:
+            sharded = self.replicas is not None and self.replicas.layout == replicas_lib.SHARDED
+            held_count = sum(store.n for store in self.replicas.stores) if sharded else self.n
+            held = self._global_rows if self._global_rows is not None else np.arange(held_count, dtype=np.int64)
+            if sharded:
+                share_seed = sharding.shard_seed(self._seed_of(), self._shard_index)
+                held = held[sharding.shard_rows(len(held), share_seed, len(self.replicas.stores), replica)]
+            self._sample_ids[replica] = xp.asarray(held, dtype=xp.int64)
+        ids = self._sample_ids[replica]
+        return ids[rows] if isinstance(rows, slice) else xp.take(ids, rows, axis=0)

@@ -1,0 +1,178 @@
+"""``Loader(augment=...)``: each sample's augmentation depends on (seed, epoch, sample) and nothing else.
+
+Whatever the batch size, shuffling, worker threads, tier (host, disk, the
+stand-in GPU) or shard layout, sample i of epoch e gets the same bytes; a
+resumed epoch replays them; evaluation and prediction passes are not augmented.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuloader import Loader, augment
+from gpuloader.augment import apply_augment
+
+N = 120
+
+
+def images(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8), np.arange(n, dtype=np.int64)
+
+
+def ops():
+    return [augment.RandomCrop(padding=2), augment.RandomFlip(), augment.Cutout(size=3)]
+
+
+def per_sample(batches) -> dict[int, bytes]:
+    """sample id -> its image bytes, over batches of (x, y) with y the sample ids."""
+    out = {}
+    for batch in batches:
+        x, y = (np.asarray(part) for part in batch[:2])
+        for image, sample in zip(x, y.tolist()):
+            assert sample not in out
+            out[sample] = image.tobytes()
+    return out
+
+
+def served(loader) -> dict[int, bytes]:
+    return per_sample(loader.get_numpy_iterator())
+
+
+def expected(x, seed=7, epoch=0):
+    """The contract, computed directly: apply_augment over the whole dataset at once."""
+    augmented = apply_augment(ops(), x, np.arange(len(x), dtype=np.int64), seed, epoch, np)
+    return {i: augmented[i].tobytes() for i in range(len(x))}
+
+
+def make(x, y, **kwargs):
+    kwargs.setdefault("seed", 7)
+    kwargs.setdefault("batch_size", 16)
+    return Loader(x, y, augment=ops(), verbose=False, **kwargs)
+
+
+def test_each_sample_gets_its_keyed_augmentation_whatever_the_batch_size_shuffle_or_workers():
+    x, y = images()
+    want = expected(x)
+    assert served(make(x, y)) == want
+    assert served(make(x, y, batch_size=50, workers=3)) == want
+    assert served(make(x, y, shuffle=False)) == want
+    assert want != {i: x[i].tobytes() for i in range(N)}  # it did augment
+
+
+def test_another_epoch_draws_again_and_a_resume_replays_the_epoch_exactly():
+    x, y = images()
+    loader = make(x, y)
+    first = served(loader)
+    second = served(loader)
+    assert second == expected(x, epoch=1) != first
+    resumed = make(x, y)
+    resumed.set_state({**loader.get_state(), "epoch": 1})
+    assert served(resumed) == second
+
+
+def test_the_disk_tier_gives_the_same_bytes(tmp_path):
+    x, y = images()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    disk = Loader(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), batch_size=16, seed=7, augment=ops(),
+                  device="disk", verbose=False)
+    assert disk.placement == "disk"
+    assert served(disk) == expected(x)
+
+
+def test_the_stand_in_gpu_gives_the_same_bytes_as_the_host(fake_gpu):
+    x, y = images()
+    loader = make(x, y, device="gpu")
+    assert loader.placement == "gpu"
+    batches = [loader._prepare(i)[1] for i in range(len(loader))]
+    assert per_sample([(np.asarray(bx), np.asarray(by)) for bx, by in batches]) == expected(x)
+
+
+def test_worker_shards_together_see_the_draws_of_one_process():
+    x, y = images()
+    union = {}
+    for index in range(3):
+        shard = make(x, y, batch_size=10, num_shards=3, shard_index=index)
+        part = served(shard)
+        assert not set(part) & set(union)
+        union.update(part)
+    assert union == expected(x)
+
+
+def test_evaluation_and_prediction_passes_are_not_augmented():
+    import keras
+
+    x, y = images()
+    loader = make(x, y)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    seen = []
+
+    def spy(batch, xp):
+        seen.append(np.asarray(batch[0]).copy())
+        return batch
+
+    spying = Loader(x, y, batch_size=16, seed=7, augment=ops(), transform=spy, verbose=False)
+    model.predict(spying, verbose=0)
+    model.evaluate(spying, verbose=0)
+    assert np.array_equal(np.concatenate(seen), np.concatenate([x, x]))  # input order, untouched
+    seen.clear()
+    model.fit(spying, epochs=1, verbose=0)
+    assert not np.array_equal(np.sort(np.concatenate(seen), axis=0), np.sort(x, axis=0))
+    assert served(loader) == expected(x)
+
+
+def test_a_dict_input_names_the_images_to_augment():
+    x, y = images()
+    extra = np.arange(N, dtype=np.float32)[:, None]
+    loader = Loader({"image": x, "extra": extra}, y, batch_size=16, seed=7, augment={"image": ops()},
+                    verbose=False)
+    out = {}
+    for batch in loader.get_numpy_iterator():
+        for image, extra_value, sample in zip(batch[0]["image"], batch[0]["extra"], batch[1]):
+            assert float(extra_value[0]) == sample
+            out[int(sample)] = np.asarray(image).tobytes()
+    assert out == expected(x)
+
+
+@pytest.mark.parametrize(
+    ("x_kind", "value", "message"),
+    [
+        ("array", {"image": []}, "x is one array"),
+        ("dict", [augment.RandomFlip()], "must say which"),
+        ("dict", {"missing": [augment.RandomFlip()]}, "which x does not have"),
+        ("array", [augment.RandomFlip], "the class RandomFlip, not an op"),
+        ("flat", [augment.RandomFlip()], "needs image arrays"),
+        ("array", [augment.RandomCrop(padding=8)], "padding"),
+    ],
+)
+def test_bad_augment_arguments_are_refused_at_construction(x_kind, value, message):
+    x, y = images()
+    data = {"array": x, "dict": {"image": x, "extra": y}, "flat": x.reshape(N, -1)}[x_kind]
+    with pytest.raises((TypeError, ValueError), match=message):
+        Loader(data, y, batch_size=16, seed=7, augment=value, verbose=False)
+
+
+@pytest.mark.parametrize("layout", ["replicated", "sharded"])
+def test_gpus_under_a_strategy_give_each_sample_its_draws(monkeypatch, layout):
+    from fake_gpu import make_runtime
+
+    from gpuloader import placement, replicas
+
+    x, y = images()
+    runtime = make_runtime(gpus=2)
+    row_bytes = 8 * 8 * 3 + 8
+    if layout == "sharded":  # a 1/2 share fits the 0.5 budget, a whole copy does not
+        share = N // 2
+        runtime.state.free_bytes = 2 * (share * row_bytes + 4 * 8 * row_bytes + 24 * share) + 64
+    monkeypatch.setattr(placement, "gpu_runtime", lambda: runtime)
+    monkeypatch.setattr(replicas, "strategy_replica_devices", lambda: ["/gpu:0", "/gpu:1"])
+    monkeypatch.setattr(replicas, "gpu_ordinals", lambda devices: [0, 1])
+    loader = make(x, y, batch_size=16, drop_remainder=True)
+    assert loader.plan.layout == layout
+    parts = [part for i in range(len(loader)) for part in loader._prepare_parts(i, 0)]
+    got = per_sample([(np.from_dlpack(bx), np.from_dlpack(by)) for _, (bx, by) in parts])
+    want = expected(x)
+    assert len(got) == len(loader) * 16 and all(got[i] == want[i] for i in got)
