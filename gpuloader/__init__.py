@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 from gpuloader.info import info
 from gpuloader.permutation import permutation
 from gpuloader.placement import GPUUnavailableError, Plan
+from gpuloader.sources import SourceChangedError
 
 if TYPE_CHECKING:
     from gpuloader.loader import Loader
 
-__all__ = ["GPUUnavailableError", "Loader", "Plan", "info", "permutation"]
+__all__ = ["GPUUnavailableError", "Loader", "Plan", "SourceChangedError", "info", "permutation"]
 __version__ = "0.1.0"
 
 
