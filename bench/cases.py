@@ -127,16 +127,7 @@ def epoch_tfdata(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list
     A full-size shuffle buffer, so the order is a global shuffle like the
     others'; it is reshuffled at every iteration (the tf.data default).
     """
-    dataset = idiom_tf_dataset(x, y)
-
-    def run_epoch() -> int:
-        rows = 0
-        for xb, yb in dataset:
-            rows += xb.shape[0]
-            assert yb.shape[0] == xb.shape[0]
-        return rows
-
-    return (*_time_epochs(run_epoch, len(x), epochs), {})
+    return _time_tf_epochs(idiom_tf_dataset(x, y), len(x), epochs)
 
 
 def fast_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = synthetic.BATCH_SIZE) -> Any:
@@ -182,7 +173,11 @@ def idiom_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = synthetic.B
 
 def epoch_tfdata_fast(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[float], dict[str, Any]]:
     """tfdata_fast: one pass over :func:`fast_tf_dataset` per epoch (indices shuffled, rows gathered)."""
-    dataset = fast_tf_dataset(x, y)
+    return _time_tf_epochs(fast_tf_dataset(x, y), len(x), epochs)
+
+
+def _time_tf_epochs(dataset: Any, n: int, epochs: int) -> tuple[float, list[float], dict[str, Any]]:
+    """Time full passes over a tf.data pipeline of (x, y) batches."""
 
     def run_epoch() -> int:
         rows = 0
@@ -191,7 +186,7 @@ def epoch_tfdata_fast(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float,
             assert yb.shape[0] == xb.shape[0]
         return rows
 
-    return (*_time_epochs(run_epoch, len(x), epochs), {})
+    return (*_time_epochs(run_epoch, n, epochs), {})
 
 
 def epoch_gather(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[float], dict[str, Any]]:
