@@ -34,6 +34,7 @@ The contract, one test (or group) each:
 - no device memory growth over 50 epochs;
 - arrays already on the GPU (CuPy, torch) are adopted in place, no host trip;
 - ``transform`` runs on the device: uint8 stored, float32 served;
+- augmentation ops give the host's bytes on the device (odd sizes, uint8/float16/float32);
 - Keras ``fit`` converges on the backend in ``KERAS_BACKEND`` fed from the GPU.
 
 Data is small: the whole file runs in about a minute on an H100.
@@ -714,6 +715,33 @@ def test_transform_runs_on_the_device(cp, make_loader):
     np.testing.assert_array_equal(host(by), labels[rows])
     assert stored_images.dtype == np.uint8
 
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32])
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_augmented_batches_on_the_device_are_the_host_bytes(cp, make_loader, dtype, size):
+    from gpuloader import augment
+
+    rng = np.random.default_rng(size)
+    images = (rng.integers(0, 256, (96, size + 4, size + 2, size)) if dtype == np.uint8
+              else rng.standard_normal((96, size + 4, size + 2, size))).astype(dtype)
+    labels = np.arange(96, dtype=np.int32)
+
+    def ops():
+        padding = min(2, size)
+        return [augment.RandomCrop(padding=padding), augment.RandomFlip(), augment.Cutout(size=3, fill=1)]
+
+    on_gpu = make_loader(images, labels, batch_size=32, device="gpu", augment=ops())
+    on_host = make_loader(images, labels, batch_size=32, device="host", augment=ops())
+    assert on_gpu.placement == "gpu"
+    for epoch in (0, 1):
+        for index in range(len(on_gpu)):
+            _, (gx, gy) = on_gpu._prepare(index, epoch)
+            _, (hx, hy) = on_host._prepare(index, epoch)
+            assert isinstance(gx, cp.ndarray)
+            np.testing.assert_array_equal(host(gy), hy)
+            assert host(gx).tobytes() == np.asarray(hx).tobytes(), f"epoch {epoch}, batch {index}"
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("view", ["strided", "offset"])
