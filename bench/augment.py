@@ -1,13 +1,19 @@
 """Host benchmark of keyed augmentation (issue 12): gpuloader.augment against tf.data and Keras layers.
 
-Usage: ``python bench/augment.py [--rounds N] [--epochs E] [--tf-epochs E] [--rows N] [--cases a,b,...] [--out DIR]``
+Usage: ``python bench/augment.py [--mode all|epoch|fit] [--rounds N] [--epochs E] [--tf-epochs E] [--rows N]
+[--fit-samples N] [--fit-epochs E] [--cases a,b,...] [--out DIR]``
+
+The default run (both modes, 2 rounds, fit on 10000 samples) takes about 3 to 4
+minutes on a 2-core machine. ``--fit-samples 50000`` fits on the full CIFAR-10
+size (about 5x the fit time); ``--mode epoch`` or ``--mode fit`` runs one half.
 
 Data: the synthetic CIFAR-10 stand-in (``bench/synthetic.py``), 50000 x 32 x 32
-x 3 uint8 and int32 labels; batches of 512 in a new shuffled order every epoch.
-gpuloader's augmentation is ``RandomCrop(padding=4, mode="reflect")``,
-``RandomFlip()``, ``Cutout(size=8)``.
+x 3 uint8 and int32 labels (``--rows``, ``--fit-samples``); batches of 512 in a
+new shuffled order every epoch. gpuloader's augmentation is
+``RandomCrop(padding=4, mode="reflect")``, ``RandomFlip()``, ``Cutout(size=8)``.
 
-Cases (``--cases``; the first four by default):
+Epoch cases (``--mode epoch``: the first four, plus the loader pair when
+``gpuloader.Loader`` takes ``augment``, read from its source):
 
 - ``plain``: the host gathered epoch, no augmentation: per batch the loader's
   own host gather (``gpuloader.gather.gather_batch``: x and y into one aligned
@@ -25,22 +31,55 @@ Cases (``--cases``; the first four by default):
   ``RandomTranslation(4/32, 4/32, fill_mode="reflect")`` and
   ``RandomFlip("horizontal")`` called on it (``training=True``, TensorFlow
   backend, on the host). No cutout.
-- ``augment_generic``: ``augment`` through the array-API reference path (the
-  code CuPy runs) instead of the NumPy one, for information.
-- ``loader_plain`` / ``loader_augment``: ``loader[i]`` for every batch, then
-  ``on_epoch_end()``, of ``gpuloader.Loader(..., device="host")`` without and
-  with ``augment=``; only when the Loader takes ``augment``.
+- ``loader_plain`` / ``loader_augment``: the product itself: ``loader[i]`` for
+  every batch, then ``on_epoch_end()``, of ``gpuloader.Loader(x, y,
+  batch_size=512, seed=0, workers=1, device="host")`` without and with
+  ``augment=[crop, flip, cutout]`` (``loader[i]`` outside ``fit`` is a training
+  pass, so it is augmented). Batches come back as TensorFlow tensors.
+- ``augment_generic`` (only with ``--cases``): ``augment`` through the
+  array-API reference path (the code CuPy runs) instead of the NumPy one.
+
+Fit cases (``--mode fit``): ``model.fit`` for one warm-up epoch plus
+``--fit-epochs`` timed epochs (default 2) of a small conv net: uint8 input ->
+``Rescaling(1/255)`` -> [augmentation layers, ``fit_keras`` only] ->
+``Conv2D(16, 3)`` -> ``MaxPooling2D`` -> ``Conv2D(32, 3)`` ->
+``GlobalAveragePooling2D`` -> ``Dense(10)``, SGD, ``jit_compile=False`` for all
+(Keras turns XLA off on CPU-only machines anyway, and its random image layers
+cannot be jit-compiled). An epoch is the time between consecutive
+``on_epoch_end`` calls.
+
+- ``fit_gpuloader``: ``fit(gpuloader.Loader(x, y, ..., augment=[crop 4, flip,
+  cutout 8]))``, the ``loader_augment`` loader.
+- ``fit_tfdata``: ``fit`` on tf.data doing the same three ops per sample:
+  ``stateless_random_crop`` of the reflect-padded image,
+  ``stateless_random_flip_left_right``, and a cutout written in tf ops (an 8 x
+  8 square of zeros centred at a random pixel, clipped at the border, through
+  ``tf.where``), keyed by ``Dataset.random(rerandomize_each_iteration=True)``
+  zipped with the shuffled samples so every epoch draws anew; ``map`` with
+  AUTOTUNE, ``batch(512)``, ``prefetch(AUTOTUNE)``.
+- ``fit_keras``: ``fit(x, y, batch_size=512, shuffle=True)`` (Keras's own
+  array path) with the augmentation as layers inside the model, after the
+  ``Rescaling``: ``RandomTranslation(4/32, 4/32, fill_mode="reflect")``,
+  ``RandomFlip("horizontal")``, and ``RandomErasing(factor=(1, 1),
+  scale=(1/16, 1/16), fill_value=0)`` for the cutout: Keras 3 has no Cutout
+  layer, and ``RandomErasing`` set so erases one 8 x 8 square per image (always
+  inside the image, where Cutout clips at the border).
+- ``fit_plain``: ``fit_gpuloader`` without ``augment``: the cost of the model
+  and the feed alone, for reference.
 
 Every case runs in a process of its own, and the cases are interleaved across
 rounds (round 1: A B C D, round 2: A B C D, ...), as in ``bench/run.py``: after
 ``tf.data`` has run in a process, later work there runs slower. A case's figure
 for a round is the median of its timed epochs (after a warm-up: one epoch, or
-the first 10 batches of one for the TensorFlow cases); its reported figure is
-the median over rounds. Ratios are of those medians, from the same run:
-targets ``augment / plain <= 2``, ``tfdata / augment >= 3``, ``keras / augment
->= 3``. Wall-clock seconds; each case's CPU seconds (all its threads: tf.data
-uses several) and the load average around it are recorded too, since this
-machine's 2 cores are shared.
+the first 10 batches of one for the TensorFlow epoch cases); its reported figure
+is the median over rounds. Ratios are of those medians, from the same run. The
+summary prints each target as met or MISSED: ``augment / plain <= 2`` and
+``loader_augment / loader_plain <= 2``; ``tfdata`` and ``keras`` at least 3x
+``augment`` and ``loader_augment``; and the fit ratios (``fit_tfdata`` and
+``fit_keras`` over ``fit_gpuloader``, ``fit_gpuloader / fit_plain``) as figures
+with no target. Wall-clock seconds; each case's CPU seconds (all its threads:
+tf.data uses several) and the load average around it are recorded too, since
+this machine's 2 cores are shared.
 
 Writes ``<out>/augment.json`` (default ``bench/results``). Exit status 0 when
 every case ran, whether or not the targets are met; 1 when a case failed.
@@ -49,7 +88,9 @@ every case ran, whether or not the targets are met; 1 when a case failed.
 from __future__ import annotations
 
 import argparse
-import inspect
+import ast
+import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -75,16 +116,25 @@ PADDING = 4
 CUTOUT = 8
 SEED = 0
 DEFAULT_CASES = ("plain", "augment", "tfdata", "keras")
-OPTIONAL_CASES = ("augment_generic", "loader_plain", "loader_augment")
-TF_CASES = ("tfdata", "keras", "loader_plain", "loader_augment")
+LOADER_CASES = ("loader_plain", "loader_augment")
+FIT_DEFAULT_CASES = ("fit_gpuloader", "fit_tfdata", "fit_keras", "fit_plain")
+OPTIONAL_CASES = ("augment_generic", *LOADER_CASES)
+TF_CASES = ("tfdata", "keras", *LOADER_CASES)
 TF_WARMUP_BATCHES = 10
 CASE_TIMEOUT_S = 600
+FIT_SAMPLES = 10000  # the default fit run; --fit-samples 50000 for the CIFAR-10 size
 # (numerator, denominator, kind, bound): augment at most 2x plain; the baselines at least 3x augment.
+# Kind "figure": a ratio printed for information, with no target.
 TARGETS = (
     ("augment", "plain", "max", 2.0),
     ("tfdata", "augment", "min", 3.0),
     ("keras", "augment", "min", 3.0),
     ("loader_augment", "loader_plain", "max", 2.0),
+    ("tfdata", "loader_augment", "min", 3.0),
+    ("keras", "loader_augment", "min", 3.0),
+    ("fit_tfdata", "fit_gpuloader", "figure", None),
+    ("fit_keras", "fit_gpuloader", "figure", None),
+    ("fit_gpuloader", "fit_plain", "figure", None),
 )
 
 
@@ -95,10 +145,21 @@ def _ops() -> list[Any]:
 
 
 def loader_takes_augment() -> bool:
-    import gpuloader
+    """Whether ``gpuloader.Loader.__init__`` has an ``augment`` parameter, read from its source.
 
+    Reading the source rather than ``inspect.signature(gpuloader.Loader)`` keeps Keras and TensorFlow out
+    of the driver process (their start-up log ignores ``TF_CPP_MIN_LOG_LEVEL`` in TensorFlow 2.21).
+    """
     try:
-        return "augment" in inspect.signature(gpuloader.Loader.__init__).parameters
+        spec = importlib.util.find_spec("gpuloader.loader")
+        tree = ast.parse(Path(spec.origin).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name == "Loader":
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                        params = [*item.args.posonlyargs, *item.args.args, *item.args.kwonlyargs]
+                        return "augment" in {param.arg for param in params}
+        return False
     except Exception:  # a loader being edited must not stop the benchmark
         return False
 
@@ -233,9 +294,153 @@ CASES: dict[str, Callable[[np.ndarray, np.ndarray], EpochFn]] = {
 }
 
 
+# ------------------------------------------------------------------ fit cases (each in its own process)
+def build_conv_net(augment_layers: list[Any] | None = None) -> Any:
+    """uint8 images -> Rescaling(1/255) -> [augment_layers] -> Conv2D(16, 3) -> MaxPool -> Conv2D(32, 3)
+    -> GlobalAveragePooling -> Dense(10, softmax); SGD, sparse categorical cross-entropy, no XLA."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    model = keras.Sequential(
+        [
+            keras.Input(shape=synthetic.SPECS["cifar"].sample_shape, dtype="uint8"),
+            keras.layers.Rescaling(1 / 255),
+            *(augment_layers or []),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(synthetic.NUM_CLASSES, activation="softmax"),
+        ]
+    )
+    # XLA off for every peer: Keras's "auto" turns it off on CPU-only machines anyway, and its random
+    # image layers cannot be jit-compiled, so this keeps the three models compiled the same way.
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=False)
+    return model
+
+
+def fit_epochs(model: Any, data: Any, epochs: int, **fit_kwargs: Any) -> tuple[float, list[float], list[float]]:
+    """``model.fit(data, epochs=1 + epochs)``: the warm-up epoch (from ``on_train_begin``, tracing
+    included), then each timed epoch's wall and CPU seconds, between consecutive ``on_epoch_end`` calls
+    (so work done between epochs, a reshuffle, is counted)."""
+    import keras
+
+    marks: list[tuple[float, float]] = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Any = None) -> None:
+            marks.append((time.perf_counter(), time.process_time()))
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            marks.append((time.perf_counter(), time.process_time()))
+
+    model.fit(data, epochs=1 + epochs, verbose=0, callbacks=[EpochTimer()], **fit_kwargs)
+    if len(marks) != 2 + epochs:
+        raise RuntimeError(f"fit ran {len(marks) - 1} epochs, expected {1 + epochs}")
+    wall = [later[0] - earlier[0] for earlier, later in itertools.pairwise(marks)]
+    cpu = [later[1] - earlier[1] for earlier, later in itertools.pairwise(marks)]
+    return wall[0], wall[1:], cpu[1:]
+
+
+def fit_loader(x: np.ndarray, y: np.ndarray, epochs: int, augmented: bool) -> tuple[float, list[float], list[float]]:
+    import gpuloader
+
+    extra = {"augment": _ops()} if augmented else {}
+    loader = gpuloader.Loader(
+        x, y, batch_size=BATCH_SIZE, shuffle=True, seed=SEED, verbose=False, workers=1, device="host", **extra
+    )
+    return fit_epochs(build_conv_net(), loader, epochs)
+
+
+def tf_augment_dataset(x: np.ndarray, y: np.ndarray) -> Any:
+    """tf.data doing gpuloader's three ops: crop of the reflect-padded image, flip, cutout, per sample.
+
+    ``Dataset.random(rerandomize_each_iteration=True)`` zipped with the shuffled samples gives each
+    sample a fresh key every epoch; the ops are ``stateless_random_crop``,
+    ``stateless_random_flip_left_right`` and a cutout of tf ops (a ``size x size`` square of zeros centred
+    at a ``stateless_random_uniform`` pixel, clipped at the border, through ``tf.where``); ``map`` with
+    AUTOTUNE, ``batch``, ``prefetch(AUTOTUNE)``. ``x_padded`` is made once, before any timing.
+    """
+    import tensorflow as tf
+
+    height, width, channels = x.shape[1:]
+    padded = np.pad(x, ((0, 0), (PADDING, PADDING), (PADDING, PADDING), (0, 0)), mode="reflect")
+    rows, cols = tf.range(height), tf.range(width)
+
+    def augment(key: tf.Tensor, sample: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        image, label = sample
+        image = tf.image.stateless_random_crop(image, (height, width, channels), seed=tf.stack([key, 0]))
+        image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([key, 1]))
+        centre = tf.random.stateless_uniform([], tf.stack([key, 2]), 0, height * width, dtype=tf.int32)
+        top, left = centre // width - CUTOUT // 2, centre % width - CUTOUT // 2
+        inside = ((rows >= top) & (rows < top + CUTOUT))[:, None] & ((cols >= left) & (cols < left + CUTOUT))[None]
+        image = tf.where(inside[:, :, None], tf.zeros_like(image), image)
+        return image, label
+
+    keys = tf.data.Dataset.random(seed=SEED, rerandomize_each_iteration=True)
+    samples = tf.data.Dataset.from_tensor_slices((padded, y)).shuffle(len(x), seed=SEED, reshuffle_each_iteration=True)
+    return (
+        tf.data.Dataset.zip(keys, samples)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH_SIZE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def fit_tfdata(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[float], list[float]]:
+    return fit_epochs(build_conv_net(), tf_augment_dataset(x, y), epochs)
+
+
+def keras_augment_layers() -> list[Any]:
+    """The same augmentation as layers: ``RandomTranslation(4/32, 4/32, fill_mode="reflect")``,
+    ``RandomFlip("horizontal")`` and, for the cutout, ``RandomErasing`` made to erase one 8 x 8 square
+    (Keras 3 has no Cutout layer: ``factor=(1, 1)`` erases every image, ``scale`` the square's area as a
+    share of the image's, so a side of 8 on 32, ``fill_value=0``; the square always lies inside the
+    image, where gpuloader's Cutout is clipped at the border)."""
+    import keras
+
+    height, width = synthetic.SPECS["cifar"].sample_shape[:2]
+    area = CUTOUT * CUTOUT / (height * width)
+    return [
+        keras.layers.RandomTranslation(PADDING / height, PADDING / width, fill_mode="reflect", seed=SEED),
+        keras.layers.RandomFlip("horizontal", seed=SEED),
+        keras.layers.RandomErasing(
+            factor=(1.0, 1.0), scale=(area, area), fill_value=0.0, value_range=(0, 1), seed=SEED
+        ),
+    ]
+
+
+def fit_keras(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[float], list[float]]:
+    return fit_epochs(build_conv_net(keras_augment_layers()), x, epochs, y=y, batch_size=BATCH_SIZE, shuffle=True)
+
+
+FitFn = Callable[[np.ndarray, np.ndarray, int], tuple[float, list[float], list[float]]]
+FIT_CASES: dict[str, FitFn] = {
+    "fit_gpuloader": lambda x, y, epochs: fit_loader(x, y, epochs, augmented=True),
+    "fit_tfdata": fit_tfdata,
+    "fit_keras": fit_keras,
+    "fit_plain": lambda x, y, epochs: fit_loader(x, y, epochs, augmented=False),
+}
+ALL_CASES = (*CASES, *FIT_CASES)
+
+
 def run_case(name: str, rows: int | None, epochs: int) -> dict[str, Any]:
     """Build the case, warm it up, time ``epochs`` epochs; each must serve every row."""
     x, y = synthetic.make("cifar", rows)
+    if name in FIT_CASES:
+        build_start = time.perf_counter()
+        warmup_s, wall, cpu = FIT_CASES[name](x, y, epochs)
+        return {
+            "case": name,
+            "rows": len(x),
+            "batches": -(-len(x) // BATCH_SIZE),
+            "build_and_warmup_s": time.perf_counter() - build_start - sum(wall),
+            "warmup_s": warmup_s,
+            "epoch_s": wall,
+            "epoch_cpu_s": cpu,
+            "median_s": statistics.median(wall),
+            "median_cpu_s": statistics.median(cpu),
+        }
     build_start = time.perf_counter()
     run = CASES[name](x, y)
     build_s = time.perf_counter() - build_start
@@ -340,32 +545,49 @@ def check_targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if "median_s" not in top or "median_s" not in bottom:
             continue
         ratio = top["median_s"] / bottom["median_s"]
-        passed = ratio <= bound if kind == "max" else ratio >= bound
-        checks.append(
-            {
-                "ratio": f"{numerator} / {denominator}",
-                "value": ratio,
-                "target": f"{'<=' if kind == 'max' else '>='} {bound}",
-                "met": passed,
-            }
-        )
+        if kind == "figure":
+            target, passed = "none", None
+        elif kind == "max":
+            target, passed = f"<= {bound}", ratio <= bound
+        else:
+            target, passed = f">= {bound}", ratio >= bound
+        checks.append({"ratio": f"{numerator} / {denominator}", "value": ratio, "target": target, "met": passed})
     return checks
 
 
-def format_report(summary: dict[str, dict[str, Any]], checks: list[dict[str, Any]]) -> str:
-    lines = [f"{'case':<16}{'epoch (median)':>16}{'min':>10}{'max':>10}{'CPU s':>10}{'batches/s':>12}  rounds"]
-    for name, row in summary.items():
+def _case_table(summary: dict[str, dict[str, Any]], names: list[str], unit: str) -> list[str]:
+    """One line per case: medians over rounds of the per-process median epoch, in ms or s."""
+    scale, digits = (1e3, 1) if unit == "ms" else (1.0, 2)
+    header = f"{'case':<16}{'epoch (median)':>16}{'min':>10}{'max':>10}{'CPU s':>10}{'batches/s':>12}{'rows':>8}"
+    lines = [header + "  rounds"]
+    for name in names:
+        row = summary[name]
         if "median_s" not in row:
             lines.append(f"{name:<16}  failed: {row['errors'][-1].splitlines()[-1] if row['errors'] else '?'}")
             continue
+        low, median, high = (f"{row[key] * scale:.{digits}f} {unit}" for key in ("min_s", "median_s", "max_s"))
         lines.append(
-            f"{name:<16}{row['median_s'] * 1e3:>13.1f} ms{row['min_s'] * 1e3:>7.1f} ms{row['max_s'] * 1e3:>7.1f} ms"
-            f"{row['median_cpu_s']:>10.3f}{row['batches'] / row['median_s']:>12.0f}  {row['rounds_ok']}"
+            f"{name:<16}{median:>16}{low:>10}{high:>10}{row['median_cpu_s']:>10.3f}"
+            f"{row['batches'] / row['median_s']:>12.1f}{row['rows']:>8}  {row['rounds_ok']}"
         )
-    lines.append("")
+    return lines
+
+
+def format_report(summary: dict[str, dict[str, Any]], checks: list[dict[str, Any]]) -> str:
+    """The epoch table (ms), the fit table (s), then every target as met / MISSED and the fit ratios."""
+    lines: list[str] = []
+    epoch_names = [name for name in summary if name in CASES]
+    fit_names = [name for name in summary if name in FIT_CASES]
+    if epoch_names:
+        lines += ["Host epochs (gather, plus augmentation where named; no model):"]
+        lines += [*_case_table(summary, epoch_names, "ms"), ""]
+    if fit_names:
+        lines += ["fit of the small conv net, seconds per epoch (after a warm-up epoch):"]
+        lines += [*_case_table(summary, fit_names, "s"), ""]
+    lines.append(f"{'targets (ratio of medians)':<34}   {'value':>6}   {'target':<8} verdict")
     for check in checks:
-        verdict = "met" if check["met"] else "NOT met"
-        lines.append(f"{check['ratio']:<34} = {check['value']:6.2f}   target {check['target']:<8} {verdict}")
+        verdict = "figure, no target" if check["met"] is None else "met" if check["met"] else "MISSED"
+        lines.append(f"{check['ratio']:<34} = {check['value']:6.2f}   {check['target']:<8} {verdict}")
     return "\n".join(lines)
 
 
@@ -374,25 +596,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every case (default 2)")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per NumPy case process (default 5)")
     parser.add_argument("--tf-epochs", type=int, default=1, help="timed epochs per TensorFlow case process (default 1)")
-    parser.add_argument("--rows", type=int, default=None, help="samples (default: 50000, the CIFAR-10 size)")
+    parser.add_argument("--rows", type=int, default=None, help="samples of the epoch cases (default: 50000, CIFAR-10)")
+    parser.add_argument(
+        "--mode",
+        choices=("all", "epoch", "fit"),
+        default="all",
+        help="default cases to run: the host epochs, the fit cases, or both (default all); --cases overrides",
+    )
+    parser.add_argument(
+        "--fit-samples",
+        type=int,
+        default=FIT_SAMPLES,
+        help=f"samples of the fit cases (default {FIT_SAMPLES}; 50000 for the CIFAR-10 size)",
+    )
+    parser.add_argument(
+        "--fit-epochs", type=int, default=2, help="timed epochs per fit process, after one warm-up epoch (default 2)"
+    )
     parser.add_argument(
         "--cases",
         default=None,
-        help=f"comma-separated from {', '.join(CASES)} (default: {', '.join(DEFAULT_CASES)}, "
-        "plus the loader cases when the Loader takes augment)",
+        help=f"comma-separated from {', '.join(ALL_CASES)} (default: {', '.join(DEFAULT_CASES)}, "
+        f"the loader cases when the Loader takes augment, and {', '.join(FIT_DEFAULT_CASES)})",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default bench/results)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.epochs < 1 or args.tf_epochs < 1:
-        parser.error("--rounds, --epochs and --tf-epochs must be at least 1")
+    if min(args.rounds, args.epochs, args.tf_epochs, args.fit_epochs) < 1:
+        parser.error("--rounds, --epochs, --tf-epochs and --fit-epochs must be at least 1")
+    if args.fit_samples < 1 or (args.rows is not None and args.rows < 1):
+        parser.error("--rows and --fit-samples must be at least 1")
+    takes_augment = loader_takes_augment()
     if args.cases is None:
-        args.cases = list(DEFAULT_CASES) + (["loader_plain", "loader_augment"] if loader_takes_augment() else [])
+        args.cases = []
+        if args.mode in ("all", "epoch"):
+            args.cases += list(DEFAULT_CASES) + (list(LOADER_CASES) if takes_augment else [])
+        if args.mode in ("all", "fit"):
+            args.cases += [name for name in FIT_DEFAULT_CASES if takes_augment or name != "fit_gpuloader"]
     else:
         args.cases = [name.strip() for name in args.cases.split(",") if name.strip()]
-        unknown = [name for name in args.cases if name not in CASES]
+        unknown = [name for name in args.cases if name not in ALL_CASES]
         if unknown or not args.cases:
-            parser.error(f"--cases: unknown or empty {unknown or args.cases}; choose from {', '.join(CASES)}")
+            parser.error(f"--cases: unknown or empty {unknown or args.cases}; choose from {', '.join(ALL_CASES)}")
     return args
 
 
@@ -405,10 +649,13 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, list[dict[str, Any]]] = {name: [] for name in args.cases}
     for round_index in range(args.rounds):
         for name in args.cases:
-            epochs = args.tf_epochs if name in TF_CASES else args.epochs
-            result = spawn(name, args.rows, epochs)
+            if name in FIT_CASES:
+                result = spawn(name, args.fit_samples, args.fit_epochs)
+                figure = f"{result['median_s']:.2f} s/epoch" if "error" not in result else "FAILED"
+            else:
+                result = spawn(name, args.rows, args.tf_epochs if name in TF_CASES else args.epochs)
+                figure = f"{result['median_s'] * 1e3:.1f} ms/epoch" if "error" not in result else "FAILED"
             raw[name].append(result)
-            figure = f"{result['median_s'] * 1e3:.1f} ms/epoch" if "error" not in result else "FAILED"
             print(f"round {round_index + 1}/{args.rounds} {name:<16} {figure}", flush=True)
     summary = summarise(args.cases, raw)
     checks = check_targets(summary)
@@ -427,6 +674,12 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": BATCH_SIZE,
             "gpuloader_ops": [repr(op) for op in _ops()],
             "baselines_do": "crop (pad 4, reflect) + horizontal flip, no cutout",
+            "fit_baselines_do": "tf.data: crop + flip + cutout of tf ops; keras: RandomTranslation + RandomFlip + "
+            "RandomErasing as an 8 x 8 cutout, inside the model",
+            "fit_model": "uint8 -> Rescaling(1/255) -> Conv2D(16,3) -> MaxPool -> Conv2D(32,3) -> GAP -> Dense(10); "
+            "SGD, jit_compile=False",
+            "fit_samples": args.fit_samples,
+            "fit_epochs": args.fit_epochs,
             "rounds": args.rounds,
             "epochs": args.epochs,
             "tf_epochs": args.tf_epochs,
