@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
 __all__ = ["DataAdapter", "KerasCall", "keras_call", "strategy_of_caller", "tf_batches"]
 
 _TRAINER_METHODS = frozenset(("fit", "evaluate", "predict"))
-_ARGUMENTS = ("y", "sample_weight", "class_weight", "batch_size", "shuffle", "validation_batch_size")
+_ARGUMENTS = ("y", "sample_weight", "class_weight", "batch_size", "shuffle")
 _MAX_DEPTH = 64
 
 
@@ -46,6 +47,8 @@ class KerasCall:
         steps_per_epoch: ``fit``'s argument.
         token: an object that lives exactly as long as this call (its epoch iterator).
         arguments: the call's arguments the loader checks (see ``_ARGUMENTS``).
+        model: the model being trained or evaluated.
+        within_fit: an ``evaluate`` run by ``fit`` (validation).
     """
 
     kind: str
@@ -54,6 +57,18 @@ class KerasCall:
     steps_per_epoch: int | None
     token: Any
     arguments: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    within_fit: bool = False
+
+    def optimizer_steps(self) -> int | None:
+        """The model's optimizer step count (restored by ``BackupAndRestore``), or None if it has none."""
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        if iterations is None:
+            return None
+        try:
+            return int(np.asarray(iterations))
+        except (TypeError, ValueError):
+            return None
 
 
 def keras_call(depth: int = 2) -> KerasCall | None:
@@ -75,9 +90,21 @@ def keras_call(depth: int = 2) -> KerasCall | None:
                 steps_per_epoch=local.get("steps_per_epoch"),
                 token=local.get("epoch_iterator", frame),
                 arguments={name: local[name] for name in _ARGUMENTS if name in local},
+                model=local.get("self"),
+                within_fit=code.co_name == "evaluate" and _fit_above(frame.f_back),
             )
         frame = frame.f_back
     return None
+
+
+def _fit_above(frame: Any) -> bool:
+    for _ in range(_MAX_DEPTH):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "fit" and _is_trainer_module(frame.f_globals.get("__name__", "")):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _is_trainer_module(name: str) -> bool:
@@ -99,6 +126,15 @@ def tf_batches(make_iterator: Callable[[], Iterator[Any]]) -> Any:
 
             def __iter__(self) -> Iterator[Any]:
                 return self._make()
+
+            def __getattr__(self, name: str) -> Any:
+                if name.startswith("_"):
+                    raise AttributeError(name)
+                raise AttributeError(
+                    f"get_tf_dataset() returns an iterable of batches for Keras's TF trainer (a "
+                    f"tf.distribute.DistributedDataset), not a tf.data.Dataset, so it has no {name!r}. Iterate "
+                    "it (for batch in loader.get_tf_dataset()), or take the first batches with itertools.islice."
+                )
 
         _tf_batches_class = _TFBatches
     return _tf_batches_class(make_iterator)

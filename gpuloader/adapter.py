@@ -73,13 +73,13 @@ class KerasPasses:
                     f"{name} was passed to {call.kind}() together with a gpuloader.Loader, but Keras does not "
                     f"pass it to a loader, so it would be ignored. {fix}"
                 )
-        for name in ("batch_size", "validation_batch_size"):
-            given = arguments.get(name)
-            if given is not None and given != self._batch_size:
-                self._warn_once(
-                    name, f"{call.kind}({name}={given}) is ignored for a gpuloader.Loader, which serves batches "
-                    f"of batch_size={self._batch_size}; set the batch size on the loader instead.",
-                )
+        given = arguments.get("batch_size")
+        if given is not None and given != self._batch_size:
+            said = f"fit(validation_batch_size={given})" if call.within_fit else f"{call.kind}(batch_size={given})"
+            self._warn_once(
+                "batch_size", f"{said} is ignored for a gpuloader.Loader, which serves batches of "
+                f"batch_size={self._batch_size}; set the batch size on the loader instead.",
+            )
         if call.kind == "fit" and arguments.get("shuffle") is False and self._shuffle:
             self._warn_once(
                 "shuffle", "fit(shuffle=False) is ignored for a gpuloader.Loader, which shuffles every epoch "

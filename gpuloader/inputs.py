@@ -261,6 +261,12 @@ def _check_integer_labels(labels: np.ndarray, dtype: np.dtype) -> None:
         )
 
 
+def describe_leaves(leaves: list[Any]) -> list[str]:
+    """Each leaf's dtype and shape of one sample, e.g. ``"float32 (784,)"``: what a saved state must match."""
+    return [f"{np.dtype(str(getattr(leaf.dtype, 'name', leaf.dtype)).replace('torch.', ''))} {tuple(leaf.shape[1:])}"
+            for leaf in leaves]
+
+
 def augment_targets(augment: Any, structure: Structure, leaves: list[Any], names: list[str]) -> list[tuple[int, list]]:
     """``augment`` as ``[(leaf index, checked ops)]`` for the inputs of ``x`` it names.
 

@@ -135,6 +135,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         signature = {
             "num_samples": store.n, "batch_size": self._batch_size, "shuffle": self._shuffle,
             "drop_remainder": self._drop_remainder, "num_shards": num_shards, "shard_index": shard_index,
+            "inputs": inputs.describe_leaves(leaves),
         }
         seed_owns_rows = num_shards > 1 or (replicas is not None and replicas.layout == replicas_lib.SHARDED)
         self._schedule = EpochSchedule(store.xp, seed, self._shuffle, steps, signature, seed_owns_rows)
@@ -207,6 +208,10 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         epoch = self._schedule.epoch_for_item(position, keras_call())
         return self._pipeline.to_consumer(self._pipeline.prepare(position, epoch, self._shuffle))
 
+    def __iter__(self) -> Iterator[Any]:
+        """One pass over the batches (``for batch in loader``), prepared ahead by ``workers`` threads."""
+        return self._passes.iterate(self._pipeline.backend())
+
     def on_epoch_end(self) -> None:
         """Move to the next epoch's order if this epoch finished (see :mod:`gpuloader.schedule`).
 
@@ -249,13 +254,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     def batch_size(self) -> int:
         return self._batch_size
 
-    @property
-    def has_partial_batch(self) -> bool:
-        return not self._drop_remainder and self.num_samples % self._batch_size != 0
-
-    @property
-    def partial_batch_size(self) -> int | None:
-        return self.num_samples % self._batch_size if self.has_partial_batch else None
+    has_partial_batch = property(lambda self: not self._drop_remainder and self.num_samples % self._batch_size != 0)
+    partial_batch_size = property(lambda self: self.num_samples % self._batch_size if self.has_partial_batch else None)
 
     def get_numpy_iterator(self) -> Iterator[Any]:
         return self._passes.iterate("numpy")

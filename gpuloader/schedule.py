@@ -8,15 +8,19 @@ so the whole question is which ``e`` a pass serves. The rule:
   ``fit(loader, epochs=1)`` calls sees a new order each time); a fit that
   resumes at ``initial_epoch = k > 0`` (given, or set by ``BackupAndRestore``)
   trains Keras epoch ``k`` on the order an uninterrupted run would have used:
-  the numbering of the previous fit of this loader, or order ``k`` in a new
-  process. After ``set_epoch``/``set_state`` the next fit's first epoch serves
+  the epochs the model's optimizer has stepped through (its step count is
+  restored with the weights, so a resumed second training phase continues
+  where it was), else the numbering of the previous fit (order ``k`` in a new
+  process). After ``set_epoch``/``set_state`` the next fit's first epoch serves
   the epoch that was set. With ``steps_per_epoch`` slicing a pass into ``S``
   Keras epochs, one order serves ``S`` consecutive Keras epochs.
 - **Evaluation and prediction** passes serve the input order and move nothing.
-- **Anything else** (a custom loop over an iterator, or ``loader[i]`` for every
-  batch): an epoch counts as finished when an iterator reached its last batch
-  or every batch went out through ``loader[i]``; ``on_epoch_end()`` (or the
-  next iterator) then moves to the next epoch. A single peek finishes nothing.
+- **Anything else** (a custom loop over an iterator or ``for batch in loader``,
+  or ``loader[i]`` for every batch): an epoch counts as finished when an
+  iterator reached its last batch or every batch went out through
+  ``loader[i]``; ``on_epoch_end()`` or the next iterator then moves to the next
+  epoch. ``loader[i]`` itself never moves it (the ``Sequence`` contract: the
+  same index gives the same batch until ``on_epoch_end``). A peek finishes nothing.
 
 State (:meth:`EpochSchedule.get_state`) names the epoch the next pass serves,
 so a finished but not yet advanced epoch is never replayed.
@@ -45,9 +49,11 @@ from gpuloader.inputs import check_non_negative_int, check_seed
 from gpuloader.permutation import permutation
 from gpuloader.prefetch import in_background
 
-STATE_FORMAT = "gpuloader.Loader/1"
+STATE_FORMAT = "gpuloader.Loader/2"
 #: The state keys that must match for a state to replay this loader's batches.
-SIGNATURE_KEYS = ("num_samples", "batch_size", "shuffle", "drop_remainder", "num_shards", "shard_index")
+SIGNATURE_KEYS = (
+    "num_samples", "batch_size", "shuffle", "drop_remainder", "num_shards", "shard_index", "inputs",
+)
 
 
 class EpochSchedule:
@@ -165,7 +171,12 @@ class EpochSchedule:
                 self._fit_offset = self.next_epoch - first
             elif call.initial_epoch == 0:
                 self._fit_offset = self.next_epoch
-            # else: a resumed fit keeps the numbering of the fit it resumes (0 in a new process)
+            elif steps := call.optimizer_steps():
+                # A resumed fit: the optimizer's step count (restored with the weights by BackupAndRestore)
+                # says how many epochs the model trained before this one, whatever this process did before.
+                per_epoch = min(call.steps_per_epoch or self._steps, self._steps)
+                self._fit_offset = max(steps // per_epoch // slices - first, 0)
+            # else (an optimizer that never stepped): the numbering of the previous fit, 0 in a new process
             self._pinned = False
             self._fit = weakref.ref(call.token)
             if slices > 1 and call.initial_epoch % slices and not self._warned_mid_pass:
@@ -186,7 +197,10 @@ class EpochSchedule:
         return {"format": STATE_FORMAT, "seed": self._seed, "epoch": self.next_epoch, **self._signature}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Serve exactly the batches of the epoch ``state`` names; refuse a state of other batches."""
+        """Serve exactly the batches of the epoch ``state`` names; refuse a state of other batches.
+
+        The state's seed replaces the loader's (it decided the orders being resumed).
+        """
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise ValueError(
                 f"set_state expects a dict from Loader.get_state() with format={STATE_FORMAT!r}; "

@@ -13,6 +13,7 @@ Keras epoch trained on is found by matching its first training batch against
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import keras
@@ -155,14 +156,41 @@ def run(directory):
     except KeyboardInterrupt:
         pass
     report["backup_before_crash"] = log.orders()
+    # A second training phase (after a warm-up fit of the same model) that crashes, resumed in a new process.
+    log = Log()
+    m, train = model(), loader(log)
+    m.fit(train, epochs=2, verbose=0)
+    try:
+        m.fit(train, epochs=6, verbose=0,
+              callbacks=[keras.callbacks.BackupAndRestore(directory + "/phase2"), log.callback(), Crash3()])
+    except KeyboardInterrupt:
+        pass
+    report["phase2_before_crash"] = log.orders()
+    shutil.copytree(directory + "/phase2", directory + "/phase2_again")  # a second resume starts from here too
     return report
+
+
+class Crash3(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 3:
+            raise KeyboardInterrupt("simulated preemption at epoch 3")
 
 
 def resume(directory):
     log = Log()
     model().fit(loader(log), epochs=4, verbose=0,
                 callbacks=[keras.callbacks.BackupAndRestore(directory + "/new"), log.callback()])
-    return {"backup_new_process": log.orders()}
+    report = {"backup_new_process": log.orders()}
+    # The second phase resumed straight away, and after re-running the warm-up (a script run from the top).
+    for name, warm_up, backup in (("phase2_resumed", False, "phase2"), ("phase2_rerun_resumed", True, "phase2_again")):
+        log = Log()
+        m, train = model(), loader(log)
+        if warm_up:
+            m.fit(train, epochs=2, verbose=0)
+        m.fit(train, epochs=6, verbose=0,
+              callbacks=[keras.callbacks.BackupAndRestore(f"{directory}/{backup}"), log.callback()])
+        report[name] = log.orders()
+    return report
 
 
 if __name__ == "__main__":

@@ -143,8 +143,9 @@ def test_on_epoch_end_without_a_served_batch_is_a_no_op():
 def test_same_seed_same_orders_and_order_depends_on_seed_and_epoch_only():
     a, b, c = make(seed=11), make(seed=11), make(seed=12)
     for _ in range(3):
-        assert epoch_ids(a) == epoch_ids(b)
-        assert epoch_ids(a) != epoch_ids(c)
+        ids_a = epoch_ids(a)  # every batch once: the epoch is finished
+        assert ids_a == epoch_ids(b)
+        assert ids_a != epoch_ids(c)
         for loader in (a, b, c):
             loader.on_epoch_end()
     fresh = make(seed=11)

@@ -50,6 +50,13 @@ def test_backup_and_restore_in_a_new_process_resumes_the_uninterrupted_orders(ep
     assert epoch_report["backup_new_process"] == {"2": 2, "3": 3}
 
 
+def test_a_second_training_phase_resumed_in_a_new_process_continues_its_orders(epoch_report):
+    # The warm-up fit trained orders 0-1, so phase 2's Keras epochs 0, 1, 2 trained on orders 2, 3, 4.
+    assert epoch_report["phase2_before_crash"] == {"0": 2, "1": 3, "2": 4, "3": None}
+    assert epoch_report["phase2_resumed"] == {"3": 5, "4": 6, "5": 7}
+    assert epoch_report["phase2_rerun_resumed"] == {"3": 5, "4": 6, "5": 7}
+
+
 def test_backup_and_restore_in_the_same_process_resumes_the_uninterrupted_orders(epoch_report):
     assert epoch_report["backup_same_process"] == {"0": 0, "1": 1, "2": 2, "3": 3}
 
@@ -122,6 +129,16 @@ def test_fit_batch_size_and_shuffle_are_ignored_with_one_warning_each():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m.fit(loader, epochs=1, batch_size=16, verbose=0)  # agrees with the loader: nothing to say
+
+
+def test_validation_batch_size_warns_once_naming_fit():
+    x, y = data()
+    train = Loader(x, y, batch_size=16, seed=0, verbose=False)
+    val = Loader(x, y, batch_size=16, shuffle=False, verbose=False)
+    with pytest.warns(UserWarning) as caught:
+        model().fit(train, validation_data=val, validation_batch_size=7, epochs=2, verbose=0)
+    messages = [str(w.message) for w in caught if "gpuloader" in str(w.message)]
+    assert messages == [messages[0]] and "fit(validation_batch_size=7) is ignored" in messages[0]
 
 
 def test_predict_with_drop_remainder_warns_that_samples_are_dropped():

@@ -158,3 +158,38 @@ def test_set_state_with_another_seed_serves_that_seeds_order():
     state = make(seed=9).get_state()
     loader.set_state(state)
     assert loader.seed == 9 and iterator_ids(loader) == order(9, 0)
+
+
+def test_a_for_loop_over_the_loader_is_a_pass_and_the_next_one_serves_the_next_epoch():
+    loader = make()
+    first = [i for batch in loader for i in np.asarray(batch[1]).tolist()]
+    assert first == order(3, 0) and loader.get_state()["epoch"] == 1
+    second = [i for batch in loader for i in np.asarray(batch[1]).tolist()]
+    assert second == order(3, 1)
+
+
+def test_loader_item_is_repeatable_until_on_epoch_end():
+    loader = make()
+    assert epoch_ids(loader) == epoch_ids(loader) == order(3, 0)
+    loader.on_epoch_end()
+    assert epoch_ids(loader) == order(3, 1)
+
+
+def test_a_state_from_inputs_of_another_shape_or_dtype_is_refused():
+    x, y = id_data(40)
+    state = Loader(x[:, :2], y, batch_size=10, seed=3, verbose=False).get_state()
+    with pytest.raises(ValueError, match="inputs="):
+        make().set_state(state)
+    state = Loader(x.astype(np.float64), y, batch_size=10, seed=3, verbose=False).get_state()
+    with pytest.raises(ValueError, match="float64"):
+        make().set_state(state)
+
+
+def test_a_fit_resumed_at_k_counts_the_epochs_the_optimizer_trained():
+    class Model:
+        class optimizer:
+            iterations = 20  # 5 epochs of 4 batches
+
+    s = schedule()
+    call = KerasCall("fit", 3, 3, None, Fit(), model=Model())
+    assert s.begin_pass(call)[0] == 5
