@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     data = info.add_mutually_exclusive_group()
     data.add_argument("--shape", type=_shape, help="shape of x, samples first, e.g. 50000,32,32,3")
     data.add_argument("--bytes", type=_positive, dest="nbytes", help="size of the data in bytes (e.g. 6e9)")
-    info.add_argument("--dtype", default="float32", help="dtype of x with --shape (default float32)")
+    info.add_argument("--dtype", help="dtype of x with --shape (default float32)")
     info.add_argument("--rows", type=_positive, help="with --bytes: number of samples")
     info.add_argument("--y-dtype", help="count in a label array of this dtype, one value per sample (e.g. int32)")
     info.add_argument("--batch-size", type=_positive, default=32, help="the Loader's batch_size (default 32)")
@@ -52,7 +52,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    arguments = parser()
+    args = arguments.parse_args(argv)
+    unused = [flag for flag, given in (("--dtype", args.dtype is not None), ("--rows", args.rows is not None),
+                                        ("--y-dtype", args.y_dtype is not None))
+              if given and args.shape is None and args.nbytes is None]
+    if unused:
+        arguments.error(f"{', '.join(unused)} only apply to a dataset given by --shape or --bytes; add one")
+    if args.dtype is None:
+        args.dtype = "float32"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, in this process only
     from gpuloader.info import format_info, info
 

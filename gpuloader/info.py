@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from gpuloader import placement as placement_lib
+from gpuloader.handoff import dtype_problem
 
 FRAMEWORKS = ("tensorflow", "jax", "torch", "cupy")
 #: CUDA ordinals probed at most (probing stops at the first that does not exist).
@@ -182,6 +183,16 @@ def _estimate(
         raise ValueError("describe the data by a shape (with a dtype) or by nbytes, not both and not neither")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; received {batch_size}")
+    for name, value in (("x", dtype if shape is not None else None), ("y", y_dtype)):
+        if value is None:
+            continue
+        try:
+            problem = dtype_problem(value, name, byte_order_ok=True)
+        except TypeError as error:  # a name NumPy does not know, e.g. "bfloat16" without ml_dtypes imported
+            problem = (f"{name} has dtype {value!r}, which NumPy does not know ({error}); a Loader takes numeric "
+                       "or bool arrays: cast bfloat16/float8 data to float32 or float16 first.")
+        if problem is not None:
+            raise TypeError(problem)
     if shape is not None:
         shape = tuple(int(size) for size in shape)
         if not shape or min(shape) < 1:

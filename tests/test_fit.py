@@ -190,3 +190,11 @@ def test_workers_prepare_batches_in_order(no_from_generator, workers):
     for got, want in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert losses[1] < losses[0]
+
+
+def test_get_tf_dataset_says_it_is_not_a_tf_data_dataset():
+    x, y = separable(64)
+    batches = Loader(x, y, batch_size=16, seed=0, verbose=False).get_tf_dataset()
+    with pytest.raises(AttributeError, match=r"not a tf.data.Dataset, so it has no 'take'.*itertools.islice"):
+        batches.take(3)
+    assert sum(int(batch[0].shape[0]) for batch in batches) == 64

@@ -192,6 +192,19 @@ def test_a_bad_description_is_refused(no_gpu, arguments):
             gpuloader.info(**arguments, frameworks=())
 
 
+@pytest.mark.parametrize("dtype", ["object", "U5", "longdouble"])
+def test_a_dtype_a_loader_refuses_is_refused_with_its_reason(no_gpu, dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        info_module.would_place((10, 3), dtype)
+
+
+def test_dataset_flags_without_a_shape_are_refused_not_ignored(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--dtype", "uint8", "--rows", "10"])
+    assert exit_info.value.code == 2
+    assert "--dtype, --rows only apply to a dataset given by --shape or --bytes" in capsys.readouterr().err
+
+
 def test_command_line_json_is_info(no_gpu, monkeypatch, capsys):
     # main() reads info from the module when called; skip importing torch and JAX into this process.
     monkeypatch.setattr(info_module, "info", functools.partial(gpuloader.info, frameworks=()))
