@@ -327,7 +327,10 @@ def _lay_out(
     )
     if replica_note:
         plan = _noting(plan, replica_note)
-    if plan.placement == "disk" and shuffle:
+    disk_bytes = sum(store_lib.leaf_nbytes(leaf) for leaf in store.leaves if is_disk_leaf(leaf))
+    if plan.placement == "disk" and shuffle and disk_bytes > placement_lib.available_host_memory():
+        # The files cannot stay in the page cache for an epoch: pages read around a row would be evicted
+        # before their rows come up, so read exactly each batch's pages. Otherwise the read-around is used.
         for leaf in store.leaves:
             if is_disk_leaf(leaf):
                 advise_random_access(leaf)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,10 @@ class RowSubset:
         return out
 
 
+#: The maps advised random access (read-ahead off); only their batches ask for their pages up front.
+_RANDOM_ACCESS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+
+
 def advise_random_access(leaf: Any) -> bool:
     """Tell the kernel a leaf's file pages will be read in random order (``MADV_RANDOM``).
 
@@ -142,6 +147,7 @@ def advise_random_access(leaf: Any) -> bool:
     if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_RANDOM"):
         return False
     _madvise(mapping, mmap.MADV_RANDOM)
+    _RANDOM_ACCESS.add(mapping)
     return True
 
 
@@ -385,14 +391,15 @@ def take_sorted_from_map(mapped: np.ndarray, sorted_rows: np.ndarray, out: np.nd
 def prefetch_rows(mapped: np.ndarray, sorted_rows: np.ndarray) -> int:
     """Ask the kernel for every page the rows span at once (``MADV_WILLNEED``), coalesced.
 
-    With read-ahead off (:func:`advise_random_access`), faulting the rows one
-    by one would wait for one 4 KB read at a time; this puts all of the batch's
-    reads in flight together, and reads only the pages the rows touch.
+    Only on maps advised random access (:func:`advise_random_access`): with
+    read-ahead off, faulting the rows one by one would wait for one 4 KB read
+    at a time; this puts all of the batch's reads in flight together, and
+    reads only the pages the rows touch.
     Returns how many ranges were requested (0 where the advice is unavailable).
     """
     mapping = getattr(mapped, "_mmap", None)
-    if mapping is None or not hasattr(mmap, "MADV_WILLNEED") or len(sorted_rows) == 0:
-        return 0
+    if mapping is None or mapping not in _RANDOM_ACCESS or not hasattr(mmap, "MADV_WILLNEED") or not len(sorted_rows):
+        return 0  # read-ahead on: the kernel's read-around already brings the pages in
     page = mmap.PAGESIZE
     base = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
     row_bytes = int(mapped.strides[0])

@@ -7,7 +7,7 @@ import pytest
 from conftest import epoch_ids, id_data, sample_ids
 
 import gpuloader
-from gpuloader import Loader
+from gpuloader import Loader, permutation, placement
 from gpuloader.sources import ShardedArray, read_rows_sorted
 
 MB = 1024 * 1024
@@ -205,6 +205,7 @@ def test_a_shuffled_disk_loader_turns_read_ahead_off_and_asks_for_each_batchs_pa
     given = []
     real = sources._madvise
     monkeypatch.setattr(sources, "_madvise", lambda m, *a: given.append((m, *a)) or real(m, *a))
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 20)  # the files cannot stay cached
     x, y = id_data(2000, features=600)  # rows of 2400 bytes: each spans one or two pages
     paths = [save(tmp_path, "x.npy", x)] if source == "path" else [
         save(tmp_path, f"x{i}.npy", part) for i, part in enumerate(np.split(x, 4))
@@ -224,6 +225,20 @@ def test_a_shuffled_disk_loader_turns_read_ahead_off_and_asks_for_each_batchs_pa
     for k, (path, mapping) in enumerate(zip(paths, maps)):
         mine = [i - k * rows_per_file for i in ids if i // rows_per_file == k]
         assert asked[id(mapping)] == pages_of_rows(path, mine, 600 * 4), f"file {k}: exactly the batch's pages"
+
+
+def test_a_shuffled_disk_loader_over_files_the_page_cache_holds_keeps_the_read_ahead(tmp_path, monkeypatch):
+
+    from gpuloader import sources
+
+    given = []
+    real = sources._madvise
+    monkeypatch.setattr(sources, "_madvise", lambda m, *a: given.append((m, *a)) or real(m, *a))
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    x, y = id_data(2000, features=600)
+    loader = Loader(save(tmp_path, "x.npy", x), y, batch_size=64, seed=7, device="disk", verbose=False)
+    assert sample_ids(loader[5][0]) == np.asarray(permutation(np, 2000, 7, 0))[320:384].tolist()
+    assert given == [], "no advice: each fault reads around, and the pages stay cached until their rows come"
 
 
 def test_an_unshuffled_disk_loader_keeps_the_kernels_read_ahead(files, monkeypatch):
