@@ -385,9 +385,11 @@ def disk_seed_workers(x_path: Path, y_path: Path) -> tuple[DiskEpoch, dict[str, 
     sequence = SeedSequence(
         x, y, synthetic.BATCH_SIZE, shuffle=True, workers=DISK_WORKERS, max_queue_size=DISK_MAX_QUEUE
     )
-    adapter = PyDatasetAdapter(sequence, shuffle=False)
 
     def run_epoch(epoch: int, batches: int, after_batch: Callable[[], None]) -> int:
+        # A fresh adapter per epoch: after an epoch cut short (the warm-up), Keras's enqueuer would go on
+        # from where it stopped, so the next "epoch" would span two (its start costs a few ms, timed).
+        adapter = PyDatasetAdapter(sequence, shuffle=False)
         adapter.on_epoch_begin()
         rows = 0
         iterator = adapter.get_numpy_iterator()
