@@ -176,6 +176,20 @@ def epoch_tfdata_fast(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float,
     return _time_tf_epochs(fast_tf_dataset(x, y), len(x), epochs)
 
 
+def _epoch_timer(marks: list[float]) -> Any:
+    """A Keras callback appending ``time.perf_counter()`` at the start of training and after every epoch."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Any = None) -> None:
+            marks.append(time.perf_counter())
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            marks.append(time.perf_counter())
+
+    return EpochTimer()
+
+
 def _time_tf_epochs(dataset: Any, n: int, epochs: int) -> tuple[float, list[float], dict[str, Any]]:
     """Time full passes over a tf.data pipeline of (x, y) batches."""
 
@@ -275,19 +289,12 @@ def fit_epochs(
     the timed epochs, each the wall time between consecutive ``on_epoch_end``
     calls, so work Keras does between epochs (e.g. a reshuffle) is counted.
     """
-    import keras
 
     network = build_model(model, sample_shape, steps_per_execution)
     marks: list[float] = []
+    timer = _epoch_timer(marks)
 
-    class EpochTimer(keras.callbacks.Callback):
-        def on_train_begin(self, logs: Any = None) -> None:
-            marks.append(time.perf_counter())
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            marks.append(time.perf_counter())
-
-    network.fit(data, epochs=1 + epochs, verbose=0, callbacks=[EpochTimer()], **fit_kwargs)
+    network.fit(data, epochs=1 + epochs, verbose=0, callbacks=[timer], **fit_kwargs)
     times = [later - earlier for earlier, later in itertools.pairwise(marks)]
     if len(times) != 1 + epochs:
         raise RuntimeError(f"fit ran {len(times)} epochs, expected {1 + epochs}")
@@ -621,7 +628,6 @@ def run_digits_case(case: str, epochs: int, cache: Path | None = None) -> dict[s
     is reported apart and left out of the median.
     """
     import digits
-    import keras
 
     np.random.seed(SEED)
     start = time.perf_counter()
@@ -645,15 +651,9 @@ def run_digits_case(case: str, epochs: int, cache: Path | None = None) -> dict[s
         raise ValueError(f"no case {case!r} in mode 'digits'; cases: {', '.join(DIGITS_CASES)}")
     model = digits.build_model()
     marks: list[float] = []
+    timer = _epoch_timer(marks)
 
-    class EpochTimer(keras.callbacks.Callback):
-        def on_train_begin(self, logs: Any = None) -> None:
-            marks.append(time.perf_counter())
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            marks.append(time.perf_counter())
-
-    history = model.fit(data, epochs=epochs, verbose=0, callbacks=[EpochTimer()], **fit_kwargs).history
+    history = model.fit(data, epochs=epochs, verbose=0, callbacks=[timer], **fit_kwargs).history
     times = [later - earlier for earlier, later in itertools.pairwise(marks)]
     loss, accuracy = model.evaluate(x_test, y_test, batch_size=len(x_test), verbose=0)
     return {

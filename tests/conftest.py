@@ -87,3 +87,23 @@ def fake_gpu(monkeypatch):
     runtime = make_runtime()
     monkeypatch.setattr(placement, "gpu_runtime", lambda: runtime)
     return runtime
+
+
+def record_gathers(loader, address) -> list[tuple[int, ...]]:
+    """Wrap the loader's gather: ``address(leaf)`` of every batch's buffers, in the order made.
+
+    The gathered arrays are kept alive, so no later batch can reuse their memory.
+    """
+    store = loader._store
+    gather_rows = store.fused_gather
+    made: list[tuple[int, ...]] = []
+    keep = []
+
+    def recording(rows):
+        leaves = gather_rows(rows)
+        keep.append(leaves)
+        made.append(tuple(address(leaf) for leaf in leaves))
+        return leaves
+
+    store.fused_gather = recording
+    return made

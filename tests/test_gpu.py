@@ -58,6 +58,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import numpy as np
 import pytest
+from conftest import record_gathers as shared_record_gathers
 
 import gpuloader
 from gpuloader import GPUUnavailableError, _cuda
@@ -202,23 +203,8 @@ def run_epoch(loader, epoch: int) -> None:
 
 
 def record_gathers(loader) -> list[tuple[int, ...]]:
-    """Wrap the loader's gather: the device addresses of every batch's buffers, in the order made.
-
-    The gathered arrays are kept alive, so no later batch can reuse their memory.
-    """
-    store = loader._store
-    gather_rows = store.fused_gather
-    made: list[tuple[int, ...]] = []
-    keep = []
-
-    def recording(rows):
-        leaves = gather_rows(rows)
-        keep.append(leaves)
-        made.append(tuple(leaf.data.ptr for leaf in leaves))
-        return leaves
-
-    store.fused_gather = recording
-    return made
+    """The buffer addresses of every batch the loader's gather makes (see conftest.record_gathers)."""
+    return shared_record_gathers(loader, lambda leaf: leaf.data.ptr)
 
 
 def settled_used_bytes(cp, pool) -> int:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ABORTED, run_python
+from conftest import record_gathers as shared_record_gathers
 
 from gpuloader.gather import ALIGNMENT, aligned_empty, gather, is_aligned
 from gpuloader.handoff import as_aligned_host, hand_off
@@ -185,23 +186,8 @@ def test_the_in_ram_gather_matches_numpy_indexing_and_never_reuses_a_block(rows)
 
 # ------------------------------------------------- zero-copy through the Loader
 def record_gathers(loader) -> list[tuple[int, ...]]:
-    """Wrap the loader's gather: the addresses of the buffers of every batch it makes, in order.
-
-    The recorded arrays are kept alive with the addresses, so no later batch can reuse one.
-    """
-    store = loader._store
-    gather_rows = store.fused_gather
-    made: list[tuple[int, ...]] = []
-    keep = []
-
-    def recording(rows):
-        leaves = gather_rows(rows)
-        keep.append(leaves)
-        made.append(tuple(leaf.ctypes.data for leaf in leaves))
-        return leaves
-
-    store.fused_gather = recording
-    return made
+    """The buffer addresses of every batch the loader's gather makes (see conftest.record_gathers)."""
+    return shared_record_gathers(loader, lambda leaf: leaf.ctypes.data)
 
 
 def torch_pointer(tensor) -> int:
