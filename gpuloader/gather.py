@@ -114,8 +114,13 @@ class HostGather:
             layout = self._layouts[count] = (offset + ALIGNMENT, parts)
         return layout
 
-    def __call__(self, rows: slice | np.ndarray) -> list[np.ndarray]:
-        """Fresh arrays holding ``leaf[rows]`` of every leaf. Cost: the batch's bytes copied once."""
+    def __call__(self, rows: slice | np.ndarray, make: dict[int, Any] | None = None) -> list[np.ndarray]:
+        """Fresh arrays holding ``leaf[rows]`` of every leaf. Cost: the batch's bytes copied once.
+
+        ``make``: ``{leaf index: write(out)}`` for leaves whose batch the caller's
+        kernel writes into ``out`` (its place in the block) instead of a copy of
+        ``leaf[rows]`` (the augmentation's kernel, which reads the stored rows itself).
+        """
         block_bytes, parts = self._layout(_count(rows, self._n))
         block = np.empty(block_bytes, dtype=np.uint8)
         start = -block.ctypes.data % ALIGNMENT
@@ -123,7 +128,9 @@ class HostGather:
         with _disk_readers if self._reads_disk else contextlib.nullcontext():  # DISK_READERS at a time
             for leaf, on_disk, (shape, dtype, offset) in zip(self._leaves, self._on_disk, parts):
                 out = np.ndarray(shape, dtype, buffer=block, offset=start + offset)
-                if isinstance(rows, slice):
+                if make and len(outs) in make:
+                    make[len(outs)](out)
+                elif isinstance(rows, slice):
                     np.copyto(out, leaf[rows, ...])
                 elif on_disk:
                     read_rows_sorted(leaf, rows, out)

@@ -18,6 +18,7 @@ transform costs, and no copy at the hand-off.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader._structure import Structure
 from gpuloader.augment import apply_augment
+from gpuloader.augment import fused as fused_lib
 from gpuloader.handoff import check_transform_output, hand_off, keras_backend
 
 Prepared = tuple[Structure, list[Any]]
@@ -76,6 +78,7 @@ class BatchPipeline:
         self.on_gpu = on_gpu
         self._shard_index = shard_index
         self._augment = augment or []
+        self._fused = self._fusable(self._augment)
         self._global_rows = global_rows
         self._sample_ids: dict[int, Any] = {}  # store index -> its rows' dataset indices, in its namespace
         self._backend: str | None = None
@@ -153,8 +156,23 @@ class BatchPipeline:
         ``augmented=False`` (evaluation and prediction passes) skips the augmentation ops.
         """
         store = self.store if self.replicas is None else self.replicas.stores[replica]
-        leaves = store.take(rows)
-        if self._augment and augmented:
+        if not (self._augment and augmented):
+            leaves = store.take(rows)
+        elif self._fused and store.in_ram_on_host:  # the kernel reads the stored images: no copy of them first
+            ids, seed = self._ids(rows, replica, store), self._seed_of()
+            indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
+            make = {
+                index: functools.partial(
+                    fused_lib.gather_augment_host, fused, store.leaves[index], indices, ids, seed, epoch
+                )
+                for index, fused in self._fused.items()
+            }
+            leaves = store.take(rows, make)
+            for index, ops in self._augment:
+                if index not in make:
+                    leaves[index] = apply_augment(ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True)
+        else:
+            leaves = store.take(rows)
             ids = self._ids(rows, replica, store)
             for index, ops in self._augment:
                 leaves[index] = apply_augment(ops, leaves[index], ids, self._seed_of(), epoch, store.xp, overwrite=True)
@@ -183,6 +201,18 @@ class BatchPipeline:
     def trusted(self) -> bool:
         """Every leaf handed over is a buffer the gather made (no transform, no augmentation)."""
         return self._transform is None and not self._augment
+
+    def _fusable(self, augment: list[tuple[int, list[Any]]]) -> dict[int, fused_lib.FusedOps]:
+        """The leaves whose ops the host kernel runs straight from the store: ``{leaf index: table}``."""
+        if self.store.xp is not np or not self.store.in_ram_on_host or fused_lib.host_kernel() is None:
+            return {}
+        tables = {}
+        for index, ops in augment:
+            leaf = self.store.leaves[index]
+            table = fused_lib.fused_ops(ops, leaf.dtype, leaf.shape[3] if leaf.ndim == 4 else 1)
+            if table is not None:
+                tables[index] = table
+        return tables
 
     def _ids(self, rows: slice | Any, replica: int, store: store_lib.Store) -> Any:
         """The dataset index of each of ``rows`` (of replica ``replica``'s store), as int64 in its namespace.

@@ -42,12 +42,25 @@ class Store:
     def nbytes(self) -> int:
         return sum(leaf_nbytes(leaf) for leaf in self.leaves)
 
-    def take(self, rows: slice | Any) -> list[Any]:
+    def take(self, rows: slice | Any, make: dict[int, Callable[[Any], Any]] | None = None) -> list[Any]:
         """Fresh arrays holding ``leaf[rows]`` of every leaf (see :mod:`gpuloader.gather`).
+
+        ``make``: ``{leaf index: write(out)}``, leaves that a kernel of the caller
+        writes into their place in the batch instead of a copy (only where
+        :attr:`in_ram_on_host`).
 
         Cost: the batch's bytes copied once; on the GPU one kernel launch for all leaves.
         """
-        return self.fused_gather(rows)
+        if not make:
+            return self.fused_gather(rows)
+        if not self.in_ram_on_host:
+            raise ValueError("Store.take(make=...) needs a host store with every leaf in RAM.")
+        return self.fused_gather(rows, make)
+
+    @property
+    def in_ram_on_host(self) -> bool:
+        """Every leaf is a NumPy array in RAM (no GPU, no file read per batch)."""
+        return isinstance(self.fused_gather, HostGather)
 
 
 def leaf_nbytes(leaf: Any) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpuloader import augment
-from gpuloader.augment import Cutout, RandomCrop, RandomFlip, apply_augment, check_augment, sample_words
+from gpuloader.augment import Cutout, RandomCrop, RandomFlip, apply_augment, check_augment, fused, sample_words
 from gpuloader.gather import is_aligned
 from gpuloader.permutation import MAX_SEED
 
@@ -70,20 +70,37 @@ def images_of(n, height, width, channels=3, dtype=np.uint8, seed=0, low=1):
     return rng.integers(low, 250, size=shape).astype(dtype)
 
 
+KERNEL_BUILT = fused.host_kernel() is not None
+needs_kernel = pytest.mark.skipif(not KERNEL_BUILT, reason=fused.host_kernel_missing() or "")
+
+
 def run(ops, images, ids, path="fast", seed=SEED, epoch=EPOCH, **kwargs):
-    """apply_augment through one path: ``fast`` (NumPy's), ``generic`` (array-API ops on NumPy), ``strict``."""
+    """apply_augment through one path.
+
+    ``fast``: what NumPy input gets (the host kernel when it is built); ``kernel``: the host kernel;
+    ``bytewise``: the host kernel copying byte by byte with the CUDA kernel's loop; ``numpy``: the
+    NumPy fast path (no kernel); ``generic``: the array-API ops on NumPy; ``strict``: array_api_strict.
+    """
     if path == "strict":
         return np.asarray(apply_augment(ops, xps.asarray(images), xps.asarray(ids), seed, epoch, xps, **kwargs))
-    if path == "generic":
-        previous, augment._host._FAST_PATH_ENABLED = augment._host._FAST_PATH_ENABLED, False
-        try:
-            return apply_augment(ops, images, ids, seed, epoch, np, **kwargs)
-        finally:
-            augment._host._FAST_PATH_ENABLED = previous
-    return apply_augment(ops, images, ids, seed, epoch, np, **kwargs)
+    if path in ("kernel", "bytewise") and not KERNEL_BUILT:
+        pytest.skip(fused.host_kernel_missing())
+    switches = {
+        "generic": [(augment._host, "_FAST_PATH_ENABLED", False)],
+        "numpy": [(fused, "_HOST_KERNEL_ENABLED", False)],
+        "bytewise": [(fused, "_BYTEWISE", True)],
+    }.get(path, [])
+    previous = [(module, name, getattr(module, name)) for module, name, _ in switches]
+    try:
+        for module, name, value in switches:
+            setattr(module, name, value)
+        return apply_augment(ops, images, ids, seed, epoch, np, **kwargs)
+    finally:
+        for module, name, value in previous:
+            setattr(module, name, value)
 
 
-PATHS = ("fast", "generic", "strict")
+PATHS = ("kernel", "bytewise", "numpy", "generic", "strict")
 STANDARD = [RandomCrop(padding=4, mode="reflect"), RandomFlip(), Cutout(size=8)]
 
 
@@ -234,7 +251,7 @@ ODD = [(h, w, c) for h in (1, 3, 5, 7) for w in (1, 3, 5, 7) for c in (1, 3, 5, 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32])
 def test_odd_sizes_and_dtypes_match_the_reference_on_every_path(dtype):
-    paths = ("fast", "generic") if dtype == np.float16 else PATHS  # array_api_strict has no float16
+    paths = [path for path in PATHS if path != "strict"] if dtype == np.float16 else PATHS  # strict has no float16
     for index, (height, width, channels) in enumerate(ODD):
         images = images_of(23, height, width, channels, dtype=dtype, seed=index)
         ids = np.arange(23, dtype=np.int64) * 3 + index
@@ -242,6 +259,8 @@ def test_odd_sizes_and_dtypes_match_the_reference_on_every_path(dtype):
         ops = [RandomCrop(pad), RandomFlip(), Cutout(3, fill=7), RandomCrop(pad, mode="constant", fill=2)]
         expected = reference(ops, images, ids, SEED, EPOCH)
         for path in paths:
+            if path in ("kernel", "bytewise") and not KERNEL_BUILT:
+                continue
             out = run(ops, images, ids, path)
             assert out.dtype == dtype and out.shape == images.shape
             assert out.tobytes() == expected.tobytes(), (path, height, width, channels)
@@ -257,7 +276,8 @@ def test_images_without_a_channel_axis(path):
     np.testing.assert_array_equal(out, reference(ops, images, ids, SEED, EPOCH))
 
 
-def test_the_host_fast_path_gives_the_reference_paths_bytes_over_many_draws():
+@pytest.mark.parametrize("path", ["kernel", "bytewise", "numpy"])
+def test_the_host_paths_give_the_reference_paths_bytes_over_many_draws(path):
     images = images_of(512, 32, 32)
     ids = np.random.default_rng(2).permutation(10**6)[:512].astype(np.int64)
     recipes = [
@@ -269,7 +289,7 @@ def test_the_host_fast_path_gives_the_reference_paths_bytes_over_many_draws():
     ]
     for ops in recipes:
         for epoch in range(3):
-            fast, generic = run(ops, images, ids, epoch=epoch), run(ops, images, ids, "generic", epoch=epoch)
+            fast, generic = run(ops, images, ids, path, epoch=epoch), run(ops, images, ids, "generic", epoch=epoch)
             assert fast.tobytes() == generic.tobytes()
             assert np.asarray(run(ops, images, ids, "strict", epoch=epoch)).tobytes() == fast.tobytes()
 
@@ -300,13 +320,15 @@ def test_the_input_is_untouched_and_the_result_is_a_fresh_aligned_array():
         assert not np.may_share_memory(out, images) and is_aligned(out)
 
 
-def test_overwrite_writes_into_the_batch_and_returns_it():
+@pytest.mark.parametrize("path", ["kernel", "numpy"])
+def test_overwrite_gives_the_same_bytes_and_the_numpy_path_writes_into_the_batch(path):
+    # The kernel reads each image while writing others, so it always writes a fresh buffer.
     images = images_of(64, 8, 8)
     ids = np.arange(64, dtype=np.int64)
-    expected = run(STANDARD, images, ids)
-    out = apply_augment(STANDARD, images, ids, SEED, EPOCH, np, overwrite=True)
-    assert out is images
+    expected = run(STANDARD, images, ids, "generic")
+    out = run(STANDARD, images, ids, path, overwrite=True)
     np.testing.assert_array_equal(out, expected)
+    assert (out is images) == (path == "numpy")
 
 
 def test_a_strided_input_gives_the_same_bytes():

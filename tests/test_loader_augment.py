@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpuloader import Loader, augment
-from gpuloader.augment import apply_augment
+from gpuloader.augment import apply_augment, fused
 
 N = 120
 
@@ -41,8 +41,12 @@ def served(loader) -> dict[int, bytes]:
 
 
 def expected(x, seed=7, epoch=0):
-    """The contract, computed directly: apply_augment over the whole dataset at once."""
-    augmented = apply_augment(ops(), x, np.arange(len(x), dtype=np.int64), seed, epoch, np)
+    """The contract, computed directly: the ops' array-API reference path over the whole dataset at once."""
+    previous, augment._host._FAST_PATH_ENABLED = augment._host._FAST_PATH_ENABLED, False
+    try:
+        augmented = apply_augment(ops(), x, np.arange(len(x), dtype=np.int64), seed, epoch, np)
+    finally:
+        augment._host._FAST_PATH_ENABLED = previous
     return {i: augmented[i].tobytes() for i in range(len(x))}
 
 
@@ -59,6 +63,42 @@ def test_each_sample_gets_its_keyed_augmentation_whatever_the_batch_size_shuffle
     assert served(make(x, y, batch_size=50, workers=3)) == want
     assert served(make(x, y, shuffle=False)) == want
     assert want != {i: x[i].tobytes() for i in range(N)}  # it did augment
+
+
+@pytest.mark.skipif(fused.host_kernel() is None, reason=fused.host_kernel_missing() or "")
+def test_in_ram_images_are_augmented_straight_from_the_store_without_a_gathered_copy(monkeypatch):
+    # The host kernel reads the stored images itself (fused with the gather); the gather copies only y.
+    x, y = images()
+    sources, copied = [], []
+    real_kernel = fused.gather_augment_host
+
+    def kernel(table, source, *args):
+        sources.append(source)
+        return real_kernel(table, source, *args)
+
+    monkeypatch.setattr(fused, "gather_augment_host", kernel)
+    loader = make(x, y)
+    monkeypatch.setattr(loader._pipeline.store.fused_gather, "_leaves", recording(loader, copied))
+    assert served(loader) == expected(x)
+    assert len(sources) == len(loader) and all(np.shares_memory(source, x) for source in sources)
+    assert copied == [1] * len(loader)  # the gather copied leaf 1 (y) only
+
+
+def recording(loader, copied):
+    """The store's leaves, each wrapped so that a gather copying it records its index."""
+    return [_Recorded(leaf, index, copied) for index, leaf in enumerate(loader._pipeline.store.leaves)]
+
+
+class _Recorded:
+    def __init__(self, leaf, index, copied):
+        self._leaf, self._index, self._copied = leaf, index, copied
+
+    def take(self, *args, **kwargs):
+        self._copied.append(self._index)
+        return self._leaf.take(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._leaf, name)
 
 
 def test_another_epoch_draws_again_and_a_resume_replays_the_epoch_exactly():

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from gpuloader.augment._host import (
+    _aligned_empty,
     _copy,
     _crop_numpy,
     _cutout_numpy,
@@ -16,6 +17,7 @@ from gpuloader.augment._host import (
     _numpy_fast_path,
     _writable_buffer,
 )
+from gpuloader.augment.fused import fused_ops, gather_augment_host, host_kernel
 from gpuloader.augment.keyed import _PROTOCOL, _words
 from gpuloader.augment.ops import _BUILTIN, AugmentOp, RandomCrop, RandomFlip, _numpy_dtype
 
@@ -112,6 +114,12 @@ def apply_augment(
             f"apply_augment needs one sample id per image: {n} images, sample_ids of shape {tuple(sample_ids.shape)}."
         )
     work = images if len(shape) == 4 else xp.reshape(images, (*shape, 1))
+    fused = fused_ops(ops, work.dtype, work.shape[3]) if ops and _numpy_fast_path(xp) and host_kernel() else None
+    if fused is not None:  # built-in ops only: one pass of the host kernel (gpuloader.augment.fused)
+        out = _aligned_empty(work.shape, work.dtype)
+        source = np.ascontiguousarray(work)
+        gather_augment_host(fused, source, np.arange(n, dtype=np.int64), sample_ids, seed, epoch, out)
+        return out if len(shape) == 4 else out.reshape(shape)
     draws = tuple(int(op.draws) for op in ops)
     words = _words(xp, sample_ids, seed, epoch, draws)
     fast = _numpy_fast_path(xp)

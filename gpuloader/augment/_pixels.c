@@ -1,0 +1,358 @@
+/* gpuloader.augment._pixels: the host kernel of the built-in ops, fused with the gather.
+ *
+ * gather_augment(source, rows, ids, keys, ops, fills, or_slots, and_slots, height, width,
+ *                pixel_bytes, out, bytewise)
+ *
+ * For each output sample b: its words from ids[b] (gl_sample_words), the traced
+ * source row of each output row and column (gl_sample_traces), then its bytes
+ * from source image rows[b]: whole runs of columns with memcpy (the trace of a
+ * row of pixels is runs of +1 or -1 steps), the reversed runs of a flip pixel by
+ * pixel, and the painted pixels last. With bytewise=True step 3 is
+ * gl_sample_bytes, the byte-at-a-time loop the CUDA kernel runs (for tests).
+ *
+ * Every size, index and op parameter is checked before any byte is read; the
+ * loop runs without the GIL. See _pixels.h for the tracing and
+ * gpuloader/augment/fused.py for the Python side.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_pixels.h"
+
+typedef struct {
+    long long start, length, source, step;
+} Run;
+
+static void copy_reversed(unsigned char *dst, const unsigned char *src, long long count, long long pixel_bytes)
+{
+    /* dst pixel k = src pixel -k; constant sizes let the compiler inline the small copies */
+    if (pixel_bytes == 3 && count > 2) {
+        /* 3-byte pixels moved as 4-byte words: the extra byte read belongs to source pixel -(k-1) and the
+           extra byte written is dst pixel k + 1's, written next; the first and last pixels exactly */
+        memcpy(dst, src, 3);
+        for (long long k = 1; k < count - 1; ++k) {
+            unsigned int word;
+            memcpy(&word, src - 3 * k, 4);
+            memcpy(dst + 3 * k, &word, 4);
+        }
+        memcpy(dst + 3 * (count - 1), src - 3 * (count - 1), 3);
+        return;
+    }
+#define GL_REVERSED(BYTES)                                                                                            \
+    for (long long k = 0; k < count; ++k)                                                                             \
+        memcpy(dst + k * (BYTES), src - k * (BYTES), (BYTES));                                                       \
+    return;
+    switch (pixel_bytes) {
+    case 1: GL_REVERSED(1)
+    case 2: GL_REVERSED(2)
+    case 3: GL_REVERSED(3)
+    case 4: GL_REVERSED(4)
+    case 6: GL_REVERSED(6)
+    case 8: GL_REVERSED(8)
+    case 12: GL_REVERSED(12)
+    case 16: GL_REVERSED(16)
+    default: GL_REVERSED(pixel_bytes)
+    }
+#undef GL_REVERSED
+}
+
+static long long column_runs(const int *src_cols, long long width, Run *runs)
+{
+    long long count = 0;
+    for (long long col = 0; col < width;) {
+        Run run = {col, 1, src_cols[col], 1};
+        if (col + 1 < width && src_cols[col + 1] == src_cols[col] - 1)
+            run.step = -1;
+        while (col + run.length < width && src_cols[col + run.length] == run.source + run.step * run.length)
+            run.length++;
+        runs[count++] = run;
+        col += run.length;
+    }
+    return count;
+}
+
+/* The host's traces: the ops' draws of one sample decoded once, then each axis traced a whole op at a time
+ * (loops over all coordinates that the compiler vectorises). The same results as gl_sample_traces, which
+ * traces one coordinate at a time through every op as a GPU thread does (both checked by the tests). */
+static void host_trace_axis(int axis, long long size, const long long *ops, long long n_ops,
+                            const unsigned long long *words, int *src, unsigned int *hits)
+{
+    const int last = (int)size - 1;
+    for (int i = 0; i < (int)size; ++i) {
+        src[i] = i;
+        hits[i] = 0;
+    }
+    for (long long j = n_ops - 1; j >= 0; --j) {
+        const long long *op = ops + GL_OP_FIELDS * j;
+        const unsigned long long *own = words + op[2];
+        if (op[0] == GL_FLIP) {
+            if (axis == 1 && (own[0] >> 63))
+                for (int i = 0; i <= last; ++i)
+                    src[i] = last - src[i];
+        } else if (op[0] == GL_CUTOUT) {
+            const long long first = gl_integer(own[axis], size) - op[1] / 2, end = first + op[1];
+            /* the square's rows (or columns) clipped to the image: coordinates are in [0, size) */
+            const int top = (int)(first < 0 ? 0 : first), bottom = (int)(end > size ? size : end);
+            const unsigned int bit = 1u << op[3];
+            for (int i = 0; i <= last; ++i)
+                hits[i] |= (src[i] >= top && src[i] < bottom) ? bit : 0u;
+        } else {
+            const int shift = (int)(gl_integer(own[axis], 2 * op[1] + 1) - op[1]);
+            if (op[0] == GL_CROP_REFLECT) {
+                for (int i = 0; i <= last; ++i) {
+                    int c = src[i] + shift;
+                    c = c < 0 ? -c : c;
+                    src[i] = c > last ? 2 * last - c : c;
+                }
+            } else {
+                const unsigned int bit = 1u << op[3];
+                for (int i = 0; i <= last; ++i) {
+                    const int c = src[i] + shift;
+                    hits[i] |= (c < 0 || c > last) ? bit : 0u;
+                    src[i] = c < 0 ? 0 : (c > last ? last : c);
+                }
+            }
+        }
+    }
+}
+
+/* Work space of one call: per-sample traces, runs and painted columns. */
+typedef struct {
+    int *src_rows, *src_cols;
+    unsigned int *row_hits, *col_hits;
+    Run *runs, *spans;         /* a row's runs of columns; its painted spans (source: the slot) */
+    unsigned char *fill_rows;  /* each slot's fill pixel repeated over a row */
+    unsigned char *image;      /* a copy of a sample's source image read pixel by pixel (NULL: too large) */
+} Work;
+
+/* A source image read by reversed runs is copied here first (one sequential read, then the pixel-sized
+ * moves hit the cache): up to this many bytes. */
+#define GL_IMAGE_COPY_BYTES (64 * 1024)
+
+/* One sample's bytes, row by row. The longest forward run of columns is copied for a block of rows with
+ * consecutive source rows at once (one memcpy spanning the rows: the bytes it lays between the rows' runs are
+ * the other runs' places, written next); the other runs row by row; then the painted pixels, their columns
+ * listed once per distinct row slots. */
+static void sample_rows(long long height, long long width, long long pixel_bytes, const unsigned char *source,
+                        unsigned int or_slots, unsigned int and_slots, const Work *work,
+                        unsigned char *out)
+{
+    const int *src_rows = work->src_rows, *src_cols = work->src_cols;
+    const unsigned int *row_hits = work->row_hits, *col_hits = work->col_hits;
+    Run *runs = work->runs;
+    const long long n_runs = column_runs(src_cols, width, runs), row_bytes = width * pixel_bytes;
+    long long longest = -1;
+    for (long long r = 0; r < n_runs; ++r)
+        if (runs[r].step > 0 && (longest < 0 || runs[r].length > runs[longest].length))
+            longest = r;
+    int reversed = 0;
+    for (long long r = 0; r < n_runs; ++r)
+        reversed |= r != longest && runs[r].step < 0 && runs[r].length > 2;
+    const unsigned char *pixels = source; /* where the runs other than the longest read */
+    if (reversed && work->image != NULL) {
+        memcpy(work->image, source, height * row_bytes);
+        pixels = work->image;
+    }
+    for (long long row = 0; row < height;) {
+        long long block = 1;
+        if (longest >= 0) {
+            while (row + block < height && src_rows[row + block] == src_rows[row] + block)
+                block++;
+            const Run run = runs[longest];
+            memcpy(out + row * row_bytes + run.start * pixel_bytes,
+                   source + (long long)src_rows[row] * row_bytes + run.source * pixel_bytes,
+                   (block - 1) * row_bytes + run.length * pixel_bytes);
+        }
+        for (long long last = row + block; row < last; ++row) {
+            unsigned char *dst = out + row * row_bytes;
+            const unsigned char *src = pixels + (long long)src_rows[row] * row_bytes;
+            for (long long r = 0; r < n_runs; ++r) {
+                const Run run = runs[r];
+                if (r == longest)
+                    continue;
+                if (run.step > 0)
+                    memcpy(dst + run.start * pixel_bytes, src + run.source * pixel_bytes, run.length * pixel_bytes);
+                else
+                    copy_reversed(dst + run.start * pixel_bytes, src + run.source * pixel_bytes, run.length,
+                                  pixel_bytes);
+            }
+        }
+    }
+    unsigned int col_or = 0, col_and = 0, listed_for = 0;
+    for (long long col = 0; col < width; ++col) {
+        col_or |= col_hits[col] & or_slots;
+        col_and |= col_hits[col] & and_slots;
+    }
+    long long listed = -1; /* painted spans of the row slots `listed_for`; -1: none listed yet */
+    for (long long row = 0; row < height; ++row) {
+        const unsigned int hits = row_hits[row];
+        if (!((hits & or_slots) || col_or || (hits & col_and)))
+            continue;
+        if (listed < 0 || hits != listed_for) {
+            listed = 0;
+            listed_for = hits;
+            int previous = -1;
+            for (long long col = 0; col < width; ++col) {
+                const unsigned int painted = gl_paint(hits, col_hits[col], or_slots, and_slots);
+                const int slot = painted ? GL_TOP_BIT(painted) : -1;
+                if (slot >= 0 && slot == previous) {
+                    work->spans[listed - 1].length++;
+                } else if (slot >= 0) {
+                    Run span = {col, 1, slot, 0};
+                    work->spans[listed++] = span;
+                }
+                previous = slot;
+            }
+        }
+        unsigned char *dst = out + row * row_bytes;
+        for (long long i = 0; i < listed; ++i) {
+            const Run span = work->spans[i];
+            memcpy(dst + span.start * pixel_bytes, work->fill_rows + span.source * row_bytes,
+                   span.length * pixel_bytes);
+        }
+    }
+}
+
+static int op_words(long long kind)
+{
+    return kind == GL_FLIP ? 1 : 2;
+}
+
+/* The checks that keep every read and write in bounds; a message names the broken rule. */
+static const char *check_ops(const long long *ops, long long n_ops, long long n_words, long long height,
+                             long long width, long long fill_count, unsigned int or_slots, unsigned int and_slots)
+{
+    for (long long j = 0; j < n_ops; ++j) {
+        const long long *op = ops + GL_OP_FIELDS * j;
+        if (op[0] < GL_CROP_REFLECT || op[0] > GL_CUTOUT)
+            return "an op's kind is not one of the built-in ops";
+        if (op[2] < 0 || op[2] + op_words(op[0]) > n_words)
+            return "an op's words lie outside the sample's words";
+        if ((op[0] == GL_CROP_REFLECT || op[0] == GL_CROP_CONSTANT) &&
+            (op[1] < 0 || op[1] >= height || op[1] >= width))
+            return "a crop's padding must be in [0, min(height, width))";
+        if (op[0] == GL_CUTOUT && (op[1] < 0 || op[1] > (1LL << 30)))
+            return "a cutout's size must be in [0, 2**30]";
+        const int paints = op[0] == GL_CROP_CONSTANT || op[0] == GL_CUTOUT;
+        if (paints && (op[3] < 0 || op[3] >= 32 || op[3] >= fill_count))
+            return "a fill slot lies outside the fills";
+        if (paints && !(((op[0] == GL_CUTOUT ? and_slots : or_slots) >> op[3]) & 1u))
+            return "a fill slot's kind disagrees with or_slots/and_slots";
+    }
+    if (fill_count < 32 && ((or_slots | and_slots) >> fill_count) != 0)
+        return "or_slots/and_slots name slots beyond the fills";
+    return NULL;
+}
+
+static PyObject *gather_augment(PyObject *module, PyObject *args)
+{
+    Py_buffer source, rows, ids, keys, ops, fills, out;
+    unsigned int or_slots, and_slots;
+    Py_ssize_t height, width, pixel_bytes;
+    int bytewise;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*IInnnw*p", &source, &rows, &ids, &keys, &ops, &fills, &or_slots,
+                          &and_slots, &height, &width, &pixel_bytes, &out, &bytewise))
+        return NULL;
+    PyObject *result = NULL;
+    const char *problem = NULL;
+    Work work = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    unsigned long long *words = NULL;
+    const long long image_bytes = (long long)height * width * pixel_bytes;
+    if (height < 1 || width < 1 || pixel_bytes < 1 || height > INT_MAX || width > INT_MAX)
+        problem = "height, width and pixel_bytes must be >= 1 (and height, width < 2**31)";
+    else if (source.len % image_bytes)
+        problem = "source is not a whole number of images";
+    else if (rows.len % 8 || ids.len != rows.len || keys.len % 16 || ops.len % (8 * GL_OP_FIELDS) ||
+             fills.len % pixel_bytes)
+        problem = "rows, ids (int64), keys (2 uint64 per word), ops (4 int64 per op) or fills have a bad size";
+    else if (out.len != (rows.len / 8) * image_bytes)
+        problem = "out does not hold one image per row";
+    if (problem == NULL)
+        problem = check_ops((const long long *)ops.buf, ops.len / (8 * GL_OP_FIELDS), keys.len / 16, height, width,
+                            fills.len / pixel_bytes, or_slots, and_slots);
+    const long long n = rows.len / 8, n_images = source.len / image_bytes;
+    const long long *row_index = (const long long *)rows.buf;
+    for (long long b = 0; problem == NULL && b < n; ++b)
+        if (row_index[b] < 0 || row_index[b] >= n_images)
+            problem = "a row index is outside the source";
+    if (problem != NULL) {
+        PyErr_Format(PyExc_ValueError, "gather_augment: %s.", problem);
+        goto done;
+    }
+    const long long n_words = keys.len / 16, n_ops = ops.len / (8 * GL_OP_FIELDS);
+    work.src_rows = malloc(sizeof(int) * height);
+    work.row_hits = malloc(sizeof(unsigned int) * height);
+    work.src_cols = malloc(sizeof(int) * width);
+    work.col_hits = malloc(sizeof(unsigned int) * width);
+    work.runs = malloc(sizeof(Run) * width);
+    work.spans = malloc(sizeof(Run) * width);
+    work.fill_rows = malloc(fills.len * width + 1);
+    work.image = image_bytes <= GL_IMAGE_COPY_BYTES ? malloc(image_bytes) : NULL;
+    words = malloc(sizeof(unsigned long long) * (n_words ? n_words : 1));
+    if (!work.src_rows || !work.row_hits || !work.src_cols || !work.col_hits || !work.runs || !work.spans ||
+        !work.fill_rows || !words) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (long long slot = 0; slot < fills.len / pixel_bytes; ++slot)
+        for (long long col = 0; col < width; ++col)
+            memcpy(work.fill_rows + (slot * width + col) * pixel_bytes, (const unsigned char *)fills.buf + slot * pixel_bytes,
+                   pixel_bytes);
+    Py_BEGIN_ALLOW_THREADS
+    const unsigned long long *sample_ids = (const unsigned long long *)ids.buf;
+    for (long long b = 0; b < n; ++b) {
+        const unsigned char *image = (const unsigned char *)source.buf + row_index[b] * image_bytes;
+        unsigned char *target = (unsigned char *)out.buf + b * image_bytes;
+        gl_sample_words(0, 1, sample_ids[b], (const unsigned long long *)keys.buf, n_words, words);
+        if (bytewise) {
+            gl_sample_traces(0, 1, height, width, (const long long *)ops.buf, n_ops, words, work.src_rows,
+                             work.row_hits, work.src_cols, work.col_hits);
+            gl_sample_bytes(0, 1, height, width, pixel_bytes, image, (const unsigned char *)fills.buf, or_slots,
+                            and_slots, work.src_rows, work.row_hits, work.src_cols, work.col_hits, target);
+        } else {
+            host_trace_axis(0, height, (const long long *)ops.buf, n_ops, words, work.src_rows, work.row_hits);
+            host_trace_axis(1, width, (const long long *)ops.buf, n_ops, words, work.src_cols, work.col_hits);
+            sample_rows(height, width, pixel_bytes, image, or_slots, and_slots, &work, target);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(work.src_rows);
+    free(work.row_hits);
+    free(work.src_cols);
+    free(work.col_hits);
+    free(work.spans);
+    free(work.fill_rows);
+    free(work.image);
+    free(work.runs);
+    free(words);
+    PyBuffer_Release(&source);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&ops);
+    PyBuffer_Release(&fills);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"gather_augment", gather_augment, METH_VARARGS,
+     "gather_augment(source, rows, ids, keys, ops, fills, or_slots, and_slots, height, width, pixel_bytes, out, "
+     "bytewise): the augmented images of source[rows] into out; see gpuloader/augment/fused.py."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "gpuloader.augment._pixels",
+                                    "The host kernel of the built-in augmentation ops (see _pixels.c).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__pixels(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,20 @@
+"""The one compiled part: the host kernel of the built-in augmentation ops (gpuloader/augment/_pixels.c).
+
+Everything else is in pyproject.toml. ``optional=True``: without a C compiler the
+install still succeeds and the ops run on their NumPy path (same bytes, slower);
+``python -m gpuloader info`` says which one is in use.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "gpuloader.augment._pixels",
+            sources=["gpuloader/augment/_pixels.c"],
+            depends=["gpuloader/augment/_pixels.h"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        )
+    ]
+)
