@@ -18,9 +18,10 @@ Epoch cases (``--mode epoch``: the first four, plus the loader pair when
 - ``plain``: the host gathered epoch, no augmentation: per batch the loader's
   own host gather (``gpuloader.gather.gather_batch``: x and y into one aligned
   block) at the epoch's permutation. No TensorFlow in the process.
-- ``augment``: the same, then ``apply_augment(ops, x_batch, rows, seed, epoch,
-  numpy, overwrite=True)`` on each gathered batch (what the loader does with a
-  batch it has just gathered). No TensorFlow in the process.
+- ``augment``: what the loader does on the host with images in RAM: per batch
+  the same gather block, y copied by the gather and x written by the fused
+  kernel (``gpuloader.augment.fused.gather_augment_host``) straight from the
+  stored images at the epoch's permutation. No TensorFlow in the process.
 - ``tfdata``: ``from_tensor_slices((ids, x_padded, y)).shuffle(n).map(crop,
   flip, num_parallel_calls=AUTOTUNE).batch(512).prefetch(AUTOTUNE)``, the map
   being ``tf.image.stateless_random_crop`` back to 32 x 32 and
@@ -36,8 +37,11 @@ Epoch cases (``--mode epoch``: the first four, plus the loader pair when
   batch_size=512, seed=0, workers=1, device="host")`` without and with
   ``augment=[crop, flip, cutout]`` (``loader[i]`` outside ``fit`` is a training
   pass, so it is augmented). Batches come back as TensorFlow tensors.
-- ``augment_generic`` (only with ``--cases``): ``augment`` through the
-  array-API reference path (the code CuPy runs) instead of the NumPy one.
+- ``augment_unfused``, ``augment_numpy``, ``augment_generic`` (only with
+  ``--cases``): the plain gather, then ``apply_augment(..., overwrite=True)``
+  on the gathered batch through the kernel (the loader's path for on-disk
+  images), through the NumPy path (an install without a C compiler), or
+  through the array-API reference path.
 
 Fit cases (``--mode fit``): ``model.fit`` for one warm-up epoch plus
 ``--fit-epochs`` timed epochs (default 2) of a small conv net: uint8 input ->
@@ -89,6 +93,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import itertools
 import json
@@ -118,7 +123,7 @@ SEED = 0
 DEFAULT_CASES = ("plain", "augment", "tfdata", "keras")
 LOADER_CASES = ("loader_plain", "loader_augment")
 FIT_DEFAULT_CASES = ("fit_gpuloader", "fit_tfdata", "fit_keras", "fit_plain")
-OPTIONAL_CASES = ("augment_generic", *LOADER_CASES)
+OPTIONAL_CASES = ("augment_unfused", "augment_numpy", "augment_generic", *LOADER_CASES)
 TF_CASES = ("tfdata", "keras", *LOADER_CASES)
 TF_WARMUP_BATCHES = 10
 CASE_TIMEOUT_S = 600
@@ -185,21 +190,32 @@ def case_plain(x: np.ndarray, y: np.ndarray) -> EpochFn:
     return run
 
 
-def case_augment(x: np.ndarray, y: np.ndarray, generic: bool = False) -> EpochFn:
+def case_augment(x: np.ndarray, y: np.ndarray, path: str = "fused") -> EpochFn:
+    """The host augmented epoch through one path (see the module docstring)."""
     from gpuloader import augment
-    from gpuloader.gather import gather_batch
+    from gpuloader.augment import fused
+    from gpuloader.gather import HostGather, gather_batch
     from gpuloader.permutation import permutation
 
     ops = augment.check_augment(_ops(), x.shape, x.dtype, "x")
-    augment._host._FAST_PATH_ENABLED = not generic
+    augment._host._FAST_PATH_ENABLED = path != "generic"
+    fused._HOST_KERNEL_ENABLED = path in ("fused", "unfused")
+    table = fused.fused_ops(ops, x.dtype, x.shape[3])
+    if path in ("fused", "unfused") and fused.host_kernel() is None:
+        raise RuntimeError(fused.host_kernel_missing())
+    gather = HostGather([x, y])
 
     def run(epoch: int, batches: int | None = None) -> int:
         order = permutation(np, len(x), SEED, epoch)
         served = 0
         for start in list(range(0, len(x), BATCH_SIZE))[:batches]:
             rows = order[start : start + BATCH_SIZE]
-            xb, yb = gather_batch(np, [x, y], rows)
-            xb = augment.apply_augment(ops, xb, rows, SEED, epoch, np, overwrite=True)
+            if path == "fused":  # what the loader does: the kernel reads the stored images, the gather copies y
+                write = functools.partial(fused.gather_augment_host, table, x, rows, rows, SEED, epoch)
+                xb, yb = gather(rows, {0: write})
+            else:
+                xb, yb = gather_batch(np, [x, y], rows)
+                xb = augment.apply_augment(ops, xb, rows, SEED, epoch, np, overwrite=True)
             served += xb.shape[0]
             assert yb.shape[0] == xb.shape[0]
         return served
@@ -288,7 +304,9 @@ CASES: dict[str, Callable[[np.ndarray, np.ndarray], EpochFn]] = {
     "augment": case_augment,
     "tfdata": case_tfdata,
     "keras": case_keras,
-    "augment_generic": lambda x, y: case_augment(x, y, generic=True),
+    "augment_unfused": lambda x, y: case_augment(x, y, "unfused"),
+    "augment_numpy": lambda x, y: case_augment(x, y, "numpy"),
+    "augment_generic": lambda x, y: case_augment(x, y, "generic"),
     "loader_plain": lambda x, y: case_loader(x, y, augmented=False),
     "loader_augment": lambda x, y: case_loader(x, y, augmented=True),
 }

@@ -24,9 +24,17 @@ each after a warm-up, each the median of several repeats:
    read + written. Kernel-only figures from CUDA events (the loader's gather,
    ``cupy.take`` and ``copyto``) are reported beside them.
 
+4. Augmentation (issue 12): a shuffled epoch of 50000x32x32x3 uint8, batch 512,
+   ``_prepare`` + stream sync per batch, plain against
+   ``augment=[RandomCrop(4), RandomFlip(), Cutout(8)]`` (the fused kernel,
+   ``_cuda.GatherAugment``: one launch per batch), and the same ops one by one
+   through CuPy (the kernel switched off) for reference. Also: the augmented
+   epoch's bytes equal the host loader's.
+
 Targets (PASS/FAIL): device >= 10x host batches/s for 50000x32x32x3 float32;
 overhead <= 30 us per batch at every batch size; gather >= 0.5 of the copy
-bandwidth for batches >= 32 MB.
+bandwidth for batches >= 32 MB; augmented epoch <= 1.10x the plain epoch, with
+the host's bytes.
 
 Usage: python3 bench/device.py [--json PATH] [--repeats N] [--quick] [--strict]
 """
@@ -349,12 +357,75 @@ def measure_bandwidth(cp: Any, make_loader: Callable[..., Any], repeats: int, sc
 
 
 # ---------------------------------------------------------------- targets
+AUGMENT_SHAPE, AUGMENT_BATCH, TARGET_AUGMENT_RATIO = (50000, 32, 32, 3), 512, 1.10
+
+
+def measure_augment(cp: Any, make_loader: Callable[..., Any], repeats: int, scale: float) -> dict:
+    """Plain, fused-kernel and op-by-op augmented epochs on the GPU (synced per batch), and a byte check."""
+    from gpuloader import _cuda as cuda
+    from gpuloader import augment
+
+    rng = np.random.default_rng(1)
+    shape = (max(AUGMENT_BATCH, int(AUGMENT_SHAPE[0] * scale)), *AUGMENT_SHAPE[1:])
+    x = make_host_data(shape, np.uint8, rng)
+    y = np.arange(shape[0], dtype=np.int32)
+    sync = cp.cuda.get_current_stream().synchronize
+
+    def ops() -> list[Any]:
+        return [augment.RandomCrop(padding=4), augment.RandomFlip(), augment.Cutout(size=8)]
+
+    plain = make_loader(x, y, batch_size=AUGMENT_BATCH, device="gpu")
+    fused = make_loader(x, y, batch_size=AUGMENT_BATCH, device="gpu", augment=ops())
+    plain_s = median_seconds(epoch_runner(plain, sync, True), repeats)
+    fused_s = median_seconds(epoch_runner(fused, sync, True), repeats)
+    built = sum(kernel is not None for kernel in fused._pipeline._device_kernels.values())
+    real = cuda.gather_augment
+    cuda.gather_augment = lambda table, leaf: None
+    try:
+        one_by_one = make_loader(x, y, batch_size=AUGMENT_BATCH, device="gpu", augment=ops())
+        one_by_one_s = median_seconds(epoch_runner(one_by_one, sync, True), max(3, repeats // 2))
+    finally:
+        cuda.gather_augment = real
+    on_host = make_loader(x, y, batch_size=AUGMENT_BATCH, device="host", augment=ops())
+    same = all(
+        cp.asnumpy(fused._prepare(i, 0)[1][0]).tobytes() == np.asarray(on_host._prepare(i, 0)[1][0]).tobytes()
+        for i in range(len(fused))
+    )
+    del plain, fused, one_by_one, on_host, x, y
+    release(cp)
+    row = {
+        "shape": list(shape), "batch_size": AUGMENT_BATCH, "ops": "RandomCrop(4), RandomFlip(), Cutout(8)",
+        "plain_epoch_ms": plain_s * 1e3, "fused_epoch_ms": fused_s * 1e3, "one_by_one_epoch_ms": one_by_one_s * 1e3,
+        "fused_over_plain": fused_s / plain_s, "one_by_one_over_plain": one_by_one_s / plain_s,
+        "fused_kernels_built": built, "same_bytes_as_host": same,
+    }
+    print(
+        f"  plain {row['plain_epoch_ms']:.1f} ms, fused kernel {row['fused_epoch_ms']:.1f} ms "
+        f"(x{row['fused_over_plain']:.2f}), ops one by one {row['one_by_one_epoch_ms']:.1f} ms "
+        f"(x{row['one_by_one_over_plain']:.2f}); host bytes: {same}",
+        flush=True,
+    )
+    return row
+
+
 def _target(name: str, value: float, threshold: str, passed: bool) -> dict:
     return {"name": name, "value": value, "threshold": threshold, "pass": passed}
 
 
-def evaluate_targets(throughput: list[dict], overhead: list[dict], bandwidth: list[dict]) -> list[dict]:
+def evaluate_targets(
+    throughput: list[dict], overhead: list[dict], bandwidth: list[dict], augmented: dict | None = None
+) -> list[dict]:
     targets = []
+    if augmented:
+        targets.append(_target(
+            f"augmented (fused kernel) / plain epoch, {AUGMENT_SHAPE} uint8, batch {AUGMENT_BATCH}",
+            augmented["fused_over_plain"], f"<= {TARGET_AUGMENT_RATIO:g}x",
+            augmented["fused_over_plain"] <= TARGET_AUGMENT_RATIO,
+        ))
+        targets.append(_target(
+            "augmented batches on the device: the host's bytes (1 = yes)", float(augmented["same_bytes_as_host"]),
+            "= 1", bool(augmented["same_bytes_as_host"]),
+        ))
     for row in throughput:
         if row["case"] == SPEEDUP_CASE:
             targets.append(_target(
@@ -474,7 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     result["overhead"] = measure_overhead(cp, make_loader, repeats, scale)
     print("bandwidth:", flush=True)
     result["bandwidth"] = measure_bandwidth(cp, make_loader, repeats, scale)
-    result["targets"] = evaluate_targets(result["throughput"], result["overhead"], result["bandwidth"])
+    print("augmentation:", flush=True)
+    result["augment"] = measure_augment(cp, make_loader, repeats, scale)
+    result["targets"] = evaluate_targets(
+        result["throughput"], result["overhead"], result["bandwidth"], result["augment"]
+    )
     result["all_pass"] = all(target["pass"] for target in result["targets"])
     result["seconds"] = time.perf_counter() - started
     print_tables(result)

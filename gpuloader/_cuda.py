@@ -307,3 +307,104 @@ def row_gather(leaves: list[Any]) -> RowGather:
 def namespace() -> Any:
     """The array namespace of the GPU path: CuPy."""
     return import_cupy()
+
+
+# The built-in augmentation ops fused with the read of the stored images (gpuloader/augment/fused.py):
+# one block per sample, grid-stride over the batch. The block's threads compute the sample's words,
+# trace its rows and columns into shared memory, then write its bytes; the functions are those of
+# gpuloader/augment/_pixels.h, which the host kernel runs too (tests run this byte loop on the host).
+_AUGMENT_PREFIX = "#define GL_FUNCTION __device__ __forceinline__\n#define GL_TOP_BIT(m) (31 - __clz((int)(m)))\n"
+_AUGMENT_KERNEL = r"""
+extern "C" __global__ void gpuloader_gather_augment(
+    const unsigned char* source, const long long* rows, const long long* ids, const unsigned long long* keys,
+    const long long n_words, const long long* ops, const long long n_ops, const unsigned char* fills,
+    const unsigned int or_slots, const unsigned int and_slots, const long long n, const long long height,
+    const long long width, const long long pixel_bytes, unsigned char* out)
+{
+    extern __shared__ unsigned long long shared[];
+    unsigned long long* words = shared;
+    int* src_rows = (int*)(words + n_words);
+    int* src_cols = src_rows + height;
+    unsigned int* row_hits = (unsigned int*)(src_cols + width);
+    unsigned int* col_hits = row_hits + height;
+    const long long image_bytes = height * width * pixel_bytes;
+    for (long long b = blockIdx.x; b < n; b += gridDim.x) {
+        gl_sample_words(threadIdx.x, blockDim.x, (unsigned long long)ids[b], keys, n_words, words);
+        __syncthreads();
+        gl_sample_traces(threadIdx.x, blockDim.x, height, width, ops, n_ops, words, src_rows, row_hits,
+                         src_cols, col_hits);
+        __syncthreads();
+        gl_sample_bytes(threadIdx.x, blockDim.x, height, width, pixel_bytes, source + rows[b] * image_bytes,
+                        fills, or_slots, and_slots, src_rows, row_hits, src_cols, col_hits, out + b * image_bytes);
+        __syncthreads();
+    }
+}
+"""
+_AUGMENT_SHARED_LIMIT = 48 * 1024  # bytes of shared memory a block may take without opting in
+
+
+def augment_kernel_source() -> str:
+    """The CUDA source of :class:`GatherAugment`: the qualifiers, ``_pixels.h`` and the kernel."""
+    from importlib import resources
+
+    header = resources.files("gpuloader.augment").joinpath("_pixels.h").read_text()
+    return _AUGMENT_PREFIX + header + _AUGMENT_KERNEL
+
+
+class GatherAugment:
+    """The built-in augmentation ops of one stored image array, fused with the read of its rows.
+
+    One launch per batch writes the augmented images of ``leaf[rows]`` into a
+    fresh array: the same bytes as the host (``gpuloader.augment.fused``).
+    Cost: per sample ``sum(draws)`` hashes and ``H + W`` traces, then its bytes
+    read and written once; a batch's keys are uploaded once per (seed, epoch).
+
+    Args:
+        table: the ops' :class:`gpuloader.augment.fused.FusedOps` for the leaf's dtype and channels.
+        leaf: the stored C-contiguous CuPy images, ``(N, H, W, C)`` or ``(N, H, W)``.
+    """
+
+    def __init__(self, table: Any, leaf: Any) -> None:
+        cupy = import_cupy()
+        self._cupy, self._table, self._leaf = cupy, table, leaf
+        self._height, self._width = int(leaf.shape[1]), int(leaf.shape[2])
+        n_words = sum(table.draws)
+        self.shared_bytes = 8 * n_words + 8 * (self._height + self._width)
+        with leaf.device:
+            self._kernel = cupy.RawKernel(augment_kernel_source(), "gpuloader_gather_augment")
+            self._ops = cupy.asarray(table.table)
+            self._fills = cupy.asarray(np.frombuffer(table.fills or b"\0", dtype=np.uint8))
+            self._max_blocks = leaf.device.attributes["MultiProcessorCount"] * 32
+        self._keys: tuple[tuple[int, int], Any] | None = None
+
+    def __call__(self, rows: Any, sample_ids: Any, seed: int, epoch: int) -> Any:
+        """The augmented images of ``leaf[rows]``; ``rows`` and ``sample_ids``: int64 CuPy arrays (or a slice)."""
+        cupy, leaf = self._cupy, self._leaf
+        with leaf.device:
+            if isinstance(rows, slice):
+                start, stop, _ = rows.indices(leaf.shape[0])
+                rows = cupy.arange(start, max(start, stop), dtype=cupy.int64)
+            rows = cupy.ascontiguousarray(rows, dtype=cupy.int64)
+            sample_ids = cupy.ascontiguousarray(sample_ids, dtype=cupy.int64)
+            if self._keys is None or self._keys[0] != (seed, epoch):
+                self._keys = ((seed, epoch), cupy.asarray(self._table.keys(seed, epoch)))
+            n = int(rows.shape[0])
+            out = cupy.empty((n, *leaf.shape[1:]), dtype=leaf.dtype)
+            if n:
+                table = self._table
+                self._kernel(
+                    (min(n, self._max_blocks),), (_THREADS,),
+                    (leaf, rows, sample_ids, self._keys[1], np.int64(sum(table.draws)), self._ops,
+                     np.int64(len(table.table)), self._fills, np.uint32(table.or_slots), np.uint32(table.and_slots),
+                     np.int64(n), np.int64(self._height), np.int64(self._width), np.int64(table.pixel_bytes), out),
+                    shared_mem=self.shared_bytes,
+                )
+        return out
+
+
+def gather_augment(table: Any, leaf: Any) -> GatherAugment | None:
+    """The fused augmentation kernel of a stored image array, or None when a block's shared memory
+    would exceed 48 KB (images over about 3000 pixels on a side: the ops then run one by one)."""
+    if 8 * sum(table.draws) + 8 * (int(leaf.shape[1]) + int(leaf.shape[2])) > _AUGMENT_SHARED_LIMIT:
+        return None
+    return GatherAugment(table, leaf)

@@ -78,7 +78,8 @@ class BatchPipeline:
         self.on_gpu = on_gpu
         self._shard_index = shard_index
         self._augment = augment or []
-        self._fused = self._fusable(self._augment)
+        self._fused = self._fusable(self._augment)  # host: {leaf index: table} the host kernel runs
+        self._device_kernels: dict[tuple[int, int], Any] = {}  # GPU: (replica, leaf index) -> kernel or None
         self._global_rows = global_rows
         self._sample_ids: dict[int, Any] = {}  # store index -> its rows' dataset indices, in its namespace
         self._backend: str | None = None
@@ -173,9 +174,13 @@ class BatchPipeline:
                     leaves[index] = apply_augment(ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True)
         else:
             leaves = store.take(rows)
-            ids = self._ids(rows, replica, store)
+            ids, seed = self._ids(rows, replica, store), self._seed_of()
             for index, ops in self._augment:
-                leaves[index] = apply_augment(ops, leaves[index], ids, self._seed_of(), epoch, store.xp, overwrite=True)
+                kernel = self._device_kernel(replica, index, ops, store) if self.on_gpu else None
+                if kernel is not None:  # one launch reading the stored images (their copy above goes unused)
+                    leaves[index] = kernel(rows, ids, seed, epoch)
+                else:
+                    leaves[index] = apply_augment(ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True)
         structure = self._structure
         if self._transform is not None:
             structure, leaves = check_transform_output(
@@ -213,6 +218,16 @@ class BatchPipeline:
             if table is not None:
                 tables[index] = table
         return tables
+
+    def _device_kernel(self, replica: int, index: int, ops: list[Any], store: store_lib.Store) -> Any:
+        """The GPU kernel of leaf ``index``'s ops on replica ``replica`` (``_cuda.GatherAugment``), or None."""
+        key = (replica, index)
+        if key not in self._device_kernels:
+            leaf = store.leaves[index]
+            table = fused_lib.fused_ops(ops, leaf.dtype, leaf.shape[3] if leaf.ndim == 4 else 1)
+            runtime = placement_lib.gpu_runtime()
+            self._device_kernels[key] = None if table is None else runtime.gather_augment(table, leaf)
+        return self._device_kernels[key]
 
     def _ids(self, rows: slice | Any, replica: int, store: store_lib.Store) -> Any:
         """The dataset index of each of ``rows`` (of replica ``replica``'s store), as int64 in its namespace.

@@ -23,6 +23,7 @@ import types
 import numpy as np
 
 from gpuloader import _cuda
+from gpuloader.augment import fused
 from gpuloader.gather import aligned_empty, gather_batch
 
 #: ``_cuda._GATHER_ALIGNMENT``: where each leaf's part of a gathered block starts.
@@ -66,7 +67,8 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
     device_names = ["CPU_DEVICE", "device1", "device2"][:gpus]
     state = types.SimpleNamespace(
         free_bytes=free_bytes, device_free={}, uploads=[], syncs=0, fail_after_uploads=None, freed=0,
-        fused_gathers=0, gathers_on=[], realigned=0, usable=True, current=0, freed_on=[], peer_copies=0,
+        fused_gathers=0, gathers_on=[], realigned=0, augment_kernels=0, usable=True, current=0, freed_on=[],
+        peer_copies=0,
         devices=[xps.Device(name) for name in device_names],
     )
     # One GPU: array_api_strict itself (its default device); several: allocate on the current one.
@@ -129,6 +131,23 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
 
         return gather
 
+    def gather_augment(table, leaf):
+        """``_cuda.gather_augment``'s contract: a kernel writing the augmented ``leaf[rows]`` into a fresh
+        array on the leaf's device; here the host kernel (None where it is not built: the ops then run
+        one by one through the array API, as on a GPU whose kernel does not fit)."""
+        if fused.host_kernel() is None:
+            return None
+
+        def kernel(rows, sample_ids, seed, epoch):
+            state.augment_kernels += 1
+            source = np.from_dlpack(leaf)
+            rows = np.arange(*rows.indices(source.shape[0])) if isinstance(rows, slice) else np.from_dlpack(rows)
+            out = aligned_empty((rows.shape[0], *source.shape[1:]), source.dtype, alignment=GATHER_ALIGNMENT)
+            fused.gather_augment_host(table, source, rows, np.from_dlpack(sample_ids), seed, epoch, out)
+            return xps.asarray(out, device=leaf.device, copy=False)
+
+        return kernel
+
     def aligned_contiguous(array, alignment=64):
         """``_cuda.aligned_contiguous``: the array itself when C-contiguous and aligned, else a fresh
         copy (CuPy's pool aligns to 256 bytes); arrays of another namespace pass through untouched."""
@@ -159,6 +178,7 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
         aligned_contiguous=aligned_contiguous,
         adopt=lambda array: array,
         row_gather=row_gather,
+        gather_augment=gather_augment,
         copy_to_device=copy_to_device,
         state=state,
     )

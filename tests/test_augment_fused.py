@@ -99,3 +99,65 @@ def test_without_the_kernel_the_reason_and_the_fix_are_stated(monkeypatch):
             0,
             np.empty((1, 2, 2), np.uint8),
         )
+
+
+# ------------------------------------------------------------------ the CUDA kernel's text, run on the host
+_CUDA_ON_THE_HOST = r"""
+#include <cstring>
+struct gl_dim3 { unsigned int x; };
+static gl_dim3 blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__
+#define __syncthreads() ((void)0)
+static inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
+unsigned long long shared[1 << 16];
+"""
+
+
+def cuda_text_on_the_host(tmp_path):
+    """``_cuda.augment_kernel_source()`` compiled by the host's C++ compiler with one thread per block."""
+    import ctypes
+    import subprocess
+
+    from gpuloader import _cuda
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to build the CUDA kernel's text for the host")
+    # The CUDA prefix defines GL_FUNCTION with __device__ __forceinline__, which the stubs above empty.
+    source = tmp_path / "kernel.cpp"
+    source.write_text(_CUDA_ON_THE_HOST + _cuda.augment_kernel_source())
+    library = tmp_path / "kernel.so"
+    subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    kernel = ctypes.CDLL(str(library)).gpuloader_gather_augment
+    pointer, i64, u32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_uint
+    kernel.argtypes = [pointer, pointer, pointer, pointer, i64, pointer, i64, pointer, u32, u32, i64, i64, i64, i64,
+                       pointer]
+    kernel.restype = None
+    return kernel
+
+
+def test_the_cuda_kernel_text_run_on_the_host_gives_the_reference_bytes(tmp_path):
+    from test_augment import STANDARD, images_of, reference
+
+    kernel = cuda_text_on_the_host(tmp_path)
+    recipes = [
+        STANDARD,
+        [RandomFlip(), RandomCrop(3, mode="constant", fill=9), Cutout(5, fill=2), RandomCrop(1)],
+        [Cutout(7), RandomFlip(), RandomFlip(), Cutout(2, fill=3)],
+    ]
+    for channels in (None, 1, 3, 5):
+        store = images_of(40, 7, 9, channels)
+        rows = np.random.default_rng(channels or 0).permutation(40)[:23].astype(np.int64)
+        ids = rows * 7 + 3
+        for ops in recipes:
+            table = fused.fused_ops(ops, store.dtype, channels or 1)
+            keys = np.ascontiguousarray(table.keys(11, 2))
+            fills = np.frombuffer(table.fills or b"\0", np.uint8)
+            out = np.zeros((len(rows), *store.shape[1:]), store.dtype)
+            kernel(store.ctypes.data, rows.ctypes.data, ids.ctypes.data, keys.ctypes.data, sum(table.draws),
+                   table.table.ctypes.data, len(table.table), fills.ctypes.data, table.or_slots, table.and_slots,
+                   len(rows), 7, 9, table.pixel_bytes, out.ctypes.data)
+            np.testing.assert_array_equal(out, reference(ops, store[rows], ids, 11, 2))

@@ -706,8 +706,19 @@ def test_transform_runs_on_the_device(cp, make_loader):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32])
 @pytest.mark.parametrize("size", [1, 3, 5, 7])
-def test_augmented_batches_on_the_device_are_the_host_bytes(cp, make_loader, dtype, size):
-    from gpuloader import augment
+@pytest.mark.parametrize("path", ["fused kernel", "ops one by one"])
+def test_augmented_batches_on_the_device_are_the_host_bytes(cp, make_loader, monkeypatch, dtype, size, path):
+    # The fused kernel (_cuda.GatherAugment, one launch per batch) and the ops one by one through CuPy
+    # (where the kernel does not fit) both give the host's bytes.
+    from gpuloader import _cuda, augment
+
+    launches = []
+    if path == "ops one by one":
+        monkeypatch.setattr(_cuda, "gather_augment", lambda table, leaf: None)
+    else:
+        real_call = _cuda.GatherAugment.__call__
+        monkeypatch.setattr(_cuda.GatherAugment, "__call__",
+                            lambda self, *args: launches.append(1) or real_call(self, *args))
 
     rng = np.random.default_rng(size)
     images = (rng.integers(0, 256, (96, size + 4, size + 2, size)) if dtype == np.uint8
@@ -728,6 +739,7 @@ def test_augmented_batches_on_the_device_are_the_host_bytes(cp, make_loader, dty
             assert isinstance(gx, cp.ndarray)
             np.testing.assert_array_equal(host(gy), hy)
             assert host(gx).tobytes() == np.asarray(hx).tobytes(), f"epoch {epoch}, batch {index}"
+    assert len(launches) == (2 * len(on_gpu) if path == "fused kernel" else 0)
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("view", ["strided", "offset"])

@@ -122,12 +122,20 @@ def test_the_disk_tier_gives_the_same_bytes(tmp_path):
     assert served(disk) == expected(x)
 
 
-def test_the_stand_in_gpu_gives_the_same_bytes_as_the_host(fake_gpu):
+@pytest.mark.parametrize("kernel", ["fused kernel", "ops one by one"])
+def test_the_stand_in_gpu_gives_the_same_bytes_as_the_host(fake_gpu, monkeypatch, kernel):
+    # The pipeline hands built-in ops to the runtime's fused kernel (_cuda.GatherAugment on a GPU),
+    # and runs them one by one through the array API where the runtime has none for them.
+    if kernel == "fused kernel" and fused.host_kernel() is None:
+        pytest.skip(fused.host_kernel_missing())
+    if kernel == "ops one by one":
+        monkeypatch.setattr(fake_gpu, "gather_augment", lambda table, leaf: None)
     x, y = images()
     loader = make(x, y, device="gpu")
     assert loader.placement == "gpu"
     batches = [loader._prepare(i)[1] for i in range(len(loader))]
     assert per_sample([(np.asarray(bx), np.asarray(by)) for bx, by in batches]) == expected(x)
+    assert fake_gpu.state.augment_kernels == (len(loader) if kernel == "fused kernel" else 0)
 
 
 def test_worker_shards_together_see_the_draws_of_one_process():
