@@ -21,13 +21,51 @@
 
 #include "_pixels.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <tmmintrin.h>
+#define GL_SHUFFLE 1
+/* Reversed pixels 16 bytes at a time with SSSE3's byte shuffle (checked at run time): pixels
+ * k..k+m-1 of dst are source pixels -k..-(k+m-1), m = 16 / pixel_bytes. Stops where a 16-byte store
+ * would pass the run's end; returns the pixels done. Reads less than 16 bytes from source pixel 0 on:
+ * callers check those lie in the source. */
+__attribute__((target("ssse3"))) static long long reverse_shuffled(unsigned char *dst, const unsigned char *src,
+                                                                     long long count, long long pixel_bytes,
+                                                                     const unsigned char *order)
+{
+    const long long m = 16 / pixel_bytes;
+    const __m128i mask = _mm_loadu_si128((const __m128i *)order);
+    long long k = 0;
+    for (; k + m <= count && pixel_bytes * k + 16 <= pixel_bytes * count; k += m) {
+        const __m128i pixels = _mm_loadu_si128((const __m128i *)(src - pixel_bytes * (k + m - 1)));
+        _mm_storeu_si128((__m128i *)(dst + pixel_bytes * k), _mm_shuffle_epi8(pixels, mask));
+    }
+    return k;
+}
+#endif
+
+/* Reversed runs this long or longer are shuffled from a padded copy of the image. */
+#define GL_SHUFFLED_RUN 8
+
+
 typedef struct {
     long long start, length, source, step;
 } Run;
 
-static void copy_reversed(unsigned char *dst, const unsigned char *src, long long count, long long pixel_bytes)
+static void copy_reversed(unsigned char *dst, const unsigned char *src, long long count, long long pixel_bytes,
+                          const unsigned char *order, const unsigned char *end)
 {
     /* dst pixel k = src pixel -k; constant sizes let the compiler inline the small copies */
+#ifdef GL_SHUFFLE
+    if (order != NULL && count >= GL_SHUFFLED_RUN && src + 16 <= end) { /* SSSE3, pixels of <= 8 bytes */
+        const long long done = reverse_shuffled(dst, src, count, pixel_bytes, order);
+        dst += pixel_bytes * done;
+        src -= pixel_bytes * done;
+        count -= done;
+    }
+#else
+    (void)order;
+    (void)end;
+#endif
     if (pixel_bytes == 3 && count > 2) {
         /* 3-byte pixels moved as 4-byte words: the extra byte read belongs to source pixel -(k-1) and the
            extra byte written is dst pixel k + 1's, written next; the first and last pixels exactly */
@@ -124,12 +162,9 @@ typedef struct {
     unsigned int *row_hits, *col_hits;
     Run *runs, *spans;         /* a row's runs of columns; its painted spans (source: the slot) */
     unsigned char *fill_rows;  /* each slot's fill pixel repeated over a row */
-    unsigned char *image;      /* a copy of a sample's source image read pixel by pixel (NULL: too large) */
+    const unsigned char *order; /* the byte shuffle reversing 16 / pixel_bytes pixels, or NULL */
+    const unsigned char *end;   /* the end of the source buffer */
 } Work;
-
-/* A source image read by reversed runs is copied here first (one sequential read, then the pixel-sized
- * moves hit the cache): up to this many bytes. */
-#define GL_IMAGE_COPY_BYTES (64 * 1024)
 
 /* One sample's bytes, row by row. The longest forward run of columns is copied for a block of rows with
  * consecutive source rows at once (one memcpy spanning the rows: the bytes it lays between the rows' runs are
@@ -147,44 +182,51 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
     for (long long r = 0; r < n_runs; ++r)
         if (runs[r].step > 0 && (longest < 0 || runs[r].length > runs[longest].length))
             longest = r;
-    int reversed = 0;
+    const Run main_run = longest >= 0 ? runs[longest] : runs[0];
+    long long others = 0; /* the runs other than the longest, first in `runs` */
     for (long long r = 0; r < n_runs; ++r)
-        reversed |= r != longest && runs[r].step < 0 && runs[r].length > 2;
-    const unsigned char *pixels = source; /* where the runs other than the longest read */
-    if (reversed && work->image != NULL) {
-        memcpy(work->image, source, height * row_bytes);
-        pixels = work->image;
-    }
+        if (r != longest)
+            runs[others++] = runs[r];
     for (long long row = 0; row < height;) {
         long long block = 1;
         if (longest >= 0) {
             while (row + block < height && src_rows[row + block] == src_rows[row] + block)
                 block++;
-            const Run run = runs[longest];
+            const Run run = main_run;
             memcpy(out + row * row_bytes + run.start * pixel_bytes,
                    source + (long long)src_rows[row] * row_bytes + run.source * pixel_bytes,
                    (block - 1) * row_bytes + run.length * pixel_bytes);
         }
+        if (others == 0) { /* the longest run was all of it */
+            row += block;
+            continue;
+        }
         for (long long last = row + block; row < last; ++row) {
             unsigned char *dst = out + row * row_bytes;
-            const unsigned char *src = pixels + (long long)src_rows[row] * row_bytes;
-            for (long long r = 0; r < n_runs; ++r) {
+            const unsigned char *src = source + (long long)src_rows[row] * row_bytes;
+            for (long long r = 0; r < others; ++r) {
                 const Run run = runs[r];
-                if (r == longest)
-                    continue;
                 if (run.step > 0)
                     memcpy(dst + run.start * pixel_bytes, src + run.source * pixel_bytes, run.length * pixel_bytes);
                 else
                     copy_reversed(dst + run.start * pixel_bytes, src + run.source * pixel_bytes, run.length,
-                                  pixel_bytes);
+                                  pixel_bytes, work->order, work->end);
             }
         }
     }
-    unsigned int col_or = 0, col_and = 0, listed_for = 0;
+    if ((or_slots | and_slots) == 0)
+        return;
+    unsigned int col_or = 0, col_and = 0, row_or = 0, row_and = 0, listed_for = 0;
     for (long long col = 0; col < width; ++col) {
         col_or |= col_hits[col] & or_slots;
         col_and |= col_hits[col] & and_slots;
     }
+    for (long long row = 0; row < height; ++row) {
+        row_or |= row_hits[row] & or_slots;
+        row_and |= row_hits[row] & and_slots;
+    }
+    if (!(col_or || row_or || (col_and & row_and)))
+        return; /* nothing painted in this sample */
     long long listed = -1; /* painted spans of the row slots `listed_for`; -1: none listed yet */
     for (long long row = 0; row < height; ++row) {
         const unsigned int hits = row_hits[row];
@@ -258,7 +300,7 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     const char *problem = NULL;
-    Work work = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    Work work = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     unsigned long long *words = NULL;
     const long long image_bytes = (long long)height * width * pixel_bytes;
     if (height < 1 || width < 1 || pixel_bytes < 1 || height > INT_MAX || width > INT_MAX)
@@ -290,7 +332,17 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
     work.runs = malloc(sizeof(Run) * width);
     work.spans = malloc(sizeof(Run) * width);
     work.fill_rows = malloc(fills.len * width + 1);
-    work.image = image_bytes <= GL_IMAGE_COPY_BYTES ? malloc(image_bytes) : NULL;
+    work.end = (const unsigned char *)source.buf + source.len;
+    unsigned char order[16];
+#ifdef GL_SHUFFLE
+    if (pixel_bytes <= 8 && __builtin_cpu_supports("ssse3")) {
+        const long long m = 16 / pixel_bytes;
+        for (long long i = 0; i < 16; ++i)
+            order[i] = (unsigned char)(i < m * pixel_bytes ? (m - 1 - i / pixel_bytes) * pixel_bytes + i % pixel_bytes
+                                                           : i);
+        work.order = order;
+    }
+#endif
     words = malloc(sizeof(unsigned long long) * (n_words ? n_words : 1));
     if (!work.src_rows || !work.row_hits || !work.src_cols || !work.col_hits || !work.runs || !work.spans ||
         !work.fill_rows || !words) {
@@ -328,7 +380,6 @@ done:
     free(work.col_hits);
     free(work.spans);
     free(work.fill_rows);
-    free(work.image);
     free(work.runs);
     free(words);
     PyBuffer_Release(&source);
