@@ -43,7 +43,10 @@ __attribute__((target("ssse3"))) static long long reverse_shuffled(unsigned char
 }
 #endif
 
-/* Reversed runs this long or longer are shuffled from a padded copy of the image. */
+/* Runs this narrow or narrower are copied a pixel column at a time over all rows. */
+#define GL_NARROW_RUN 4
+
+/* Reversed runs this long or longer are shuffled 16 bytes at a time. */
 #define GL_SHUFFLED_RUN 8
 
 
@@ -94,6 +97,26 @@ static void copy_reversed(unsigned char *dst, const unsigned char *src, long lon
     default: GL_REVERSED(pixel_bytes)
     }
 #undef GL_REVERSED
+}
+
+/* Pixel column `dst_offset` (bytes into a row) of every output row from column `src_offset` of its source row. */
+static void copy_column(unsigned char *out, const unsigned char *source, const int *src_rows, long long height,
+                        long long row_bytes, long long dst_offset, long long src_offset, long long pixel_bytes)
+{
+#define GL_COLUMN(BYTES)                                                                                              \
+    for (long long row = 0; row < height; ++row)                                                                      \
+        memcpy(out + row * row_bytes + dst_offset, source + (long long)src_rows[row] * row_bytes + src_offset,      \
+               (BYTES));                                                                                              \
+    return;
+    switch (pixel_bytes) {
+    case 1: GL_COLUMN(1)
+    case 2: GL_COLUMN(2)
+    case 3: GL_COLUMN(3)
+    case 4: GL_COLUMN(4)
+    case 8: GL_COLUMN(8)
+    default: GL_COLUMN(pixel_bytes)
+    }
+#undef GL_COLUMN
 }
 
 static long long column_runs(const int *src_cols, long long width, Run *runs)
@@ -182,11 +205,20 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
     for (long long r = 0; r < n_runs; ++r)
         if (runs[r].step > 0 && (longest < 0 || runs[r].length > runs[longest].length))
             longest = r;
+    if (longest >= 0 && 2 * runs[longest].length < width)
+        longest = -1; /* a short forward run (a flipped image's border): its copy across rows would move the
+                         whole image for a few pixels a row */
     const Run main_run = longest >= 0 ? runs[longest] : runs[0];
-    long long others = 0; /* the runs other than the longest, first in `runs` */
-    for (long long r = 0; r < n_runs; ++r)
-        if (r != longest)
+    long long others = 0, narrow = 0; /* the other runs: `others` wide ones first in `runs`, narrow ones after */
+    Run *narrow_runs = work->spans;
+    for (long long r = 0; r < n_runs; ++r) {
+        if (r == longest)
+            continue;
+        if (runs[r].length <= GL_NARROW_RUN)
+            narrow_runs[narrow++] = runs[r];
+        else
             runs[others++] = runs[r];
+    }
     for (long long row = 0; row < height;) {
         long long block = 1;
         if (longest >= 0) {
@@ -197,7 +229,7 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
                    source + (long long)src_rows[row] * row_bytes + run.source * pixel_bytes,
                    (block - 1) * row_bytes + run.length * pixel_bytes);
         }
-        if (others == 0) { /* the longest run was all of it */
+        if (others == 0) { /* no wide run beside the longest */
             row += block;
             continue;
         }
@@ -214,6 +246,10 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
             }
         }
     }
+    for (long long r = 0; r < narrow; ++r) /* a crop's or a flip's border: a column at a time */
+        for (long long k = 0; k < narrow_runs[r].length; ++k)
+            copy_column(out, source, src_rows, height, row_bytes, (narrow_runs[r].start + k) * pixel_bytes,
+                        (narrow_runs[r].source + narrow_runs[r].step * k) * pixel_bytes, pixel_bytes);
     if ((or_slots | and_slots) == 0)
         return;
     unsigned int col_or = 0, col_and = 0, row_or = 0, row_and = 0, listed_for = 0;
