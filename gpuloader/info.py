@@ -59,7 +59,9 @@ def info(
         ``numpy``, ``keras`` (version, backend), ``frameworks`` (name ->
         ``{"imports", "version"}`` or ``{"imports": False, "error"}``), ``cuda``
         (``devices``: ordinal, name, free and total bytes; ``reason`` when none is
-        usable), ``env`` and ``placement`` (None when no dataset was described).
+        usable), ``augment_kernel`` (``{"built": True}``, or ``{"built": False,
+        "reason"}``: the built-in augmentation ops then run on their NumPy path),
+        ``env`` and ``placement`` (None when no dataset was described).
 
     Raises:
         ValueError: both or neither of a shape and ``nbytes`` given for a
@@ -78,6 +80,7 @@ def info(
         "keras": _keras(),
         "frameworks": {name: _try_import(name) for name in frameworks},
         "cuda": cuda_devices(),
+        "augment_kernel": _augment_kernel(),
         "env": {name: os.environ.get(name) for name in (placement_lib.ENV_DEVICE, "KERAS_BACKEND")},
         "placement": None,
     }
@@ -87,6 +90,13 @@ def info(
             gpu_memory_fraction=gpu_memory_fraction,
         )
     return report
+
+
+def _augment_kernel() -> dict[str, Any]:
+    from gpuloader.augment import fused
+
+    missing = fused.host_kernel_missing()
+    return {"built": True} if missing is None else {"built": False, "reason": missing}
 
 
 def _keras() -> dict[str, Any]:
@@ -259,6 +269,8 @@ def format_info(report: dict[str, Any]) -> str:
                 f"CUDA {device['ordinal']:<5} {device['name']}: {size(device['free_bytes'])} free of "
                 f"{size(device['total_bytes'])}"
             )
+    kernel = report["augment_kernel"]
+    lines.append("augment    host kernel built" if kernel["built"] else f"augment    {kernel['reason']}")
     for name, value in report["env"].items():
         lines.append(f"${name} = {value if value is not None else '(unset)'}")
     where = report["placement"]

@@ -15,6 +15,7 @@ from fake_gpu import make_runtime
 import gpuloader
 from gpuloader import _cuda, placement
 from gpuloader.__main__ import main
+from gpuloader.augment import fused
 
 info_module = importlib.import_module("gpuloader.info")
 CIFAR = (50000, 32, 32, 3)
@@ -60,11 +61,30 @@ def test_versions_frameworks_and_no_device(no_gpu, monkeypatch):
     assert report["cuda"] == {"devices": [], "reason": "CuPy is not installed (pip install 'gpuloader[gpu]')"}
     assert report["env"][placement.ENV_DEVICE] == "auto"
     assert report["placement"] is None
+    assert report["augment_kernel"] == {"built": fused.host_kernel() is not None, **(
+        {} if fused.host_kernel() is not None else {"reason": fused.host_kernel_missing()})}
     json.dumps(report)  # serialisable as it is
     text = info_module.format_info(report)
     assert "CUDA       none: CuPy is not installed" in text
     assert f"tensorflow {tf.__version__}" in text
     assert "no_such_framework_here does not import (ModuleNotFoundError" in text
+
+
+def test_a_missing_augmentation_kernel_is_reported_with_the_reason_and_the_fix(no_gpu, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_kernel(name, globals=None, locals=None, fromlist=(), level=0):
+        if fromlist and "_pixels" in fromlist:
+            raise ImportError("no compiled module here")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", no_kernel)
+    report = gpuloader.info(frameworks=())
+    assert report["augment_kernel"]["built"] is False
+    assert "no compiled module here" in report["augment_kernel"]["reason"]
+    assert "Fix: install a C compiler" in info_module.format_info(report)
 
 
 def test_placement_without_a_gpu_is_the_host_with_the_reason(no_gpu):
