@@ -390,6 +390,17 @@ def test_an_op_of_ones_own_gets_keyed_words_and_runs_on_every_backend():
     assert np.mean(np.any(host != run(ops[:1] + ops[2:], images, ids), axis=(1, 2, 3))) > 0.9
 
 
+@pytest.mark.parametrize("path", ["fast", "strict"])
+def test_an_op_reading_more_words_than_it_draws_is_told_how_to_fix_it(path):
+    class Greedy(Brightness):
+        def apply(self, images, bits, xp):
+            return super().apply(images, bits[:, 1:], xp)  # reads word 1 with draws = 1
+
+    images = images_of(8, 4, 4)
+    with pytest.raises(IndexError, match=r"draws=1 words each.*Fix: set the op's draws"):
+        run([RandomFlip(), Greedy(10.0)], images, np.arange(8, dtype=np.int64), path)
+
+
 def test_ops_after_an_op_of_ones_own_that_returns_a_strided_array():
     class Strided(augment.AugmentOp):  # the same values, in a fresh array that is not C-contiguous
         draws = 0

@@ -69,39 +69,31 @@ every backend. Subclassing :class:`AugmentOp` is optional. A brightness jitter::
 
 Cost
 ----
-The words: about 10 integer operations on ``n x sum(draws)`` uint64 values per
-batch. In a namespace other than NumPy (CuPy) each built-in op is one or two
-passes over the batch through array-API calls: ``RandomCrop`` one ``take`` over
-flat pixel indices (plus a ``where`` for ``mode="constant"``), ``RandomFlip`` a
-``flip`` and a ``where``, ``Cutout`` a ``where`` against a mask.
+A list of built-in ops only (``RandomCrop``, ``RandomFlip``, ``Cutout``, at
+most 32 of them writing fills) runs as one fused kernel
+(:mod:`~gpuloader.augment.fused`): per sample its words, the source row and
+column of each output row and column traced back through the ops, then its
+bytes written once. On the host it is a C extension built at install
+(``_pixels.c``; whole runs of columns with ``memcpy``, a flip's reversed runs
+16 bytes at a time with SSSE3, no GIL held); the Loader gives it the stored
+images and the batch's rows, so the images are not gathered first. On the GPU
+the same traced functions (``_pixels.h``) run as one CUDA launch per batch
+(``gpuloader._cuda.GatherAugment``). Lists with an op of your own run op by op:
+in a namespace other than NumPy each built-in op is one or two array-API passes
+(``RandomCrop`` a ``take`` over flat pixel indices, plus a ``where`` for
+``mode="constant"``; ``RandomFlip`` a ``flip`` and a ``where``; ``Cutout`` a
+``where`` against a mask), and on the host a NumPy path that gives the same
+bytes in a few passes (``_host.py``; also what runs when the C extension could
+not be built: ``gpuloader.info()`` says so).
 
-On the host (``xp`` is NumPy) the built-in ops take a faster path that gives the
-same bytes (tests/test_augment.py checks it against the array-API path and
-``array_api_strict``). A crop, with a flip next to it in the list fused into it:
-a ``take`` of whole image rows (the vertical shift, samples sorted by flip and
-horizontal offset), one strided pass per channel over the flipped samples (the
-mirror: the only pass that moves single values, over half the batch on
-average), one slice copy per (flip, offset) group for the kept columns, the
-``|dx|`` border columns (reflected pixels copied a column at a time, or runs of
-the unflipped image, or ``fill``), and a ``take`` back to the batch order. A
-flip alone: the same mirror pass. Cutout: one indexed write of four
-overlapping blocks per square. The first op writes a fresh 64-byte-aligned
-buffer (what the hand-off to TensorFlow needs; or the batch itself with
-``overwrite=True``), the next ones write into it; intermediate buffers are kept
-per thread from batch to batch (up to about 3 batches' worth: fresh pages cost
-more than these copies). NumPy cannot move 3-byte pixels in bulk, so on the
-host the mirror alone costs about as much as gathering the batch.
-
-Measured (bench/augment.py, this project's 2 shared CPU cores, 50000 x 32 x 32
-x 3 uint8, batch 512, medians of 2 rounds): a plain gathered epoch 22.8 ms;
-with ``RandomCrop(4)``, ``RandomFlip()``, ``Cutout(8)`` 121 ms (5.3x: the
-issue's target of 2x is not met on the host); the array-API path on NumPy
-1.25 s; tf.data with per-sample stateless crop and flip 2.16 s (17.9x slower);
-Keras ``RandomTranslation`` and ``RandomFlip`` per batch 3.59 s (29.7x slower).
+Measured (``bench/augment.py``, this project's 2 shared CPU cores, 50000 x 32 x
+32 x 3 uint8, batch 512): see the README's benchmark section for the figures of
+the current code.
 
 The modules: :mod:`~gpuloader.augment.keyed` (the words), :mod:`~gpuloader.augment.ops` (the ops and
 their array-API path), :mod:`~gpuloader.augment.apply` (checking and applying a list),
-``_host`` (the NumPy fast path).
+:mod:`~gpuloader.augment.fused` (the fused kernel's table and host entry point; ``_pixels.h`` and
+``_pixels.c`` its C), ``_host`` (the NumPy path).
 """
 
 from __future__ import annotations

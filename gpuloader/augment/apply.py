@@ -149,7 +149,15 @@ def apply_augment(
                 position += 2
             owned = True
             continue
-        result = op.apply(work, bits_of(position), xp)
+        bits = bits_of(position)
+        try:
+            result = op.apply(work, bits, xp)
+        except IndexError as error:
+            raise IndexError(
+                f"augment op {op!r} raised IndexError: {error}. Its bits have shape {tuple(bits.shape)}: one row "
+                f"per image, draws={op.draws} words each, so bits[:, j] exists for j < {op.draws} only. Fix: set "
+                "the op's draws to the number of words its apply reads."
+            ) from error
         position += 1
         if tuple(result.shape) != tuple(work.shape) or result.dtype != work.dtype:
             raise ValueError(
