@@ -493,6 +493,37 @@ def format_targets(checks: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def augment_rows(out: Path, profile: str) -> dict[str, Any]:
+    """Run ``bench/augment.py`` (issue 12's host rows: augmented epoch against the plain one, tf.data and
+    Keras layers; in the full profile the fit rows too) in processes of its own, and print its tables."""
+    if profile == "smoke":
+        return {"skipped": "smoke profile"}
+    rounds = "3" if profile == "full" else "2"
+    command = [sys.executable, str(BENCH_DIR / "augment.py"), "--out", str(out), "--rounds", rounds]
+    if profile != "full":
+        command += ["--mode", "epoch", "--epochs", "3"]
+    print("augmentation rows (bench/augment.py):", flush=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    target = out / "augment.json"
+    if done.returncode != 0 or not target.exists():
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        print(f"augmentation rows: failed (exit status {done.returncode}):\n{tail}")
+        return {"error": f"exit status {done.returncode}", "tail": tail}
+    tables = done.stdout[done.stdout.find("Host epochs") :] if "Host epochs" in done.stdout else done.stdout
+    print(tables.rstrip())
+    return json.loads(target.read_text())
+
+
+def format_augment_targets(augmented: dict[str, Any]) -> str:
+    """The augmentation targets as summary lines (ratios of medians; a figure where there is no target)."""
+    lines = []
+    for check in augmented.get("targets", []):
+        verdict = "figure" if check["met"] is None else "met" if check["met"] else "MISSED"
+        lines.append(f"augment {check['ratio']:<52} {check['value']:7.2f}x {check['target']:>9}  {verdict}")
+    return "\n".join(lines)
+
+
 def device_rows(out: Path, quick: bool) -> dict[str, Any]:
     """Run ``bench/device.py`` when a CUDA device is usable and print its table; otherwise say why not.
 
@@ -971,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     args.out.mkdir(parents=True, exist_ok=True)
+    augmented = augment_rows(args.out, args.profile)
     device = device_rows(args.out, args.profile == "smoke")
     machine["loadavg_end"] = list(os.getloadavg())
     total_s = time.perf_counter() - started
@@ -997,6 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "speedups": ratios,
         "targets": checks,
+        "augment": augmented,
         "device": device,
         "raw": [{"mode": m, "dataset": d, "case": c, "rounds": raw[m, d, c]} for m, d, c in plan],
         "failures": failures,
@@ -1016,12 +1049,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} rounds, load average {', '.join(f'{v:.2f}' for v in machine['loadavg_end'])} at the end)"
     )
     print(format_targets(checks))
+    if augmented.get("targets"):
+        print(format_augment_targets(augmented))
     if changed:
         print("WARNING: gpuloader/ changed while the benchmark ran; its rounds measured different code")
     if failures:
         print(f"{failures} case process(es) failed (see FAILED above)")
+    if "error" in augmented:
+        print("the augmentation rows failed (see above)")
     print(f"total {_clock(time.perf_counter() - started)} (m:ss)")
-    return 1 if failures else 0
+    return 1 if failures or "error" in augmented else 0
 
 
 def _all_reset(summary: list[dict[str, Any]]) -> bool:

@@ -157,30 +157,7 @@ class BatchPipeline:
         ``augmented=False`` (evaluation and prediction passes) skips the augmentation ops.
         """
         store = self.store if self.replicas is None else self.replicas.stores[replica]
-        if not (self._augment and augmented):
-            leaves = store.take(rows)
-        elif self._fused and store.in_ram_on_host:  # the kernel reads the stored images: no copy of them first
-            ids, seed = self._ids(rows, replica, store), self._seed_of()
-            indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
-            make = {
-                index: functools.partial(
-                    fused_lib.gather_augment_host, fused, store.leaves[index], indices, ids, seed, epoch
-                )
-                for index, fused in self._fused.items()
-            }
-            leaves = store.take(rows, make)
-            for index, ops in self._augment:
-                if index not in make:
-                    leaves[index] = apply_augment(ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True)
-        else:
-            leaves = store.take(rows)
-            ids, seed = self._ids(rows, replica, store), self._seed_of()
-            for index, ops in self._augment:
-                kernel = self._device_kernel(replica, index, ops, store) if self.on_gpu else None
-                if kernel is not None:  # one launch reading the stored images (their copy above goes unused)
-                    leaves[index] = kernel(rows, ids, seed, epoch)
-                else:
-                    leaves[index] = apply_augment(ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True)
+        leaves = self._take_augmented(rows, epoch, replica, store) if self._augment and augmented else store.take(rows)
         structure = self._structure
         if self._transform is not None:
             structure, leaves = check_transform_output(
@@ -194,6 +171,34 @@ class BatchPipeline:
                 # TF's from_dlpack takes no stream; JAX and torch get it through __dlpack__(stream=...).
                 runtime.synchronize()
         return structure, leaves
+
+    def _take_augmented(self, rows: slice | Any, epoch: int, replica: int, store: store_lib.Store) -> list[Any]:
+        """The batch's leaves, its images augmented.
+
+        Built-in ops on images in RAM: the host kernel writes them into the batch's block straight from
+        the store (never copied first). On the GPU: one ``GatherAugment`` launch reading the store (the
+        gather's copy of the images goes unused). Otherwise the gathered images, then the ops one by one.
+        """
+        ids, seed = self._ids(rows, replica, store), self._seed_of()
+        make = {}
+        if self._fused and store.in_ram_on_host:
+            indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
+            make = {
+                index: functools.partial(
+                    fused_lib.gather_augment_host, fused, store.leaves[index], indices, ids, seed, epoch
+                )
+                for index, fused in self._fused.items()
+            }
+        leaves = store.take(rows, make)
+        for index, ops in self._augment:
+            if index in make:
+                continue
+            kernel = self._device_kernel(replica, index, ops, store) if self.on_gpu else None
+            if kernel is not None:
+                leaves[index] = kernel(rows, ids, seed, epoch)
+            else:
+                leaves[index] = apply_augment(ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True)
+        return leaves
 
     def to_consumer(self, prepared: Prepared, backend: str | None = None) -> tuple[Any, ...]:
         """The backend's tensors of a prepared batch, through DLPack (no copy)."""
