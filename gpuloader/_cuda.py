@@ -238,34 +238,41 @@ class RowGather:
                 unit //= 2
             table.append((leaf.data.ptr, 0, row_bytes // unit, unit))
         self._table_rows = table
-        self._plans: dict[int, tuple[Any, list[int], int, int, Any]] = {}
+        self._plans: dict[tuple[int, tuple[int, ...]], tuple[Any, list[int], int, int, Any, Any]] = {}
         with self._device:
             self._kernel = cupy.RawKernel(_GATHER_SOURCE, "gpuloader_gather_rows")
             attributes = self._device.attributes
         self._max_blocks = attributes["MultiProcessorCount"] * 32
         self._device_id = self._device.id
         self._int64 = np.dtype(np.int64)
-        self._leaf_count = np.int32(len(leaves))
 
-    def _plan(self, count: int) -> tuple[Any, list[int], int, int, Any]:
-        """The device table, leaf offsets, block bytes, grid size and kernel count for ``count`` rows (cached)."""
-        plan = self._plans.get(count)
+    def _plan(self, count: int, skipped: tuple[int, ...] = ()) -> tuple[Any, list[int], int, int, Any, Any]:
+        """The device table, leaf offsets, block bytes, grid size, kernel count and copied leaves for
+        ``count`` rows, the ``skipped`` leaves left out of the copy but given their place (cached)."""
+        plan = self._plans.get((count, skipped))
         if plan is None:
             offsets, table, block_bytes, units = [], [], 0, 0
-            for (address, _, row_units, unit), row_bytes in zip(self._table_rows, self._row_bytes):
+            for index, ((address, _, row_units, unit), row_bytes) in enumerate(zip(self._table_rows, self._row_bytes)):
                 offsets.append(block_bytes)
-                table.extend((address, block_bytes, row_units, unit))
+                if index not in skipped:
+                    table.extend((address, block_bytes, row_units, unit))
+                    units += row_units * count
                 block_bytes += -(-(row_bytes * count) // _GATHER_ALIGNMENT) * _GATHER_ALIGNMENT
-                units += row_units * count
             with self._device:
-                device_table = self._cupy.asarray(np.asarray(table, dtype=np.uint64))
+                device_table = self._cupy.asarray(np.asarray(table or [0, 0, 0, 1], dtype=np.uint64))
             grid = max(1, min(-(-units // _THREADS), self._max_blocks))
-            plan = (device_table, offsets, max(block_bytes, 1), grid, np.uint32(count))
-            self._plans[count] = plan
+            copied = np.int32(len(table) // 4)
+            plan = (device_table, offsets, max(block_bytes, 1), grid, np.uint32(count), copied)
+            self._plans[(count, skipped)] = plan
         return plan
 
-    def __call__(self, rows: Any) -> list[Any]:
+    accepts_make = True  # Store.take(rows, make) may hand it leaves a kernel of the caller writes
+
+    def __call__(self, rows: Any, make: dict[int, Any] | None = None) -> list[Any]:
         """Fresh arrays holding ``leaf[rows]`` for every leaf; ``rows``: a slice or an int64 CuPy array.
+
+        ``make``: ``{leaf index: write(out)}``, leaves left out of the copy whose
+        place in the block ``write`` fills (the augmentation kernel), queued after it.
 
         Cost: one pool allocation, one kernel launch (queued on the current
         stream, not waited for), and the batch's bytes read and written once.
@@ -278,25 +285,29 @@ class RowGather:
             if rows.dtype != self._int64 or not rows.flags.c_contiguous:
                 rows = cupy.ascontiguousarray(rows, dtype=self._int64)
             count, first, index = rows.shape[0], _ZERO, rows
-        device_table, offsets, block_bytes, grid, kernel_count = self._plan(count)
+        make = make or {}
+        device_table, offsets, block_bytes, grid, kernel_count, copied = self._plan(count, tuple(sorted(make)))
         switch = cupy.cuda.runtime.getDevice() != self._device_id
         if switch:  # several GPUs: allocate and launch on the leaves' device
             previous = cupy.cuda.runtime.getDevice()
             cupy.cuda.runtime.setDevice(self._device_id)
         try:
             memory = cupy.cuda.alloc(block_bytes)
-            if count:
+            if count and copied:
                 self._kernel(
                     (grid,), (_THREADS,),
-                    (index, first, kernel_count, self._leaf_count, device_table, np.uint64(memory.ptr)),
+                    (index, first, kernel_count, copied, device_table, np.uint64(memory.ptr)),
                 )
+            outs = [
+                cupy.ndarray((count, *shape), dtype, memptr=memory + offset)
+                for shape, dtype, offset in zip(self._row_shapes, self._dtypes, offsets)
+            ]
+            for leaf_index, write in make.items():
+                write(outs[leaf_index])
         finally:
             if switch:
                 cupy.cuda.runtime.setDevice(previous)
-        return [
-            cupy.ndarray((count, *shape), dtype, memptr=memory + offset)
-            for shape, dtype, offset in zip(self._row_shapes, self._dtypes, offsets)
-        ]
+        return outs
 
 
 def row_gather(leaves: list[Any]) -> RowGather:
@@ -316,7 +327,8 @@ def namespace() -> Any:
 _AUGMENT_PREFIX = "#define GL_FUNCTION __device__ __forceinline__\n#define GL_TOP_BIT(m) (31 - __clz((int)(m)))\n"
 _AUGMENT_KERNEL = r"""
 extern "C" __global__ void gpuloader_gather_augment(
-    const unsigned char* source, const long long* rows, const long long* ids, const unsigned long long* keys,
+    const unsigned char* source, const long long* rows, const long long first_row, const long long* id_table,
+    const unsigned long long* keys,
     const long long n_words, const long long* ops, const long long n_ops, const unsigned char* fills,
     const unsigned int or_slots, const unsigned int and_slots, const long long n, const long long height,
     const long long width, const long long pixel_bytes, unsigned char* out)
@@ -329,12 +341,13 @@ extern "C" __global__ void gpuloader_gather_augment(
     unsigned int* col_hits = row_hits + height;
     const long long image_bytes = height * width * pixel_bytes;
     for (long long b = blockIdx.x; b < n; b += gridDim.x) {
-        gl_sample_words(threadIdx.x, blockDim.x, (unsigned long long)ids[b], keys, n_words, words);
+        const long long row = rows ? rows[b] : first_row + b;
+        gl_sample_words(threadIdx.x, blockDim.x, (unsigned long long)id_table[row], keys, n_words, words);
         __syncthreads();
         gl_sample_traces(threadIdx.x, blockDim.x, height, width, ops, n_ops, words, src_rows, row_hits,
                          src_cols, col_hits);
         __syncthreads();
-        gl_sample_bytes(threadIdx.x, blockDim.x, height, width, pixel_bytes, source + rows[b] * image_bytes,
+        gl_sample_bytes(threadIdx.x, blockDim.x, height, width, pixel_bytes, source + row * image_bytes,
                         fills, or_slots, and_slots, src_rows, row_hits, src_cols, col_hits, out + b * image_bytes);
         __syncthreads();
     }
@@ -377,24 +390,34 @@ class GatherAugment:
             self._max_blocks = leaf.device.attributes["MultiProcessorCount"] * 32
         self._keys: tuple[tuple[int, int], Any] | None = None
 
-    def __call__(self, rows: Any, sample_ids: Any, seed: int, epoch: int) -> Any:
-        """The augmented images of ``leaf[rows]``; ``rows`` and ``sample_ids``: int64 CuPy arrays (or a slice)."""
+    def __call__(self, rows: Any, id_table: Any, seed: int, epoch: int, out: Any = None) -> Any:
+        """The augmented images of ``leaf[rows]``, in ``out`` (its place in the batch's block) or a new array.
+
+        Args:
+            rows: a slice, or an int64 CuPy array of the leaf's rows.
+            id_table: int64 CuPy array, the dataset index of every row of the leaf (the draws' key).
+            seed, epoch: the draws' keys.
+            out: a C-contiguous CuPy array for the ``len(rows)`` images, or None.
+        """
         cupy, leaf = self._cupy, self._leaf
         with leaf.device:
             if isinstance(rows, slice):
                 start, stop, _ = rows.indices(leaf.shape[0])
-                rows = cupy.arange(start, max(start, stop), dtype=cupy.int64)
-            rows = cupy.ascontiguousarray(rows, dtype=cupy.int64)
-            sample_ids = cupy.ascontiguousarray(sample_ids, dtype=cupy.int64)
+                n, first, index = max(stop - start, 0), np.int64(start), _NULL
+            else:
+                index = rows = cupy.ascontiguousarray(rows, dtype=cupy.int64)
+                n, first = int(rows.shape[0]), _ZERO
             if self._keys is None or self._keys[0] != (seed, epoch):
                 self._keys = ((seed, epoch), cupy.asarray(self._table.keys(seed, epoch)))
-            n = int(rows.shape[0])
-            out = cupy.empty((n, *leaf.shape[1:]), dtype=leaf.dtype)
+            if out is None:
+                out = cupy.empty((n, *leaf.shape[1:]), dtype=leaf.dtype)
+            elif out.shape != (n, *leaf.shape[1:]) or out.dtype != leaf.dtype or not out.flags.c_contiguous:
+                raise ValueError(f"GatherAugment: out must be C-contiguous {(n, *leaf.shape[1:])} {leaf.dtype}.")
             if n:
                 table = self._table
                 self._kernel(
                     (min(n, self._max_blocks),), (_THREADS,),
-                    (leaf, rows, sample_ids, self._keys[1], np.int64(sum(table.draws)), self._ops,
+                    (leaf, index, first, id_table, self._keys[1], np.int64(sum(table.draws)), self._ops,
                      np.int64(len(table.table)), self._fills, np.uint32(table.or_slots), np.uint32(table.and_slots),
                      np.int64(n), np.int64(self._height), np.int64(self._width), np.int64(table.pixel_bytes), out),
                     shared_mem=self.shared_bytes,

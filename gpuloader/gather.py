@@ -114,6 +114,8 @@ class HostGather:
             layout = self._layouts[count] = (offset + ALIGNMENT, parts)
         return layout
 
+    accepts_make = True  # Store.take(rows, make) may hand it leaves a kernel of the caller writes
+
     def __call__(self, rows: slice | np.ndarray, make: dict[int, Any] | None = None) -> list[np.ndarray]:
         """Fresh arrays holding ``leaf[rows]`` of every leaf. Cost: the batch's bytes copied once.
 

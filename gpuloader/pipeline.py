@@ -175,13 +175,14 @@ class BatchPipeline:
     def _take_augmented(self, rows: slice | Any, epoch: int, replica: int, store: store_lib.Store) -> list[Any]:
         """The batch's leaves, its images augmented.
 
-        Built-in ops on images in RAM: the host kernel writes them into the batch's block straight from
-        the store (never copied first). On the GPU: one ``GatherAugment`` launch reading the store (the
-        gather's copy of the images goes unused). Otherwise the gathered images, then the ops one by one.
+        Built-in ops on images in RAM or on a GPU: a kernel writes them into the batch's block straight
+        from the store (the host kernel, or one ``GatherAugment`` launch), and the gather copies the other
+        leaves only. Otherwise (the disk tier, an op of one's own) the gathered images, then the ops one by one.
         """
-        ids, seed = self._ids(rows, replica, store), self._seed_of()
+        seed, ids = self._seed_of(), None
         make = {}
         if self._fused and store.in_ram_on_host:
+            ids = self._ids(rows, replica, store)
             indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
             make = {
                 index: functools.partial(
@@ -189,14 +190,15 @@ class BatchPipeline:
                 )
                 for index, fused in self._fused.items()
             }
+        elif self.on_gpu:  # each kernel reads its rows' dataset indices from the store's table itself
+            for index, ops in self._augment:
+                kernel = self._device_kernel(replica, index, ops, store)
+                if kernel is not None:
+                    make[index] = functools.partial(kernel, rows, self._id_table(replica, store), seed, epoch)
         leaves = store.take(rows, make)
         for index, ops in self._augment:
-            if index in make:
-                continue
-            kernel = self._device_kernel(replica, index, ops, store) if self.on_gpu else None
-            if kernel is not None:
-                leaves[index] = kernel(rows, ids, seed, epoch)
-            else:
+            if index not in make:
+                ids = self._ids(rows, replica, store) if ids is None else ids
                 leaves[index] = apply_augment(ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True)
         return leaves
 
@@ -237,10 +239,16 @@ class BatchPipeline:
     def _ids(self, rows: slice | Any, replica: int, store: store_lib.Store) -> Any:
         """The dataset index of each of ``rows`` (of replica ``replica``'s store), as int64 in its namespace.
 
-        Cost: the first call per store keeps one int64 per row of it where rows are a subset
-        (worker or GPU shards); then one gather of ``len(rows)`` integers per batch.
+        Cost: one gather of ``len(rows)`` integers per batch (see :meth:`_id_table`).
         """
-        xp = store.xp
+        ids = self._id_table(replica, store)
+        return ids[rows] if isinstance(rows, slice) else store.xp.take(ids, rows, axis=0)
+
+    def _id_table(self, replica: int, store: store_lib.Store) -> Any:
+        """The dataset index of every row of replica ``replica``'s store, int64 in its namespace.
+
+        Cost: the first call per store keeps one int64 per row of it.
+        """
         if replica not in self._sample_ids:
             sharded = self.replicas is not None and self.replicas.layout == replicas_lib.SHARDED
             held_count = sum(store.n for store in self.replicas.stores) if sharded else self.n
@@ -248,6 +256,5 @@ class BatchPipeline:
             if sharded:
                 share_seed = sharding.shard_seed(self._seed_of(), self._shard_index)
                 held = held[sharding.shard_rows(len(held), share_seed, len(self.replicas.stores), replica)]
-            self._sample_ids[replica] = xp.asarray(held, dtype=xp.int64)
-        ids = self._sample_ids[replica]
-        return ids[rows] if isinstance(rows, slice) else xp.take(ids, rows, axis=0)
+            self._sample_ids[replica] = store.xp.asarray(held, dtype=store.xp.int64)
+        return self._sample_ids[replica]

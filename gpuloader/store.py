@@ -46,15 +46,15 @@ class Store:
         """Fresh arrays holding ``leaf[rows]`` of every leaf (see :mod:`gpuloader.gather`).
 
         ``make``: ``{leaf index: write(out)}``, leaves that a kernel of the caller
-        writes into their place in the batch instead of a copy (only where
-        :attr:`in_ram_on_host`).
+        writes into their place in the batch instead of a copy (the host's gather
+        in RAM and the GPU's take it; the disk tier's does not).
 
         Cost: the batch's bytes copied once; on the GPU one kernel launch for all leaves.
         """
         if not make:
             return self.fused_gather(rows)
-        if not self.in_ram_on_host:
-            raise ValueError("Store.take(make=...) needs a host store with every leaf in RAM.")
+        if not getattr(self.fused_gather, "accepts_make", False):
+            raise ValueError("Store.take(make=...) needs the gather of a store in RAM or on a GPU, not on disk.")
         return self.fused_gather(rows, make)
 
     @property

@@ -111,7 +111,7 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
             if not np.from_dlpack(leaf).flags.c_contiguous:
                 raise ValueError("RowGather needs C-contiguous leaves; adopt() makes them so.")
 
-        def gather(rows):
+        def gather(rows, make=None):
             state.fused_gathers += 1
             state.gathers_on.append(state.devices.index(leaves[0].device))
             # The array-API gather (its take refuses rows from another GPU), then copied into one
@@ -123,12 +123,18 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
                 size += -(-values.nbytes // GATHER_ALIGNMENT) * GATHER_ALIGNMENT
             block = aligned_empty((max(size, 1),), np.uint8, alignment=GATHER_ALIGNMENT)
             out = []
-            for values, offset in zip(parts, offsets):
+            for index, (values, offset) in enumerate(zip(parts, offsets)):
                 fresh = np.ndarray(values.shape, values.dtype, buffer=block, offset=offset)
-                np.copyto(fresh, values)
+                if make and index in make:  # left to the caller's kernel (the real kernel skips its copy)
+                    fresh[...] = 0
+                else:
+                    np.copyto(fresh, values)
                 out.append(xps.asarray(fresh, device=leaves[0].device, copy=False))
+            for index, write in (make or {}).items():
+                write(out[index])
             return out
 
+        gather.accepts_make = True
         return gather
 
     def gather_augment(table, leaf):
@@ -138,13 +144,17 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
         if fused.host_kernel() is None:
             return None
 
-        def kernel(rows, sample_ids, seed, epoch):
+        def kernel(rows, id_table, seed, epoch, out=None):
             state.augment_kernels += 1
             source = np.from_dlpack(leaf)
             rows = np.arange(*rows.indices(source.shape[0])) if isinstance(rows, slice) else np.from_dlpack(rows)
-            out = aligned_empty((rows.shape[0], *source.shape[1:]), source.dtype, alignment=GATHER_ALIGNMENT)
-            fused.gather_augment_host(table, source, rows, np.from_dlpack(sample_ids), seed, epoch, out)
-            return xps.asarray(out, device=leaf.device, copy=False)
+            sample_ids = np.from_dlpack(id_table)[rows]
+            target = aligned_empty((rows.shape[0], *source.shape[1:]), source.dtype, alignment=GATHER_ALIGNMENT)
+            if out is not None:  # its place in the batch's block, written in place as the real kernel does
+                target = np.from_dlpack(out)
+                target.flags.writeable or target.setflags(write=True)
+            fused.gather_augment_host(table, source, rows, sample_ids, seed, epoch, target)
+            return out if out is not None else xps.asarray(target, device=leaf.device, copy=False)
 
         return kernel
 

@@ -133,8 +133,8 @@ def cuda_text_on_the_host(tmp_path):
     subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
     kernel = ctypes.CDLL(str(library)).gpuloader_gather_augment
     pointer, i64, u32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_uint
-    kernel.argtypes = [pointer, pointer, pointer, pointer, i64, pointer, i64, pointer, u32, u32, i64, i64, i64, i64,
-                       pointer]
+    kernel.argtypes = [pointer, pointer, i64, pointer, pointer, i64, pointer, i64, pointer, u32, u32, i64, i64, i64,
+                       i64, pointer]
     kernel.restype = None
     return kernel
 
@@ -148,16 +148,19 @@ def test_the_cuda_kernel_text_run_on_the_host_gives_the_reference_bytes(tmp_path
         [RandomFlip(), RandomCrop(3, mode="constant", fill=9), Cutout(5, fill=2), RandomCrop(1)],
         [Cutout(7), RandomFlip(), RandomFlip(), Cutout(2, fill=3)],
     ]
+    id_table = np.arange(40, dtype=np.int64) * 7 + 3  # the dataset index of each stored row
     for channels in (None, 1, 3, 5):
         store = images_of(40, 7, 9, channels)
-        rows = np.random.default_rng(channels or 0).permutation(40)[:23].astype(np.int64)
-        ids = rows * 7 + 3
-        for ops in recipes:
-            table = fused.fused_ops(ops, store.dtype, channels or 1)
-            keys = np.ascontiguousarray(table.keys(11, 2))
-            fills = np.frombuffer(table.fills or b"\0", np.uint8)
-            out = np.zeros((len(rows), *store.shape[1:]), store.dtype)
-            kernel(store.ctypes.data, rows.ctypes.data, ids.ctypes.data, keys.ctypes.data, sum(table.draws),
-                   table.table.ctypes.data, len(table.table), fills.ctypes.data, table.or_slots, table.and_slots,
-                   len(rows), 7, 9, table.pixel_bytes, out.ctypes.data)
-            np.testing.assert_array_equal(out, reference(ops, store[rows], ids, 11, 2))
+        shuffled = np.random.default_rng(channels or 0).permutation(40)[:23].astype(np.int64)
+        for rows in (shuffled, slice(5, 30)):
+            index, first = (rows.ctypes.data, 0) if isinstance(rows, np.ndarray) else (None, rows.start)
+            chosen = rows if isinstance(rows, np.ndarray) else np.arange(rows.start, rows.stop)
+            for ops in recipes:
+                table = fused.fused_ops(ops, store.dtype, channels or 1)
+                keys = np.ascontiguousarray(table.keys(11, 2))
+                fills = np.frombuffer(table.fills or b"\0", np.uint8)
+                out = np.zeros((len(chosen), *store.shape[1:]), store.dtype)
+                kernel(store.ctypes.data, index, first, id_table.ctypes.data, keys.ctypes.data, sum(table.draws),
+                       table.table.ctypes.data, len(table.table), fills.ctypes.data, table.or_slots,
+                       table.and_slots, len(chosen), 7, 9, table.pixel_bytes, out.ctypes.data)
+                np.testing.assert_array_equal(out, reference(ops, store[chosen], id_table[chosen], 11, 2))
