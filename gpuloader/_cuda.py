@@ -388,9 +388,9 @@ class GatherAugment:
             self._ops = cupy.asarray(table.table)
             self._fills = cupy.asarray(np.frombuffer(table.fills or b"\0", dtype=np.uint8))
             self._max_blocks = leaf.device.attributes["MultiProcessorCount"] * 32
-        self._keys: tuple[tuple[int, int], Any] | None = None
+        self._keys: tuple[tuple[int, int, int], Any] | None = None
 
-    def __call__(self, rows: Any, id_table: Any, seed: int, epoch: int, out: Any = None) -> Any:
+    def __call__(self, rows: Any, id_table: Any, seed: int, epoch: int, out: Any = None, stream: int = 0) -> Any:
         """The augmented images of ``leaf[rows]``, in ``out`` (its place in the batch's block) or a new array.
 
         Args:
@@ -398,6 +398,7 @@ class GatherAugment:
             id_table: int64 CuPy array, the dataset index of every row of the leaf (the draws' key).
             seed, epoch: the draws' keys.
             out: a C-contiguous CuPy array for the ``len(rows)`` images, or None.
+            stream: the list's stream of random words (``augment.Stream``).
         """
         cupy, leaf = self._cupy, self._leaf
         with leaf.device:
@@ -407,8 +408,8 @@ class GatherAugment:
             else:
                 index = rows = cupy.ascontiguousarray(rows, dtype=cupy.int64)
                 n, first = int(rows.shape[0]), _ZERO
-            if self._keys is None or self._keys[0] != (seed, epoch):
-                self._keys = ((seed, epoch), cupy.asarray(self._table.keys(seed, epoch)))
+            if self._keys is None or self._keys[0] != (seed, epoch, stream):
+                self._keys = ((seed, epoch, stream), cupy.asarray(self._table.keys(seed, epoch, stream)))
             if out is None:
                 out = cupy.empty((n, *leaf.shape[1:]), dtype=leaf.dtype)
             elif out.shape != (n, *leaf.shape[1:]) or out.dtype != leaf.dtype or not out.flags.c_contiguous:

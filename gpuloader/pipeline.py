@@ -49,7 +49,7 @@ class BatchPipeline:
         seed_of: ``seed_of()`` returns the loader's seed (its current one, after ``set_state``).
         on_gpu: the store is on a GPU (re-align a transform's output there, sync for TensorFlow).
         shard_index: this worker's shard (its orders' seed is derived from it).
-        augment: ``[(leaf index, ops)]``, applied after the gather, before ``transform``.
+        augment: ``[(leaf index, ops, stream)]``, applied after the gather, before ``transform``.
         global_rows: the rows of the whole dataset this worker holds (None: all of them), for the
             augmentation's sample ids.
     """
@@ -65,7 +65,7 @@ class BatchPipeline:
         seed_of: Callable[[], int],
         on_gpu: bool,
         shard_index: int = 0,
-        augment: list[tuple[int, list[Any]]] | None = None,
+        augment: list[tuple[int, list[Any], int]] | None = None,
         global_rows: np.ndarray | None = None,
     ) -> None:
         self.store = store
@@ -78,7 +78,7 @@ class BatchPipeline:
         self.on_gpu = on_gpu
         self._shard_index = shard_index
         self._augment = augment or []
-        self._fused = self._fusable(self._augment)  # host: {leaf index: table} the host kernel runs
+        self._fused = self._fusable(self._augment)  # host: {leaf index: (table, stream)} the host kernel runs
         self._device_kernels: dict[tuple[int, int], Any] = {}  # GPU: (replica, leaf index) -> kernel or None
         self._global_rows = global_rows
         self._sample_ids: dict[int, Any] = {}  # store index -> its rows' dataset indices, in its namespace
@@ -186,20 +186,24 @@ class BatchPipeline:
             indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
             make = {
                 index: functools.partial(
-                    fused_lib.gather_augment_host, fused, store.leaves[index], indices, ids, seed, epoch
+                    fused_lib.gather_augment_host, fused, store.leaves[index], indices, ids, seed, epoch,
+                    stream=stream,
                 )
-                for index, fused in self._fused.items()
+                for index, (fused, stream) in self._fused.items()
             }
         elif self.on_gpu:  # each kernel reads its rows' dataset indices from the store's table itself
-            for index, ops in self._augment:
+            for index, ops, stream in self._augment:
                 kernel = self._device_kernel(replica, index, ops, store)
                 if kernel is not None:
-                    make[index] = functools.partial(kernel, rows, self._id_table(replica, store), seed, epoch)
+                    table = self._id_table(replica, store)
+                    make[index] = functools.partial(kernel, rows, table, seed, epoch, stream=stream)
         leaves = store.take(rows, make)
-        for index, ops in self._augment:
+        for index, ops, stream in self._augment:
             if index not in make:
                 ids = self._ids(rows, replica, store) if ids is None else ids
-                leaves[index] = apply_augment(ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True)
+                leaves[index] = apply_augment(
+                    ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True, stream=stream
+                )
         return leaves
 
     def to_consumer(self, prepared: Prepared, backend: str | None = None) -> tuple[Any, ...]:
@@ -214,16 +218,16 @@ class BatchPipeline:
         """Every leaf handed over is a buffer the gather made (no transform, no augmentation)."""
         return self._transform is None and not self._augment
 
-    def _fusable(self, augment: list[tuple[int, list[Any]]]) -> dict[int, fused_lib.FusedOps]:
-        """The leaves whose ops the host kernel runs straight from the store: ``{leaf index: table}``."""
+    def _fusable(self, augment: list[tuple[int, list[Any], int]]) -> dict[int, tuple[fused_lib.FusedOps, int]]:
+        """The leaves whose ops the host kernel runs straight from the store: ``{leaf index: (table, stream)}``."""
         if self.store.xp is not np or not self.store.in_ram_on_host or fused_lib.host_kernel() is None:
             return {}
         tables = {}
-        for index, ops in augment:
+        for index, ops, stream in augment:
             leaf = self.store.leaves[index]
             table = fused_lib.fused_ops(ops, leaf.dtype, leaf.shape[3] if leaf.ndim == 4 else 1)
             if table is not None:
-                tables[index] = table
+                tables[index] = (table, stream)
         return tables
 
     def _device_kernel(self, replica: int, index: int, ops: list[Any], store: store_lib.Store) -> Any:

@@ -144,7 +144,7 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
         if fused.host_kernel() is None:
             return None
 
-        def kernel(rows, id_table, seed, epoch, out=None):
+        def kernel(rows, id_table, seed, epoch, out=None, stream=0):
             state.augment_kernels += 1
             source = np.from_dlpack(leaf)
             rows = np.arange(*rows.indices(source.shape[0])) if isinstance(rows, slice) else np.from_dlpack(rows)
@@ -153,7 +153,7 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
             if out is not None:  # its place in the batch's block, written in place as the real kernel does
                 target = np.from_dlpack(out)
                 target.flags.writeable or target.setflags(write=True)
-            fused.gather_augment_host(table, source, rows, sample_ids, seed, epoch, target)
+            fused.gather_augment_host(table, source, rows, sample_ids, seed, epoch, target, stream=stream)
             return out if out is not None else xps.asarray(target, device=leaf.device, copy=False)
 
         return kernel

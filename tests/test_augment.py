@@ -8,6 +8,8 @@ and ``array_api_strict`` (standing in for CuPy) must give identical bytes.
 
 from __future__ import annotations
 
+import re
+
 import array_api_strict as xps
 import numpy as np
 import pytest
@@ -488,3 +490,81 @@ def test_good_augment_lists_are_accepted_as_new_lists():
     checked = check_augment(ops, (10, 4, 4), np.float32, "x")
     assert checked == list(ops) and isinstance(checked, list)
     assert check_augment([Cutout(4, fill=255)], (1, 8, 8, 3), xps.uint8, "x") == [Cutout(4, fill=255)]
+
+
+# ------------------------------------------------------------------ subclasses and arguments users pass
+@pytest.mark.parametrize("path", PATHS)
+def test_a_subclass_of_a_built_in_op_runs_its_own_apply_on_every_path(path):
+    # Neither the fused kernel nor the NumPy path may stand in for an apply the subclass changed.
+    calls = []
+
+    class NoisyCrop(RandomCrop):
+        def apply(self, images, bits, xp):
+            calls.append(1)
+            return xp.astype(super().apply(images, bits, xp) // 2, images.dtype)
+
+    class AlwaysFlip(RandomFlip):  # changes only the draw; the built-in apply must consult it
+        def flips(self, bits, xp):
+            return bits[:, 0] == bits[:, 0]
+
+    images = images_of(40, 6, 5)
+    ids = np.arange(40, dtype=np.int64)
+    ops = [NoisyCrop(2), AlwaysFlip(), Cutout(2)]
+    out = run(ops, images, ids, path)
+    assert calls == [1]
+    flipped = (reference([RandomCrop(2)], images, ids, SEED, EPOCH) // 2)[:, :, ::-1]
+    words = sample_words(np, ids, SEED, EPOCH, 2, 2)  # the cutout's, third in the list
+    expected = [reference_op(Cutout(2), image.copy(), [int(w) for w in row]) for image, row in zip(flipped, words)]
+    np.testing.assert_array_equal(out, np.stack(expected))
+
+
+def test_numpy_integers_and_floats_as_arguments_act_as_python_ones():
+    images = images_of(30, 7, 7)
+    ids = np.arange(30, dtype=np.int64)
+    numpy_args = [RandomCrop(np.int64(3), mode="constant", fill=np.uint8(9)), RandomFlip(), Cutout(np.int32(3))]
+    python_args = [RandomCrop(3, mode="constant", fill=9), RandomFlip(), Cutout(3)]
+    assert numpy_args == python_args and type(numpy_args[0].padding) is int
+    for path in ("fast", "numpy", "generic", "strict"):
+        np.testing.assert_array_equal(run([*numpy_args, Brightness(5.0)], images, ids, path),
+                                      run([*python_args, Brightness(5.0)], images, ids, "generic"))
+
+
+@pytest.mark.parametrize("first", [0.0, -0.0])
+def test_a_fill_of_minus_zero_is_not_taken_for_plus_zero(first):
+    images = images_of(20, 4, 4, dtype=np.float32)
+    ids = np.arange(20, dtype=np.int64)
+    for fill in (first, -first):
+        out = run([Cutout(4, fill=fill)], images, ids)
+        assert np.all(np.signbit(out[out == 0]) == (np.copysign(1.0, fill) < 0)), fill
+
+
+def test_a_cutout_larger_than_any_image_is_refused_at_construction():
+    for size in (2**30 + 1, 10**20):
+        with pytest.raises(ValueError, match=r"Cutout\(size=...\) must be <= 2\*\*30"):
+            Cutout(size)
+    out = run([Cutout(2**30, fill=3)], images_of(5, 4, 4), np.arange(5, dtype=np.int64))
+    assert np.all(out == 3)
+
+
+@pytest.mark.parametrize(
+    ("returned", "shown"),
+    [(lambda images: None, "None (a missing return?)"), (lambda images: images.tolist(), "list")],
+)
+def test_an_op_returning_something_else_than_an_array_is_named_with_the_fix(returned, shown):
+    class Wrong(augment.AugmentOp):
+        def apply(self, images, bits, xp):
+            return returned(images)
+
+    with pytest.raises(TypeError, match=rf"Wrong.*returned {re.escape(shown)}.*Fix: return a new array"):
+        run([Wrong()], images_of(4, 3, 3), np.arange(4, dtype=np.int64))
+
+
+def test_an_op_class_without_apply_is_refused_at_construction():
+    class Misspelt(augment.AugmentOp):
+        draws = 1
+
+        def aply(self, images, bits, xp):
+            return images
+
+    with pytest.raises(TypeError, match=r"does not define apply.*check its spelling"):
+        check_augment([Misspelt()], (4, 3, 3, 1), np.uint8, "x")

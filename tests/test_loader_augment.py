@@ -7,6 +7,8 @@ resumed epoch replays them; evaluation and prediction passes are not augmented.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -72,9 +74,9 @@ def test_in_ram_images_are_augmented_straight_from_the_store_without_a_gathered_
     sources, copied = [], []
     real_kernel = fused.gather_augment_host
 
-    def kernel(table, source, *args):
+    def kernel(table, source, *args, **kwargs):
         sources.append(source)
-        return real_kernel(table, source, *args)
+        return real_kernel(table, source, *args, **kwargs)
 
     monkeypatch.setattr(fused, "gather_augment_host", kernel)
     loader = make(x, y)
@@ -224,3 +226,62 @@ def test_gpus_under_a_strategy_give_each_sample_its_draws(monkeypatch, layout):
     got = per_sample([(np.from_dlpack(bx), np.from_dlpack(by)) for _, (bx, by) in parts])
     want = expected(x)
     assert len(got) == len(loader) * 16 and all(got[i] == want[i] for i in got)
+
+
+# ------------------------------------------------------------------ inputs sharing or not sharing draws
+def two_inputs(second_ops, image_shape=(8, 8, 3)):
+    x, y = images()
+    second = x if image_shape == (8, 8, 3) else x[..., 0]
+    return x, second, y, {"first": ops(), "second": second_ops}
+
+
+def test_an_image_and_its_mask_with_equal_ops_get_equal_draws_without_a_warning(recwarn):
+    x, mask, y, plan = two_inputs([augment.RandomCrop(padding=2), augment.RandomFlip()], image_shape=(8, 8))
+    plan["first"] = [augment.RandomCrop(padding=2), augment.RandomFlip()]
+    loader = Loader({"first": x, "second": mask}, y, batch_size=16, seed=7, augment=plan, verbose=False)
+    assert not [w for w in recwarn if "same stream" in str(w.message)]
+    for batch in loader.get_numpy_iterator():
+        inputs = batch[0]
+        np.testing.assert_array_equal(np.asarray(inputs["first"])[..., 0], np.asarray(inputs["second"]))
+
+
+def test_two_views_with_equal_ops_are_warned_about_and_another_stream_draws_anew():
+    x, same, y, plan = two_inputs(ops())
+    with pytest.warns(UserWarning, match=r"equal ops from the same stream.*augment.Stream\(ops, 1\)"):
+        Loader({"first": x, "second": same}, y, batch_size=16, seed=7, augment=plan, verbose=False)
+    plan["second"] = augment.Stream(ops(), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = Loader({"first": x, "second": same}, y, batch_size=16, seed=7, augment=plan, verbose=False)
+    first, second = {}, {}
+    for batch in loader.get_numpy_iterator():
+        inputs, ids = batch[0], np.asarray(batch[1])
+        first.update(zip(ids.tolist(), np.asarray(inputs["first"])))
+        second.update(zip(ids.tolist(), np.asarray(inputs["second"])))
+    order = sorted(first)
+    ids = np.asarray(order, dtype=np.int64)
+    previous, augment._host._FAST_PATH_ENABLED = augment._host._FAST_PATH_ENABLED, False
+    try:  # the reference path, with each list's stream
+        want_first = apply_augment(ops(), x[ids], ids, 7, 0, np)
+        want_second = apply_augment(ops(), x[ids], ids, 7, 0, np, stream=1)
+    finally:
+        augment._host._FAST_PATH_ENABLED = previous
+    np.testing.assert_array_equal(np.stack([first[i] for i in order]), want_first)
+    np.testing.assert_array_equal(np.stack([second[i] for i in order]), want_second)
+    assert np.mean(np.any(want_first != want_second, axis=(1, 2, 3))) > 0.9
+
+
+def test_a_stream_on_the_stand_in_gpu_gives_the_hosts_bytes(fake_gpu):
+    x, y = images()
+    on_gpu = Loader(x, y, batch_size=16, seed=7, augment=augment.Stream(ops(), 3), device="gpu", verbose=False)
+    on_host = Loader(x, y, batch_size=16, seed=7, augment=augment.Stream(ops(), 3), verbose=False)
+    plain = Loader(x, y, batch_size=16, seed=7, augment=ops(), verbose=False)
+    batches = [on_gpu._prepare(i)[1] for i in range(len(on_gpu))]
+    gpu = per_sample([(np.asarray(bx), np.asarray(by)) for bx, by in batches])
+    assert gpu == served(on_host) != served(plain)
+
+
+@pytest.mark.parametrize("stream", [-1, 1.5, True, "1"])
+def test_a_bad_stream_is_refused_with_the_fix(stream):
+    with pytest.raises(ValueError, match=r"Stream\(stream=...\) must be an int >= 0"):
+        augment.Stream(ops(), stream)

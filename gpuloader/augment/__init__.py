@@ -21,8 +21,14 @@ The built-in ops:
 
 Keyed randomness
 ----------------
-Every random value is a pure function of ``(seed, epoch, sample id, op position
-in the list, word number)``, where the sample id is the row's index in the whole
+Inputs augmented with equal lists (``augment={"image": ops, "mask": ops}``)
+get equal draws for each sample, so an image and its mask stay aligned; a
+list wrapped in :class:`Stream` (``augment.Stream(ops, 1)``) draws from a
+stream of its own, for example for two views of the same images. The Loader
+warns when two inputs of the same shape and dtype would get equal draws.
+
+Every random value is a pure function of ``(seed, epoch, sample id, stream, op
+position in the list, word number)``, where the sample id is the row's index in the whole
 dataset. So a sample gets the same augmentation whatever its batch, the batch
 size, shuffling, worker threads, device or shard layout, and a resumed epoch
 replays it bit for bit; two ``RandomFlip()`` in one list draw independently.
@@ -98,7 +104,7 @@ their array-API path), :mod:`~gpuloader.augment.apply` (checking and applying a 
 
 from __future__ import annotations
 
-from gpuloader.augment.apply import apply_augment, check_augment
+from gpuloader.augment.apply import Stream, apply_augment, check_augment, ops_and_stream
 from gpuloader.augment.keyed import integers, sample_words, uniform
 from gpuloader.augment.ops import AugmentOp, Cutout, RandomCrop, RandomFlip
 
@@ -107,9 +113,11 @@ __all__ = [
     "Cutout",
     "RandomCrop",
     "RandomFlip",
+    "Stream",
     "apply_augment",
     "check_augment",
     "integers",
+    "ops_and_stream",
     "sample_words",
     "uniform",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,37 @@ from gpuloader.augment._host import (
 from gpuloader.augment.fused import fused_ops, gather_augment_host, host_kernel
 from gpuloader.augment.keyed import _PROTOCOL, _words
 from gpuloader.augment.ops import _BUILTIN, AugmentOp, RandomCrop, RandomFlip, _numpy_dtype
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A list of ops that draws from a stream of random words of its own.
+
+    Inputs given equal lists get equal draws for each sample: an image and its
+    mask get the same crop and flip. Another stream gives other draws, for
+    example two views of the same images::
+
+        augment={"view1": ops, "view2": augment.Stream(ops, 1)}
+
+    Args:
+        ops: the list of ops.
+        stream: an int >= 0; every plain list draws from stream 0.
+    """
+
+    ops: Any
+    stream: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stream, bool) or not isinstance(self.stream, numbers.Integral) or self.stream < 0:
+            raise ValueError(
+                f"Stream(stream=...) must be an int >= 0; received {self.stream!r}. Fix: e.g. Stream(ops, 1)."
+            )
+        object.__setattr__(self, "stream", int(self.stream))
+
+
+def ops_and_stream(value: Any) -> tuple[Any, int]:
+    """The list and the stream of an ``augment`` value: a :class:`Stream`, or a plain list (stream 0)."""
+    return (value.ops, value.stream) if isinstance(value, Stream) else (value, 0)
 
 
 def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: str) -> list[Any]:
@@ -51,6 +83,12 @@ def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: 
             )
         if not _is_op(op):
             raise TypeError(f"augment[{position}] for {name} is not an op: {op!r}; {_PROTOCOL}.")
+        if isinstance(op, AugmentOp) and type(op).apply is AugmentOp.apply:
+            raise TypeError(
+                f"augment[{position}] for {name} is a {type(op).__name__}, which does not define "
+                f"apply(self, images, bits, xp) (AugmentOp's own only raises). Fix: define apply in "
+                f"{type(op).__name__} (check its spelling); see gpuloader.augment."
+            )
     shape = tuple(int(size) for size in leaf_shape)
     if len(shape) not in (3, 4):
         raise ValueError(
@@ -85,7 +123,15 @@ def _is_op(op: Any) -> bool:
 
 # ------------------------------------------------------------------ the pipeline
 def apply_augment(
-    ops: Any, images: Any, sample_ids: Any, seed: int, epoch: int, xp: Any, *, overwrite: bool = False
+    ops: Any,
+    images: Any,
+    sample_ids: Any,
+    seed: int,
+    epoch: int,
+    xp: Any,
+    *,
+    overwrite: bool = False,
+    stream: int = 0,
 ) -> Any:
     """Apply ``ops`` in order to a batch of images; return the augmented batch, same shape and dtype.
 
@@ -100,9 +146,10 @@ def apply_augment(
             result is a new array. ``True``: the ops may write into ``images``
             and return it (for a freshly gathered batch nobody else holds: on
             the host it saves allocating a second batch buffer).
+        stream: the list's stream of random words (see :class:`Stream`).
 
     Each row's result depends only on its pixels and ``(seed, epoch,
-    sample_ids[row])``. On the host the result is C-contiguous and 64-byte
+    sample_ids[row], stream)``. On the host the result is C-contiguous and 64-byte
     aligned when ``images`` is. Cost: see the module docstring.
     """
     shape = tuple(images.shape)
@@ -118,10 +165,11 @@ def apply_augment(
     if fused is not None:  # built-in ops only: one pass of the host kernel (gpuloader.augment.fused)
         out = _aligned_empty(work.shape, work.dtype)
         source = np.ascontiguousarray(work)
-        gather_augment_host(fused, source, np.arange(n, dtype=np.int64), sample_ids, seed, epoch, out)
+        rows = np.arange(n, dtype=np.int64)
+        gather_augment_host(fused, source, rows, sample_ids, seed, epoch, out, stream=stream)
         return out if len(shape) == 4 else out.reshape(shape)
     draws = tuple(int(op.draws) for op in ops)
-    words = _words(xp, sample_ids, seed, epoch, draws)
+    words = _words(xp, sample_ids, seed, epoch, draws, stream)
     fast = _numpy_fast_path(xp)
     # Whether ``work`` may be written into: a buffer made here, or the caller's under overwrite=True.
     owned = overwrite and (not fast or _writable_buffer(work))
@@ -134,7 +182,7 @@ def apply_augment(
     while position < len(ops):
         op = ops[position]
         following = ops[position + 1] if position + 1 < len(ops) else None
-        if fast and isinstance(op, _BUILTIN):
+        if fast and _is_builtin(op):
             crop_first = _crop_flip_pair(op, following)
             if crop_first is None:
                 work = _apply_builtin_numpy(op, work, bits_of(position), owned)
@@ -159,25 +207,43 @@ def apply_augment(
                 "the op's draws to the number of words its apply reads."
             ) from error
         position += 1
-        if tuple(result.shape) != tuple(work.shape) or result.dtype != work.dtype:
-            raise ValueError(
-                f"augment op {op!r} returned shape {tuple(result.shape)} and dtype {result.dtype} for a batch of "
-                f"shape {tuple(work.shape)} and dtype {work.dtype}; an op must keep both. Fix: return a new array "
-                "of the batch's shape and dtype."
-            )
+        _check_result(op, result, work, xp)
         if result is not work:
-            owned = isinstance(op, _BUILTIN) or _fresh(result, images, xp)
+            owned = _is_builtin(op) or _fresh(result, images, xp)
         work = result
     if not owned:
         work = _copy(work, xp)
     return work if len(shape) == 4 else xp.reshape(work, shape)
 
 
+def _is_builtin(op: Any) -> bool:
+    """Exactly a built-in op: a subclass may change what apply does, so it runs its own apply."""
+    return type(op) in _BUILTIN
+
+
+def _check_result(op: Any, result: Any, work: Any, xp: Any) -> None:
+    """Refuse what an op returned unless it is an array of ``xp`` with the batch's shape and dtype."""
+    fix = "Fix: return a new array of the batch's shape and dtype, made with xp functions."
+    if not hasattr(result, "shape") or not hasattr(result, "dtype") or not _same_namespace(result, work, xp):
+        shown = "None (a missing return?)" if result is None else type(result).__name__
+        raise TypeError(f"augment op {op!r} returned {shown}, not an array of the batch's namespace {xp.__name__}. "
+                        + fix)
+    if tuple(result.shape) != tuple(work.shape) or result.dtype != work.dtype:
+        raise ValueError(
+            f"augment op {op!r} returned shape {tuple(result.shape)} and dtype {result.dtype} for a batch of "
+            f"shape {tuple(work.shape)} and dtype {work.dtype}; an op must keep both. " + fix
+        )
+
+
+def _same_namespace(result: Any, work: Any, xp: Any) -> bool:
+    return isinstance(result, np.ndarray) if xp is np else type(result) is type(work)
+
+
 def _crop_flip_pair(op: Any, following: Any) -> bool | None:
     """True for a RandomCrop followed by a RandomFlip, False for the reverse, None otherwise (fused on the host)."""
-    if isinstance(op, RandomCrop) and isinstance(following, RandomFlip):
+    if type(op) is RandomCrop and type(following) is RandomFlip:
         return True
-    if isinstance(op, RandomFlip) and isinstance(following, RandomCrop):
+    if type(op) is RandomFlip and type(following) is RandomCrop:
         return False
     return None
 

@@ -22,7 +22,9 @@ without a C compiler the install succeeds, :func:`host_kernel` is None,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,14 +59,14 @@ class FusedOps:
     draws: tuple[int, ...]
     pixel_bytes: int
 
-    def keys(self, seed: int, epoch: int) -> np.ndarray:
-        """The ``(words, 2)`` uint64 round keys (add, xor) of every word, for ``(seed, epoch)``."""
-        return _keys(seed, epoch, self.draws)
+    def keys(self, seed: int, epoch: int, stream: int = 0) -> np.ndarray:
+        """The ``(words, 2)`` uint64 round keys (add, xor) of every word, for ``(seed, epoch, stream)``."""
+        return _keys(seed, epoch, self.draws, stream)
 
 
 @functools.lru_cache(maxsize=64)
-def _keys(seed: int, epoch: int, draws: tuple[int, ...]) -> np.ndarray:
-    adds, xors = _word_keys(seed, epoch, draws)
+def _keys(seed: int, epoch: int, draws: tuple[int, ...], stream: int) -> np.ndarray:
+    adds, xors = _word_keys(seed, epoch, draws, stream)
     keys = np.empty((len(adds), 2), dtype=np.uint64)
     keys[:, 0], keys[:, 1] = adds, xors
     keys.flags.writeable = False
@@ -78,14 +80,22 @@ def fused_ops(ops: Any, dtype: Any, channels: int) -> FusedOps | None:
     ``RandomFlip`` or ``Cutout``, not a subclass) and at most
     :data:`MAX_FILL_SLOTS` of them write a fill value.
     """
-    try:
-        return _fused_ops(tuple(ops), _numpy_dtype(dtype), int(channels))
-    except TypeError:  # an op that is not hashable is not a built-in one
+    ops = tuple(ops)
+    if not all(type(op) in (RandomCrop, RandomFlip, Cutout) for op in ops):
         return None
+    return _fused_ops(ops, tuple(_exact(op) for op in ops), _numpy_dtype(dtype), int(channels))
+
+
+def _exact(op: Any) -> tuple[Any, ...]:
+    """An op's fields as a cache key that tells apart what ``==`` does not (a fill of -0.0 from 0.0)."""
+    return tuple(
+        (value, math.copysign(1.0, value)) if isinstance(value, float) else value
+        for value in (getattr(op, field.name) for field in dataclasses.fields(op))
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def _fused_ops(ops: tuple[Any, ...], dtype: np.dtype, channels: int) -> FusedOps | None:
+def _fused_ops(ops: tuple[Any, ...], exact: tuple[Any, ...], dtype: np.dtype, channels: int) -> FusedOps | None:
     rows, fills, or_slots, and_slots, word = [], [], 0, 0, 0
     for op in ops:
         kind = type(op)
@@ -148,6 +158,8 @@ def gather_augment_host(
     seed: int,
     epoch: int,
     out: np.ndarray,
+    *,
+    stream: int = 0,
 ) -> np.ndarray:
     """Write the augmented images ``source[rows]`` into ``out`` with the host kernel; return ``out``.
 
@@ -156,7 +168,7 @@ def gather_augment_host(
         source: ``(N, H, W, C)`` or ``(N, H, W)`` C-contiguous images (the store's leaf, or a gathered batch).
         rows: int64 indices into ``source``, one per output image.
         sample_ids: int64 dataset index of each output image (the key of its draws).
-        seed, epoch: the keys of the draws.
+        seed, epoch: the keys of the draws (and ``stream``, the list's stream: see ``augment.Stream``).
         out: a writable C-contiguous array of ``len(rows)`` images of ``source``'s shape and dtype,
             not overlapping ``source``.
 
@@ -179,7 +191,7 @@ def gather_augment_host(
         source,
         np.ascontiguousarray(rows, dtype=np.int64),
         np.ascontiguousarray(sample_ids, dtype=np.int64),
-        fused.keys(seed, epoch),
+        fused.keys(seed, epoch, stream),
         fused.table,
         fused.fills,
         fused.or_slots,

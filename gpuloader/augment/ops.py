@@ -37,9 +37,11 @@ def _check_int(op: str, field: str, value: Any, example: str) -> int:
     return int(value)
 
 
-def _check_fill(op: str, fill: Any) -> None:
+def _check_fill(op: str, fill: Any) -> int | float:
+    """The fill as a Python int or float (NumPy scalars too), or TypeError."""
     if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
         raise TypeError(f"{op}(fill=...) must be a real number (a pixel value); received {fill!r}. Fix: e.g. fill=0.")
+    return int(fill) if isinstance(fill, numbers.Integral) else float(fill)
 
 
 def _fill_fits(op: str, fill: float, dtype: np.dtype, name: str) -> None:
@@ -81,14 +83,15 @@ class RandomCrop(AugmentOp):
     draws: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
-        _check_int("RandomCrop", "padding", self.padding, "RandomCrop(padding=4)")
+        # Fields are stored as Python ints and floats: a NumPy integer would turn the draws' arithmetic to floats.
+        object.__setattr__(self, "padding", _check_int("RandomCrop", "padding", self.padding, "RandomCrop(padding=4)"))
         if self.mode not in ("reflect", "constant"):
             raise ValueError(
                 f"RandomCrop(mode=...) must be 'reflect' or 'constant'; received {self.mode!r}. "
                 "Fix: RandomCrop(padding, mode='reflect')."
             )
         if self.fill is not None:
-            _check_fill("RandomCrop", self.fill)
+            object.__setattr__(self, "fill", _check_fill("RandomCrop", self.fill))
             if self.mode != "constant":
                 raise ValueError(
                     f"RandomCrop(fill={self.fill!r}) applies to mode='constant' only (mode is {self.mode!r}). "
@@ -187,8 +190,13 @@ class Cutout(AugmentOp):
     draws: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
-        _check_int("Cutout", "size", self.size, "Cutout(size=8)")
-        _check_fill("Cutout", self.fill)
+        object.__setattr__(self, "size", _check_int("Cutout", "size", self.size, "Cutout(size=8)"))
+        if self.size > MAX_CUTOUT:
+            raise ValueError(
+                f"Cutout(size=...) must be <= 2**30 pixels (a square that size already covers any image); "
+                f"received {self.size}. Fix: e.g. Cutout(size=8)."
+            )
+        object.__setattr__(self, "fill", _check_fill("Cutout", self.fill))
 
     def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
         _fill_fits("Cutout", self.fill, dtype, name)
@@ -217,6 +225,7 @@ class Cutout(AugmentOp):
 
 
 _BUILTIN = (RandomCrop, RandomFlip, Cutout)
+MAX_CUTOUT = 1 << 30
 
 
 def _scalar(fill: float, dtype: Any) -> bool | int | float:
