@@ -172,9 +172,15 @@ def check_leaves(leaves: list[Any], names: list[str]) -> int:
     lengths = [int(leaf.shape[0]) for leaf in leaves]
     if len(set(lengths)) > 1:
         listing = ", ".join(f"{name} has {length}" for name, length in zip(names, lengths))
+        if len(listing) > 300:
+            listing = listing[:300].rsplit(", ", 1)[0] + f", ... ({len(leaves)} arrays)"
+        x_parts = [leaf for leaf, name in zip(leaves, names) if name.startswith("x[")]
+        hint = ""
+        if len(x_parts) > 2 and len({tuple(leaf.shape) for leaf in x_parts}) == 1:
+            hint = " If x is a list of samples (one image each), stack it into one array: x = np.stack(images)."
         raise ValueError(
             f"every array must have the same number of samples (first dimension); {listing}. "
-            "Trim or fix the arrays so that their first dimensions agree."
+            "Trim or fix the arrays so that their first dimensions agree." + hint
         )
     if lengths[0] == 0:
         raise ValueError(f"the data is empty: {names[0]} has 0 samples; give at least one sample.")
@@ -293,9 +299,14 @@ def augment_targets(
         return [(0, check_augment(ops, leaves[0].shape, leaves[0].dtype, names[0]), stream)]
     if not isinstance(augment, Mapping):
         keys = list(x.keys) if x.kind == "dict" else list(range(len(x.children)))
+        hint = ""
+        if x.kind != "dict" and len(keys) > 2 and len({tuple(leaf.shape) for leaf in leaves[: len(keys)]}) == 1:
+            hint = (" If x is a list of images, one per sample, stack it into one array first: "
+                    "x = np.stack(images).")
         raise TypeError(
-            f"x has several inputs ({keys}), so augment must say which: a dict from the input's "
+            f"x has several inputs ({_shorten(keys)}), so augment must say which: a dict from the input's "
             f"{'key' if x.kind == 'dict' else 'position'} to its list of ops, e.g. augment={{{keys[0]!r}: [...]}}."
+            + hint
         )
     keys = list(x.keys) if x.kind == "dict" else list(range(len(x.children)))
     first_leaf = [sum(child.num_leaves for child in x.children[:i]) for i in range(len(x.children))]
@@ -311,6 +322,10 @@ def augment_targets(
         targets.append((index, check_augment(ops, leaves[index].shape, leaves[index].dtype, names[index]), stream))
     _warn_shared_draws(targets, leaves, names)
     return targets
+
+
+def _shorten(keys: list[Any]) -> str:
+    return repr(keys) if len(keys) <= 6 else f"[{', '.join(map(repr, keys[:3]))}, ..., {keys[-1]!r}]: {len(keys)}"
 
 
 def _warn_shared_draws(targets: list[tuple[int, list, int]], leaves: list[Any], names: list[str]) -> None:

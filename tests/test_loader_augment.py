@@ -205,6 +205,14 @@ def test_bad_augment_arguments_are_refused_at_construction(x_kind, value, messag
         Loader(data, y, batch_size=16, seed=7, augment=value, verbose=False)
 
 
+def test_a_list_of_images_with_augment_is_told_to_stack_them():
+    x, y = images()
+    with pytest.raises(ValueError, match=r"x is a list of samples.*np\.stack\(images\)"):
+        Loader(list(x), y, batch_size=16, augment=ops(), verbose=False)  # y has 120 samples, x[0] 8
+    with pytest.raises(TypeError, match=r"x has several inputs \(\[0, 1, 2, \.\.\., 7\]: 8\).*np\.stack"):
+        Loader(list(x[:8]), y[:8], batch_size=4, augment=ops(), verbose=False)
+
+
 @pytest.mark.parametrize("layout", ["replicated", "sharded"])
 def test_gpus_under_a_strategy_give_each_sample_its_draws(monkeypatch, layout):
     from fake_gpu import make_runtime
