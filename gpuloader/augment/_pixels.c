@@ -28,18 +28,34 @@
  * k..k+m-1 of dst are source pixels -k..-(k+m-1), m = 16 / pixel_bytes. Stops where a 16-byte store
  * would pass the run's end; returns the pixels done. Reads less than 16 bytes from source pixel 0 on:
  * callers check those lie in the source. */
-__attribute__((target("ssse3"))) static long long reverse_shuffled(unsigned char *dst, const unsigned char *src,
-                                                                     long long count, long long pixel_bytes,
-                                                                     const unsigned char *order)
+static void reverse_pixels(unsigned char *dst, const unsigned char *src, long long count, long long pixel_bytes);
+
+/* A reversed run of `count` pixels in every output row (dst pixel k = source pixel -k of the row's source
+ * row), 16 bytes at a time with SSSE3's byte shuffle (checked at run time): m = 16 / pixel_bytes pixels a
+ * shuffle, as many as fit before a 16-byte store would pass the run's end, then the rest pixel by pixel.
+ * A row whose 16-byte reads (less than 16 bytes from source pixel 0 on) would pass `end` goes pixel by pixel. */
+__attribute__((target("ssse3"))) static void reverse_rows_shuffled(
+    unsigned char *out, const unsigned char *source, const int *src_rows, long long height, long long row_bytes,
+    long long dst_offset, long long src_offset, long long count, long long pixel_bytes, const unsigned char *order,
+    const unsigned char *end)
 {
     const long long m = 16 / pixel_bytes;
     const __m128i mask = _mm_loadu_si128((const __m128i *)order);
-    long long k = 0;
-    for (; k + m <= count && pixel_bytes * k + 16 <= pixel_bytes * count; k += m) {
-        const __m128i pixels = _mm_loadu_si128((const __m128i *)(src - pixel_bytes * (k + m - 1)));
-        _mm_storeu_si128((__m128i *)(dst + pixel_bytes * k), _mm_shuffle_epi8(pixels, mask));
+    long long shuffled = 0; /* pixels a row done by shuffles */
+    while (shuffled + m <= count && pixel_bytes * shuffled + 16 <= pixel_bytes * count)
+        shuffled += m;
+    for (long long row = 0; row < height; ++row) {
+        unsigned char *dst = out + row * row_bytes + dst_offset;
+        const unsigned char *src = source + (long long)src_rows[row] * row_bytes + src_offset;
+        long long k = 0;
+        if (src + 16 <= end) {
+            for (; k < shuffled; k += m) {
+                const __m128i pixels = _mm_loadu_si128((const __m128i *)(src - pixel_bytes * (k + m - 1)));
+                _mm_storeu_si128((__m128i *)(dst + pixel_bytes * k), _mm_shuffle_epi8(pixels, mask));
+            }
+        }
+        reverse_pixels(dst + pixel_bytes * k, src - pixel_bytes * k, count - k, pixel_bytes);
     }
-    return k;
 }
 #endif
 
@@ -54,21 +70,9 @@ typedef struct {
     long long start, length, source, step;
 } Run;
 
-static void copy_reversed(unsigned char *dst, const unsigned char *src, long long count, long long pixel_bytes,
-                          const unsigned char *order, const unsigned char *end)
+/* dst pixel k = src pixel -k, pixel by pixel; constant sizes let the compiler inline the small copies. */
+static void reverse_pixels(unsigned char *dst, const unsigned char *src, long long count, long long pixel_bytes)
 {
-    /* dst pixel k = src pixel -k; constant sizes let the compiler inline the small copies */
-#ifdef GL_SHUFFLE
-    if (order != NULL && count >= GL_SHUFFLED_RUN && src + 16 <= end) { /* SSSE3, pixels of <= 8 bytes */
-        const long long done = reverse_shuffled(dst, src, count, pixel_bytes, order);
-        dst += pixel_bytes * done;
-        src -= pixel_bytes * done;
-        count -= done;
-    }
-#else
-    (void)order;
-    (void)end;
-#endif
     if (pixel_bytes == 3 && count > 2) {
         /* 3-byte pixels moved as 4-byte words: the extra byte read belongs to source pixel -(k-1) and the
            extra byte written is dst pixel k + 1's, written next; the first and last pixels exactly */
@@ -219,31 +223,31 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
         else
             runs[others++] = runs[r];
     }
-    for (long long row = 0; row < height;) {
-        long long block = 1;
-        if (longest >= 0) {
-            while (row + block < height && src_rows[row + block] == src_rows[row] + block)
-                block++;
-            const Run run = main_run;
-            memcpy(out + row * row_bytes + run.start * pixel_bytes,
-                   source + (long long)src_rows[row] * row_bytes + run.source * pixel_bytes,
-                   (block - 1) * row_bytes + run.length * pixel_bytes);
-        }
-        if (others == 0) { /* no wide run beside the longest */
-            row += block;
+    for (long long row = 0, block = 1; longest >= 0 && row < height; row += block, block = 1) {
+        while (row + block < height && src_rows[row + block] == src_rows[row] + block)
+            block++;
+        memcpy(out + row * row_bytes + main_run.start * pixel_bytes,
+               source + (long long)src_rows[row] * row_bytes + main_run.source * pixel_bytes,
+               (block - 1) * row_bytes + main_run.length * pixel_bytes);
+    }
+    /* the other wide runs (after the blocks, which lay bytes in their places), a run at a time over all rows */
+    for (long long r = 0; r < others; ++r) {
+        const Run run = runs[r];
+        const long long dst_offset = run.start * pixel_bytes, src_offset = run.source * pixel_bytes;
+#ifdef GL_SHUFFLE
+        if (run.step < 0 && work->order != NULL && run.length >= GL_SHUFFLED_RUN) {
+            reverse_rows_shuffled(out, source, src_rows, height, row_bytes, dst_offset, src_offset, run.length,
+                                  pixel_bytes, work->order, work->end);
             continue;
         }
-        for (long long last = row + block; row < last; ++row) {
-            unsigned char *dst = out + row * row_bytes;
-            const unsigned char *src = source + (long long)src_rows[row] * row_bytes;
-            for (long long r = 0; r < others; ++r) {
-                const Run run = runs[r];
-                if (run.step > 0)
-                    memcpy(dst + run.start * pixel_bytes, src + run.source * pixel_bytes, run.length * pixel_bytes);
-                else
-                    copy_reversed(dst + run.start * pixel_bytes, src + run.source * pixel_bytes, run.length,
-                                  pixel_bytes, work->order, work->end);
-            }
+#endif
+        for (long long row = 0; row < height; ++row) {
+            unsigned char *dst = out + row * row_bytes + dst_offset;
+            const unsigned char *src = source + (long long)src_rows[row] * row_bytes + src_offset;
+            if (run.step > 0)
+                memcpy(dst, src, run.length * pixel_bytes);
+            else
+                reverse_pixels(dst, src, run.length, pixel_bytes);
         }
     }
     for (long long r = 0; r < narrow; ++r) /* a crop's or a flip's border: a column at a time */
