@@ -191,7 +191,13 @@ typedef struct {
     unsigned char *fill_rows;  /* each slot's fill pixel repeated over a row */
     const unsigned char *order; /* the byte shuffle reversing 16 / pixel_bytes pixels, or NULL */
     const unsigned char *end;   /* the end of the source buffer */
+    unsigned char *image;       /* room for a copy of one source image and GL_SLACK bytes, or NULL */
 } Work;
+
+/* A sample with a long reversed run is first copied here when it is at most this large: one sequential
+ * read that the hardware prefetches, where reversed reads of the stored image wait on each cache line. */
+#define GL_IMAGE_COPY_BYTES (64 * 1024)
+#define GL_SLACK 16
 
 /* One sample's bytes, row by row. The longest forward run of columns is copied for a block of rows with
  * consecutive source rows at once (one memcpy spanning the rows: the bytes it lays between the rows' runs are
@@ -231,13 +237,20 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
                (block - 1) * row_bytes + main_run.length * pixel_bytes);
     }
     /* the other wide runs (after the blocks, which lay bytes in their places), a run at a time over all rows */
+    const unsigned char *copy = NULL; /* the source image, copied for reversed reads */
     for (long long r = 0; r < others; ++r) {
         const Run run = runs[r];
         const long long dst_offset = run.start * pixel_bytes, src_offset = run.source * pixel_bytes;
 #ifdef GL_SHUFFLE
         if (run.step < 0 && work->order != NULL && run.length >= GL_SHUFFLED_RUN) {
-            reverse_rows_shuffled(out, source, src_rows, height, row_bytes, dst_offset, src_offset, run.length,
-                                  pixel_bytes, work->order, work->end);
+            if (copy == NULL && work->image != NULL) {
+                memcpy(work->image, source, height * row_bytes);
+                copy = work->image;
+            }
+            const unsigned char *from = copy != NULL ? copy : source;
+            const unsigned char *end = copy != NULL ? copy + height * row_bytes + GL_SLACK : work->end;
+            reverse_rows_shuffled(out, from, src_rows, height, row_bytes, dst_offset, src_offset, run.length,
+                                  pixel_bytes, work->order, end);
             continue;
         }
 #endif
@@ -340,7 +353,7 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     const char *problem = NULL;
-    Work work = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    Work work = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     unsigned long long *words = NULL;
     const long long image_bytes = (long long)height * width * pixel_bytes;
     if (height < 1 || width < 1 || pixel_bytes < 1 || height > INT_MAX || width > INT_MAX)
@@ -373,6 +386,7 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
     work.spans = malloc(sizeof(Run) * width);
     work.fill_rows = malloc(fills.len * width + 1);
     work.end = (const unsigned char *)source.buf + source.len;
+    work.image = image_bytes <= GL_IMAGE_COPY_BYTES ? malloc(image_bytes + GL_SLACK) : NULL;
     unsigned char order[16];
 #ifdef GL_SHUFFLE
     if (pixel_bytes <= 8 && __builtin_cpu_supports("ssse3")) {
@@ -420,6 +434,7 @@ done:
     free(work.col_hits);
     free(work.spans);
     free(work.fill_rows);
+    free(work.image);
     free(work.runs);
     free(words);
     PyBuffer_Release(&source);
