@@ -34,7 +34,8 @@ The contract, one test (or group) each:
 - no device memory growth over 50 epochs;
 - arrays already on the GPU (CuPy, torch) are adopted in place, no host trip;
 - ``transform`` runs on the device: uint8 stored, float32 served;
-- augmentation ops give the host's bytes on the device (odd sizes, uint8/float16/float32);
+- augmentation ops give the host's bytes on the device (odd sizes, uint8/float16/float32), through the
+  fused kernel (H, W, C each of 1, 3, 5, 7) and op by op;
 - Keras ``fit`` converges on the backend in ``KERAS_BACKEND`` fed from the GPU.
 
 Data is small: the whole file runs in about a minute on an H100.
@@ -740,6 +741,36 @@ def test_augmented_batches_on_the_device_are_the_host_bytes(cp, make_loader, mon
             np.testing.assert_array_equal(host(gy), hy)
             assert host(gx).tobytes() == np.asarray(hx).tobytes(), f"epoch {epoch}, batch {index}"
     assert len(launches) == (2 * len(on_gpu) if path == "fused kernel" else 0)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32])
+def test_the_fused_kernel_gives_the_reference_bytes_for_odd_sizes(cp, dtype):
+    # _cuda.GatherAugment alone, H, W and C each of 1, 3, 5, 7, against the ops one by one on the host
+    # (the array-API reference path), shuffled rows and a slice of rows, two streams.
+    from gpuloader import _cuda, augment
+    from gpuloader.augment import fused
+
+    rng = np.random.default_rng(5)
+    id_table = np.arange(40, dtype=np.int64) * 13 + 5
+    for height in (1, 3, 5, 7):
+        for width in (1, 3, 5, 7):
+            for channels in (1, 3, 5, 7):
+                images = rng.integers(1, 250, (40, height, width, channels)).astype(dtype)
+                pad = min(height, width) - 1
+                ops = [augment.RandomCrop(pad), augment.RandomFlip(), augment.Cutout(3, fill=7),
+                       augment.RandomCrop(pad, mode="constant", fill=2)]
+                kernel = _cuda.gather_augment(fused.fused_ops(ops, images.dtype, channels), cp.asarray(images))
+                for rows, stream in ((rng.permutation(40)[:17].astype(np.int64), 0), (slice(3, 29), 2)):
+                    chosen = rows if isinstance(rows, np.ndarray) else np.arange(rows.start, rows.stop)
+                    on_device = kernel(rows if isinstance(rows, slice) else cp.asarray(rows), cp.asarray(id_table),
+                                       11, 3, stream=stream)
+                    previous, augment._host._FAST_PATH_ENABLED = augment._host._FAST_PATH_ENABLED, False
+                    try:
+                        want = augment.apply_augment(ops, images[chosen], id_table[chosen], 11, 3, np, stream=stream)
+                    finally:
+                        augment._host._FAST_PATH_ENABLED = previous
+                    assert host(on_device).tobytes() == want.tobytes(), (height, width, channels, stream)
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("view", ["strided", "offset"])
