@@ -25,6 +25,7 @@ from gpuloader import replicas as replicas_lib
 from gpuloader import store as store_lib
 from gpuloader._keras_compat import DataAdapter, keras_call
 from gpuloader.adapter import KerasPasses
+from gpuloader.augment.apply import describe_augment
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.schedule import STATE_FORMAT, EpochSchedule
 from gpuloader.sources import advise_random_access, is_disk_leaf
@@ -135,7 +136,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         signature = {
             "num_samples": store.n, "batch_size": self._batch_size, "shuffle": self._shuffle,
             "drop_remainder": self._drop_remainder, "num_shards": num_shards, "shard_index": shard_index,
-            "inputs": inputs.describe_leaves(leaves),
+            "inputs": inputs.describe_leaves(leaves), "augment": describe_augment(augment_targets, names),
         }
         seed_owns_rows = num_shards > 1 or (replicas is not None and replicas.layout == replicas_lib.SHARDED)
         self._schedule = EpochSchedule(store.xp, seed, self._shuffle, steps, signature, seed_owns_rows)

@@ -52,8 +52,10 @@ from gpuloader.prefetch import in_background
 STATE_FORMAT = "gpuloader.Loader/2"
 #: The state keys that must match for a state to replay this loader's batches.
 SIGNATURE_KEYS = (
-    "num_samples", "batch_size", "shuffle", "drop_remainder", "num_shards", "shard_index", "inputs",
+    "num_samples", "batch_size", "shuffle", "drop_remainder", "num_shards", "shard_index", "inputs", "augment",
 )
+# Keys that states saved before they existed lack: such a state is not checked on them.
+_LATER_KEYS = ("augment",)
 
 
 class EpochSchedule:
@@ -207,6 +209,8 @@ class EpochSchedule:
                 f"received {state!r}."
             )
         for key, mine in self._signature.items():
+            if key in _LATER_KEYS and key not in state:
+                continue
             if state.get(key) != mine:
                 raise ValueError(
                     f"set_state: the state was taken from a loader with {key}={state.get(key)!r}, "

@@ -293,3 +293,30 @@ def test_a_stream_on_the_stand_in_gpu_gives_the_hosts_bytes(fake_gpu):
 def test_a_bad_stream_is_refused_with_the_fix(stream):
     with pytest.raises(ValueError, match=r"Stream\(stream=...\) must be an int >= 0"):
         augment.Stream(ops(), stream)
+
+
+def test_a_state_names_the_augmentation_and_a_loader_with_other_ops_refuses_it():
+    import json
+
+    class Jitter(augment.AugmentOp):
+        draws = 1
+
+        def apply(self, images, bits, xp):
+            return images + 0
+
+    x, y = images()
+    loader = make(x, y)
+    served(loader)
+    state = json.loads(json.dumps(loader.get_state()))  # JSON as it is
+    assert state["augment"] == [["x", 0, [repr(op) for op in ops()]]]
+    resumed = make(x, y)
+    resumed.set_state(state)
+    assert served(resumed) == expected(x, epoch=1)
+    for other in ([augment.RandomCrop(padding=3), augment.RandomFlip(), augment.Cutout(size=3)],
+                  augment.Stream(ops(), 1), [*ops(), Jitter()], None):
+        with pytest.raises(ValueError, match="the state was taken from a loader with augment="):
+            Loader(x, y, batch_size=16, seed=7, augment=other, verbose=False).set_state(state)
+    mine = Loader(x, y, batch_size=16, seed=7, augment=[*ops(), Jitter()], verbose=False).get_state()["augment"]
+    assert mine[0][2][-1] == f"{Jitter.__qualname__}(draws=1)"  # no address that differs from process to process
+    older = {key: value for key, value in state.items() if key != "augment"}  # saved before states named it
+    make(x, y).set_state(older)

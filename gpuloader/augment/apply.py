@@ -54,6 +54,19 @@ def ops_and_stream(value: Any) -> tuple[Any, int]:
     return (value.ops, value.stream) if isinstance(value, Stream) else (value, 0)
 
 
+def describe_augment(targets: list[tuple[int, list[Any], int]], names: list[str]) -> list[list[Any]]:
+    """The augmentation of a loader as JSON values, for its state: ``[[input, stream, [op, ...]], ...]``.
+
+    A built-in op is its repr (every field); an op of your own its class name and ``draws``
+    (its other settings are unknown here, and a default repr would differ from process to process).
+    """
+
+    def describe(op: Any) -> str:
+        return repr(op) if type(op) in _BUILTIN else f"{type(op).__qualname__}(draws={op.draws})"
+
+    return [[names[index], stream, [describe(op) for op in ops]] for index, ops, stream in targets]
+
+
 def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: str) -> list[Any]:
     """Validate an ``augment`` list for one input at construction; return it as a new list.
 
