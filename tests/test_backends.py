@@ -42,10 +42,41 @@ FIT_SCRIPT = textwrap.dedent(
 )
 
 
-def run_with_backend(backend: str) -> dict:
+AUGMENT_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import numpy as np, keras, gpuloader
+    from gpuloader import augment
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(256, 12, 10, 3), dtype=np.uint8)
+    y = (x[:, :6].mean(axis=(1, 2, 3)) > x[:, 6:].mean(axis=(1, 2, 3))).astype(np.float32)
+    ops = [augment.RandomCrop(padding=2), augment.RandomFlip(), augment.Cutout(size=4)]
+    train = gpuloader.Loader(x, y, batch_size=32, seed=3, augment=ops, workers=2, verbose=False)
+    served = {}
+    for i in range(len(train)):  # loader[i]: the backend's tensors of a training pass (epoch 0)
+        images, labels = train[i]
+        for image, label_row in zip(images.cpu().numpy(), train._pipeline.rows(i, 0, True)):
+            served[int(label_row)] = image
+    augment._host._FAST_PATH_ENABLED = False  # the array-API reference path
+    want = augment.apply_augment(ops, x, np.arange(256, dtype=np.int64), 3, 0, np)
+    same = all(np.array_equal(served[i], want[i]) for i in range(256))
+    augment._host._FAST_PATH_ENABLED = True
+    train.on_epoch_end()
+    model = keras.Sequential([keras.Input((12, 10, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
+    history = model.fit(train, epochs=2, verbose=0).history
+    print(json.dumps({"batch_type": type(images).__module__, "same_as_reference": same,
+                      "served": len(served), "loss": history["loss"]}))
+    """
+)
+
+
+def run_with_backend(backend: str, script: str = FIT_SCRIPT) -> dict:
     env = dict(os.environ, KERAS_BACKEND=backend)
     result = subprocess.run(
-        [sys.executable, "-c", FIT_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -61,6 +92,15 @@ def test_fit_evaluate_predict_on_backend(backend):
     assert report["val_accuracy"][-1] > 0.8
     assert report["predictions"] == [512, 1]
     assert report["epoch"] == 3
+
+
+def test_augmented_batches_reach_torch_with_the_reference_bytes_and_fit_runs():
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed here; the torch backend test needs it")
+    report = run_with_backend("torch", AUGMENT_SCRIPT)
+    assert report["batch_type"].startswith("torch")
+    assert report["served"] == 256 and report["same_as_reference"]
+    assert all(np.isfinite(report["loss"]))
 
 
 def test_torch_hand_off_is_zero_copy():
