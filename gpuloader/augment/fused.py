@@ -145,7 +145,7 @@ def host_kernel_missing() -> str | None:
     except ImportError as error:
         return (
             f"the C extension gpuloader.augment._pixels is not built ({error}); the built-in augmentation ops run "
-            "on their NumPy path (same bytes, about 3x slower). Fix: install a C compiler and reinstall gpuloader."
+            "on their NumPy path (same bytes, about 2.5x slower). Fix: install a C compiler and reinstall gpuloader."
         )
     return None
 
