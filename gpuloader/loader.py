@@ -144,6 +144,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             store, replicas, structure, transform, self._batch_size, self._schedule.order,
             lambda: self._schedule.seed, self._plan.placement == "gpu", shard_index, augment_targets, global_rows,
         )
+        if augment_targets:
+            self._plan = _noting(self._plan, self._pipeline.augment_path)
         self._passes = KerasPasses(
             self._schedule, self._pipeline, steps, self._batch_size, self._shuffle, self._drop_remainder,
             self.workers, self.max_queue_size,

@@ -214,6 +214,27 @@ class BatchPipeline:
         return structure.rebuild([hand_off(leaf, backend, known_aligned=self.trusted) for leaf in leaves])
 
     @property
+    def augment_path(self) -> str:
+        """How the augmentation runs, for the plan's reason ("" without augmentation)."""
+        if not self._augment:
+            return ""
+        if self.on_gpu:
+            return "augment: built-in ops in one CUDA launch per batch (GatherAugment), other lists op by op"
+        missing = fused_lib.host_kernel_missing()
+        if missing is not None:
+            return f"augment: op by op on the NumPy path, since {missing}"
+        ways = set()
+        for index, ops, _ in self._augment:
+            leaf = self.store.leaves[index]
+            if index in self._fused:
+                ways.add("the host kernel, reading the stored images")
+            elif fused_lib.fused_ops(ops, leaf.dtype, leaf.shape[3] if leaf.ndim == 4 else 1) is not None:
+                ways.add("the host kernel on each gathered batch (images read from disk)")
+            else:
+                ways.add("op by op (a list with an op of your own)")
+        return "augment: " + ", ".join(sorted(ways))
+
+    @property
     def trusted(self) -> bool:
         """Every leaf handed over is a buffer the gather made (no transform, no augmentation)."""
         return self._transform is None and not self._augment

@@ -27,6 +27,15 @@ def ops():
     return [augment.RandomCrop(padding=2), augment.RandomFlip(), augment.Cutout(size=3)]
 
 
+class Jitter(augment.AugmentOp):
+    """An op of one's own (it changes nothing)."""
+
+    draws = 1
+
+    def apply(self, images, bits, xp):
+        return images + 0
+
+
 def per_sample(batches) -> dict[int, bytes]:
     """sample id -> its image bytes, over batches of (x, y) with y the sample ids."""
     out = {}
@@ -298,12 +307,6 @@ def test_a_bad_stream_is_refused_with_the_fix(stream):
 def test_a_state_names_the_augmentation_and_a_loader_with_other_ops_refuses_it():
     import json
 
-    class Jitter(augment.AugmentOp):
-        draws = 1
-
-        def apply(self, images, bits, xp):
-            return images + 0
-
     x, y = images()
     loader = make(x, y)
     served(loader)
@@ -320,3 +323,18 @@ def test_a_state_names_the_augmentation_and_a_loader_with_other_ops_refuses_it()
     assert mine[0][2][-1] == f"{Jitter.__qualname__}(draws=1)"  # no address that differs from process to process
     older = {key: value for key, value in state.items() if key != "augment"}  # saved before states named it
     make(x, y).set_state(older)
+
+
+def test_the_plan_says_how_the_augmentation_runs(monkeypatch, tmp_path):
+    x, y = images()
+    if fused.host_kernel() is not None:
+        assert "augment: the host kernel, reading the stored images" in make(x, y).plan.reason
+    np.save(tmp_path / "x.npy", x)
+    on_disk = Loader(str(tmp_path / "x.npy"), y, batch_size=16, augment=ops(), device="disk", verbose=False)
+    assert "augment: the host kernel on each gathered batch (images read from disk)" in on_disk.plan.reason
+    mine = Loader(x, y, batch_size=16, augment=[*ops(), Jitter()], verbose=False)
+    assert "augment: op by op (a list with an op of your own)" in mine.plan.reason
+    monkeypatch.setattr(fused, "_HOST_KERNEL_ENABLED", False)
+    monkeypatch.setattr(fused, "host_kernel_missing", lambda: "the C extension is not built (for this test)")
+    assert "op by op on the NumPy path, since the C extension is not built" in make(x, y).plan.reason
+    assert "augment" not in Loader(x, y, batch_size=16, verbose=False).plan.reason
