@@ -7,8 +7,10 @@ by NVRTC, for the GPU). Per sample the kernel computes its words, traces its
 ``H`` rows and ``W`` columns, then copies its bytes: on the host whole runs of
 columns with ``memcpy`` (``_pixels.c``, without the GIL), on the GPU one block
 per sample (``gpuloader._cuda.GatherAugment``). The bytes are those of applying
-the ops one by one (``tests/test_augment_fused.py`` checks it against the
-array-API reference for every order of the ops, odd sizes and dtypes).
+the ops one by one (``tests/test_augment.py`` checks the host kernel, and its
+CUDA byte loop, against the array-API reference for orders of the ops, odd
+sizes and dtypes; ``tests/test_augment_fused.py`` runs the CUDA kernel's text
+compiled for the host).
 
 Cost on the host: one pass that reads each output pixel's source and writes
 it, where the ops one by one (``_host.py``) make four to five passes; read from
@@ -96,20 +98,20 @@ def _exact(op: Any) -> tuple[Any, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _fused_ops(ops: tuple[Any, ...], exact: tuple[Any, ...], dtype: np.dtype, channels: int) -> FusedOps | None:
-    rows, fills, or_slots, and_slots, word = [], [], 0, 0, 0
+    entries, fills, or_slots, and_slots, word = [], [], 0, 0, 0
     for op in ops:
         kind = type(op)
         if kind is RandomCrop:
             constant = op.mode == "constant"
             kind_code, slot = (_CROP_CONSTANT, len(fills)) if constant else (_CROP_REFLECT, -1)
-            rows.append((kind_code, op.padding, word, slot))
+            entries.append((kind_code, op.padding, word, slot))
             if constant:
                 or_slots |= 1 << len(fills)
                 fills.append(op._fill_value())
         elif kind is RandomFlip:
-            rows.append((_FLIP, 0, word, -1))
+            entries.append((_FLIP, 0, word, -1))
         elif kind is Cutout:
-            rows.append((_CUTOUT, op.size, word, len(fills)))
+            entries.append((_CUTOUT, op.size, word, len(fills)))
             and_slots |= 1 << len(fills)
             fills.append(op.fill)
         else:
@@ -117,7 +119,7 @@ def _fused_ops(ops: tuple[Any, ...], exact: tuple[Any, ...], dtype: np.dtype, ch
         word += op.draws
         if len(fills) > MAX_FILL_SLOTS:
             return None
-    table = np.asarray(rows, dtype=np.int64).reshape(len(rows), 4)
+    table = np.asarray(entries, dtype=np.int64).reshape(len(entries), 4)
     table.flags.writeable = False
     pixels = b"".join(np.full(channels, fill, dtype=dtype).tobytes() for fill in fills)
     return FusedOps(table, pixels, or_slots, and_slots, tuple(op.draws for op in ops), channels * dtype.itemsize)
