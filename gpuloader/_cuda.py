@@ -356,6 +356,11 @@ extern "C" __global__ void gpuloader_gather_augment(
 _AUGMENT_SHARED_LIMIT = 48 * 1024  # bytes of shared memory a block may take without opting in
 
 
+def _augment_shared_bytes(table: Any, leaf: Any) -> int:
+    """A block's shared memory: the sample's words, then a source row and slots per row and per column."""
+    return 8 * sum(table.draws) + 8 * (int(leaf.shape[1]) + int(leaf.shape[2]))
+
+
 def augment_kernel_source() -> str:
     """The CUDA source of :class:`GatherAugment`: the qualifiers, ``_pixels.h`` and the kernel."""
     from importlib import resources
@@ -381,8 +386,8 @@ class GatherAugment:
         cupy = import_cupy()
         self._cupy, self._table, self._leaf = cupy, table, leaf
         self._height, self._width = int(leaf.shape[1]), int(leaf.shape[2])
-        n_words = sum(table.draws)
-        self.shared_bytes = 8 * n_words + 8 * (self._height + self._width)
+        self._n_words = np.int64(sum(table.draws))
+        self.shared_bytes = _augment_shared_bytes(table, leaf)
         with leaf.device:
             self._kernel = cupy.RawKernel(augment_kernel_source(), "gpuloader_gather_augment")
             self._ops = cupy.asarray(table.table)
@@ -418,7 +423,7 @@ class GatherAugment:
                 table = self._table
                 self._kernel(
                     (min(n, self._max_blocks),), (_THREADS,),
-                    (leaf, index, first, id_table, self._keys[1], np.int64(sum(table.draws)), self._ops,
+                    (leaf, index, first, id_table, self._keys[1], self._n_words, self._ops,
                      np.int64(len(table.table)), self._fills, np.uint32(table.or_slots), np.uint32(table.and_slots),
                      np.int64(n), np.int64(self._height), np.int64(self._width), np.int64(table.pixel_bytes), out),
                     shared_mem=self.shared_bytes,
@@ -429,6 +434,6 @@ class GatherAugment:
 def gather_augment(table: Any, leaf: Any) -> GatherAugment | None:
     """The fused augmentation kernel of a stored image array, or None when a block's shared memory
     would exceed 48 KB (images over about 3000 pixels on a side: the ops then run one by one)."""
-    if 8 * sum(table.draws) + 8 * (int(leaf.shape[1]) + int(leaf.shape[2])) > _AUGMENT_SHARED_LIMIT:
+    if _augment_shared_bytes(table, leaf) > _AUGMENT_SHARED_LIMIT:
         return None
     return GatherAugment(table, leaf)

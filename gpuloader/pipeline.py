@@ -225,10 +225,9 @@ class BatchPipeline:
             return f"augment: op by op on the NumPy path, since {missing}"
         ways = set()
         for index, ops, _ in self._augment:
-            leaf = self.store.leaves[index]
             if index in self._fused:
                 ways.add("the host kernel, reading the stored images")
-            elif fused_lib.fused_ops(ops, leaf.dtype, leaf.shape[3] if leaf.ndim == 4 else 1) is not None:
+            elif fused_lib.table_for(ops, self.store.leaves[index]) is not None:
                 ways.add("the host kernel on each gathered batch (images read from disk)")
             else:
                 ways.add("op by op (a list with an op of your own)")
@@ -245,8 +244,7 @@ class BatchPipeline:
             return {}
         tables = {}
         for index, ops, stream in augment:
-            leaf = self.store.leaves[index]
-            table = fused_lib.fused_ops(ops, leaf.dtype, leaf.shape[3] if leaf.ndim == 4 else 1)
+            table = fused_lib.table_for(ops, self.store.leaves[index])
             if table is not None:
                 tables[index] = (table, stream)
         return tables
@@ -255,10 +253,9 @@ class BatchPipeline:
         """The GPU kernel of leaf ``index``'s ops on replica ``replica`` (``_cuda.GatherAugment``), or None."""
         key = (replica, index)
         if key not in self._device_kernels:
-            leaf = store.leaves[index]
-            table = fused_lib.fused_ops(ops, leaf.dtype, leaf.shape[3] if leaf.ndim == 4 else 1)
+            table = fused_lib.table_for(ops, store.leaves[index])
             runtime = placement_lib.gpu_runtime()
-            self._device_kernels[key] = None if table is None else runtime.gather_augment(table, leaf)
+            self._device_kernels[key] = None if table is None else runtime.gather_augment(table, store.leaves[index])
         return self._device_kernels[key]
 
     def _ids(self, rows: slice | Any, replica: int, store: store_lib.Store) -> Any:

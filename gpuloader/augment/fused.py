@@ -96,6 +96,11 @@ def _exact(op: Any) -> tuple[Any, ...]:
     )
 
 
+def table_for(ops: Any, images: Any) -> FusedOps | None:
+    """:func:`fused_ops` for an image array, ``(N, H, W, C)`` or ``(N, H, W)``, of any namespace."""
+    return fused_ops(ops, images.dtype, images.shape[3] if images.ndim == 4 else 1)
+
+
 @functools.lru_cache(maxsize=64)
 def _fused_ops(ops: tuple[Any, ...], exact: tuple[Any, ...], dtype: np.dtype, channels: int) -> FusedOps | None:
     entries, fills, or_slots, and_slots, word = [], [], 0, 0, 0
