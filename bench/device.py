@@ -364,6 +364,7 @@ def measure_augment(cp: Any, make_loader: Callable[..., Any], repeats: int, scal
     """Plain, fused-kernel and op-by-op augmented epochs on the GPU (synced per batch), and a byte check."""
     from gpuloader import _cuda as cuda
     from gpuloader import augment
+    from gpuloader.augment.plan import CUDA as CUDA_PATH
 
     rng = np.random.default_rng(1)
     shape = (max(AUGMENT_BATCH, int(AUGMENT_SHAPE[0] * scale)), *AUGMENT_SHAPE[1:])
@@ -378,7 +379,7 @@ def measure_augment(cp: Any, make_loader: Callable[..., Any], repeats: int, scal
     fused = make_loader(x, y, batch_size=AUGMENT_BATCH, device="gpu", augment=ops())
     plain_s = median_seconds(epoch_runner(plain, sync, True), repeats)
     fused_s = median_seconds(epoch_runner(fused, sync, True), repeats)
-    built = sum(kernel is not None for kernel in fused._pipeline._device_kernels.values())
+    built = sum(augmentation.path == CUDA_PATH for augmentation in fused._pipeline.augmentations)
     real = cuda.gather_augment
     cuda.gather_augment = lambda table, leaf: None
     try:

@@ -13,6 +13,7 @@ Every import happens inside :func:`info`: ``import gpuloader`` stays light.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import platform
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,8 @@ from gpuloader.handoff import dtype_problem
 FRAMEWORKS = ("tensorflow", "jax", "torch", "cupy")
 #: CUDA ordinals probed at most (probing stops at the first that does not exist).
 MAX_DEVICES = 64
+#: No array holds more bytes (NumPy's sizes are int64).
+MAX_BYTES = 2**63 - 1
 
 
 def info(
@@ -65,7 +68,8 @@ def info(
 
     Raises:
         ValueError: both or neither of a shape and ``nbytes`` given for a
-            placement question, or a non-positive size.
+            placement question, a non-positive or non-whole size, or more
+            than 2**63 - 1 bytes.
     """
     import gpuloader
 
@@ -210,10 +214,10 @@ def _estimate(
         if rows is not None and rows != shape[0]:
             raise ValueError(f"rows={rows} contradicts shape {shape} (samples come first)")
         rows = shape[0]
-        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+        row_bytes = math.prod(shape[1:]) * np.dtype(dtype).itemsize  # Python ints: no int64 wrap-around
         described = f"x {'x'.join(map(str, shape))} {np.dtype(dtype).name}"
     else:
-        nbytes = int(nbytes)  # type: ignore[arg-type]
+        nbytes = _whole_bytes(nbytes)
         if nbytes < 1:
             raise ValueError(f"nbytes must be at least 1; received {nbytes}")
         if rows is not None and rows < 1:
@@ -228,6 +232,11 @@ def _estimate(
     data_bytes = row_bytes * rows if shape is not None else int(nbytes or 0)
     if shape is None and y_dtype is not None:
         data_bytes += np.dtype(y_dtype).itemsize * int(rows or 0)
+    if data_bytes > MAX_BYTES:
+        raise ValueError(
+            f"the data described ({described}) is {data_bytes} bytes, over the 2**63 - 1 bytes any array can hold; "
+            "check the shape or the byte count."
+        )
     from gpuloader import store as store_lib  # the loader's own estimate (tests/test_info.py checks they agree)
 
     samples = rows or 0
@@ -243,6 +252,18 @@ def _estimate(
         "bytes_needed": needed,
         "estimate": estimate,
     }
+
+
+def _whole_bytes(nbytes: Any) -> int:
+    """``nbytes`` as an int: an int, or a float that is a whole number (``6e9``); never rounded silently."""
+    if isinstance(nbytes, (float, np.floating)) and math.isfinite(nbytes) and float(nbytes).is_integer():
+        return int(nbytes)
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+        raise ValueError(
+            f"nbytes must be a whole number of bytes (an int, or a float such as 6e9); received {nbytes!r}. "
+            "Round it, e.g. nbytes=math.ceil(size)."
+        )
+    return int(nbytes)
 
 
 def format_info(report: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -272,73 +271,3 @@ def describe_leaves(leaves: list[Any]) -> list[str]:
     """Each leaf's dtype and shape of one sample, e.g. ``"float32 (784,)"``: what a saved state must match."""
     return [f"{np.dtype(str(getattr(leaf.dtype, 'name', leaf.dtype)).replace('torch.', ''))} {tuple(leaf.shape[1:])}"
             for leaf in leaves]
-
-
-def augment_targets(
-    augment: Any, structure: Structure, leaves: list[Any], names: list[str]
-) -> list[tuple[int, list, int]]:
-    """``augment`` as ``[(leaf index, checked ops, stream)]`` for the inputs of ``x`` it names.
-
-    A list (or an ``augment.Stream``) applies to ``x`` when ``x`` is one array;
-    for a dict or tuple ``x``, a dict from the input's key (or position) to its
-    list. Warns when two inputs of the same shape and dtype get equal lists
-    from the same stream: each sample then gets the same draws in both.
-    """
-    from gpuloader.augment import check_augment, ops_and_stream
-
-    if augment is None:
-        return []
-    x = structure.children[0]
-    if x.kind == "leaf":
-        if isinstance(augment, Mapping):
-            raise TypeError(
-                f"augment is a dict ({sorted(map(str, augment))}) but x is one array; pass the list of ops "
-                "itself, e.g. augment=[augment.RandomFlip()]."
-            )
-        ops, stream = ops_and_stream(augment)
-        return [(0, check_augment(ops, leaves[0].shape, leaves[0].dtype, names[0]), stream)]
-    if not isinstance(augment, Mapping):
-        keys = list(x.keys) if x.kind == "dict" else list(range(len(x.children)))
-        hint = ""
-        if x.kind != "dict" and len(keys) > 2 and len({tuple(leaf.shape) for leaf in leaves[: len(keys)]}) == 1:
-            hint = (" If x is a list of images, one per sample, stack it into one array first: "
-                    "x = np.stack(images).")
-        raise TypeError(
-            f"x has several inputs ({_shorten(keys)}), so augment must say which: a dict from the input's "
-            f"{'key' if x.kind == 'dict' else 'position'} to its list of ops, e.g. augment={{{keys[0]!r}: [...]}}."
-            + hint
-        )
-    keys = list(x.keys) if x.kind == "dict" else list(range(len(x.children)))
-    first_leaf = [sum(child.num_leaves for child in x.children[:i]) for i in range(len(x.children))]
-    targets = []
-    for key, ops in augment.items():
-        if key not in keys:
-            raise ValueError(f"augment names input {key!r}, which x does not have; x has {keys}.")
-        position = keys.index(key)
-        if x.children[position].kind != "leaf":
-            raise ValueError(f"augment for x[{key!r}] needs one image array there, not a nest of arrays.")
-        index = first_leaf[position]
-        ops, stream = ops_and_stream(ops)
-        targets.append((index, check_augment(ops, leaves[index].shape, leaves[index].dtype, names[index]), stream))
-    _warn_shared_draws(targets, leaves, names)
-    return targets
-
-
-def _shorten(keys: list[Any]) -> str:
-    return repr(keys) if len(keys) <= 6 else f"[{', '.join(map(repr, keys[:3]))}, ..., {keys[-1]!r}]: {len(keys)}"
-
-
-def _warn_shared_draws(targets: list[tuple[int, list, int]], leaves: list[Any], names: list[str]) -> None:
-    """Warn when two inputs of one shape and dtype get equal ops from one stream: equal draws per sample."""
-    for first, (index, ops, stream) in enumerate(targets):
-        for other, other_ops, other_stream in targets[first + 1 :]:
-            same_input = leaves[index].shape == leaves[other].shape and leaves[index].dtype == leaves[other].dtype
-            if same_input and stream == other_stream and ops == other_ops:
-                warnings.warn(
-                    f"augment gives {names[index]} and {names[other]} equal ops from the same stream, so each "
-                    "sample gets the same crop, flip and cutout in both (what an image and its mask need; two "
-                    "views of the same images come out identical). For draws of their own, give one of them "
-                    f"another stream: augment.Stream(ops, 1) for {names[other]}.",
-                    UserWarning,
-                    stacklevel=4,
-                )

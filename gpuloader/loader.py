@@ -26,6 +26,8 @@ from gpuloader import store as store_lib
 from gpuloader._keras_compat import DataAdapter, keras_call
 from gpuloader.adapter import KerasPasses
 from gpuloader.augment.apply import describe_augment
+from gpuloader.augment.assign import assign as assign_augment
+from gpuloader.augment.assign import check_data_format
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.schedule import STATE_FORMAT, EpochSchedule
 from gpuloader.sources import advise_random_access, is_disk_leaf
@@ -59,6 +61,13 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             lives; a list when ``x`` is one array, else a dict from the input's
             key (or position) to its list. Each sample's draws are a function
             of (seed, epoch, its index in the dataset). Training passes only.
+            A mask (or any image-shaped input) gets its images' draws with
+            ``augment.Same``: ``augment={"x": ops, "y": augment.Same("x", fill=255)}``
+            (keys ``"x"``, ``"y"``, ``("y", key)``; see docs/augment-targets.md).
+        data_format: how image inputs are laid out for the ops that have no
+            ``data_format`` of their own: ``"channels_last"`` (n, H, W, C) or
+            ``"channels_first"`` (n, C, H, W); None reads
+            ``keras.config.image_data_format()`` when the loader is built.
         class_weight: ``{class_index: weight}``. Keras never passes the
             ``class_weight`` of ``fit`` to a custom adapter, so give it here;
             ``fit(loader, class_weight=...)`` is refused. Needs a single ``y``
@@ -92,7 +101,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         drop_remainder: bool = False,
         device: str | None = None,
         transform: Callable[[tuple[Any, ...], Any], tuple[Any, ...]] | None = None,
-        augment: Sequence[Any] | Mapping[Any, Sequence[Any]] | None = None,
+        augment: Sequence[Any] | Mapping[Any, Any] | None = None,
+        data_format: str | None = None,
         class_weight: Mapping[int, float] | None = None,
         gpu_memory_fraction: float = placement_lib.DEFAULT_GPU_MEMORY_FRACTION,
         host_memory_limit: int | None = None,
@@ -119,7 +129,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         n = inputs.check_leaves(leaves, names)
         if class_weight is not None:
             structure, leaves, names = inputs.apply_class_weight(class_weight, structure, leaves, names, n)
-        augment_targets = inputs.augment_targets(augment, structure, leaves, names)
+        augmented = assign_augment(augment, structure, leaves, names, check_data_format(data_format))
         num_shards, shard_index, shard_note = sharding.resolve_shards(num_shards, shard_index, seed_given)
         steps = sharding.steps_per_epoch(n, num_shards, self._batch_size, self._drop_remainder)
         global_rows = None
@@ -136,15 +146,16 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         signature = {
             "num_samples": store.n, "batch_size": self._batch_size, "shuffle": self._shuffle,
             "drop_remainder": self._drop_remainder, "num_shards": num_shards, "shard_index": shard_index,
-            "inputs": inputs.describe_leaves(leaves), "augment": describe_augment(augment_targets, names),
+            "inputs": inputs.describe_leaves(leaves),
+            "augment": describe_augment([(a.index, a.ops, a.stream) for a in augmented], names),
         }
         seed_owns_rows = num_shards > 1 or (replicas is not None and replicas.layout == replicas_lib.SHARDED)
         self._schedule = EpochSchedule(store.xp, seed, self._shuffle, steps, signature, seed_owns_rows)
         self._pipeline = BatchPipeline(
             store, replicas, structure, transform, self._batch_size, self._schedule.order,
-            lambda: self._schedule.seed, self._plan.placement == "gpu", shard_index, augment_targets, global_rows,
+            lambda: self._schedule.seed, self._plan.placement == "gpu", shard_index, augmented, global_rows,
         )
-        if augment_targets:
+        if self._pipeline.augment_path:
             self._plan = _noting(self._plan, self._pipeline.augment_path)
         self._passes = KerasPasses(
             self._schedule, self._pipeline, steps, self._batch_size, self._shuffle, self._drop_remainder,

@@ -29,8 +29,8 @@ from gpuloader import replicas as replicas_lib
 from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader._structure import Structure
-from gpuloader.augment import apply_augment
-from gpuloader.augment import fused as fused_lib
+from gpuloader.augment.assign import AugmentedInput
+from gpuloader.augment.plan import BatchDraws, InputAugmentation
 from gpuloader.handoff import check_transform_output, hand_off, keras_backend
 
 Prepared = tuple[Structure, list[Any]]
@@ -49,7 +49,9 @@ class BatchPipeline:
         seed_of: ``seed_of()`` returns the loader's seed (its current one, after ``set_state``).
         on_gpu: the store is on a GPU (re-align a transform's output there, sync for TensorFlow).
         shard_index: this worker's shard (its orders' seed is derived from it).
-        augment: ``[(leaf index, ops, stream)]``, applied after the gather, before ``transform``.
+        augment: each augmented input's checked ops (:func:`gpuloader.augment.assign.assign`); each gets an
+            :class:`~gpuloader.augment.plan.InputAugmentation` that picks its path once. They run after the
+            gather (or in it), before ``transform``.
         global_rows: the rows of the whole dataset this worker holds (None: all of them), for the
             augmentation's sample ids.
     """
@@ -65,7 +67,7 @@ class BatchPipeline:
         seed_of: Callable[[], int],
         on_gpu: bool,
         shard_index: int = 0,
-        augment: list[tuple[int, list[Any], int]] | None = None,
+        augment: list[AugmentedInput] | None = None,
         global_rows: np.ndarray | None = None,
     ) -> None:
         self.store = store
@@ -77,9 +79,8 @@ class BatchPipeline:
         self._seed_of = seed_of
         self.on_gpu = on_gpu
         self._shard_index = shard_index
-        self._augment = augment or []
-        self._fused = self._fusable(self._augment)  # host: {leaf index: (table, stream)} the host kernel runs
-        self._device_kernels: dict[tuple[int, int], Any] = {}  # GPU: (replica, leaf index) -> kernel or None
+        stores, ordinals = ([store], None) if replicas is None else (replicas.stores, replicas.ordinals)
+        self._augment = [InputAugmentation(spec, stores, on_gpu, ordinals) for spec in augment or [] if spec.ops]
         self._global_rows = global_rows
         self._sample_ids: dict[int, Any] = {}  # store index -> its rows' dataset indices, in its namespace
         self._backend: str | None = None
@@ -173,37 +174,24 @@ class BatchPipeline:
         return structure, leaves
 
     def _take_augmented(self, rows: slice | Any, epoch: int, replica: int, store: store_lib.Store) -> list[Any]:
-        """The batch's leaves, its images augmented.
+        """The batch's leaves, its augmented inputs each through its own path (:mod:`gpuloader.augment.plan`).
 
-        Built-in ops on images in RAM or on a GPU: a kernel writes them into the batch's block straight
-        from the store (the host kernel, or one ``GatherAugment`` launch), and the gather copies the other
-        leaves only. Otherwise (the disk tier, an op of one's own) the gathered images, then the ops one by one.
+        Inputs whose kernel reads the store write into their place in the batch's block (the gather copies the
+        other leaves only); the others are gathered, then augmented.
         """
-        seed, ids = self._seed_of(), None
+        draws = BatchDraws(
+            rows, self._seed_of(), epoch, functools.partial(self._ids, rows, replica, store),
+            functools.partial(self._id_table, replica, store),
+        )
         make = {}
-        if self._fused and store.in_ram_on_host:
-            ids = self._ids(rows, replica, store)
-            indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
-            make = {
-                index: functools.partial(
-                    fused_lib.gather_augment_host, fused, store.leaves[index], indices, ids, seed, epoch,
-                    stream=stream,
-                )
-                for index, (fused, stream) in self._fused.items()
-            }
-        elif self.on_gpu:  # each kernel reads its rows' dataset indices from the store's table itself
-            for index, ops, stream in self._augment:
-                kernel = self._device_kernel(replica, index, ops, store)
-                if kernel is not None:
-                    table = self._id_table(replica, store)
-                    make[index] = functools.partial(kernel, rows, table, seed, epoch, stream=stream)
+        for augmentation in self._augment:
+            write = augmentation.writer(draws, store, replica)
+            if write is not None:
+                make[augmentation.index] = write
         leaves = store.take(rows, make)
-        for index, ops, stream in self._augment:
-            if index not in make:
-                ids = self._ids(rows, replica, store) if ids is None else ids
-                leaves[index] = apply_augment(
-                    ops, leaves[index], ids, seed, epoch, store.xp, overwrite=True, stream=stream
-                )
+        for augmentation in self._augment:
+            if augmentation.index not in make:
+                leaves[augmentation.index] = augmentation.apply(leaves[augmentation.index], draws, store.xp)
         return leaves
 
     def to_consumer(self, prepared: Prepared, backend: str | None = None) -> tuple[Any, ...]:
@@ -215,48 +203,20 @@ class BatchPipeline:
 
     @property
     def augment_path(self) -> str:
-        """How the augmentation runs, for the plan's reason ("" without augmentation)."""
+        """How each input is augmented, for the plan's reason ("" without augmentation)."""
         if not self._augment:
             return ""
-        if self.on_gpu:
-            return "augment: built-in ops in one CUDA launch per batch (GatherAugment), other lists op by op"
-        missing = fused_lib.host_kernel_missing()
-        if missing is not None:
-            return f"augment: op by op on the NumPy path, since {missing}"
-        ways = set()
-        for index, ops, _ in self._augment:
-            if index in self._fused:
-                ways.add("the host kernel, reading the stored images")
-            elif fused_lib.table_for(ops, self.store.leaves[index]) is not None:
-                ways.add("the host kernel on each gathered batch (images read from disk)")
-            else:
-                ways.add("op by op (a list with an op of your own)")
-        return "augment: " + ", ".join(sorted(ways))
+        return "augment: " + "; ".join(augmentation.describe() for augmentation in self._augment)
+
+    @property
+    def augmentations(self) -> list[InputAugmentation]:
+        """The augmented inputs, each with the path that runs its ops."""
+        return list(self._augment)
 
     @property
     def trusted(self) -> bool:
         """Every leaf handed over is a buffer the gather made (no transform, no augmentation)."""
         return self._transform is None and not self._augment
-
-    def _fusable(self, augment: list[tuple[int, list[Any], int]]) -> dict[int, tuple[fused_lib.FusedOps, int]]:
-        """The leaves whose ops the host kernel runs straight from the store: ``{leaf index: (table, stream)}``."""
-        if self.store.xp is not np or not self.store.in_ram_on_host or fused_lib.host_kernel() is None:
-            return {}
-        tables = {}
-        for index, ops, stream in augment:
-            table = fused_lib.table_for(ops, self.store.leaves[index])
-            if table is not None:
-                tables[index] = (table, stream)
-        return tables
-
-    def _device_kernel(self, replica: int, index: int, ops: list[Any], store: store_lib.Store) -> Any:
-        """The GPU kernel of leaf ``index``'s ops on replica ``replica`` (``_cuda.GatherAugment``), or None."""
-        key = (replica, index)
-        if key not in self._device_kernels:
-            table = fused_lib.table_for(ops, store.leaves[index])
-            runtime = placement_lib.gpu_runtime()
-            self._device_kernels[key] = None if table is None else runtime.gather_augment(table, store.leaves[index])
-        return self._device_kernels[key]
 
     def _ids(self, rows: slice | Any, replica: int, store: store_lib.Store) -> Any:
         """The dataset index of each of ``rows`` (of replica ``replica``'s store), as int64 in its namespace.

@@ -14,7 +14,7 @@ from fake_gpu import make_runtime
 
 import gpuloader
 from gpuloader import _cuda, placement
-from gpuloader.__main__ import main
+from gpuloader.__main__ import main, parser
 from gpuloader.augment import fused
 
 info_module = importlib.import_module("gpuloader.info")
@@ -245,6 +245,55 @@ def test_command_line_refuses_bad_arguments(capsys):
         main(["info", "--shape", "10,3", "--bytes", "100"])
     assert main(["info", "--shape", "10,3", "--dtype", "not-a-dtype"]) == 2
     assert "gpuloader info: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--bytes", "1e400"], "--bytes: expected a number of bytes from 1 to 2**63 - 1; got '1e400'"),
+        (["--bytes", "2.5e0"], "--bytes: expected a whole number of bytes; got '2.5e0'"),
+        (["--bytes", "1.5"], "--bytes: expected a whole number of bytes; got '1.5'"),
+        (["--bytes", "inf"], "--bytes: expected a whole number of bytes, e.g. 6000000000 or 6e9; got 'inf'"),
+        (["--bytes", "100", "--rows", "1e30"], "--rows: expected a number of samples from 1 to 2**63 - 1"),
+        (["--shape", "10,3", "--batch-size", "0"], "--batch-size: expected a number of samples per batch from 1"),
+        (["--shape", "99999999999999999999,3"], "--shape: each size must be at most 2**63 - 1"),
+        (["--bytes", "100", "--device", "banana"], "--device: device must be one of 'auto', 'gpu', 'host', 'disk'; "
+                                                   "received 'banana'. Use 'auto'"),
+        (["--bytes", "100", "--gpu-memory-fraction", "5"], "--gpu-memory-fraction: expected the share of free GPU "
+                                                           "memory the data may take, a number in (0, 1]; got '5'"),
+        (["--bytes", "100", "--gpu-memory-fraction", "nan"], "--gpu-memory-fraction: expected the share"),
+    ],
+)
+def test_every_invalid_flag_exits_2_with_one_line_naming_the_rule_and_value(flags, named, capsys, monkeypatch):
+    def not_reached(*args, **kwargs):
+        raise AssertionError("a refused flag must stop before anything is looked at")
+
+    monkeypatch.setattr(info_module, "info", not_reached)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m gpuloader info: error: argument ")
+    assert named in err
+
+
+def test_a_dtype_refused_after_parsing_also_exits_2_with_one_line(capsys):
+    assert main(["info", "--shape", "10,3", "--y-dtype", "no-such-dtype"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m gpuloader info: error: y has dtype 'no-such-dtype'")
+
+
+def test_whole_sizes_in_float_notation_are_taken_exactly():
+    args = parser().parse_args(["info", "--bytes", "6e9", "--rows", "1_000_000", "--batch-size", "2.56e2"])
+    assert (args.nbytes, args.rows, args.batch_size) == (6_000_000_000, 1_000_000, 256)
+    assert parser().parse_args(["info", "--bytes", "100", "--gpu-memory-fraction", "1"]).gpu_memory_fraction == 1.0
+
+
+@pytest.mark.parametrize("arguments", [{"nbytes": 2.5}, {"nbytes": float("inf")}, {"shape": (2, 2**40, 2**40)}])
+def test_sizes_are_never_rounded_or_wrapped_silently(no_gpu, arguments):
+    # nbytes=2.5 was truncated to 2 bytes; 2**80 bytes per row wrapped around int64 to a row of 0 bytes.
+    with pytest.raises(ValueError, match=r"whole number of bytes|over the 2\*\*63 - 1 bytes"):
+        info_module.would_place(**arguments)
 
 
 def test_python_dash_m_gpuloader_info_runs():

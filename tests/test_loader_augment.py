@@ -325,16 +325,19 @@ def test_a_state_names_the_augmentation_and_a_loader_with_other_ops_refuses_it()
     make(x, y).set_state(older)
 
 
-def test_the_plan_says_how_the_augmentation_runs(monkeypatch, tmp_path):
+def test_the_plan_says_how_each_input_is_augmented(monkeypatch, tmp_path):
     x, y = images()
     if fused.host_kernel() is not None:
-        assert "augment: the host kernel, reading the stored images" in make(x, y).plan.reason
-    np.save(tmp_path / "x.npy", x)
-    on_disk = Loader(str(tmp_path / "x.npy"), y, batch_size=16, augment=ops(), device="disk", verbose=False)
-    assert "augment: the host kernel on each gathered batch (images read from disk)" in on_disk.plan.reason
+        assert "augment: x: the host kernel, reading the stored images" in make(x, y).plan.reason
+        np.save(tmp_path / "x.npy", x)
+        on_disk = Loader(str(tmp_path / "x.npy"), y, batch_size=16, augment=ops(), device="disk", verbose=False)
+        assert "x.npy'): the host kernel on each gathered batch (images read from disk)" in on_disk.plan.reason
     mine = Loader(x, y, batch_size=16, augment=[*ops(), Jitter()], verbose=False)
-    assert "augment: op by op (a list with an op of your own)" in mine.plan.reason
+    assert "augment: x: op by op on the NumPy path, since the list has an op of your own" in mine.plan.reason
+    pair = Loader(x, x[..., 0], batch_size=16, augment={"x": ops(), "y": augment.Same("x", fill=255)},
+                  verbose=False)
+    assert "; y (x's draws): " in pair.plan.reason
     monkeypatch.setattr(fused, "_HOST_KERNEL_ENABLED", False)
     monkeypatch.setattr(fused, "host_kernel_missing", lambda: "the C extension is not built (for this test)")
-    assert "op by op on the NumPy path, since the C extension is not built" in make(x, y).plan.reason
+    assert "x: op by op on the NumPy path, since the C extension is not built" in make(x, y).plan.reason
     assert "augment" not in Loader(x, y, batch_size=16, verbose=False).plan.reason

@@ -107,12 +107,14 @@ from __future__ import annotations
 from gpuloader.augment.apply import Stream, apply_augment, check_augment, ops_and_stream
 from gpuloader.augment.keyed import integers, sample_words, uniform
 from gpuloader.augment.ops import AugmentOp, Cutout, RandomCrop, RandomFlip
+from gpuloader.augment.targets import Same
 
 __all__ = [
     "AugmentOp",
     "Cutout",
     "RandomCrop",
     "RandomFlip",
+    "Same",
     "Stream",
     "apply_augment",
     "check_augment",

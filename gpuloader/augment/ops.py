@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -20,10 +21,21 @@ class AugmentOp:
     """
 
     draws: ClassVar[int] = 0
+    geometric: ClassVar[bool] = False
+    """Whether the op moves pixels (an image-shaped target left without it falls out of register)."""
 
     def apply(self, images: Any, bits: Any, xp: Any) -> Any:
         """Return the augmented ``(n, H, W, C)`` batch, a new array of the same shape and dtype."""
         raise NotImplementedError
+
+    def for_target(self, fill: float | None) -> Any:
+        """The op an input following this op's draws gets (``augment.Same``), or None: the target skips it.
+
+        Return ``self`` for an op that moves pixels, a copy painting ``fill`` for
+        one that paints, None for one that only changes values. The default refuses:
+        only the op knows which it is.
+        """
+        raise TypeError(_no_target_rule(self))
 
     def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
         """Refuse an input this op cannot augment (called at construction); the default accepts any."""
@@ -81,6 +93,7 @@ class RandomCrop(AugmentOp):
     mode: str = "reflect"
     fill: float | None = None
     draws: ClassVar[int] = 2
+    geometric: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         # Fields are stored as Python ints and floats: a NumPy integer would turn the draws' arithmetic to floats.
@@ -147,6 +160,12 @@ class RandomCrop(AugmentOp):
     def _fill_value(self) -> float:
         return 0 if self.fill is None else self.fill
 
+    def for_target(self, fill: float | None) -> RandomCrop:
+        """The same crop; a constant one pads the target with ``fill``."""
+        if self.mode != "constant":
+            return self
+        return dataclasses.replace(self, fill=_target_fill(self, fill))
+
 
 @dataclass(frozen=True)
 class RandomFlip(AugmentOp):
@@ -156,6 +175,11 @@ class RandomFlip(AugmentOp):
     """
 
     draws: ClassVar[int] = 1
+    geometric: ClassVar[bool] = True
+
+    def for_target(self, fill: float | None) -> RandomFlip:
+        """The same flip."""
+        return self
 
     def flips(self, bits: Any, xp: Any) -> Any:
         """The bool mask of the samples to flip."""
@@ -201,6 +225,10 @@ class Cutout(AugmentOp):
     def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
         _fill_fits("Cutout", self.fill, dtype, name)
 
+    def for_target(self, fill: float | None) -> Cutout:
+        """The same square, painted with ``fill``."""
+        return dataclasses.replace(self, fill=_target_fill(self, fill))
+
     def centres(self, bits: Any, height: int, width: int, xp: Any) -> tuple[Any, Any]:
         """The ``(cy, cx)`` int64 centre of each sample's square."""
         return integers(bits[:, 0], height, xp), integers(bits[:, 1], width, xp)
@@ -228,6 +256,24 @@ _BUILTIN = (RandomCrop, RandomFlip, Cutout)
 MAX_CUTOUT = 1 << 30
 
 
+def _target_fill(op: AugmentOp, fill: float | None) -> float:
+    """A painting op's fill for a target: the one given to ``augment.Same``, which must be given."""
+    if fill is None:
+        raise ValueError(
+            f"{op!r} paints pixels, so an input that follows its draws needs its own value for them, and "
+            "augment.Same(...) was given no fill. Fix: pass one, e.g. augment.Same('x', fill=255) for a mask "
+            "whose label 255 means 'ignore', or fill=0."
+        )
+    return fill
+
+
+def _no_target_rule(op: Any) -> str:
+    return (
+        f"augment.Same cannot tell what {type(op).__name__} does to an input that follows its draws (a mask, "
+        f"say): it moves pixels, paints them, or only changes their values. Fix: define "
+        f"for_target(self, fill) on {type(op).__name__}: return self for an op that moves pixels (and set "
+        "geometric = True), a copy that paints fill for one that paints, None for one that only changes values."
+    )
 def _scalar(fill: float, dtype: Any) -> bool | int | float:
     """``fill`` as the Python scalar type of ``dtype`` (array-API ``asarray`` refuses a float for an int dtype)."""
     kind = _numpy_dtype(dtype).kind
