@@ -18,8 +18,10 @@ test: $(STAMP)
 	$(PY) -m ruff check gpuloader tests bench
 	$(PY) -m pytest
 
-# make bench: the quick profile (2 rounds, about 2.5 minutes on 2 cores, augmentation rows included); make bench-full: the long
-# version the README's figures come from. Extra arguments: make bench BENCH_ARGS="--modes epoch".
+# make bench: the quick profile (2 rounds of the headline comparisons, augmentation rows included; progress and
+# time left for every case); make bench-full: the long version the README's figures come from (it adds the digits
+# mode, the steps_per_execution=32 fit rows, both datasets in fit and the augmentation fit rows). How bench/ is
+# built, and how to add a suite: bench/README.md. Extra arguments: make bench BENCH_ARGS="--suites host --modes epoch".
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) bench/run.py --profile quick $(BENCH_ARGS)

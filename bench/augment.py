@@ -489,9 +489,9 @@ def run_case(name: str, rows: int | None, epochs: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ the driver
 def case_env() -> dict[str, str]:
     try:
-        import run as harness
+        import runner
 
-        return harness.case_env()
+        return runner.case_env()
     except Exception:  # the main harness being edited must not stop this benchmark
         env = dict(os.environ)
         env.update(TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
@@ -500,7 +500,7 @@ def case_env() -> dict[str, str]:
 
 def machine_info() -> dict[str, Any]:
     try:
-        import run as harness
+        import report as harness
 
         return harness.machine_info()
     except Exception:
@@ -658,6 +658,69 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def case_budget(name: str, args: argparse.Namespace) -> tuple[int | None, int]:
+    """(samples, timed epochs) of one case process: the fit cases', the TensorFlow epoch cases', the others'."""
+    if name in FIT_CASES:
+        return args.fit_samples, args.fit_epochs
+    return args.rows, args.tf_epochs if name in TF_CASES else args.epochs
+
+
+def _figure(name: str, result: dict[str, Any]) -> str:
+    return f"{result['median_s']:.2f} s/epoch" if name in FIT_CASES else f"{result['median_s'] * 1e3:.1f} ms/epoch"
+
+
+# ------------------------------------------------------------------ as a suite of bench/run.py (bench/suite.py)
+SUITE_ARGS = {"quick": ["--mode", "epoch", "--epochs", "3", "--rounds", "2"], "full": ["--rounds", "3"]}
+
+
+def plan(run_args: argparse.Namespace) -> Any:
+    """The cases ``make bench`` runs (quick: the epoch rows, 2 rounds; full: the fit rows too, 3 rounds).
+
+    The cases that use TensorFlow may be forked from ``bench/zygote.py`` (quick); the others never import it.
+    """
+    from suite import Case, Plan
+
+    if run_args.profile not in SUITE_ARGS:
+        return Plan("augment", [], 0, skipped=f"{run_args.profile} profile")
+    args = parse_args([*SUITE_ARGS[run_args.profile], "--out", str(run_args.out)])
+    args.rounds = run_args.rounds or args.rounds
+    found = []
+    for name in args.cases:
+        rows, epochs = case_budget(name, args)
+        argv = ("--case", name, "--epochs", str(epochs), *(("--rows", str(rows)) if rows is not None else ()))
+        kind, tensorflow = "fit" if name in FIT_CASES else "epoch", name in TF_CASES or name in FIT_CASES
+        found.append(Case(name, "augment.py", argv, label=f"{kind:<6} {name}", forkable=tensorflow))
+    about = [f"cifar, batch {BATCH_SIZE}: {', '.join(args.cases)}"]
+    return Plan("augment", found, args.rounds, about=about, options=args)
+
+
+def progress_figure(case: Any, result: dict[str, Any]) -> str:
+    return _figure(case.name, result)
+
+
+def report(plan: Any, results: dict[str, list[dict[str, Any]]]) -> Any:
+    """This benchmark's tables and targets (a target whose case failed: MISSING)."""
+    from suite import Report, Target
+
+    summary = summarise(plan.options.cases, results)
+    checks = check_targets(summary)
+    shown = {check["ratio"] for check in checks}
+    targets = [
+        Target("augment", "fit" if check["ratio"].startswith("fit_") else "epoch", check["ratio"],
+               f"{check['value']:.2f}x", "" if check["target"] == "none" else check["target"],
+               "figure" if check["met"] is None else "met" if check["met"] else "MISSED")
+        for check in checks
+    ]
+    for top, bottom, kind, bound in TARGETS:
+        if {top, bottom} <= set(plan.options.cases) and f"{top} / {bottom}" not in shown:
+            bound_text = "" if kind == "figure" else f"{'<=' if kind == 'max' else '>='} {bound}"
+            targets.append(Target("augment", "", f"{top} / {bottom}", "n/a", bound_text, "MISSING"))
+    keys = ("rounds", "epochs", "tf_epochs", "fit_samples", "fit_epochs", "cases")
+    config = {key: getattr(plan.options, key) for key in keys}
+    data = {"config": {**config, "batch_size": BATCH_SIZE}, "summary": summary, "targets": checks, "raw": results}
+    return Report(format_report(summary, checks), targets, data)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.case is not None:
@@ -667,12 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, list[dict[str, Any]]] = {name: [] for name in args.cases}
     for round_index in range(args.rounds):
         for name in args.cases:
-            if name in FIT_CASES:
-                result = spawn(name, args.fit_samples, args.fit_epochs)
-                figure = f"{result['median_s']:.2f} s/epoch" if "error" not in result else "FAILED"
-            else:
-                result = spawn(name, args.rows, args.tf_epochs if name in TF_CASES else args.epochs)
-                figure = f"{result['median_s'] * 1e3:.1f} ms/epoch" if "error" not in result else "FAILED"
+            result = spawn(name, *case_budget(name, args))
+            figure = _figure(name, result) if "error" not in result else "FAILED"
             raw[name].append(result)
             print(f"round {round_index + 1}/{args.rounds} {name:<16} {figure}", flush=True)
     summary = summarise(args.cases, raw)

@@ -4,7 +4,8 @@ Usage: ``python bench/cases.py CASE DATASET MODE [--rows N] [--epochs E]``;
 disk mode: ``python bench/cases.py CASE npy disk --disk-dir DIR [--epochs E] [--batches B]``;
 digits mode: ``python bench/cases.py CASE digits digits [--epochs E] [--digits-file NPZ]``
 
-``bench/run.py`` starts one process per case and round: once a ``tf.data``
+``bench/run.py`` (``runner.py``) starts one process per case and round (the
+list of cases and their targets: ``host.py``): once a ``tf.data``
 pipeline has run in a process, later work in that process runs about 2x slower
 (shared/notes/pitfalls.md, item 5), so no two cases ever share a process.
 
@@ -32,11 +33,11 @@ through each case, then the held-out accuracy (the same ``model.evaluate`` on
 the same test arrays for every case) and the seconds per epoch.
 
 Mode ``disk``: the data is a pair of ``.npy`` files already written by
-``bench/run.py`` (``synthetic.write_npy``: ``x.npy`` of float32 rows of 3072
+``bench/host.py`` (``synthetic.write_npy``: ``x.npy`` of float32 rows of 3072
 values and ``y.npy`` of int32 labels in ``--disk-dir``), read batch by batch
 from memory maps. Each case runs a short warm-up (``min(B, 20)`` batches), then
 ``E`` timed epochs of the first ``B`` shuffled batches of a new epoch order (the
-same amount for every case; ``bench/run.py`` passes a full epoch). Like for
+same amount for every case; ``bench/host.py`` passes a full epoch). Like for
 like: ``seed`` and ``gpuloader1`` read with one thread, ``seed_workers`` (the
 seed's PyDataset with ``workers=4``, prefetched by Keras's own enqueuer) and
 ``gpuloader`` with 4.
@@ -734,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=None, help="samples (default: the dataset's full size)")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs after the warm-up (default 5)")
     parser.add_argument("--disk-dir", type=Path, default=None, help="disk mode: folder holding x.npy and y.npy")
-    parser.add_argument("--digits-file", type=Path, default=None, help="digits mode: the split saved by run.py")
+    parser.add_argument("--digits-file", type=Path, default=None, help="digits mode: the split saved by host.py")
     parser.add_argument(
         "--batches", type=int, default=0, help="disk mode: timed batches per epoch (default 0: a full epoch)"
     )
@@ -751,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_digits_case(args.case, args.epochs, args.digits_file)
     elif args.mode == "disk":
         if args.disk_dir is None:
-            parser.error("mode 'disk' needs --disk-dir (bench/run.py writes the files)")
+            parser.error("mode 'disk' needs --disk-dir (bench/host.py writes the files)")
         result = run_disk_case(args.case, args.disk_dir, args.epochs, args.batches)
     else:
         result = run_case(args.case, args.dataset, args.mode, args.rows, args.epochs)

@@ -3,8 +3,9 @@
 Started once per run by ``bench/run.py`` (``--spawn fork``, the quick profile's
 default). It imports NumPy, TensorFlow, Keras, gpuloader and ``cases`` once and
 runs nothing else: no TensorFlow op, no dataset, no loader. Then, for every
-request (a JSON line on stdin: ``{"argv": [...], "timeout": seconds}``), it
-forks a child that runs ``cases.main(argv)`` and exits; the child's stdout and
+request (a JSON line on stdin: ``{"argv": [...], "module": "cases", "timeout": seconds}``),
+it forks a child that runs ``<module>.main(argv)`` (a module of ``bench/``,
+imported by the server the first time it is named) and exits; the child's stdout and
 stderr go to temporary files, and one JSON line goes back on stdout:
 ``{"rc": ..., "stdout": ..., "stderr": ..., "seconds": ...}``.
 
@@ -14,12 +15,13 @@ process, later work there runs about 2x slower, shared/notes/pitfalls.md item 5)
 and starting it costs a ``fork`` instead of about 4 s of imports on a 2-core
 machine. The one difference from a fresh interpreter: the libraries are already
 imported (pages shared with the server, copy-on-write), as they would be in any
-training script by the time its first batch is read. The bare NumPy gather case
-never uses this server (its process must not import TensorFlow at all).
+training script by the time its first batch is read. A case whose process must
+not import TensorFlow at all (the bare NumPy gather) never uses this server.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -29,7 +31,7 @@ import time
 import traceback
 
 
-def _serve_one(request: dict, cases_main) -> dict:
+def _serve_one(request: dict, case_main) -> dict:
     argv, timeout = request["argv"], float(request.get("timeout", 600))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -41,7 +43,7 @@ def _serve_one(request: dict, cases_main) -> dict:
                 os.dup2(err.fileno(), 2)
                 sys.stdout = os.fdopen(1, "w", closefd=False)
                 sys.stderr = os.fdopen(2, "w", closefd=False)
-                code = cases_main(argv)
+                code = case_main(argv)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -74,7 +76,7 @@ def _serve_one(request: dict, cases_main) -> dict:
 
 def main() -> int:
     started = time.perf_counter()
-    import cases
+    import cases  # noqa: F401
     import keras  # noqa: F401
     import numpy  # noqa: F401
     import tensorflow  # noqa: F401
@@ -87,7 +89,9 @@ def main() -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        print(json.dumps(_serve_one(json.loads(line), cases.main)), file=reply, flush=True)
+        request = json.loads(line)
+        module = importlib.import_module(request.get("module", "cases"))
+        print(json.dumps(_serve_one(request, module.main)), file=reply, flush=True)
     return 0
 
 
