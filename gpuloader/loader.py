@@ -29,6 +29,7 @@ from gpuloader.augment.apply import describe_augment
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.schedule import STATE_FORMAT, EpochSchedule
 from gpuloader.sources import advise_random_access, is_disk_leaf
+from gpuloader.superbatch import super_batches
 
 __all__ = ["STATE_FORMAT", "Loader"]
 
@@ -260,18 +261,20 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     has_partial_batch = property(lambda self: not self._drop_remainder and self.num_samples % self._batch_size != 0)
     partial_batch_size = property(lambda self: self.num_samples % self._batch_size if self.has_partial_batch else None)
 
-    def get_numpy_iterator(self) -> Iterator[Any]:
-        return self._passes.iterate("numpy")
+    # ``super_batch=N`` (Keras after 3.15, steps_per_execution as one scan): N batches stacked per item,
+    # the rest as Keras's PartialBatchList (see gpuloader.superbatch); None: one batch per item.
+    def get_numpy_iterator(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("numpy"), super_batch, "numpy")
 
-    def get_tf_dataset(self) -> Any:
+    def get_tf_dataset(self, super_batch: int | None = None) -> Any:
         """Batches for the TF trainer; per-replica values under a multi-device strategy."""
-        return self._passes.tf_dataset()
+        return self._passes.tf_dataset(super_batch)
 
-    def get_jax_iterator(self) -> Iterator[Any]:
-        return self._passes.iterate("jax")
+    def get_jax_iterator(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("jax"), super_batch, "jax")
 
-    def get_torch_dataloader(self) -> Iterator[Any]:
-        return self._passes.iterate("torch")
+    def get_torch_dataloader(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("torch"), super_batch, "torch")
 
     # ------------------------------------------- internals kept for the GPU tests and bench
     _store = property(lambda self: self._pipeline.store)
