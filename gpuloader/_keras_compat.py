@@ -15,6 +15,8 @@ private that the loader relies on is named here:
   ``epoch_iterator``; :func:`keras_call` reads them from the innermost such frame,
   so the loader can follow the epoch Keras trains and refuse arguments Keras
   would silently drop for a custom adapter.
+- ``PartialBatchList`` (Keras master, PR #23527; not in 3.15): the group of a
+  super-batched pass that could not be stacked; :func:`keras_partial_batch_list`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
-__all__ = ["DataAdapter", "KerasCall", "keras_call", "strategy_of_caller", "tf_batches"]
+__all__ = ["DataAdapter", "KerasCall", "keras_call", "keras_partial_batch_list", "strategy_of_caller", "tf_batches"]
 
 _TRAINER_METHODS = frozenset(("fit", "evaluate", "predict"))
 _ARGUMENTS = ("y", "sample_weight", "class_weight", "batch_size", "shuffle")
@@ -154,3 +156,12 @@ def strategy_of_caller(depth: int = 2) -> Any:
             return strategy
     tf = sys.modules.get("tensorflow")
     return tf.distribute.get_strategy() if tf is not None else None
+
+
+def keras_partial_batch_list() -> type | None:
+    """Keras's ``PartialBatchList`` (a super-batch group its trainer runs batch by batch), or None before it existed."""
+    try:
+        from keras.src.trainers.data_adapters.data_adapter_utils import PartialBatchList
+    except ImportError:
+        return None
+    return PartialBatchList

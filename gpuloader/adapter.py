@@ -25,6 +25,7 @@ from gpuloader._keras_compat import KerasCall, keras_call, strategy_of_caller, t
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.prefetch import in_order
 from gpuloader.schedule import EpochSchedule
+from gpuloader.superbatch import check_super_batch, super_batches
 
 
 class KerasPasses:
@@ -122,14 +123,20 @@ class KerasPasses:
                 self._schedule.finish_pass(epoch)
             yield prepared
 
-    def tf_dataset(self) -> Any:
-        """Batches for the TF trainer; per-replica values under a multi-device strategy."""
+    def tf_dataset(self, super_batch: int | None = None) -> Any:
+        """Batches for the TF trainer; per-replica values under a multi-device strategy; stacked by ``super_batch``."""
         strategy = strategy_of_caller(depth=3)
         devices = replicas_lib.replica_devices(strategy)
+        count = check_super_batch(super_batch)
         if len(devices) > 1:
+            if count is not None:
+                raise ValueError(
+                    f"super_batch={count} with {len(devices)} replicas: gpuloader does not stack per-replica "
+                    "batches; use steps_per_execution=1 under this strategy."
+                )
             self._check_replica_split(len(devices))
             return tf_batches(lambda: self._iterate_replicas(strategy, devices))
-        return tf_batches(lambda: self.iterate("tensorflow"))
+        return tf_batches(lambda: super_batches(self.iterate("tensorflow"), count, "tensorflow"))
 
     def _iterate_replicas(self, strategy: Any, devices: list[str]) -> Iterator[Any]:
         """One pass of ``PerReplica`` batches: replica r gets its part, made on its own device.

@@ -203,8 +203,9 @@ def _estimate(
         try:
             problem = dtype_problem(value, name, byte_order_ok=True)
         except TypeError as error:  # a name NumPy does not know, e.g. "bfloat16" without ml_dtypes imported
-            problem = (f"{name} has dtype {value!r}, which NumPy does not know ({error}); a Loader takes numeric "
-                       "or bool arrays: cast bfloat16/float8 data to float32 or float16 first.")
+            problem = (f"{name} has dtype {value!r}, which NumPy does not know ({error}); give a NumPy dtype name "
+                       "such as float32, uint8 or int64 (a Loader takes numeric or bool arrays: cast bfloat16/float8 "
+                       "data to float32 or float16 first).")
         if problem is not None:
             raise TypeError(problem)
     if shape is not None:

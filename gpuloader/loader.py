@@ -31,8 +31,15 @@ from gpuloader.augment.assign import check_data_format
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.schedule import STATE_FORMAT, EpochSchedule
 from gpuloader.sources import advise_random_access, is_disk_leaf
+from gpuloader.superbatch import super_batches
 
 __all__ = ["STATE_FORMAT", "Loader"]
+
+_ANOTHER_LOADER = (
+    "For a second, independent loader over the same data build one: Loader(x, y, seed=loader.seed, <the same "
+    "arguments>) (C-contiguous arrays in RAM are shared, not copied), then new.set_state(loader.get_state()) to "
+    "start where the original is."
+)
 
 
 class Loader(keras.utils.PyDataset, DataAdapter):
@@ -49,7 +56,10 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         shuffle: a new order every epoch when True; the input order when False.
         seed: int in [0, 2**64); None draws one. The order is a function of
             (seed, epoch) alone, identical on host and GPU.
-        drop_remainder: drop the last, smaller batch.
+        drop_remainder: drop the last, smaller batch. With several shards,
+            every shard takes as many full batches as the smallest one has, so
+            a larger shard may also leave out a full batch: ``loader.plan``
+            says so, and a warning names the fix.
         device: "auto", "gpu", "host" or "disk"; None reads
             ``$GPULOADER_DEVICE``, else "auto". "auto" tries the GPU, then host
             RAM, then the disk. "gpu" never falls back: it raises with the reason.
@@ -79,7 +89,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         num_shards, shard_index: this worker's share of the samples; None takes
             them from the ``tf.distribute`` strategy, the Keras distribution or
             ``TF_CONFIG``. Several shards need the same ``seed`` on every worker;
-            each preloads its own rows; every sample is seen once per epoch.
+            each preloads its own rows; every sample is seen once per epoch
+            (but for what ``drop_remainder`` leaves out).
         verbose: show a progress bar for uploads and reads over a second.
         **pydataset_kwargs: ``workers`` (threads preparing batches ahead, in
             order), ``max_queue_size``; ``use_multiprocessing`` must stay False.
@@ -87,6 +98,14 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     Cost: construction validates and, on the GPU, copies the data once to the
     device. Each batch costs one gather (a copy of the batch's bytes); the
     hand-off itself copies nothing.
+
+    Copies: a loader is not copied or pickled. ``copy.copy`` would share the
+    epoch schedule with the original, ``copy.deepcopy`` would duplicate the data,
+    and ``pickle`` cannot carry GPU memory, memory maps or threads into another
+    process; each raises ``TypeError`` saying so. A second, independent loader
+    over the same data is a second ``Loader(...)`` with the same ``seed`` and
+    arguments (C-contiguous arrays in RAM are shared, not copied), put at the
+    original's position with ``set_state(loader.get_state())``.
     """
 
     def __init__(
@@ -141,8 +160,10 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             sharding.shard_seed(seed, shard_index), self._drop_remainder, self._shuffle, verbose,
         )
         if num_shards > 1:
+            dropped = sharding.left_out(n, num_shards, shard_index, self._batch_size, self._drop_remainder,
+                                        self._shuffle)
             self._plan = _noting(self._plan, f"shard {shard_index} of {num_shards} ({store.n} of {n} samples, "
-                                 f"from {shard_note})")
+                                 f"from {shard_note})" + (f"; {dropped}" if dropped else ""))
         signature = {
             "num_samples": store.n, "batch_size": self._batch_size, "shuffle": self._shuffle,
             "drop_remainder": self._drop_remainder, "num_shards": num_shards, "shard_index": shard_index,
@@ -204,6 +225,31 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         return (
             f"Loader(num_samples={self.num_samples}, batch_size={self._batch_size}, "
             f"shuffle={self._shuffle}, placement={self.placement!r}, epoch={self.epoch})"
+        )
+
+    # ------------------------------------------------------------- copies
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Refused: see the class docstring ("Copies")."""
+        raise TypeError(
+            "a gpuloader.Loader cannot be pickled: it holds the preloaded data (on the GPU, in RAM or as open "
+            "memory maps), its epoch schedule and its prefetch threads, none of which cross into another process. "
+            "It prepares batches in threads (workers=N), not processes. To use the data elsewhere, pass what built "
+            "it (the arrays or .npy paths, and the arguments, seed included) and build a Loader there; "
+            "loader.get_state() is JSON, and set_state() on the new loader resumes at the same epoch."
+        )
+
+    def __copy__(self) -> Loader:
+        """Refused: see the class docstring ("Copies")."""
+        raise TypeError(
+            "copy.copy(loader) is refused: the copy would share the original's epoch schedule, so a pass over "
+            f"either would move the other's epoch. {_ANOTHER_LOADER}"
+        )
+
+    def __deepcopy__(self, memo: Any) -> Loader:
+        """Refused: see the class docstring ("Copies")."""
+        raise TypeError(
+            "copy.deepcopy(loader) is refused: it would duplicate the preloaded data (a second copy on the GPU or "
+            f"in RAM) and cannot copy the prefetch threads or open memory maps. {_ANOTHER_LOADER}"
         )
 
     # ------------------------------------------------------ Sequence contract
@@ -271,18 +317,20 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     has_partial_batch = property(lambda self: not self._drop_remainder and self.num_samples % self._batch_size != 0)
     partial_batch_size = property(lambda self: self.num_samples % self._batch_size if self.has_partial_batch else None)
 
-    def get_numpy_iterator(self) -> Iterator[Any]:
-        return self._passes.iterate("numpy")
+    # ``super_batch=N`` (Keras after 3.15, steps_per_execution as one scan): N batches stacked per item,
+    # the rest as Keras's PartialBatchList (see gpuloader.superbatch); None: one batch per item.
+    def get_numpy_iterator(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("numpy"), super_batch, "numpy")
 
-    def get_tf_dataset(self) -> Any:
+    def get_tf_dataset(self, super_batch: int | None = None) -> Any:
         """Batches for the TF trainer; per-replica values under a multi-device strategy."""
-        return self._passes.tf_dataset()
+        return self._passes.tf_dataset(super_batch)
 
-    def get_jax_iterator(self) -> Iterator[Any]:
-        return self._passes.iterate("jax")
+    def get_jax_iterator(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("jax"), super_batch, "jax")
 
-    def get_torch_dataloader(self) -> Iterator[Any]:
-        return self._passes.iterate("torch")
+    def get_torch_dataloader(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("torch"), super_batch, "torch")
 
     # ------------------------------------------- internals kept for the GPU tests and bench
     _store = property(lambda self: self._pipeline.store)

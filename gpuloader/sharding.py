@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,40 @@ def steps_per_epoch(n: int, num_shards: int, batch_size: int, drop_remainder: bo
             "steps. Pass drop_remainder=True, or a batch_size that does not divide the shard size."
         )
     return steps.pop()
+
+
+def left_out(n: int, num_shards: int, shard_index: int, batch_size: int, drop_remainder: bool, shuffle: bool) -> str:
+    """What shard ``shard_index`` leaves out of every epoch, in words for ``loader.plan`` ("" when nothing).
+
+    With ``drop_remainder`` each shard serves as many full batches as the
+    smallest shard has (:func:`steps_per_epoch`), so a larger shard can leave
+    out a whole batch besides its last partial one: that is said here, and
+    warned about at construction with the fix, since ``drop_remainder=True``
+    alone reads as "drop the last, smaller batch".
+    """
+    if not drop_remainder or num_shards == 1:
+        return ""
+    steps = steps_per_epoch(n, num_shards, batch_size, drop_remainder)
+    size = len(range(shard_index, n, num_shards))  # shard_rows takes every num_shards-th row from shard_index on
+    dropped = size - steps * batch_size
+    if dropped == 0:
+        return ""
+    which = "other samples each epoch" if shuffle else "the same samples every epoch, since shuffle=False"
+    note = (f"drop_remainder: {dropped} of this shard's {size} samples {'is' if dropped == 1 else 'are'} left out "
+            f"of each epoch ({which})")
+    whole = size // batch_size - steps
+    if whole == 0:
+        return note
+    note += (
+        f", {whole} full batch{'es' * (whole > 1)} of {batch_size} among them, so that every shard takes {steps} "
+        f"step{'s' * (steps > 1)} (as many full batches as the smallest shard, of {n // num_shards} samples, has)"
+    )
+    # Shard sizes differ by one, so a larger shard has a spare full batch only when its size is a multiple of
+    # batch_size; then both sizes round up to the same count and drop_remainder=False is always allowed.
+    fix = (f"drop_remainder=False serves every sample here, in {steps_per_epoch(n, num_shards, batch_size, False)} "
+           "steps on every shard")
+    warnings.warn(f"gpuloader: shard {shard_index} of {num_shards}: {note}. {fix}.", UserWarning, stacklevel=3)
+    return note
 
 
 def shard_seed(seed: int, shard_index: int) -> int:

@@ -1,8 +1,9 @@
-"""Other Keras backends: batches reach torch (and JAX) through their own DLPack import.
+"""Other Keras backends: batches reach torch and JAX through their own DLPack import.
 
 Keras picks its backend once per process, so each case runs in a subprocess
-with KERAS_BACKEND set. Skipped, with the reason, where the framework is not
-installed.
+with KERAS_BACKEND set. CI installs both (torch from the machine's CPU wheel,
+``jax[cpu]`` from the ``test`` extra); elsewhere a missing one is skipped with
+the reason.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ AUGMENT_SCRIPT = textwrap.dedent(
     served = {}
     for i in range(len(train)):  # loader[i]: the backend's tensors of a training pass (epoch 0)
         images, labels = train[i]
-        for image, label_row in zip(images.cpu().numpy(), train._pipeline.rows(i, 0, True)):
+        for image, label_row in zip(keras.ops.convert_to_numpy(images), train._pipeline.rows(i, 0, True)):
             served[int(label_row)] = image
     augment._host._FAST_PATH_ENABLED = False  # the array-API reference path
     want = augment.apply_augment(ops, x, np.arange(256, dtype=np.int64), 3, 0, np)
@@ -69,6 +70,41 @@ AUGMENT_SCRIPT = textwrap.dedent(
     history = model.fit(train, epochs=2, verbose=0).history
     print(json.dumps({"batch_type": type(images).__module__, "same_as_reference": same,
                       "served": len(served), "loss": history["loss"]}))
+    """
+)
+
+
+SCAN_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import numpy as np, jax, jax.numpy as jnp, gpuloader
+    n = 50
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None], 3, axis=1)
+    y = np.arange(n, dtype=np.int32)
+    loader = gpuloader.Loader(x, y, batch_size=4, seed=2, verbose=False)  # 13 batches, the last of 2 samples
+    loader.set_epoch(1)
+    plain = [np.asarray(labels).tolist() for _, labels in loader.get_jax_iterator()]
+
+    @jax.jit
+    def steps(total, stacked):  # Keras master's steps_per_execution on JAX: one lax.scan over the stacked steps
+        def step(carry, batch):
+            features, labels = batch
+            return carry + jnp.sum(features[:, 0]), labels
+        return jax.lax.scan(step, total, stacked)
+
+    loader.set_epoch(1)
+    total, order, kinds = jnp.float32(0), [], []
+    for item in loader.get_jax_iterator(super_batch=4):  # the call Keras master's epoch iterator makes
+        if isinstance(item, list):  # a PartialBatchList: Keras runs its batches one by one
+            kinds.append(f"partial {len(item)}")
+            for features, labels in item:
+                total = total + jnp.sum(jnp.asarray(features)[:, 0])
+                order.append(np.asarray(labels).tolist())
+        else:
+            kinds.append(f"scan {item[0].shape[0]}")
+            total, labels = steps(total, item)
+            order.extend(np.asarray(labels).tolist())
+    print(json.dumps({"total": float(total), "same_order": order == plain, "kinds": kinds}))
     """
 )
 
@@ -94,13 +130,22 @@ def test_fit_evaluate_predict_on_backend(backend):
     assert report["epoch"] == 3
 
 
-def test_augmented_batches_reach_torch_with_the_reference_bytes_and_fit_runs():
-    if importlib.util.find_spec("torch") is None:
-        pytest.skip("torch is not installed here; the torch backend test needs it")
-    report = run_with_backend("torch", AUGMENT_SCRIPT)
-    assert report["batch_type"].startswith("torch")
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_augmented_batches_reach_the_backend_with_the_reference_bytes_and_fit_runs(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed here; the {backend} backend test needs it")
+    report = run_with_backend(backend, AUGMENT_SCRIPT)
+    assert report["batch_type"].startswith({"torch": "torch", "jax": "numpy"}[backend])
     assert report["served"] == 256 and report["same_as_reference"]
     assert all(np.isfinite(report["loss"]))
+
+
+def test_super_batches_run_as_one_jax_scan_like_keras_master_asks():
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed here; the JAX backend test needs it")
+    report = run_with_backend("jax", SCAN_SCRIPT)
+    assert report["kinds"] == ["scan 4", "scan 4", "scan 4", "partial 1"]
+    assert report["same_order"] and report["total"] == sum(range(50))
 
 
 def test_torch_hand_off_is_zero_copy():

@@ -281,6 +281,7 @@ def test_a_dtype_refused_after_parsing_also_exits_2_with_one_line(capsys):
     assert main(["info", "--shape", "10,3", "--y-dtype", "no-such-dtype"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("python -m gpuloader info: error: y has dtype 'no-such-dtype'")
+    assert "give a NumPy dtype name such as float32, uint8 or int64" in err
 
 
 def test_whole_sizes_in_float_notation_are_taken_exactly():
