@@ -1,7 +1,7 @@
 """gpuloader: Keras batches from preloaded arrays, on the GPU when they fit.
 
-``import gpuloader`` imports neither Keras, TensorFlow nor CuPy; ``Loader`` is
-loaded on first use (it subclasses ``keras.utils.PyDataset``). ``info()``
+``import gpuloader`` imports neither Keras, TensorFlow nor CuPy; ``Loader`` and
+``BackupAndRestore`` are loaded on first use (they subclass Keras classes). ``info()``
 imports what it reports on when called (``python -m gpuloader info`` prints it).
 """
 
@@ -19,8 +19,9 @@ from gpuloader.sources import SourceChangedError
 
 if TYPE_CHECKING:
     from gpuloader.loader import Loader
+    from gpuloader.resume import BackupAndRestore
 
-__all__ = ["GPUUnavailableError", "Loader", "Plan", "SourceChangedError", "info", "permutation"]
+__all__ = ["BackupAndRestore", "GPUUnavailableError", "Loader", "Plan", "SourceChangedError", "info", "permutation"]
 __version__ = "0.1.0"
 
 
@@ -29,4 +30,8 @@ def __getattr__(name: str) -> Any:
         from gpuloader.loader import Loader
 
         return Loader
+    if name == "BackupAndRestore":
+        from gpuloader.resume import BackupAndRestore
+
+        return BackupAndRestore
     raise AttributeError(f"module 'gpuloader' has no attribute {name!r}")

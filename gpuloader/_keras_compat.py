@@ -12,24 +12,38 @@ private that the loader relies on is named here:
 - The trainers' ``fit``, ``evaluate`` and ``predict`` (TensorFlow, JAX and torch
   backends) hold their arguments and, in ``fit``, the loop variables ``epoch``
   and ``initial_epoch`` (after ``BackupAndRestore`` set it) and the
-  ``epoch_iterator``; :func:`keras_call` reads them from the innermost such frame,
-  so the loader can follow the epoch Keras trains and refuse arguments Keras
-  would silently drop for a custom adapter.
+  ``epoch_iterator`` and ``callbacks``; :func:`keras_call` reads them from the
+  innermost such frame, so the loader can follow the epoch Keras trains, find
+  the fit's ``BackupAndRestore`` and refuse arguments Keras would silently drop
+  for a custom adapter.
+- ``EpochIterator._num_batches``: the batches Keras takes from one iterator
+  before it makes a new one (read again before every step, and as the epoch's
+  length when ``steps_per_epoch`` is None); :func:`set_pass_length` sets it to
+  the length of the pass the loader serves, so a pass that starts inside an
+  epoch's order ends where that order ends (the TF trainer raises
+  ``UnboundLocalError`` on a Python iterator that ends before Keras expects).
+- ``BackupAndRestore``: its ``_save_model`` (wrapped by :func:`after_backup_saves`),
+  ``_training_metadata_path`` (:func:`backup_metadata`) and ``_current_epoch``.
 - ``PartialBatchList`` (Keras master, PR #23527; not in 3.15): the group of a
   super-batched pass that could not be stacked; :func:`keras_partial_batch_list`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
-__all__ = ["DataAdapter", "KerasCall", "keras_call", "keras_partial_batch_list", "strategy_of_caller", "tf_batches"]
+__all__ = [
+    "DataAdapter", "KerasCall", "after_backup_saves", "backup_metadata", "backups_of", "keras_call",
+    "keep_backup_epoch", "keras_partial_batch_list", "set_pass_length", "strategy_of_caller", "tf_batches",
+]
 
 _TRAINER_METHODS = frozenset(("fit", "evaluate", "predict"))
 _ARGUMENTS = ("y", "sample_weight", "class_weight", "batch_size", "shuffle")
@@ -51,6 +65,7 @@ class KerasCall:
         arguments: the call's arguments the loader checks (see ``_ARGUMENTS``).
         model: the model being trained or evaluated.
         within_fit: an ``evaluate`` run by ``fit`` (validation).
+        callbacks: the call's callbacks (a ``CallbackList`` once ``fit`` built it).
     """
 
     kind: str
@@ -61,16 +76,7 @@ class KerasCall:
     arguments: dict[str, Any] = field(default_factory=dict)
     model: Any = None
     within_fit: bool = False
-
-    def optimizer_steps(self) -> int | None:
-        """The model's optimizer step count (restored by ``BackupAndRestore``), or None if it has none."""
-        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
-        if iterations is None:
-            return None
-        try:
-            return int(np.asarray(iterations))
-        except (TypeError, ValueError):
-            return None
+    callbacks: Any = None
 
 
 def keras_call(depth: int = 2) -> KerasCall | None:
@@ -94,9 +100,64 @@ def keras_call(depth: int = 2) -> KerasCall | None:
                 arguments={name: local[name] for name in _ARGUMENTS if name in local},
                 model=local.get("self"),
                 within_fit=code.co_name == "evaluate" and _fit_above(frame.f_back),
+                callbacks=local.get("callbacks"),
             )
         frame = frame.f_back
     return None
+
+
+def set_pass_length(token: Any, length: int) -> None:
+    """Tell ``fit``'s epoch iterator (``KerasCall.token``) that the loader's next pass has ``length`` batches."""
+    if hasattr(token, "_num_batches") and hasattr(token, "data_adapter"):
+        token._num_batches = length
+
+
+def backups_of(call: KerasCall) -> list[Any]:
+    """The ``keras.callbacks.BackupAndRestore`` instances (subclasses included) among ``call``'s callbacks."""
+    from keras.callbacks import BackupAndRestore
+
+    callbacks = call.callbacks
+    callbacks = getattr(callbacks, "callbacks", callbacks) or []
+    return [callback for callback in callbacks if isinstance(callback, BackupAndRestore)]
+
+
+def backup_metadata(backup: Any) -> dict[str, Any] | None:
+    """What ``backup`` wrote with its last checkpoint (``{"epoch", "batch"}``), or None if there is none."""
+    path = getattr(backup, "_training_metadata_path", None)
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def after_backup_saves(backup: Any, key: str, action: Callable[[], None]) -> None:
+    """Run ``action()`` each time ``backup`` has written its checkpoint (once per ``key``).
+
+    Wraps the instance's ``_save_model`` (Keras 3.7 to 3.15), which writes the
+    weights and then ``{"epoch", "batch"}`` at every save, whatever ``save_freq``.
+    """
+    actions = backup.__dict__.get("_gpuloader_after_save")
+    if actions is None:
+        actions = backup.__dict__["_gpuloader_after_save"] = {}
+        save = backup._save_model
+
+        @functools.wraps(save)
+        def save_then_record(*args: Any, **kwargs: Any) -> Any:
+            result = save(*args, **kwargs)
+            for after in list(actions.values()):
+                after()
+            return result
+
+        backup._save_model = save_then_record
+    actions[key] = action
+
+
+def keep_backup_epoch(backup: Any, epoch: int) -> None:
+    """Make ``backup`` name ``epoch`` in its mid-epoch saves (it keeps 0 until an epoch ends in this process)."""
+    backup._current_epoch = epoch
 
 
 def _fit_above(frame: Any) -> bool:

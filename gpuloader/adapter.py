@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gpuloader import replicas as replicas_lib
-from gpuloader._keras_compat import KerasCall, keras_call, strategy_of_caller, tf_batches
+from gpuloader._keras_compat import KerasCall, keras_call, set_pass_length, strategy_of_caller, tf_batches
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.prefetch import in_order
 from gpuloader.schedule import EpochSchedule
@@ -99,6 +99,19 @@ class KerasPasses:
             warnings.warn(f"gpuloader: {message}", category, stacklevel=4)
 
     # ------------------------------------------------------------- passes
+    def epoch_begins(self) -> None:
+        """Keras's epoch iterator starts an epoch: in ``fit``, tell it how long the pass starting now is.
+
+        A pass ends where its epoch's order ends, so one that starts inside an
+        order (a fit going on after a shorter one, a resumed epoch) is shorter
+        than ``len(loader)``; Keras reads the length before the first batch.
+        """
+        call = keras_call()
+        if call is not None and call.kind == "fit" and call.epoch is not None:
+            length = self._schedule.plan_fit_epoch(call)
+            if length is not None:
+                set_pass_length(call.token, length)
+
     def iterate(self, backend: str) -> Iterator[Any]:
         """One pass of batches for ``backend``, prepared ahead by ``workers`` threads."""
         pipeline = self._pipeline
@@ -108,19 +121,21 @@ class KerasPasses:
     def _pass_of(self, prepare: Callable[[int, int, bool, bool], Any]) -> Iterator[Any]:
         """``prepare(position, epoch, shuffled, augmented)`` for every batch of one pass, in order, ahead.
 
-        The epoch is decided when iteration starts (the schedule's rule), so
-        batches prepared ahead never mix two orders. Training passes (and
-        custom loops) are augmented; evaluation and prediction passes are not.
+        The pass (epoch, first batch, length) is decided when iteration starts
+        (the schedule's rule), so batches prepared ahead never mix two orders.
+        Training passes (and custom loops) are augmented and move the stream
+        as each batch is handed out; evaluation and prediction passes are not.
         """
-        epoch, shuffled, counts = self._schedule.begin_pass(keras_call())
-        last = self._steps - 1
+        schedule = self._schedule
+        running = schedule.begin_pass(keras_call())
+        epoch, shuffled, counts = running.epoch, running.shuffled, running.counts
         batches = in_order(
             lambda position: prepare(position, epoch, shuffled, counts),
-            range(self._steps), workers=self._workers, max_queue_size=self._max_queue_size,
+            range(running.start, running.start + running.length),
+            workers=self._workers, max_queue_size=self._max_queue_size,
         )
-        for position, prepared in enumerate(batches):
-            if counts and position == last:
-                self._schedule.finish_pass(epoch)
+        for prepared in batches:
+            schedule.served(running)
             yield prepared
 
     def tf_dataset(self, super_batch: int | None = None) -> Any:

@@ -283,7 +283,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         self._schedule.on_epoch_end()
 
     def on_epoch_begin(self) -> None:
-        """Nothing to do: the order of an epoch is computed on first use."""
+        """In ``fit``, tell Keras how many batches the pass starting now serves; otherwise nothing."""
+        self._passes.epoch_begins()
 
     def set_epoch(self, epoch: int) -> None:
         """Serve the order of ``epoch`` from now on; the next ``fit`` starts its first epoch on it."""

@@ -1,29 +1,32 @@
-"""Which order each pass over the data serves: the epoch schedule, its state and its rule.
+"""Which batches each pass over the data serves: the training stream, its state and its rule.
 
-The order of epoch ``e`` is ``permutation(seed, e)`` (see :mod:`gpuloader.permutation`),
-so the whole question is which ``e`` a pass serves. The rule:
+The order of epoch ``e`` is ``permutation(seed, e)`` (see :mod:`gpuloader.permutation`).
+Training reads one stream: epoch 0's batches in its order, then epoch 1's, and
+so on; the schedule keeps the position in it (the epoch, and how many of its
+batches training has taken). The rule:
 
-- **Training inside Keras ``fit``** follows the epoch Keras is training. A fit
-  that starts at epoch 0 continues from this loader's next epoch (so a loop of
-  ``fit(loader, epochs=1)`` calls sees a new order each time); a fit that
-  resumes at ``initial_epoch = k > 0`` (given, or set by ``BackupAndRestore``)
-  trains Keras epoch ``k`` on the order an uninterrupted run would have used:
-  the epochs the model's optimizer has stepped through (its step count is
-  restored with the weights, so a resumed second training phase continues
-  where it was), else the numbering of the previous fit (order ``k`` in a new
-  process). After ``set_epoch``/``set_state`` the next fit's first epoch serves
-  the epoch that was set. With ``steps_per_epoch`` slicing a pass into ``S``
-  Keras epochs, one order serves ``S`` consecutive Keras epochs.
-- **Evaluation and prediction** passes serve the input order and move nothing.
-- **Anything else** (a custom loop over an iterator or ``for batch in loader``,
-  or ``loader[i]`` for every batch): an epoch counts as finished when an
-  iterator reached its last batch or every batch went out through
-  ``loader[i]``; ``on_epoch_end()`` or the next iterator then moves to the next
-  epoch. ``loader[i]`` itself never moves it (the ``Sequence`` contract: the
-  same index gives the same batch until ``on_epoch_end``). A peek finishes nothing.
+- **Training** (Keras ``fit``, a custom loop, ``for batch in loader``) takes the
+  stream's next batches. A pass starts where the stream stands and ends where
+  that epoch's order ends, so an epoch's samples are all trained once, in
+  order, before the next epoch starts: a loop of short ``fit(steps_per_epoch=k)``
+  calls goes on where the previous one stopped, and a pass that starts inside
+  an order is shorter (Keras is told its length).
+- **Where a fit starts**: a record written with the fit's ``BackupAndRestore``
+  checkpoint (:mod:`gpuloader.resume`) when Keras resumes from one; else the
+  position set by ``set_epoch``/``set_state``; else, for a fit starting at
+  Keras epoch 0, the stream's position; else (``initial_epoch = k > 0`` and
+  nothing recorded) epoch ``k`` from its first batch, with a warning. Nothing
+  is inferred from the model: no optimizer step count, no Keras epoch
+  arithmetic.
+- **Evaluation and prediction** passes serve the input order and move nothing;
+  Keras's one-batch peek to build the model moves nothing either.
+- ``loader[i]`` serves batch ``i`` of the current epoch (inside ``fit``: of the
+  epoch the Keras epoch trains) and never moves the stream, except that giving
+  out every batch of an epoch outside Keras finishes it (the ``Sequence``
+  contract: the same index gives the same batch until ``on_epoch_end``).
 
-State (:meth:`EpochSchedule.get_state`) names the epoch the next pass serves,
-so a finished but not yet advanced epoch is never replayed.
+State (:meth:`EpochSchedule.get_state`) names the stream's next batch (epoch and
+position), so neither a finished epoch nor the trained part of one is replayed.
 
 Cost: one permutation per epoch (O(n log n)) on the device that holds the data;
 on the host the next epoch's is computed on a background thread ahead of time.
@@ -33,39 +36,61 @@ passed in as a :class:`~gpuloader._keras_compat.KerasCall`.
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gpuloader import sharding
 from gpuloader._keras_compat import KerasCall
-from gpuloader.inputs import check_non_negative_int, check_seed
-from gpuloader.permutation import permutation
+from gpuloader.permutation import MAX_SEED, permutation
 from gpuloader.prefetch import in_background
 
-STATE_FORMAT = "gpuloader.Loader/2"
+STATE_FORMAT = "gpuloader.Loader/3"
 #: The state keys that must match for a state to replay this loader's batches.
 SIGNATURE_KEYS = (
     "num_samples", "batch_size", "shuffle", "drop_remainder", "num_shards", "shard_index", "inputs", "augment",
 )
-# Keys that states saved before they existed lack: such a state is not checked on them.
-_LATER_KEYS = ("augment",)
+#: Epochs are 64-bit keys of the permutation: epoch 2**64 would silently replay epoch 0.
+MAX_EPOCH = 2**64 - 1
+
+
+@dataclass
+class Pass:
+    """One iteration over batches ``start .. start + length - 1`` of ``epoch``'s order."""
+
+    epoch: int
+    start: int
+    length: int
+    shuffled: bool
+    counts: bool  # training: each batch handed out moves the stream on
+    served: int = 0
+    started: bool = False
+    in_fit: bool = False
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a resumed fit starts, read from a record (:mod:`gpuloader.resume`)."""
+
+    epoch: int
+    position: int
+    first_length: int | None = None  # the resumed Keras epoch's remaining steps (exact mid-epoch resume)
 
 
 class EpochSchedule:
-    """The epoch each pass serves, and each epoch's order, for one loader.
+    """The training stream of one loader, the passes over it, and each epoch's order.
 
     Args:
         xp: the namespace the order is computed in (where the data lives).
         seed: the loader's seed.
         shuffle: False serves the input order in every pass.
-        steps: batches per pass.
+        steps: batches per epoch.
         signature: the values of :data:`SIGNATURE_KEYS` for this loader.
         seed_owns_rows: the seed also chose which rows this loader holds
             (worker or GPU shards), so a state with another seed is refused.
@@ -81,12 +106,15 @@ class EpochSchedule:
         self._signature = dict(signature)
         self._seed_owns_rows = seed_owns_rows
         self._epoch = 0
-        self._finished = False  # the current epoch went through whole (iterator or every loader[i])
+        self._position = 0  # batches of the current epoch training took; == steps: the epoch is finished
         self._served: set[int] = set()  # positions of the current epoch given out through loader[i]
-        self._pinned = False  # set_epoch/set_state chose the epoch the next fit starts at
-        self._fit: weakref.ref[Any] | None = None  # the Keras fit whose numbering is in force
-        self._fit_offset = 0  # order index = Keras epoch // slices + offset, for that fit
-        self._warned_mid_pass = False
+        self._pinned = False  # set_epoch/set_state chose where the next fit starts
+        self._moved_outside_fit = False  # the position inside the epoch comes from iteration outside fit
+        self._fit: weakref.ref[Any] | None = None  # the Keras fit in progress (its epoch iterator)
+        self._fit_epochs: dict[int, tuple[int, int, int]] = {}  # Keras epoch -> (epoch, first position, steps)
+        self._pass: Pass | None = None  # the fit's current training pass (planned or running)
+        self._first_length: int | None = None
+        self._warned: set[str] = set()
         self._order_cache: tuple[tuple[int, int], Any] | None = None
         self._order_ahead: tuple[tuple[int, int], Future[Any]] | None = None
         self._order_lock = threading.Lock()
@@ -95,6 +123,10 @@ class EpochSchedule:
     @property
     def seed(self) -> int:
         return self._seed
+
+    @property
+    def steps(self) -> int:
+        return self._steps
 
     @property
     def signature(self) -> dict[str, Any]:
@@ -106,128 +138,227 @@ class EpochSchedule:
         """The epoch ``loader[i]`` serves outside Keras calls."""
         return self._epoch
 
-    @property
-    def next_epoch(self) -> int:
-        """The epoch the next training pass serves (the current one unless it finished)."""
-        return self._epoch + 1 if self._finished else self._epoch
+    def next_batch(self) -> tuple[int, int]:
+        """The stream's next batch to train: ``(epoch, position)``, position < steps."""
+        return (self._epoch + 1, 0) if self._position >= self._steps else (self._epoch, self._position)
 
     def set_epoch(self, epoch: int) -> None:
-        """Serve ``epoch`` from now on; the next ``fit`` starts its first epoch on it."""
-        self._move_to(check_non_negative_int("epoch", epoch))
+        """Serve ``epoch`` from its first batch on; the next ``fit`` starts there."""
+        self._move_to(check_epoch("set_epoch", epoch), 0)
         self._pinned = True
 
     def on_epoch_end(self) -> None:
         """Move to the next epoch if the current one finished; otherwise nothing."""
-        if self._finished:
-            self._move_to(self._epoch + 1)
+        if self._position >= self._steps:
+            self._move_to(self._epoch + 1, 0)
 
+    def _move_to(self, epoch: int, position: int) -> None:
+        if (epoch, position) != (self._epoch, self._position):
+            self._served = set()
+        self._epoch, self._position = epoch, position
+
+    # ------------------------------------------------------------- passes
     def epoch_for_item(self, position: int, call: KerasCall | None) -> int:
         """The epoch ``loader[position]`` serves; outside Keras, also records the use."""
         if call is not None:
-            return self._fit_epoch(call) if call.kind == "fit" and call.epoch is not None else self._epoch
+            if call.kind == "fit" and call.epoch is not None:
+                self._enter_fit(call)
+                if call.epoch in self._fit_epochs:
+                    return self._fit_epochs[call.epoch][0]
+                running = self._pass
+                if running is not None and running.started and running.served < running.length:
+                    return running.epoch
+                return self.next_batch()[0]
+            return self._epoch
         self._served.add(position)
         if len(self._served) == self._steps:
-            self._finished = True
+            self._position = self._steps
         return self._epoch
 
-    def begin_pass(self, call: KerasCall | None) -> tuple[int, bool, bool]:
-        """Start an iteration over every batch: ``(epoch, shuffled, counts)``.
+    def plan_fit_epoch(self, call: KerasCall) -> int | None:
+        """Keras begins epoch ``call.epoch`` of a fit: the length of the pass it starts, or None if it goes on.
 
-        ``counts`` says whether reaching the last batch finishes the epoch
-        (training passes and custom loops; not evaluation, prediction or the
-        one-batch peek Keras takes to build a model).
+        Called before Keras computes the epoch's steps (its ``EpochIterator``
+        calls the adapter's ``on_epoch_begin`` first), so Keras can be told.
         """
+        self._enter_fit(call)
+        running = self._pass
+        goes_on = (
+            running is not None and running.started and running.served < running.length
+            and call.steps_per_epoch is not None  # Keras keeps its iterator between epochs only then
+        )
+        if goes_on:
+            assert running is not None
+            first = running.start + running.served
+            self._note_keras_epoch(call, running.epoch, first, running.start + running.length - first)
+            return None
+        if running is None or running.started:
+            running = self._plan(call)
+        return running.length
+
+    def begin_pass(self, call: KerasCall | None) -> Pass:
+        """Start an iteration: which batches it serves and whether serving them moves the stream."""
         if call is not None and call.kind in ("evaluate", "predict"):
-            return self._epoch, False, False
+            return Pass(self._epoch, 0, self._steps, False, False)
+        if call is not None and call.epoch is None:  # fit reading a batch to build the model
+            return Pass(self._epoch, 0, self._steps, self._shuffle, False)
         if call is not None:  # fit
-            if call.epoch is None:  # Keras reading a batch to build the model, before the epochs start
-                return self._epoch, self._shuffle, False
-            epoch = self._fit_epoch(call)
-            if epoch != self._epoch:
-                self._move_to(epoch)
-            self._finished = False
-            return epoch, self._shuffle, True
-        if self._finished:
-            self._move_to(self._epoch + 1)
-        return self._epoch, self._shuffle, True
+            self._enter_fit(call)
+            planned = self._pass
+            if planned is None or planned.started:
+                planned = self._plan(call)
+            planned.started = True
+            return planned
+        epoch, position = self.next_batch()
+        self._move_to(epoch, position)
+        return Pass(epoch, position, self._steps - position, self._shuffle, True, started=True)
 
-    def finish_pass(self, epoch: int) -> None:
-        """An iteration of ``epoch`` reached its last batch."""
-        if epoch == self._epoch:
-            self._finished = True
+    def served(self, running: Pass) -> None:
+        """A training pass handed out its next batch: the stream moves past it."""
+        running.served += 1
+        if running.counts and running.epoch == self._epoch:
+            self._position = max(self._position, running.start + running.served)
+            self._moved_outside_fit = not running.in_fit
 
-    def _move_to(self, epoch: int) -> None:
-        self._epoch = epoch
-        self._finished = False
-        self._served = set()
+    def _plan(self, call: KerasCall) -> Pass:
+        epoch, position = self.next_batch()
+        self._move_to(epoch, position)
+        length = self._steps - position
+        if self._first_length is not None:
+            length, self._first_length = min(length, self._first_length), None
+        self._pass = Pass(epoch, position, length, self._shuffle, True, in_fit=True)
+        self._note_keras_epoch(call, epoch, position, length)
+        return self._pass
 
-    def _fit_epoch(self, call: KerasCall) -> int:
-        """The order index of Keras epoch ``call.epoch`` of the fit ``call`` belongs to."""
-        slices = 1
-        if call.steps_per_epoch and call.steps_per_epoch < self._steps:
-            slices = math.ceil(self._steps / call.steps_per_epoch)
-        current = self._fit() if self._fit is not None else None
-        if current is None or current is not call.token:
-            first = call.initial_epoch // slices
-            if self._pinned:
-                self._fit_offset = self.next_epoch - first
-            elif call.initial_epoch == 0:
-                self._fit_offset = self.next_epoch
-            elif steps := call.optimizer_steps():
-                # A resumed fit: the optimizer's step count (restored with the weights by BackupAndRestore)
-                # says how many epochs the model trained before this one, whatever this process did before.
-                per_epoch = min(call.steps_per_epoch or self._steps, self._steps)
-                self._fit_offset = max(steps // per_epoch // slices - first, 0)
-            # else (an optimizer that never stepped): the numbering of the previous fit, 0 in a new process
-            self._pinned = False
-            self._fit = weakref.ref(call.token)
-            if slices > 1 and call.initial_epoch % slices and not self._warned_mid_pass:
-                self._warned_mid_pass = True
-                warnings.warn(
-                    f"gpuloader: fit resumes at epoch {call.initial_epoch} with steps_per_epoch="
-                    f"{call.steps_per_epoch}, so a pass over the data ({self._steps} batches) spans {slices} "
-                    "Keras epochs and this one starts in the middle of a pass; the loader serves that pass "
-                    "from its first batch, so the resumed run sees other batches than an uninterrupted one "
-                    "would. For an exact resume use steps_per_epoch=None (one pass per epoch).",
-                    RuntimeWarning, stacklevel=4,
-                )
-        return call.epoch // slices + self._fit_offset
+    def _note_keras_epoch(self, call: KerasCall, epoch: int, first: int, left_in_pass: int) -> None:
+        if call.epoch is not None and call.epoch not in self._fit_epochs:
+            steps = min(call.steps_per_epoch or left_in_pass, left_in_pass)
+            self._fit_epochs[call.epoch] = (epoch, first, steps)
+
+    def _enter_fit(self, call: KerasCall) -> None:
+        """The first time a fit shows itself: decide where it starts (see the module's rule)."""
+        if self._fit is not None and self._fit() is call.token:
+            return
+        from gpuloader import resume  # imports Keras's callbacks
+
+        self._fit, self._fit_epochs, self._pass, self._first_length = weakref.ref(call.token), {}, None, None
+        start = resume.fit_start(call, self)
+        if start is not None:
+            self._move_to(start.epoch, start.position)
+            self._first_length = start.first_length
+        elif self._pinned:
+            pass
+        elif call.initial_epoch == 0:
+            epoch, position = self.next_batch()
+            if position and self._moved_outside_fit:
+                self._warn_once("outside", (
+                    f"fit starts at batch {position} of epoch {epoch}: an iteration outside fit took the first "
+                    f"{position} batches of that epoch, so this fit trains the other {self._steps - position} "
+                    f"first. To train epoch {epoch} from its first batch, call loader.set_epoch({epoch}) "
+                    "before fit."
+                ))
+        else:
+            self._move_to(check_epoch("initial_epoch", call.initial_epoch), 0)
+            self._warn_once("no record", (
+                f"fit resumes at epoch {call.initial_epoch} and nothing records where this loader stood, so it "
+                f"trains epoch {call.initial_epoch}'s order from its first batch (order = Keras epoch + the "
+                "epoch set by set_epoch/set_state). If this run continues an earlier one, resume it through "
+                "keras.callbacks.BackupAndRestore or gpuloader.BackupAndRestore (the loader keeps a record "
+                "next to its checkpoint), or call loader.set_state(state) with a state saved by "
+                "loader.get_state() before fit."
+            ))
+        self._pinned = False
+        self._moved_outside_fit = False
+
+    def checkpoint(self, call: KerasCall, resumes_at: int) -> dict[str, Any] | None:
+        """Where a checkpoint written now (resuming at Keras epoch ``resumes_at``) stands in the stream.
+
+        None if this loader is not the one ``call`` trains on. ``start``: the
+        stream position where that Keras epoch starts (or started); ``trained``:
+        the position after the last trained batch; ``left``: that Keras
+        epoch's remaining steps (None when it has not started).
+        """
+        if call.epoch is None or self._fit is None or self._fit() is not call.token:
+            return None
+        if resumes_at == call.epoch + 1 or call.epoch not in self._fit_epochs:
+            following = list(self.next_batch())
+            return {"start": following, "trained": following, "steps": 0, "left": None}
+        epoch, first, steps = self._fit_epochs[call.epoch]
+        trained = self._position - first if self._epoch == epoch else 0
+        return {"start": [epoch, first], "trained": [epoch, first + trained], "steps": trained,
+                "left": steps - trained}
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"gpuloader: {message}", RuntimeWarning, stacklevel=5)
 
     # --------------------------------------------------------------- state
     def get_state(self) -> dict[str, Any]:
-        """A JSON-serialisable dict naming the epoch the next pass serves."""
-        return {"format": STATE_FORMAT, "seed": self._seed, "epoch": self.next_epoch, **self._signature}
+        """A JSON-serialisable dict naming the stream's next batch (epoch, position) and what decides it."""
+        epoch, position = self.next_batch()
+        return {"format": STATE_FORMAT, "seed": self._seed, "epoch": epoch, "position": position,
+                **self._signature}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Serve exactly the batches of the epoch ``state`` names; refuse a state of other batches.
+        """Serve exactly the batches from the one ``state`` names; refuse a state of other batches.
 
         The state's seed replaces the loader's (it decided the orders being resumed).
         """
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+        if not isinstance(state, Mapping) or "format" not in state:
             raise ValueError(
-                f"set_state expects a dict from Loader.get_state() with format={STATE_FORMAT!r}; "
+                f"set_state expects a dict from Loader.get_state() (with format={STATE_FORMAT!r}); "
                 f"received {state!r}."
             )
+        if state["format"] != STATE_FORMAT:
+            raise ValueError(
+                f"set_state: the state has format={state['format']!r}, this gpuloader reads {STATE_FORMAT!r}. "
+                "A gpuloader.Loader/2 state names neither the position inside its epoch nor the augmentation, so "
+                "it cannot say which batches come next. If it was saved between epochs by a loader with the same "
+                "arguments, use {**old_state, 'format': " + repr(STATE_FORMAT) + ", 'position': 0, 'augment': "
+                "loader.get_state()['augment']}; else take a new state with loader.get_state()."
+            )
+        missing = [key for key in ("seed", "epoch", "position", *self._signature) if key not in state]
+        if missing:
+            raise ValueError(
+                f"set_state: the state lacks {missing}; a {STATE_FORMAT} state names all of them, so this one was "
+                "edited or truncated. Pass the dict Loader.get_state() returned, unchanged."
+            )
         for key, mine in self._signature.items():
-            if key in _LATER_KEYS and key not in state:
-                continue
-            if state.get(key) != mine:
+            if state[key] != mine:
                 raise ValueError(
-                    f"set_state: the state was taken from a loader with {key}={state.get(key)!r}, "
+                    f"set_state: the state was taken from a loader with {key}={state[key]!r}, "
                     f"this loader has {key}={mine!r}; its batches would differ. Build the loader "
                     "over the same data with the same arguments."
                 )
-        seed = check_seed(state.get("seed"))
+        seed = state["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(
+                f"set_state: the state has seed={seed!r}; a state's seed must be the int in [0, 2**64) that "
+                "decided its orders (None would draw a new one, and the batches would differ). Pass the dict "
+                "Loader.get_state() returned."
+            )
+        seed = int(seed)
         if seed != self._seed and self._seed_owns_rows:
             raise ValueError(
                 f"set_state: the state has seed={seed}, this loader seed={self._seed}; the seed also decided "
                 "which rows this loader holds (its shard), so its batches cannot match. Build the loader "
                 f"with seed={seed}, then call set_state."
             )
-        epoch = check_non_negative_int("epoch", state.get("epoch"))
-        self._seed = seed
+        epoch = check_epoch("set_state", state["epoch"])
+        position = state["position"]
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not (
+            0 <= position < self._steps
+        ):
+            raise ValueError(
+                f"set_state: the state has position={position!r}; a position is the number of batches of its "
+                f"epoch already trained, an int in [0, {self._steps}) for this loader of {self._steps} batches. "
+                "Pass the dict Loader.get_state() returned."
+            )
+        self._seed = int(seed)
         self._order_cache = self._order_ahead = None
-        self.set_epoch(epoch)
+        self._move_to(epoch, int(position))
+        self._pinned = True
 
     # --------------------------------------------------------------- orders
     def order(self, epoch: int) -> Any:
@@ -257,3 +388,14 @@ class EpochSchedule:
         seed, epoch = key
         shard_seed = sharding.shard_seed(seed, self._signature["shard_index"])
         return permutation(self._xp, self._signature["num_samples"], shard_seed, epoch)
+
+
+def check_epoch(name: str, epoch: Any) -> int:
+    """An epoch: an int in [0, 2**64) (the permutation's key is 64 bits wide)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= epoch <= MAX_EPOCH:
+        raise ValueError(
+            f"{name}: epoch must be an int in [0, 2**64); received {epoch!r}. Each epoch's order is keyed by a "
+            "64-bit epoch, so a larger one would silently replay the order of epoch mod 2**64. Pass the epoch "
+            "to train, counted from 0."
+        )
+    return int(epoch)

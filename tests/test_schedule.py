@@ -32,72 +32,87 @@ class Fit:
         return KerasCall("fit", epoch, self.initial_epoch, self.steps_per_epoch, self)
 
 
-def train(s: EpochSchedule, call: KerasCall) -> int:
-    epoch, shuffled, counts = s.begin_pass(call)
-    assert shuffled and counts
-    s.finish_pass(epoch)
+def train(s: EpochSchedule, call: KerasCall, batches=None) -> tuple[int, int, int]:
+    """Keras's epoch iterator: on_epoch_begin, then take the pass's batches; (epoch, first, trained)."""
+    s.plan_fit_epoch(call)
+    running = s.begin_pass(call)
+    assert running.shuffled and running.counts
+    for _ in range(running.length if batches is None else batches):
+        s.served(running)
     s.on_epoch_end()  # Keras's EpochIterator calls it after every pass
-    return epoch
+    return running.epoch, running.start, running.served
 
 
-def test_fit_epochs_follow_keras_epochs():
+def test_fit_epochs_follow_the_stream():
     s, fit = schedule(), Fit()
-    assert [train(s, fit.at(e)) for e in range(3)] == [0, 1, 2]
+    assert [train(s, fit.at(e))[0] for e in range(3)] == [0, 1, 2]
 
 
-def test_a_fit_starting_at_zero_continues_from_the_loaders_next_epoch():
+def test_a_fit_starting_at_zero_continues_the_stream():
     s = schedule()
-    first, second = Fit(), Fit()
-    assert train(s, first.at(0)) == 0
-    assert train(s, second.at(0)) == 1
+    assert train(s, Fit().at(0))[0] == 0
+    assert train(s, Fit().at(0))[0] == 1
 
 
-def test_a_resumed_fit_in_a_new_process_serves_the_keras_epoch():
-    s, fit = schedule(), Fit(initial_epoch=2)
-    assert [train(s, fit.at(e)) for e in (2, 3)] == [2, 3]
+def test_short_fits_go_on_where_the_previous_one_stopped_and_finish_the_order_first():
+    s = schedule()  # 4 batches per epoch, fit(steps_per_epoch=3) takes 3
+    taken = []
+    for _ in range(4):
+        fit = Fit(steps_per_epoch=3)
+        length = s.plan_fit_epoch(fit.at(0))
+        running = s.begin_pass(fit.at(0))
+        for _ in range(min(3, length)):
+            s.served(running)
+            taken.append((running.epoch, running.start + running.served - 1))
+        s.on_epoch_end()
+    assert taken == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]  # fits of 3, 1, 3, 1
 
 
-def test_a_resumed_fit_in_the_same_process_keeps_the_numbering_of_the_fit_it_resumes():
+def test_keras_is_told_the_length_of_a_pass_that_starts_inside_an_order():
     s = schedule()
-    train(s, Fit().at(0))  # an earlier fit: order 0
-    crashed = Fit()
-    assert [train(s, crashed.at(e)) for e in (0, 1)] == [1, 2]
-    s.begin_pass(crashed.at(2))  # crashed during its epoch 2 (order 3)
-    resumed = Fit(initial_epoch=2)
-    assert [train(s, resumed.at(e)) for e in (2, 3)] == [3, 4]
+    train(s, Fit(steps_per_epoch=3).at(0), batches=3)
+    assert s.plan_fit_epoch(Fit().at(0)) == 1  # the rest of epoch 0
+    assert s.get_state()["epoch"] == 0 and s.get_state()["position"] == 3
 
 
-def test_set_epoch_decides_the_first_epoch_of_the_next_fit():
+def test_a_resumed_fit_with_no_record_trains_the_keras_epochs_order_and_warns():
+    s = schedule()
+    with pytest.warns(RuntimeWarning, match=r"fit resumes at epoch 2 and nothing records.*set_state"):
+        assert train(s, Fit(initial_epoch=2).at(2))[0] == 2
+
+
+def test_set_epoch_decides_where_the_next_fit_starts():
     s = schedule()
     s.set_epoch(5)
     fit = Fit(initial_epoch=3)
-    assert [train(s, fit.at(e)) for e in (3, 4)] == [5, 6]
-
-
-def test_sliced_epochs_share_one_order_per_pass_and_a_mid_pass_resume_warns():
-    s, fit = schedule(), Fit(steps_per_epoch=2)  # 4 batches per pass: two Keras epochs per order
-    assert s.begin_pass(fit.at(0))[0] == 0
-    assert s.epoch_for_item(0, fit.at(1)) == 0
-    assert s.begin_pass(fit.at(2))[0] == 1
-    fresh = schedule()
-    with pytest.warns(RuntimeWarning, match="starts in the middle of a pass"):
-        fresh.begin_pass(Fit(initial_epoch=3, steps_per_epoch=2).at(3))
+    assert [train(s, fit.at(e))[0] for e in (3, 4)] == [5, 6]
 
 
 def test_evaluation_and_prediction_serve_the_input_order_and_move_nothing():
     s = schedule()
     for kind in ("evaluate", "predict"):
-        epoch, shuffled, counts = s.begin_pass(KerasCall(kind, None, 0, None, object()))
-        assert (epoch, shuffled, counts) == (0, False, False)
+        running = s.begin_pass(KerasCall(kind, None, 0, None, object()))
+        assert (running.epoch, running.shuffled, running.counts, running.length) == (0, False, False, 4)
     s.on_epoch_end()
     assert s.epoch == 0 and s.get_state()["epoch"] == 0
 
 
-def test_the_model_building_peek_in_fit_finishes_nothing():
+def test_the_model_building_peek_in_fit_moves_nothing():
     s = schedule()
-    assert s.begin_pass(KerasCall("fit", None, 0, None, object()))[2] is False
+    assert s.begin_pass(KerasCall("fit", None, 0, None, object())).counts is False
     s.on_epoch_end()
-    assert s.epoch == 0
+    assert s.epoch == 0 and s.get_state()["position"] == 0
+
+
+def test_nothing_about_the_model_decides_an_order():
+    class Model:
+        class optimizer:
+            iterations = 20  # a model that trained elsewhere: its step count is not this loader's history
+
+    s = schedule()
+    with pytest.warns(RuntimeWarning, match="nothing records"):
+        s.plan_fit_epoch(KerasCall("fit", 3, 3, None, Fit(), model=Model()))
+    assert s.begin_pass(KerasCall("fit", 3, 3, None, Fit(), model=Model())).epoch == 3
 
 
 # ------------------------------------------------------------- outside Keras
@@ -183,13 +198,3 @@ def test_a_state_from_inputs_of_another_shape_or_dtype_is_refused():
     state = Loader(x.astype(np.float64), y, batch_size=10, seed=3, verbose=False).get_state()
     with pytest.raises(ValueError, match="float64"):
         make().set_state(state)
-
-
-def test_a_fit_resumed_at_k_counts_the_epochs_the_optimizer_trained():
-    class Model:
-        class optimizer:
-            iterations = 20  # 5 epochs of 4 batches
-
-    s = schedule()
-    call = KerasCall("fit", 3, 3, None, Fit(), model=Model())
-    assert s.begin_pass(call)[0] == 5
