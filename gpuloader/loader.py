@@ -28,7 +28,7 @@ from gpuloader.adapter import KerasPasses
 from gpuloader.augment.apply import describe_augment
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.schedule import STATE_FORMAT, EpochSchedule
-from gpuloader.sources import advise_random_access, is_disk_leaf
+from gpuloader.sources import is_disk_leaf
 
 __all__ = ["STATE_FORMAT", "Loader"]
 
@@ -336,5 +336,5 @@ def _lay_out(
         # before their rows come up, so read exactly each batch's pages. Otherwise the read-around is used.
         for leaf in store.leaves:
             if is_disk_leaf(leaf):
-                advise_random_access(leaf)
+                leaf.advise_random_access()
     return plan, store, None

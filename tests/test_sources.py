@@ -27,8 +27,8 @@ import pytest
 from conftest import id_data, sample_ids
 
 from gpuloader import Loader
-from gpuloader import sources as sources_lib
 from gpuloader.sources import SourceChangedError
+from gpuloader.sources import npy as sources_lib
 
 ROWS, FEATURES = 1000, 5
 
