@@ -94,7 +94,7 @@ class NpySource(Source):
             changes = []
             if stat.st_size != opened.size:
                 changes.append(f"size {opened.size} -> {stat.st_size} bytes")
-            if opened.mode not in ("r+", "w+") and stat.st_mtime_ns != opened.mtime_ns:
+            if stat.st_mtime_ns != opened.mtime_ns:  # writable maps too: the loader cannot tell who wrote
                 changes.append(f"modified: mtime_ns {opened.mtime_ns} -> {stat.st_mtime_ns}")
             if changes:
                 _raise_changed(opened, f"it was rewritten in place ({'; '.join(changes)})")
