@@ -117,6 +117,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
         structure, leaves, names = inputs.flatten_parts(x, y, sample_weight)
         n = inputs.check_leaves(leaves, names)
+        placement_lib.check_disk_request(requested, device, [is_disk_leaf(leaf) for leaf in leaves], names)
         if class_weight is not None:
             structure, leaves, names = inputs.apply_class_weight(class_weight, structure, leaves, names, n)
         augment_targets = inputs.augment_targets(augment, structure, leaves, names)

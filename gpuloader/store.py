@@ -13,6 +13,7 @@ never needs a second full copy in RAM.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -268,6 +269,10 @@ def place(
     plan = placement_lib.plan(
         device, needed, fraction, disk_bytes=disk_bytes, host_memory_limit=host_memory_limit
     )
+    in_memory = [name for leaf, name in zip(leaves, names) if not is_disk_leaf(leaf)]
+    if plan.placement == "disk" and in_memory:
+        note = f"{', '.join(in_memory)} {'is' if len(in_memory) == 1 else 'are'} in RAM and gathered from there"
+        plan = dataclasses.replace(plan, reason=f"{plan.reason}; {note}")
     runtime = placement_lib.gpu_runtime()
     if plan.placement == "gpu":
         try:

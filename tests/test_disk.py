@@ -166,10 +166,31 @@ def test_row_counts_that_differ_name_the_files(tmp_path):
         Loader(x_path, y_path, verbose=False)
 
 
-def test_unknown_device_lists_disk():
+def test_unknown_device_lists_disk(files):
     with pytest.raises(ValueError, match="'disk'"):
         Loader(np.zeros(3), device="tape", verbose=False)
-    assert gpuloader.Loader(np.zeros(3), device="disk", verbose=False).placement == "disk"
+    assert gpuloader.Loader(files[2], device="disk", verbose=False).placement == "disk"
+
+
+def test_the_disk_tier_without_any_input_on_disk_is_refused_at_construction(monkeypatch):
+    # Issue 17: it reported placement "disk" and "batches are read from the files" where there were none.
+    x, y = id_data(100, features=3)
+    rule = r"reads every batch from files, but no input is on disk: x, y are arrays in memory.*device='host'"
+    with pytest.raises(ValueError, match=r"device='disk' " + rule):
+        Loader(x, y, device="disk", verbose=False)
+    monkeypatch.setenv("GPULOADER_DEVICE", "disk")
+    with pytest.raises(ValueError, match=r"\$GPULOADER_DEVICE=disk \(no device argument was given\) " + rule):
+        Loader(x, y, verbose=False)
+    assert Loader(x, y, device="host", verbose=False).placement == "host"
+
+
+def test_the_disk_tier_with_some_inputs_in_ram_says_which_are_read_from_files(files):
+    x, y, x_path, _ = files
+    loader = Loader(x_path, y, batch_size=100, seed=1, device="disk", verbose=False)
+    assert loader.placement == "disk"
+    assert str(loader.plan).endswith(
+        "batches are read from the files; y is in RAM and gathered from there")
+    assert epoch_ids(loader) == epoch_ids(Loader(x, y, batch_size=100, seed=1, verbose=False))
 
 
 def test_the_helpers_advise_only_maps_numpy_made(files, tmp_path):
