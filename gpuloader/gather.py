@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuloader.sources import is_disk_leaf, read_rows_sorted
+from gpuloader.sources import Source, is_disk_leaf, read_rows_sorted
 
 ALIGNMENT = 64
 
@@ -89,17 +89,18 @@ class HostGather:
 
     One fresh block per batch holds all of the batch's arrays, each C-contiguous
     on a 64-byte boundary: one allocation per batch instead of one per array.
-    The block lives as long as any of its arrays does. On-disk leaves (memory
-    maps, shards) are read in ascending row order (:func:`read_rows_sorted`).
+    The block lives as long as any of its arrays does. Leaves kept as
+    :class:`~gpuloader.sources.Source`\\ s (on disk) are read through their
+    interface, rows in ascending order (:func:`read_rows_sorted`).
 
     Args:
-        leaves: NumPy arrays in RAM or on-disk leaves, sharing their first dimension.
+        leaves: NumPy arrays in RAM or sources read per batch, sharing their first dimension.
     """
 
     def __init__(self, leaves: list[Any]) -> None:
         self._leaves = leaves
-        self._on_disk = [is_disk_leaf(leaf) for leaf in leaves]
-        self._reads_disk = any(self._on_disk)
+        self._sources = [isinstance(leaf, Source) for leaf in leaves]
+        self._reads_disk = any(is_disk_leaf(leaf) for leaf in leaves)
         self._n = int(leaves[0].shape[0])
         self._layouts: dict[int, tuple[int, list[tuple[tuple[int, ...], np.dtype, int]]]] = {}
 
@@ -128,14 +129,16 @@ class HostGather:
         start = -block.ctypes.data % ALIGNMENT
         outs = []
         with _disk_readers if self._reads_disk else contextlib.nullcontext():  # DISK_READERS at a time
-            for leaf, on_disk, (shape, dtype, offset) in zip(self._leaves, self._on_disk, parts):
+            for leaf, is_source, (shape, dtype, offset) in zip(self._leaves, self._sources, parts):
                 out = np.ndarray(shape, dtype, buffer=block, offset=start + offset)
                 if make and len(outs) in make:
                     make[len(outs)](out)
+                elif is_source and isinstance(rows, slice):
+                    np.copyto(out, leaf.read_range(*rows.indices(self._n)[:2]))
+                elif is_source:
+                    read_rows_sorted(leaf, rows, out)
                 elif isinstance(rows, slice):
                     np.copyto(out, leaf[rows, ...])
-                elif on_disk:
-                    read_rows_sorted(leaf, rows, out)
                 else:
                     # mode="clip" skips the bounds-check buffer that mode="raise" needs;
                     # indices come from the permutation and are always in range.

@@ -2,8 +2,9 @@
 
 Everything here runs once, at construction, so a mistake is refused before
 anything is placed or uploaded: every error names the rule, the value received
-and the fix. Leaves are NumPy arrays, memory maps or shard lists (nothing read
-but their headers), or CUDA arrays kept where they are.
+and the fix. Host leaves become :class:`~gpuloader.sources.Source`\\ s (arrays in
+memory, ``.npy`` files and memory maps, shard lists: nothing read but their
+headers, see :func:`gpuloader.sources.open_source`); CUDA arrays are kept where they are.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gpuloader import placement as placement_lib
 from gpuloader._structure import Structure, flatten
 from gpuloader.handoff import dtype_problem
 from gpuloader.permutation import MAX_SEED
-from gpuloader.sources import ShardedArray, open_source
+from gpuloader.sources import Source, open_source
 
 PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
 _PARTS = ("x", "y", "sample_weight")
@@ -115,15 +116,16 @@ def flatten_parts(x: Any, y: Any, sample_weight: Any) -> tuple[Structure, list[A
 
 def _describe(leaf: Any, name: str) -> str:
     """A leaf's name for messages, with its file(s) when it is on disk."""
-    if isinstance(leaf, ShardedArray):
-        return f"{name} ({len(leaf.paths)} shards from {leaf.paths[0]!r})"
-    if isinstance(leaf, np.memmap) and leaf.filename:
-        return f"{name} ({leaf.filename!r})"
-    return name
+    return leaf.describe(name) if isinstance(leaf, Source) else name
+
+
+def _host_values(leaf: Any) -> np.ndarray:
+    """All of a leaf's values as a NumPy array (a view for an array in memory; read for a file)."""
+    return leaf.read_range(0, len(leaf)) if isinstance(leaf, Source) else np.asarray(leaf)
 
 
 def _as_leaf(value: Any, name: str) -> Any:
-    """A NumPy array, a memory map or shards, or a CUDA array kept where it is; refuse what cannot be batched.
+    """A :class:`Source` of a host input, or a CUDA array kept where it is; refuse what cannot be batched.
 
     A non-native byte order is accepted: the store converts it once (on-disk
     files: per batch on the disk tier).
@@ -135,10 +137,7 @@ def _as_leaf(value: Any, name: str) -> Any:
             "arrays, so the mask would be dropped. Fill the masked values, e.g. value.filled(0), and if the "
             "model needs the mask, pass it as an input of its own: np.ma.getmaskarray(value)."
         )
-    source = open_source(value, name)
-    if source is not None:
-        array, dtype = source, np.dtype(source.dtype)
-    elif placement_lib.gpu_runtime().lives_on_cuda(value):
+    if placement_lib.gpu_runtime().lives_on_cuda(value):
         array = value
         dtype_name = str(getattr(value.dtype, "name", value.dtype)).replace("torch.", "")
         try:
@@ -149,12 +148,7 @@ def _as_leaf(value: Any, name: str) -> Any:
                 "dtype); cast it to float16 or float32 first."
             ) from error
     else:
-        try:
-            array = np.asarray(value)
-        except Exception as error:
-            raise ValueError(
-                f"{name} cannot be read as an array ({error}); pass a NumPy array (rows of equal length)."
-            ) from error
+        array = open_source(value, name)
         dtype = array.dtype
     problem = dtype_problem(dtype, name, byte_order_ok=True)
     if problem is not None:
@@ -200,7 +194,7 @@ def apply_class_weight(
     parts = structure.children
     if len(parts) < 2 or parts[1].kind != "leaf":
         raise ValueError("class_weight needs y to be a single array of class labels (integers or one-hot rows).")
-    y = np.asarray(leaves[parts[0].num_leaves])
+    y = _host_values(leaves[parts[0].num_leaves])
     if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
         labels = y.reshape(-1)
     elif y.ndim == 2:
@@ -218,10 +212,11 @@ def apply_class_weight(
     if len(parts) == 3:
         if parts[2].kind != "leaf":
             raise ValueError("class_weight with sample_weight needs sample_weight to be a single array.")
-        given = np.asarray(leaves[-1], dtype=np.float32)
+        given = np.asarray(_host_values(leaves[-1]), dtype=np.float32)
         weights = given * weights.reshape((n,) + (1,) * (given.ndim - 1))
-        return structure, [*leaves[:-1], weights], names
-    return Structure("tuple", (*parts, Structure("leaf"))), [*leaves, weights], [*names, "class_weight"]
+        return structure, [*leaves[:-1], open_source(weights, names[-1])], names
+    leaves = [*leaves, open_source(weights, "class_weight")]
+    return Structure("tuple", (*parts, Structure("leaf"))), leaves, [*names, "class_weight"]
 
 
 def _check_class_weight_table(class_weight: Mapping[Any, Any]) -> dict[int, float]:

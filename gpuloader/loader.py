@@ -30,7 +30,7 @@ from gpuloader.augment.assign import assign as assign_augment
 from gpuloader.augment.assign import check_data_format
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.schedule import STATE_FORMAT, EpochSchedule
-from gpuloader.sources import advise_random_access, is_disk_leaf
+from gpuloader.sources import is_disk_leaf
 from gpuloader.superbatch import super_batches
 
 __all__ = ["STATE_FORMAT", "Loader"]
@@ -146,6 +146,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
         structure, leaves, names = inputs.flatten_parts(x, y, sample_weight)
         n = inputs.check_leaves(leaves, names)
+        placement_lib.check_disk_request(requested, device, [is_disk_leaf(leaf) for leaf in leaves], names)
         if class_weight is not None:
             structure, leaves, names = inputs.apply_class_weight(class_weight, structure, leaves, names, n)
         augmented = assign_augment(augment, structure, leaves, names, check_data_format(data_format))
@@ -396,5 +397,5 @@ def _lay_out(
         # before their rows come up, so read exactly each batch's pages. Otherwise the read-around is used.
         for leaf in store.leaves:
             if is_disk_leaf(leaf):
-                advise_random_access(leaf)
+                leaf.advise_random_access()
     return plan, store, None

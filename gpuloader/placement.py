@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -77,6 +78,27 @@ def resolve_device(device: str | None) -> str:
             "'disk' to read batches from memory-mapped files."
         )
     return device
+
+
+def check_disk_request(requested: str, given: str | None, on_disk: Sequence[bool], names: Sequence[str]) -> None:
+    """Refuse the disk tier for inputs none of which is on disk: there would be no file to read batches from.
+
+    ``given`` is the ``device`` argument (None when ``$GPULOADER_DEVICE`` chose),
+    ``on_disk`` says for each input leaf whether it is read from files.
+
+    Raises:
+        ValueError: ``requested`` is "disk" and no input is on disk; the message names the inputs and the fix.
+    """
+    if requested != "disk" or any(on_disk):
+        return
+    asked = "device='disk'" if given is not None else f"${ENV_DEVICE}=disk (no device argument was given)"
+    listed = ", ".join(names[:4]) + (f", ... ({len(names)} inputs)" if len(names) > 4 else "")
+    raise ValueError(
+        f"{asked} reads every batch from files, but no input is on disk: {listed} "
+        f"{'is an array' if len(names) == 1 else 'are arrays'} in memory, so there is no file to read. The disk "
+        "tier is for .npy paths, memory maps and shard lists too large for RAM. Pass device='host' (or 'auto') "
+        "for arrays in memory, or save the data with np.save and pass the path."
+    )
 
 
 def check_fraction(gpu_memory_fraction: float) -> float:

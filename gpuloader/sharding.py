@@ -23,7 +23,6 @@ import numpy as np
 
 from gpuloader import placement
 from gpuloader.permutation import MAX_SEED, permutation
-from gpuloader.sources import RowSubset, is_disk_leaf
 
 #: The "epoch" whose permutation assigns rows to shards; no training run reaches it.
 MEMBERSHIP_EPOCH = MAX_SEED
@@ -102,15 +101,13 @@ def shard_rows(n: int, seed: int, num_shards: int, shard_index: int) -> np.ndarr
 
 
 def take_shard(leaf: Any, rows: np.ndarray, name: str) -> Any:
-    """A shard's ``rows`` of a leaf: lazily for on-disk data, a copy of just those rows otherwise."""
-    if is_disk_leaf(leaf):
-        return RowSubset(leaf, rows)
+    """A shard's ``rows`` of a leaf (``Source.subset``): lazily for on-disk data, a copy of just those rows in RAM."""
     if placement.gpu_runtime().lives_on_cuda(leaf):
         raise ValueError(
             f"{name} is already on a GPU; sharding between workers needs host arrays or .npy files, so that "
             "each worker uploads only its own rows."
         )
-    return np.take(np.asarray(leaf), rows, axis=0)
+    return leaf.subset(rows)
 
 
 def steps_per_epoch(n: int, num_shards: int, batch_size: int, drop_remainder: bool) -> int:

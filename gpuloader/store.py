@@ -1,15 +1,19 @@
 """The preloaded arrays, held once where the placement put them.
 
 A :class:`Store` is a flat list of leaves (the arrays of x, y and sample_weight)
-that share their first dimension, in one array namespace ``xp``. On the host the
-leaves are read-only views of the caller's arrays (made C-contiguous once, at
-construction; no copy when they already are). On the GPU each leaf is
+that share their first dimension, in one array namespace ``xp``. It is built
+from :class:`~gpuloader.sources.Source`\\ s (and CUDA arrays, adopted as they
+are) through the source interface only. On the host the leaves are read-only
+views of the caller's arrays (made C-contiguous once, at construction; no copy
+when they already are), arrays read from on-disk sources, or, on the disk tier,
+the on-disk sources themselves, read batch by batch. On the GPU each leaf is
 allocated once and filled in bounded chunks, so a large or memory-mapped array
 never needs a second full copy in RAM.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +22,7 @@ import numpy as np
 
 from gpuloader import placement as placement_lib
 from gpuloader.gather import HostGather
-from gpuloader.sources import check_unchanged, is_disk_leaf, remember_files
+from gpuloader.sources import Source, is_disk_leaf, open_source
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
 _PROGRESS_AFTER_SECONDS = 1.0
@@ -82,11 +86,11 @@ def _itemsize(dtype: Any) -> int:
 
 
 def on_host(
-    leaves: Sequence[Any], names: Sequence[str], *, load_disk: bool = True, verbose: bool = False
+    leaves: Sequence[Source], names: Sequence[str], *, load_disk: bool = True, verbose: bool = False
 ) -> Store:
-    """Keep NumPy leaves as read-only views; the caller's arrays are not copied.
+    """Keep sources in memory as read-only views; the caller's arrays are not copied.
 
-    On-disk leaves (memory maps, shards) are read into RAM in chunks when
+    On-disk sources (memory maps, shards) are read into RAM in chunks when
     ``load_disk``, else kept as they are, to be read batch by batch (their
     files checked before every batch, see :class:`DiskGather`). Arrays in a
     non-native byte order (big-endian on x86 and ARM) are converted once here,
@@ -97,10 +101,10 @@ def on_host(
     """
     views = []
     for leaf in leaves:
-        if is_disk_leaf(leaf):
+        if leaf.on_disk:
             views.append(read_into_ram(leaf, verbose=verbose) if load_disk else leaf)
             continue
-        view = np.ascontiguousarray(leaf, dtype=native_dtype(leaf.dtype)).view()
+        view = np.ascontiguousarray(leaf.read_range(0, len(leaf)), dtype=native_dtype(leaf.dtype)).view()
         view.flags.writeable = False
         views.append(view)
     if any(is_disk_leaf(leaf) for leaf in views):
@@ -118,7 +122,7 @@ class DiskGather:
     """The host gather of a store with on-disk leaves: files checked first, byte order fixed after.
 
     Before a batch is read, every file its rows come from is compared with
-    the file that was opened (:func:`gpuloader.sources.check_unchanged`), so a
+    the file that was opened (``Source.check_unchanged``), so a
     file truncated or rewritten under the loader raises a
     :class:`~gpuloader.sources.SourceChangedError` naming it instead of
     crashing the process or serving the wrong bytes. On-disk arrays in a
@@ -131,13 +135,11 @@ class DiskGather:
     def __init__(self, leaves: list[Any]) -> None:
         self._gather = HostGather(leaves)
         self._disk = [leaf for leaf in leaves if is_disk_leaf(leaf)]
-        for leaf in self._disk:
-            remember_files(leaf)
         self._swap = [not np.dtype(leaf.dtype).isnative for leaf in leaves]
 
     def __call__(self, rows: slice | np.ndarray) -> list[np.ndarray]:
         for leaf in self._disk:
-            check_unchanged(leaf, rows)
+            leaf.check_unchanged(rows)
         outs = self._gather(rows)
         if any(self._swap):
             outs = [_swap_in_place(out) if swap else out for out, swap in zip(outs, self._swap)]
@@ -149,19 +151,18 @@ def _swap_in_place(out: np.ndarray) -> np.ndarray:
     return out.byteswap(inplace=True).view(native_dtype(out.dtype))
 
 
-def read_into_ram(leaf: Any, chunk_bytes: int | None = None, verbose: bool = False) -> np.ndarray:
-    """Copy an on-disk leaf into a new RAM array in native byte order, ``chunk_bytes`` at a time.
+def read_into_ram(leaf: Source, chunk_bytes: int | None = None, verbose: bool = False) -> np.ndarray:
+    """Copy an on-disk source into a new RAM array in native byte order, ``chunk_bytes`` at a time.
 
     With ``verbose``, a progress bar (the uploads' own) appears when the read takes over a second.
     """
     out = np.empty(tuple(leaf.shape), native_dtype(leaf.dtype))
     rows_per_chunk = _rows_per_chunk(leaf, chunk_bytes or DEFAULT_CHUNK_BYTES)
-    remember_files(leaf)
     progress = _Progress(out.nbytes, verbose, "gpuloader read into RAM")
     try:
         for start in range(0, out.shape[0], rows_per_chunk):
-            check_unchanged(leaf, slice(start, start + rows_per_chunk))
-            out[start : start + rows_per_chunk] = leaf[start : start + rows_per_chunk, ...]
+            leaf.check_unchanged(slice(start, start + rows_per_chunk))
+            out[start : start + rows_per_chunk] = leaf.read_range(start, min(start + rows_per_chunk, len(leaf)))
             progress.advance(out[start : start + rows_per_chunk].nbytes)
     finally:
         progress.close()
@@ -182,7 +183,7 @@ def upload(
     chunk_bytes: int | None = None,
     verbose: bool = False,
 ) -> Store:
-    """Copy host leaves to the device once, at most ``chunk_bytes`` at a time.
+    """Copy host sources to the device once, at most ``chunk_bytes`` at a time.
 
     Leaves that already live on the device (``runtime.lives_on_cuda``) are
     adopted without a trip through the host. If an allocation or copy fails,
@@ -206,10 +207,11 @@ def upload(
             rows_per_chunk = _rows_per_chunk(leaf, chunk_bytes)
             native = native_dtype(leaf.dtype)
             for start in range(0, leaf.shape[0], rows_per_chunk):
-                check_unchanged(leaf, slice(start, start + rows_per_chunk))
-                # A memory-map slice is a view: rows go from the page cache to staging directly
-                # (converted to native byte order on the way, where the file's is not).
-                rows = np.ascontiguousarray(leaf[start : start + rows_per_chunk, ...], dtype=native)
+                leaf.check_unchanged(slice(start, start + rows_per_chunk))
+                # An array's or a memory map's range is a view: rows go from memory or the page cache to
+                # staging directly (converted to native byte order on the way, where the file's is not).
+                stop = min(start + rows_per_chunk, leaf.shape[0])
+                rows = np.ascontiguousarray(leaf.read_range(start, stop), dtype=native)
                 runtime.upload_rows(target, start, rows, staging)
                 progress.advance(rows.nbytes)
             device_leaves.append(target)
@@ -267,6 +269,10 @@ def place(
     plan = placement_lib.plan(
         device, needed, fraction, disk_bytes=disk_bytes, host_memory_limit=host_memory_limit
     )
+    in_memory = [name for leaf, name in zip(leaves, names) if not is_disk_leaf(leaf)]
+    if plan.placement == "disk" and in_memory:
+        note = f"{', '.join(in_memory)} {'is' if len(in_memory) == 1 else 'are'} in RAM and gathered from there"
+        plan = dataclasses.replace(plan, reason=f"{plan.reason}; {note}")
     runtime = placement_lib.gpu_runtime()
     if plan.placement == "gpu":
         try:
@@ -275,5 +281,8 @@ def place(
         except runtime.out_of_memory_errors() as error:
             reason = placement_lib.upload_ran_out_of_memory(device, error, "the GPU", plan.reason)
             plan = placement_lib.fallback_plan(reason, needed, disk_bytes, host_memory_limit, plan.bytes_free)
-    host_leaves = [runtime.adopt(leaf).get() if runtime.lives_on_cuda(leaf) else leaf for leaf in leaves]
+    host_leaves = [
+        open_source(runtime.adopt(leaf).get(), name) if runtime.lives_on_cuda(leaf) else leaf
+        for leaf, name in zip(leaves, names)
+    ]
     return plan, on_host(host_leaves, names, load_disk=plan.placement == "host", verbose=verbose)

@@ -8,7 +8,7 @@ from conftest import epoch_ids, id_data, sample_ids
 
 import gpuloader
 from gpuloader import Loader, permutation, placement
-from gpuloader.sources import ShardedArray, read_rows_sorted
+from gpuloader.sources import Source, open_source, read_rows_sorted
 
 MB = 1024 * 1024
 
@@ -39,7 +39,7 @@ def test_paths_memmaps_and_shards_give_the_same_batches(files, tmp_path):
 def test_nothing_is_read_at_construction(files):
     _, _, x_path, y_path = files
     loader = Loader(str(x_path), str(y_path), batch_size=10, device="disk", verbose=False)
-    assert all(isinstance(leaf, np.memmap) for leaf in loader._store.leaves)
+    assert all(isinstance(leaf, Source) and leaf.on_disk for leaf in loader._store.leaves)
 
 
 def test_auto_picks_host_when_the_files_fit_the_ram_limit_and_disk_otherwise(files):
@@ -94,15 +94,14 @@ def test_disk_tier_with_workers_reads_ahead_in_order(files):
 
 def test_sorted_reads_put_rows_back_in_permutation_order(tmp_path):
     data = np.arange(100 * 3, dtype=np.int32).reshape(100, 3)
-    mapped = np.load(save(tmp_path, "d.npy", data), mmap_mode="r")
-    shards = ShardedArray([np.load(save(tmp_path, f"s{i}.npy", p), mmap_mode="r")
-                           for i, p in enumerate(np.array_split(data, 4))], ["a", "b", "c", "d"])
+    mapped = open_source(np.load(save(tmp_path, "d.npy", data), mmap_mode="r"), "x")
+    shards = open_source([save(tmp_path, f"s{i}.npy", p) for i, p in enumerate(np.array_split(data, 4))], "x")
     for rows in (np.array([99, 3, 50, 4, 0, 26, 25]), np.arange(10, 60)[::-1].copy(), np.arange(30, 70)):
         for leaf in (mapped, shards):
             out = np.empty((len(rows), 3), np.int32)
             read_rows_sorted(leaf, rows, out)
             np.testing.assert_array_equal(out, data[rows])
-    np.testing.assert_array_equal(shards[20:80], data[20:80])
+    np.testing.assert_array_equal(shards.read_range(20, 80), data[20:80])
 
 
 def rss_anon() -> int:
@@ -167,20 +166,39 @@ def test_row_counts_that_differ_name_the_files(tmp_path):
         Loader(x_path, y_path, verbose=False)
 
 
-def test_unknown_device_lists_disk():
+def test_unknown_device_lists_disk(files):
     with pytest.raises(ValueError, match="'disk'"):
         Loader(np.zeros(3), device="tape", verbose=False)
-    assert gpuloader.Loader(np.zeros(3), device="disk", verbose=False).placement == "disk"
+    assert gpuloader.Loader(files[2], device="disk", verbose=False).placement == "disk"
+
+
+def test_the_disk_tier_without_any_input_on_disk_is_refused_at_construction(monkeypatch):
+    # Issue 17: it reported placement "disk" and "batches are read from the files" where there were none.
+    x, y = id_data(100, features=3)
+    rule = r"reads every batch from files, but no input is on disk: x, y are arrays in memory.*device='host'"
+    with pytest.raises(ValueError, match=r"device='disk' " + rule):
+        Loader(x, y, device="disk", verbose=False)
+    monkeypatch.setenv("GPULOADER_DEVICE", "disk")
+    with pytest.raises(ValueError, match=r"\$GPULOADER_DEVICE=disk \(no device argument was given\) " + rule):
+        Loader(x, y, verbose=False)
+    assert Loader(x, y, device="host", verbose=False).placement == "host"
+
+
+def test_the_disk_tier_with_some_inputs_in_ram_says_which_are_read_from_files(files):
+    x, y, x_path, _ = files
+    loader = Loader(x_path, y, batch_size=100, seed=1, device="disk", verbose=False)
+    assert loader.placement == "disk"
+    assert str(loader.plan).endswith(
+        "batches are read from the files; y is in RAM and gathered from there")
+    assert epoch_ids(loader) == epoch_ids(Loader(x, y, batch_size=100, seed=1, verbose=False))
 
 
 def test_the_helpers_advise_only_maps_numpy_made(files, tmp_path):
-    from gpuloader.sources import advise_random_access
-
     _, _, x_path, _ = files
-    assert advise_random_access(np.load(x_path, mmap_mode="r"))
+    assert open_source(np.load(x_path, mmap_mode="r"), "x").advise_random_access()
     shards = [save(tmp_path, f"p{i}.npy", np.zeros((5, 2))) for i in range(2)]
-    assert advise_random_access(Loader(shards, batch_size=2, device="disk", verbose=False)._store.leaves[0])
-    assert not advise_random_access(np.zeros((3, 2)))  # an array in RAM has no file to advise on
+    assert Loader(shards, batch_size=2, device="disk", verbose=False)._store.leaves[0].advise_random_access()
+    assert not open_source(np.zeros((3, 2)), "x").advise_random_access()  # an array in RAM has no file
 
 
 def pages_of_rows(path, ids, row_bytes):
@@ -200,7 +218,7 @@ def pages_of_rows(path, ids, row_bytes):
 def test_a_shuffled_disk_loader_turns_read_ahead_off_and_asks_for_each_batchs_pages(tmp_path, monkeypatch, source):
     import mmap
 
-    from gpuloader import sources
+    from gpuloader.sources import npy as sources
 
     given = []
     real = sources._madvise
@@ -211,7 +229,8 @@ def test_a_shuffled_disk_loader_turns_read_ahead_off_and_asks_for_each_batchs_pa
         save(tmp_path, f"x{i}.npy", part) for i, part in enumerate(np.split(x, 4))
     ]
     loader = Loader(paths[0] if source == "path" else paths, y, batch_size=64, seed=7, device="disk", verbose=False)
-    maps = [leaf._mmap for leaf in ([loader._store.leaves[0]] if source == "path" else loader._store.leaves[0].maps)]
+    leaf = loader._store.leaves[0]
+    maps = [part.array._mmap for part in ([leaf] if source == "path" else leaf.parts)]
     randoms = [m for m, what, *_ in given if what == mmap.MADV_RANDOM]
     assert sorted(map(id, randoms)) == sorted(map(id, maps)), "every map of x advised random access, once"
     given.clear()
@@ -229,7 +248,7 @@ def test_a_shuffled_disk_loader_turns_read_ahead_off_and_asks_for_each_batchs_pa
 
 def test_a_shuffled_disk_loader_over_files_the_page_cache_holds_keeps_the_read_ahead(tmp_path, monkeypatch):
 
-    from gpuloader import sources
+    from gpuloader.sources import npy as sources
 
     given = []
     real = sources._madvise
@@ -244,7 +263,7 @@ def test_a_shuffled_disk_loader_over_files_the_page_cache_holds_keeps_the_read_a
 def test_an_unshuffled_disk_loader_keeps_the_kernels_read_ahead(files, monkeypatch):
     import mmap
 
-    from gpuloader import sources
+    from gpuloader.sources import npy as sources
 
     given = []
     real = sources._madvise

@@ -231,10 +231,11 @@ def test_interrupted_fits_leave_no_thread_behind(no_automatic_gc):
 def test_at_most_disk_readers_threads_gather_from_disk_at_once(tmp_path, monkeypatch, workers):
     """More workers never mean more concurrent disk readers than gather.DISK_READERS."""
     from gpuloader import gather
+    from gpuloader.sources import open_source
 
     x = np.arange(64 * 4, dtype=np.float32).reshape(64, 4)
     np.save(tmp_path / "x.npy", x)
-    on_disk = np.load(tmp_path / "x.npy", mmap_mode="r")
+    on_disk = open_source(tmp_path / "x.npy", "x")
     lock = threading.Lock()
     reading = peak = 0
     real_read = gather.read_rows_sorted

@@ -27,8 +27,8 @@ import pytest
 from conftest import id_data, sample_ids
 
 from gpuloader import Loader
-from gpuloader import sources as sources_lib
 from gpuloader.sources import SourceChangedError
+from gpuloader.sources import npy as sources_lib
 
 ROWS, FEATURES = 1000, 5
 
@@ -275,16 +275,45 @@ def test_a_shard_renamed_over_keeps_serving(tmp_path):
     assert sorted(i for batch in batches for i in sample_ids(batch[0])) == list(range(400))
 
 
-def test_a_map_the_caller_writes_through_is_not_a_changed_file(tmp_path):
+def rewrite_from_another_process(path: Path, array: np.ndarray) -> None:
+    """np.save to the same path (same inode) by another process, a clock tick after the loader opened it."""
+    time.sleep(0.05)
+    staged = path.with_suffix(".new.npy")
+    np.save(staged, array)
+    code = "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2])"  # rewrites in place, like np.save
+    subprocess.run([sys.executable, "-c", code, str(staged), str(path)], check=True)
+
+
+def test_a_writable_map_rewritten_in_place_by_another_writer_raises_instead_of_serving_garbage(x_file):
+    _, y, path = x_file
+    mapped = np.load(path, mmap_mode="r+")  # the caller's writable map (issue 17)
+    loader = Loader(mapped, y, batch_size=100, seed=0, device="disk", verbose=False)
+    assert sample_ids(loader[0][0]) == np.asarray(loader[0][1]).tolist()
+    other = np.arange(ROWS * FEATURES, dtype=np.int32).reshape(500, 2 * FEATURES)  # the same bytes in all
+    inode = os.stat(path).st_ino
+    rewrite_from_another_process(path, other)
+    assert os.stat(path).st_ino == inode and os.path.getsize(path) == mapped.offset + mapped.nbytes
+    changed = r"rewritten in place \(modified: mtime_ns.*opened writable \(mode 'r\+'\)"
+    with pytest.raises(SourceChangedError, match=changed):
+        loader[1]
+
+
+def test_writes_through_a_writable_map_count_as_changes_and_an_array_view_of_it_serves_them(tmp_path):
+    """The rule for writable maps: the loader cannot tell who wrote, so any write after it opened the file
+    is a change; data updated in place under a running loader is passed as an array in memory."""
     path = tmp_path / "w.npy"
     mapped = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(100, 4))
     mapped[:] = 1.0
-    mapped.flush()
-    loader = Loader(mapped, batch_size=10, shuffle=False, device="disk", verbose=False)
+    mapped.flush()  # saved: the next write through the map moves the modification time
+    watched = Loader(mapped, batch_size=10, shuffle=False, device="disk", verbose=False)
+    in_memory = Loader(np.asarray(mapped), batch_size=10, shuffle=False, device="host", verbose=False)
+    assert np.asarray(watched[0][0]).tolist() == [[1.0] * 4] * 10
     time.sleep(0.05)
     mapped[:10] = 7.0  # the caller updates its data through its own writable map
-    mapped.flush()
-    assert np.asarray(loader[0][0]).tolist() == [[7.0] * 4] * 10
+    with pytest.raises(SourceChangedError, match=r"writes made through it after the loader was built count too.*"
+                       r"np\.asarray\(mapped\)"):
+        watched[0]
+    assert np.asarray(in_memory[0][0]).tolist() == [[7.0] * 4] * 10
 
 
 def test_a_map_whose_file_was_already_truncated_is_refused_at_construction(x_file):
