@@ -291,6 +291,8 @@ def open_source(value: Any, name: str) -> Any:
         TypeError: a list of strings that are not file names (e.g. string labels).
         SourceChangedError: a memory map whose file is already shorter than the map.
     """
+    if isinstance(value, ShardedArray):  # built by gpuloader.ingest.hf over Arrow record batches
+        return value
     if isinstance(value, np.memmap):
         return remember_files(value.view())  # a view of the caller's map, so the caller's object is not marked
     if isinstance(value, PathLike):
