@@ -82,17 +82,7 @@ def from_tf_dataset(
     shapes = [[count, *component.shape.as_list()] for component in components]
     dtypes = [np.dtype(component.dtype.as_numpy_dtype).str for component in components]
     if cache_key is None:
-        try:
-            from tensorflow.core.framework import graph_pb2
-
-            graph = graph_pb2.GraphDef.FromString(dataset._as_serialized_graph().numpy())
-            graph = graph.SerializeToString(deterministic=True)  # TF's own bytes vary with map order
-        except Exception as error:  # e.g. a py_function or from_generator: no serializable state
-            raise ValueError(
-                f"this pipeline cannot be serialized by TensorFlow ({type(error).__name__}), so the cache cannot be "
-                "keyed by it; pass cache_key='a name for this data and its version'."
-            ) from error
-        cache_key = hashlib.sha256(graph).hexdigest()
+        cache_key = _graph_key(tf, dataset)
     content = {"key": cache_key, "shapes": shapes, "dtypes": dtypes, "rebuild": os.urandom(8).hex() if rebuild else 0}
     source = {"key": cache_key}
 
@@ -106,6 +96,39 @@ def from_tf_dataset(
 
     parts = list(arrays) if isinstance(arrays, tuple) else [arrays]
     return Loader(*parts, verbose=verbose, **loader_kwargs)
+
+
+def _graph_key(tf: Any, dataset: Any) -> str:
+    """A hash of the pipeline's graph, the same for the same pipeline built again, in this process or another.
+
+    Function names and the datasets' debug names carry a per-process counter
+    (``__inference_..._11``, ``MapDataset:3``); the names are replaced by their
+    position in the graph's function library, the debug names left out.
+    Pipelines with external state (a Python generator or ``py_function``,
+    whose data the graph does not show) are refused: their key would be the
+    same for different data.
+    """
+    from tensorflow.core.framework import graph_pb2
+
+    try:
+        serialized = dataset._as_serialized_graph(
+            external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL
+        ).numpy()
+    except Exception as error:  # a py_function / from_generator: its data is not in the graph
+        raise ValueError(
+            f"this pipeline has state outside its graph (a Python generator or py_function: {type(error).__name__}), "
+            "so the cache cannot tell one such pipeline's data from another's; pass cache_key='a name for this "
+            "data and its version'."
+        ) from error
+    graph = graph_pb2.GraphDef.FromString(serialized)
+    for node in [*graph.node, *(node for function in graph.library.function for node in function.node_def)]:
+        if "metadata" in node.attr:  # the dataset's debug name, numbered per process ("MapDataset:3")
+            del node.attr["metadata"]
+    text = graph.SerializeToString(deterministic=True)  # TF's own bytes vary with map order
+    names = sorted((function.signature.name for function in graph.library.function), key=len, reverse=True)
+    for position, name in enumerate(names):
+        text = text.replace(name.encode(), f"<function {position}>".encode())
+    return hashlib.sha256(text).hexdigest()
 
 
 def _paths(spec: Any, prefix: str = "element") -> list[str]:
