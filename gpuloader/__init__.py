@@ -18,11 +18,20 @@ from gpuloader.placement import GPUUnavailableError, Plan
 from gpuloader.sources import SourceChangedError
 
 if TYPE_CHECKING:
+    from gpuloader.ingest.folder import image_dataset_from_directory
+    from gpuloader.ingest.hf import from_hf_dataset
+    from gpuloader.ingest.tfdata import from_tf_dataset
     from gpuloader.loader import Loader
     from gpuloader.resume import BackupAndRestore
 
-__all__ = ["BackupAndRestore", "GPUUnavailableError", "Loader", "Plan", "SourceChangedError", "info", "permutation"]
+__all__ = [
+    "BackupAndRestore", "GPUUnavailableError", "Loader", "Plan", "SourceChangedError", "from_hf_dataset",
+    "from_tf_dataset", "image_dataset_from_directory", "info", "permutation",
+]
 __version__ = "0.1.0"
+
+
+_INGEST = {"image_dataset_from_directory": "folder", "from_hf_dataset": "hf", "from_tf_dataset": "tfdata"}
 
 
 def __getattr__(name: str) -> Any:
@@ -34,4 +43,8 @@ def __getattr__(name: str) -> Any:
         from gpuloader.resume import BackupAndRestore
 
         return BackupAndRestore
+    if name in _INGEST:  # Pillow, datasets and TensorFlow are imported only when these are called
+        import importlib
+
+        return getattr(importlib.import_module(f"gpuloader.ingest.{_INGEST[name]}"), name)
     raise AttributeError(f"module 'gpuloader' has no attribute {name!r}")

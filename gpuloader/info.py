@@ -25,6 +25,8 @@ from gpuloader import placement as placement_lib
 from gpuloader.handoff import dtype_problem
 
 FRAMEWORKS = ("tensorflow", "jax", "torch", "cupy")
+#: Optional libraries of the input kinds (gpuloader.ingest): distribution name -> what it reads.
+INPUT_LIBRARIES = {"pillow": "image folders", "datasets": "Hugging Face datasets", "tensorflow": "tf.data / TFDS"}
 #: CUDA ordinals probed at most (probing stops at the first that does not exist).
 MAX_DEVICES = 64
 #: No array holds more bytes (NumPy's sizes are int64).
@@ -64,6 +66,7 @@ def info(
         (``devices``: ordinal, name, free and total bytes; ``reason`` when none is
         usable), ``augment_kernel`` (``{"built": True}``, or ``{"built": False,
         "reason"}``: the built-in augmentation ops then run on their NumPy path),
+        ``inputs`` (Pillow, datasets, tensorflow: ``{"installed", "version", "reads"}``),
         ``env`` and ``placement`` (None when no dataset was described).
 
     Raises:
@@ -85,6 +88,7 @@ def info(
         "frameworks": {name: _try_import(name) for name in frameworks},
         "cuda": cuda_devices(),
         "augment_kernel": _augment_kernel(),
+        "inputs": input_libraries(),
         "env": {name: os.environ.get(name) for name in (placement_lib.ENV_DEVICE, "KERAS_BACKEND")},
         "placement": None,
     }
@@ -94,6 +98,19 @@ def info(
             gpu_memory_fraction=gpu_memory_fraction,
         )
     return report
+
+
+def input_libraries() -> dict[str, dict[str, Any]]:
+    """Which optional input libraries are installed, and their versions (read from metadata, not imported)."""
+    from importlib import metadata
+
+    found = {}
+    for name, reads in INPUT_LIBRARIES.items():
+        try:
+            found[name] = {"installed": True, "version": metadata.version(name), "reads": reads}
+        except metadata.PackageNotFoundError:
+            found[name] = {"installed": False, "version": None, "reads": reads}
+    return found
 
 
 def _augment_kernel() -> dict[str, Any]:
@@ -293,6 +310,9 @@ def format_info(report: dict[str, Any]) -> str:
             )
     kernel = report["augment_kernel"]
     lines.append("augment    host kernel built" if kernel["built"] else f"augment    {kernel['reason']}")
+    for name, library in report.get("inputs", {}).items():
+        shown = library["version"] if library["installed"] else "not installed"
+        lines.append(f"{name:<10} {shown}  (input: {library['reads']})")
     for name, value in report["env"].items():
         lines.append(f"${name} = {value if value is not None else '(unset)'}")
     where = report["placement"]

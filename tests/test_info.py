@@ -307,3 +307,18 @@ def test_python_dash_m_gpuloader_info_runs():
     assert "a Loader over x 50000x32x32x3 uint8, batch_size=32" in text
     assert "  would place it on: " in text
     assert "  why: " in text
+
+
+def test_input_libraries_are_listed_with_versions(no_gpu):
+    from importlib import metadata
+
+    report = gpuloader.info(frameworks=())
+    assert set(report["inputs"]) == {"pillow", "datasets", "tensorflow"}
+    for name, found in report["inputs"].items():
+        try:
+            expected = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            expected = None
+        assert (found["installed"], found["version"]) == (expected is not None, expected)
+    text = info_module.format_info(report)
+    assert f"pillow     {metadata.version('pillow')}  (input: image folders)" in text

@@ -1,0 +1,238 @@
+"""Decode once, then serve: gpuloader's input kinds against keras.utils.image_dataset_from_directory.
+
+Run: ``python bench/ingest.py`` (5000 images, 3 rounds) or ``--quick`` (2000 images, 1 round, about a minute on
+an idle 2-core machine). Not part of ``bench/run.py``.
+
+The data: scikit-learn's handwritten digits (shipped inside its wheel, nothing downloaded), 8x8 upscaled to
+28x28 with Pillow, written as grayscale PNGs into one folder per class, copies shifted by a pixel until there
+are ``--images`` files. Both functions read them with ``image_size=(28, 28)``, ``color_mode="grayscale"``,
+``batch_size=128``; batches are consumed as TensorFlow tensors.
+
+Cases, each in a process of its own (forked from a parent that has imported TensorFlow, Keras, Pillow,
+datasets and gpuloader and run nothing, so no case pays the imports or sees another's state), interleaved
+round by round; the figure is the median over rounds:
+
+- ``keras_epoch``: Keras's function built and one epoch iterated (it decodes every image every epoch).
+- ``convert``: gpuloader's first call with an empty cache folder (lists, decodes over the cores, writes the
+  cache, builds the Loader). Target (a): at most ``keras_epoch``.
+- ``cached_first``: gpuloader's call with the cache in place, plus its first epoch. Target (b): 10x faster
+  than ``keras_epoch``.
+- ``keras_cached_steady`` / ``steady``: epochs 2-4 of Keras's dataset with ``.cache()`` (in memory) and of
+  gpuloader's loader, median per epoch. Target (c): gpuloader 2x faster.
+- ``hf`` / ``npy`` / ``npy_disk``: epochs over the same float32 rows (``--rows`` x 784) and int labels as a
+  ``datasets.Dataset`` saved to disk and reopened (``from_hf_dataset``), as ``.npy`` files (``Loader`` on
+  paths: read into RAM), and as ``.npy`` served from the file (``host_memory_limit=0``, the HF path's tier);
+  with the anonymous memory (RssAnon) each process gained after TensorFlow's first op. Target (d): hf
+  within 0.9x of npy, no second copy in RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+SIZE = (28, 28)
+BATCH = 128
+STEADY_EPOCHS = 3
+
+
+def write_images(root: Path, count: int) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    base = (digits.images * (255 / 16)).astype(np.uint8)
+    for i in range(count):
+        shift = i // len(base)
+        pixels = np.roll(base[i % len(base)], (shift % 3 - 1, shift // 3 % 3 - 1), axis=(0, 1))
+        image = Image.fromarray(pixels, "L").resize(SIZE[::-1], Image.Resampling.BILINEAR)
+        folder = root / f"digit_{digits.target[i % len(base)]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i:05d}.png")
+
+
+def write_rows(root: Path, rows: int) -> None:
+    import datasets
+
+    rng = np.random.default_rng(0)
+    x = rng.random((rows, 784), dtype=np.float32)
+    y = (np.arange(rows) % 10).astype(np.int64)
+    np.save(root / "x.npy", x)
+    np.save(root / "y.npy", y)
+    features = datasets.Features({"x": datasets.List(datasets.Value("float32"), length=784),
+                                  "y": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"x": x, "y": y}, features=features).save_to_disk(str(root / "hf"))
+
+
+def rss_anon() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def epoch(batches) -> float:
+    start = time.perf_counter()
+    for _ in batches:
+        pass
+    return time.perf_counter() - start
+
+
+def run_case(case: str, work: Path, round_index: int) -> dict:
+    import keras
+    import tensorflow as tf
+
+    import gpuloader
+
+    tf.constant(1.0) + 1.0  # the runtime's ~170 MB before any baseline
+    folder = work / "images"
+    keras_args = {"image_size": SIZE, "color_mode": "grayscale", "batch_size": BATCH, "seed": 0, "verbose": False}
+    ours_args = {**keras_args, "verbose": False}
+    if case == "keras_epoch":
+        start = time.perf_counter()
+        epoch(keras.utils.image_dataset_from_directory(folder, **keras_args))
+        return {"seconds": time.perf_counter() - start}
+    if case == "keras_cached_steady":
+        dataset = keras.utils.image_dataset_from_directory(folder, **keras_args).cache()
+        epoch(dataset)
+        return {"seconds": statistics.median(epoch(dataset) for _ in range(STEADY_EPOCHS))}
+    if case == "convert":
+        cache = work / f"cache-convert-{round_index}"
+        start = time.perf_counter()
+        gpuloader.image_dataset_from_directory(folder, cache_dir=cache, **ours_args)
+        seconds = time.perf_counter() - start
+        shutil.rmtree(cache, ignore_errors=True)
+        return {"seconds": seconds}
+    if case == "cached_first":
+        start = time.perf_counter()
+        loader = gpuloader.image_dataset_from_directory(folder, cache_dir=work / "cache", **ours_args)
+        opened = time.perf_counter() - start
+        epoch(loader)
+        return {"seconds": time.perf_counter() - start, "open_seconds": opened, "placement": loader.placement}
+    if case == "steady":
+        loader = gpuloader.image_dataset_from_directory(folder, cache_dir=work / "cache", **ours_args)
+        epoch(loader)
+        return {"seconds": statistics.median(epoch(loader) for _ in range(STEADY_EPOCHS))}
+    before = rss_anon()
+    if case == "hf":
+        import datasets
+
+        loader = gpuloader.from_hf_dataset(datasets.load_from_disk(str(work / "hf")), x="x", y="y",
+                                           batch_size=256, verbose=False)
+    else:
+        limit = 0 if case == "npy_disk" else None
+        loader = gpuloader.Loader(str(work / "x.npy"), str(work / "y.npy"), batch_size=256, verbose=False,
+                                  host_memory_limit=limit)
+    epoch(loader)
+    seconds = statistics.median(epoch(loader) for _ in range(STEADY_EPOCHS))
+    return {"seconds": seconds, "anon_bytes": rss_anon() - before, "placement": loader.placement}
+
+
+def forked(case: str, work: Path, round_index: int) -> dict:
+    """Run one case in a forked child; its result comes back through a pipe."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        code = 0
+        try:
+            result = run_case(case, work, round_index)
+        except BaseException as error:  # reported to the parent, which fails the run
+            result, code = {"error": f"{type(error).__name__}: {error}"}, 1
+        with os.fdopen(write, "w") as out:
+            out.write(json.dumps(result))
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    result = json.loads(text)
+    if "error" in result:
+        raise RuntimeError(f"case {case}: {result['error']}")
+    return result
+
+
+CASES = ["keras_epoch", "convert", "cached_first", "keras_cached_steady", "steady", "hf", "npy", "npy_disk"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2000 images, 20000 rows, 1 round")
+    parser.add_argument("--images", type=int)
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    images = args.images or (2000 if args.quick else 5000)
+    rows = args.rows or (20000 if args.quick else 60000)
+    rounds = args.rounds or (1 if args.quick else 3)
+
+    import datasets  # noqa: F401  (imported once here, before the forks, as TensorFlow and Keras are)
+    import keras  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    import gpuloader.ingest.folder
+    import gpuloader.loader
+
+    work = Path(tempfile.mkdtemp(prefix="gpuloader-bench-ingest-"))
+    try:
+        write_images(work / "images", images)
+        write_rows(work, rows)
+        forked("convert", work, -1)  # warm the page cache of the PNGs for every case alike
+        run = {case: [] for case in CASES}
+        import gpuloader as gl
+
+        gl.image_dataset_from_directory(work / "images", image_size=SIZE, color_mode="grayscale",
+                                        cache_dir=work / "cache", verbose=False)  # the cache cached_first opens
+        for round_index in range(rounds):
+            for case in CASES:
+                run[case].append(forked(case, work, round_index))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    median = {case: statistics.median(r["seconds"] for r in results) for case, results in run.items()}
+    report = {
+        "images": images, "rows": rows, "rounds": rounds, "cores": os.cpu_count(),
+        "seconds": median,
+        "a_convert_vs_keras_epoch": median["keras_epoch"] / median["convert"],
+        "b_cached_first_epoch_vs_keras_epoch": median["keras_epoch"] / median["cached_first"],
+        "b_open_seconds": statistics.median(r["open_seconds"] for r in run["cached_first"]),
+        "c_steady_vs_keras_cache": median["keras_cached_steady"] / median["steady"],
+        "d_hf_vs_npy": median["npy"] / median["hf"],
+        "d_hf_vs_npy_disk": median["npy_disk"] / median["hf"],
+        "d_anon_mb": {case: round(max(r["anon_bytes"] for r in run[case]) / 1e6, 1) for case in ("hf", "npy",
+                                                                                              "npy_disk")},
+        "data_mb": round(rows * 785 * 4 / 1e6, 1),
+        "placements": {case: run[case][0].get("placement") for case in ("cached_first", "hf", "npy", "npy_disk")},
+    }
+    print(f"{images} PNGs 28x28, {rows} rows x 784 float32, {rounds} round(s), {os.cpu_count()} cores")
+    for case in CASES:
+        print(f"  {case:<20} {median[case] * 1000:9.1f} ms")
+    print(f"(a) conversion vs one uncached Keras epoch: {report['a_convert_vs_keras_epoch']:.2f}x (target >= 1)")
+    print(f"(b) cached first epoch (new process) vs Keras epoch: {report['b_cached_first_epoch_vs_keras_epoch']:.1f}x "
+          f"(target >= 10; the call alone {report['b_open_seconds'] * 1000:.0f} ms)")
+    print(f"(c) steady epochs vs Keras with .cache(): {report['c_steady_vs_keras_cache']:.2f}x (target >= 2)")
+    print(f"(d) HF numeric epochs vs .npy in RAM: {report['d_hf_vs_npy']:.2f}x, vs .npy from the file: "
+          f"{report['d_hf_vs_npy_disk']:.2f}x (target >= 0.9); anonymous MB gained {report['d_anon_mb']} "
+          f"(data {report['data_mb']} MB); placements {report['placements']}")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": run, **report}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""``image_dataset_from_directory``: Keras's function of that name, decoded once into the cache.
+
+The files, class names, labels and training/validation split are those of
+``keras.utils.image_dataset_from_directory`` (Keras 3.15,
+``keras/src/utils/dataset_utils.py``): class folders in alphanumeric order
+(or ``class_names``' order), files found by a sorted ``os.walk`` of each, the
+list shuffled by ``np.random.RandomState(seed)`` when ``shuffle``, the last
+``int(validation_split * n)`` files for validation. The pixels are decoded by
+Pillow once, into the cache (:mod:`gpuloader.ingest.cache`), keyed by every
+file's path, size and modification time and the decode settings; a later call,
+in any process, walks the folder (one ``stat`` per file), finds the entry and
+maps it without decoding (Pillow is not even imported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuloader.ingest import cache as cache_lib
+from gpuloader.ingest import decode
+
+ON_ERROR = ("raise", "skip")
+
+
+def image_dataset_from_directory(
+    directory: str | os.PathLike[str],
+    labels: Any = "inferred",
+    label_mode: str | None = "int",
+    class_names: Sequence[str] | None = None,
+    color_mode: str = "rgb",
+    batch_size: int = 32,
+    image_size: tuple[int, int] | int | None = (256, 256),
+    shuffle: bool = True,
+    seed: int | None = None,
+    validation_split: float | None = None,
+    subset: str | None = None,
+    interpolation: str = "bilinear",
+    follow_links: bool = False,
+    crop_to_aspect_ratio: bool = False,
+    *,
+    dtype: str = "float32",
+    cache_dir: str | os.PathLike[str] | None = None,
+    on_error: str = "raise",
+    verbose: bool = True,
+    **loader_kwargs: Any,
+) -> Any:
+    """Loader(s) over a folder of images, one subfolder per class, decoded once and cached.
+
+    The arguments keep the names and meaning of
+    ``keras.utils.image_dataset_from_directory`` (same files, class names and
+    order, labels, and split), and each returned :class:`gpuloader.Loader`
+    carries ``class_names`` and ``file_paths`` (``file_paths[i]`` is row ``i``
+    of the data). Differences:
+
+    - ``image_size=None`` keeps the images' own size (they must all be equal).
+      Images already at ``image_size`` have Keras's exact pixels; resized
+      ones are resampled by Pillow (``interpolation`` names its filter: area is
+      ``BOX``, lanczos3 ``LANCZOS``; Pillow filters antialias when shrinking,
+      TensorFlow's ``resize`` does not; values are rounded to uint8), so they
+      differ from Keras's by a few levels. lanczos5, gaussian, mitchellcubic,
+      ``pad_to_aspect_ratio`` and channels-first are not offered.
+    - The cache stores uint8; ``dtype="float32"`` (Keras's type, the default)
+      casts each batch where the data lives, ``dtype="uint8"`` serves the
+      stored bytes (4x less to move; cast in the model).
+    - The training order is the loader's own keyed permutation of ``seed``
+      (a new one every epoch, all samples), not a shuffle buffer.
+    - A corrupt or unreadable image raises an error naming it;
+      ``on_error="skip"`` leaves it out and warns with the count. An empty
+      class folder, a folder with no images and images of several sizes
+      without ``image_size`` are refused.
+
+    Args:
+        directory, labels, label_mode, class_names, color_mode, batch_size,
+            image_size, shuffle, seed, validation_split, subset, interpolation,
+            follow_links, crop_to_aspect_ratio: as in Keras (``batch_size``
+            must be an int here).
+        dtype: "float32" or "uint8", the image dtype of the batches.
+        cache_dir: where the cache lives (default ``$GPULOADER_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/gpuloader``, else ``~/.cache/gpuloader``).
+        on_error: "raise" or "skip" for images that cannot be decoded.
+        verbose: progress bar while decoding (needs tqdm) and the Loader's own.
+        **loader_kwargs: passed to :class:`gpuloader.Loader` (``device``,
+            ``augment``, ``transform``, ``workers``, ...).
+
+    Returns:
+        A Loader, or ``(training, validation)`` for ``subset="both"``.
+
+    Cost: the first call decodes every image once, over all cores; later calls
+    walk the folder and map the cache (no decode). The loaders then place the
+    uint8 images as any ``.npy`` input: GPU if they fit, else RAM, else disk.
+    """
+    settings, on_error, seed, kind = _check_arguments(
+        labels, label_mode, class_names, color_mode, batch_size, image_size, shuffle, seed, validation_split,
+        subset, interpolation, crop_to_aspect_ratio, dtype, on_error, loader_kwargs,
+    )
+    if labels is None or label_mode is None:
+        labels, label_mode = None, None
+    directory = os.path.abspath(os.fspath(directory))
+    files, file_labels, names = index_directory(directory, labels, class_names, follow_links)
+    if label_mode == "binary" and len(names or ()) != 2:
+        raise ValueError(
+            f'label_mode="binary" needs exactly 2 classes; found {len(names or ())}: {names}. Use "int" or '
+            '"categorical", or pass class_names with two of them.'
+        )
+    entry = build_cache(directory, files, settings, kind, class_names, follow_links, cache_dir, verbose)
+    skipped = {int(row): problem for row, problem in entry.manifest["skipped"]}
+    if skipped and on_error == "raise":
+        raise decode.DecodeError(_listing(skipped, "could not be decoded when the cache was built") +
+                                 ' Remove or fix them, or pass on_error="skip" to leave them out.')
+    if skipped:
+        warnings.warn(f"{len(skipped)} of {len(files)} images could not be decoded and were skipped "
+                      f"(on_error='skip'): {_listing(skipped, '')}", stacklevel=2)
+    kept = np.array([row for row in range(len(files)) if row not in skipped], dtype=np.int64)
+    images = entry.array("images")
+    order = np.arange(len(kept))
+    if shuffle:
+        np.random.RandomState(seed % 2**32).shuffle(order)  # Keras shuffles the file list so before splitting
+    parts = [("training", True), ("validation", False)] if subset == "both" else [(subset, shuffle)]
+    loaders = []
+    for part, part_shuffle in parts:
+        rows = _split(order, validation_split, part, directory)
+        if shuffle:
+            rows = np.sort(rows)  # the loader shuffles by its own keyed order; rows ascending read the file in order
+        loaders.append(_loader(
+            images, rows, kept, files, file_labels, names, label_mode, directory, dtype, batch_size,
+            part_shuffle and shuffle, seed, verbose, loader_kwargs,
+        ))
+    return tuple(loaders) if subset == "both" else loaders[0]
+
+
+def _check_arguments(
+    labels: Any, label_mode: Any, class_names: Any, color_mode: Any, batch_size: Any, image_size: Any,
+    shuffle: Any, seed: Any, validation_split: Any, subset: Any, interpolation: Any, crop_to_aspect_ratio: Any,
+    dtype: Any, on_error: Any, loader_kwargs: dict[str, Any],
+) -> tuple[decode.DecodeSettings, str, int, str]:
+    """Keras's checks, in Keras's words where it has them, plus this function's own."""
+    from gpuloader import inputs
+
+    if labels not in ("inferred", None):
+        if not isinstance(labels, (list, tuple)):
+            raise ValueError(
+                "labels must be \"inferred\", None, or a list/tuple of integer labels, one per image file in "
+                f"the sorted order of os.walk; received labels={labels!r}."
+            )
+        if class_names:
+            raise ValueError('class_names can only be given with labels="inferred"; received '
+                             f"class_names={class_names}.")
+    if label_mode not in ("int", "categorical", "binary", None):
+        raise ValueError(f'label_mode must be "int", "categorical", "binary" or None; received {label_mode!r}.')
+    if batch_size is None:
+        raise ValueError("batch_size=None (unbatched samples) is not offered: a Loader serves batches; give an int.")
+    if "pad_to_aspect_ratio" in loader_kwargs or "data_format" in loader_kwargs:
+        raise ValueError("pad_to_aspect_ratio and data_format are not offered: images are stored channels-last, "
+                         "resized (or cropped with crop_to_aspect_ratio=True); transpose in transform= if needed.")
+    if dtype not in ("float32", "uint8"):
+        raise ValueError(f'dtype must be "float32" (as Keras) or "uint8" (the stored bytes); received {dtype!r}.')
+    if on_error not in ON_ERROR:
+        raise ValueError(f'on_error must be "raise" or "skip"; received {on_error!r}.')
+    settings = decode.check_settings(image_size, color_mode, interpolation, crop_to_aspect_ratio)
+    if (validation_split is not None and not isinstance(validation_split, (int, float))) or (
+            validation_split and not 0 < validation_split < 1):
+        raise ValueError(f"validation_split must be between 0 and 1; received {validation_split!r}.")
+    if bool(validation_split) != bool(subset):
+        raise ValueError("subset and validation_split go together: give both (e.g. validation_split=0.2, "
+                         f'subset="training") or neither; received validation_split={validation_split!r}, '
+                         f"subset={subset!r}.")
+    if subset not in ("training", "validation", "both", None):
+        raise ValueError(f'subset must be "training", "validation" or "both"; received {subset!r}.')
+    if validation_split and shuffle and seed is None:
+        raise ValueError("validation_split with shuffle=True needs a seed, so that the training and validation "
+                         "subsets of every call are the same files and never overlap; pass seed=... .")
+    seed = inputs.check_seed(seed)
+    kind = "inferred" if labels == "inferred" else "files"
+    return settings, on_error, seed, kind
+
+
+def index_directory(
+    directory: str, labels: Any, class_names: Sequence[str] | None, follow_links: bool
+) -> tuple[list[str], np.ndarray | None, list[str] | None]:
+    """The image files (relative to ``directory``), their labels and the class names, in Keras's unshuffled order.
+
+    Raises:
+        ValueError: no such folder, ``class_names`` that are not its subfolders,
+            an empty class folder, no images, or labels of the wrong length.
+    """
+    if not os.path.isdir(directory):
+        raise ValueError(f"directory {directory!r} is not a folder; pass the folder that holds one subfolder "
+                         "per class.")
+    if labels == "inferred":
+        subdirs = [name for name in sorted(os.listdir(directory))
+                   if os.path.isdir(os.path.join(directory, name)) and not name.startswith(".")]
+        if class_names is not None:
+            if not set(class_names).issubset(subdirs):
+                raise ValueError(f"class_names must name subfolders of {directory!r}: {subdirs} (or some of them); "
+                                 f"received class_names={list(class_names)}.")
+            subdirs = list(class_names)
+    else:
+        subdirs = [""]
+    files: list[str] = []
+    class_of: list[int] = []
+    for index, subdir in enumerate(subdirs):
+        found = _walk(os.path.join(directory, subdir) if subdir else directory, follow_links)
+        if labels == "inferred" and not found:
+            raise ValueError(
+                f"class folder {subdir!r} in {directory!r} has no images (allowed formats: "
+                f"{', '.join(decode.ALLOWED_FORMATS)}): its class would never be seen. Add images, remove the "
+                f"folder, or pass class_names=[...] without it."
+            )
+        files += [subdir + os.sep + name for name in found] if subdir else found
+        class_of += [index] * len(found)
+    if not files:
+        raise ValueError(f"no images found in {directory!r}; allowed formats: {', '.join(decode.ALLOWED_FORMATS)}.")
+    if labels == "inferred":
+        return files, np.asarray(class_of, dtype=np.int32), list(subdirs)
+    if labels is None:
+        return files, None, None
+    if len(labels) != len(files):
+        raise ValueError(f"labels has {len(labels)} entries but {directory!r} holds {len(files)} images; give one "
+                         "label per image, in the sorted order of os.walk.")
+    return files, np.asarray(labels, dtype=np.int32), [str(label) for label in sorted(set(labels))]
+
+
+def _walk(folder: str, follow_links: bool) -> list[str]:
+    """Image files under ``folder``, relative to it, sorted by folder then name (as Keras lists them).
+
+    Paths are cut and joined as strings (``os.path`` calls cost more than the
+    walk itself for thousands of files, and this runs on every call).
+    """
+    found = []
+    cut = len(folder) + 1
+    for root, _, names in sorted(os.walk(folder, followlinks=follow_links), key=lambda item: item[0]):
+        prefix = root[cut:] + os.sep if len(root) >= cut else ""
+        found += [prefix + name for name in sorted(names) if name.lower().endswith(decode.ALLOWED_FORMATS)]
+    return found
+
+
+def build_cache(
+    directory: str, files: list[str], settings: decode.DecodeSettings, kind: str, class_names: Any,
+    follow_links: bool, cache_dir: Any, verbose: bool,
+) -> cache_lib.Entry:
+    """The cache entry of these files under these settings: opened, or decoded now."""
+    paths = [directory + os.sep + name for name in files]
+    stats = [os.stat(path) for path in paths]
+    content = [[name, stat.st_size, stat.st_mtime_ns] for name, stat in zip(files, stats)]
+    source = {"directory": directory, "labels": kind, "class_names": list(class_names) if class_names else None,
+              "follow_links": follow_links, "settings": dataclasses.asdict(settings)}
+
+    def build(folder: Path) -> dict[str, Any]:
+        return decode_images(paths, paths, settings, folder, f"gpuloader: decoding {len(files)} images", verbose)
+
+    return cache_lib.open_or_build(cache_lib.cache_root(cache_dir), "folder", source, content, build)
+
+
+def decode_images(
+    items: Sequence[str | bytes], names: Sequence[str], settings: decode.DecodeSettings, folder: Path,
+    description: str, verbose: bool,
+) -> dict[str, Any]:
+    """Decode ``items`` into ``folder/images.npy``; the manifest fields (arrays, skipped rows)."""
+    shape = _first_shape(items, names, settings)
+    images = cache_lib.new_array(folder, "images", (len(items), *shape), np.uint8)
+    del images  # the workers write through their own maps
+    path = str(folder / "images.npy")
+    problems = decode.decode_into(items, names, path, settings, description, verbose)
+    sizes = {row: problem for row, problem in problems.items() if decode._SIZE_FIX in problem}
+    if sizes:
+        raise ValueError("images of several sizes and image_size=None: a batch needs one size. "
+                         + _listing(sizes, ""))
+    images = np.load(path, mmap_mode="r")
+    if problems:
+        kept = np.array([row for row in range(len(items)) if row not in problems], dtype=np.int64)
+        compact = cache_lib.new_array(folder, "kept", (len(kept), *shape), np.uint8)
+        for start in range(0, len(kept), 4096):
+            compact[start:start + 4096] = images[kept[start:start + 4096]]
+        compact.flush()
+        del compact, images
+        os.replace(folder / "kept.npy", path)
+        images = np.load(path, mmap_mode="r")
+    return {"arrays": cache_lib.describe({"images": images}), "skipped": sorted(problems.items())}
+
+
+def _first_shape(items: Sequence[str | bytes], names: Sequence[str], settings: decode.DecodeSettings) -> tuple:
+    """The shape of every decoded image: ``image_size``, or the first decodable image's own size."""
+    if settings.image_size is not None:
+        return (*settings.image_size, settings.channels)
+    for item in items:
+        try:
+            return decode.image_shape(item, settings)
+        except Exception:  # reported by the decode pass with the file's name
+            continue
+    raise decode.DecodeError(f"none of the {len(items)} images can be decoded, e.g. {names[0]!r}.")
+
+
+def _listing(problems: dict[int, str], what: str) -> str:
+    shown = [problems[row] for row in sorted(problems)[:5]]
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return f"{len(problems)} image(s) {what}: " + "; ".join(shown) + more + "." if what else "; ".join(shown) + more
+
+
+def _split(order: np.ndarray, validation_split: float | None, subset: str | None, directory: str) -> np.ndarray:
+    """Keras's split of the (shuffled) file order: the last ``int(split * n)`` for validation."""
+    if not validation_split:
+        return order
+    count = int(validation_split * len(order))
+    if count == 0 or count == len(order):
+        raise ValueError(f"validation_split={validation_split} of {len(order)} images in {directory!r} leaves "
+                         f"{'no validation' if count == 0 else 'no training'} images; choose another split.")
+    return order[:-count] if subset == "training" else order[-count:]
+
+
+def _loader(
+    images: np.ndarray, rows: np.ndarray, kept: np.ndarray, files: list[str], file_labels: np.ndarray | None,
+    names: list[str] | None, label_mode: str | None, directory: str, dtype: str, batch_size: int, shuffle: bool,
+    seed: int, verbose: bool, loader_kwargs: dict[str, Any],
+) -> Any:
+    from gpuloader.loader import Loader
+
+    contiguous = len(rows) > 0 and bool(np.all(np.diff(rows) == 1))
+    # A slice of the map stays a map (read lazily by the tiers); scattered rows are read into RAM once.
+    x = images[int(rows[0]):int(rows[-1]) + 1] if contiguous else np.take(images, rows, axis=0)
+    y = None
+    if label_mode is not None:
+        label = file_labels[kept[rows]]
+        if label_mode == "binary":
+            y = label.astype(np.float32)[:, None]
+        elif label_mode == "categorical":
+            y = np.eye(len(names), dtype=np.float32)[label]
+        else:
+            y = label.astype(np.int32)
+    kwargs = dict(loader_kwargs)
+    kwargs["transform"] = _cast(dtype, kwargs.get("transform"))
+    loader = Loader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, verbose=verbose, **kwargs)
+    loader.class_names = names
+    loader.file_paths = [directory + os.sep + files[row] for row in kept[rows].tolist()]
+    return loader
+
+
+def _cast(dtype: str, transform: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """The batch transform: images cast to float32 (where the data lives), then the user's transform."""
+    if dtype == "uint8":
+        return transform
+
+    def cast(batch: tuple[Any, ...], xp: Any) -> tuple[Any, ...]:
+        batch = (xp.astype(batch[0], xp.float32), *batch[1:])
+        return batch if transform is None else transform(batch, xp)
+
+    return cast

@@ -1,0 +1,184 @@
+"""``from_tf_dataset``: a finite ``tf.data.Dataset`` (so also TFDS) materialised once into the cache.
+
+Each element is one sample: a tensor, a dict, or a tuple ``(x,)``, ``(x, y)``
+or ``(x, y, sample_weight)`` as Keras reads them, every component of a fixed
+shape and a numeric or bool dtype. The pipeline runs once, its elements
+written into one ``.npy`` per component, then the Loader serves those files by
+the usual tiers. Refused, with the rule and the fix: an infinite dataset
+(``repeat()``), one of unknown cardinality (``filter``, ``from_generator``),
+ragged or sparse components, and components whose shape is not fixed (a
+batched dataset has an unknown batch dimension: ``unbatch()`` it).
+
+The cache key is the pipeline's serialized graph (what TensorFlow saves for
+it: sources, file names, ops and their constants), its element spec and its
+cardinality. A pipeline reading files whose contents change under the same
+names is therefore not noticed: pass ``cache_key=`` naming the data's version,
+or ``rebuild=True``. A pipeline TensorFlow cannot serialize (a Python
+function through ``from_generator`` or ``py_function``) needs ``cache_key``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuloader.ingest import cache as cache_lib
+from gpuloader.ingest.progress import Progress
+
+READ_BATCH = 256
+
+
+def from_tf_dataset(
+    dataset: Any,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_key: str | None = None,
+    rebuild: bool = False,
+    verbose: bool = True,
+    **loader_kwargs: Any,
+) -> Any:
+    """A :class:`gpuloader.Loader` over every element of a finite ``tf.data.Dataset``, read once.
+
+    Args:
+        dataset: a ``tf.data.Dataset`` of single samples with fixed shapes.
+        cache_dir: where the cache lives (see :func:`gpuloader.image_dataset_from_directory`).
+        cache_key: a string naming this data (and its version); None derives
+            the key from the pipeline's serialized graph.
+        rebuild: read the pipeline again even if a cache entry exists.
+        verbose: progress bar while reading (needs tqdm), and the Loader's own.
+        **loader_kwargs: passed to the Loader (``batch_size``, ``shuffle``, ...).
+
+    Cost: the first call runs the pipeline once (one pass, at its own speed)
+    and writes the elements to disk; later calls map the files.
+    """
+    import tensorflow as tf
+
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(f"from_tf_dataset takes a tf.data.Dataset; received {type(dataset).__name__}.")
+    count = int(dataset.cardinality().numpy())
+    if count == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("the dataset is infinite (a repeat() without a count): a cache needs a finite number of "
+                         "samples. Drop the repeat() (the Loader serves epochs itself) or take(n) samples.")
+    if count == tf.data.UNKNOWN_CARDINALITY:
+        raise ValueError(
+            "the dataset's number of samples is unknown (filter, from_generator, flat_map ...): the cache is sized "
+            "before the pipeline runs. State it: dataset = dataset.apply(tf.data.experimental.assert_cardinality(n)) "
+            "(TensorFlow checks it while reading), or dataset.take(n) on an infinite one."
+        )
+    if count == 0:
+        raise ValueError("the dataset is empty (cardinality 0); give at least one sample.")
+    spec = dataset.element_spec
+    components = tf.nest.flatten(spec)
+    for path, component in zip(_paths(spec), components):
+        _check_component(tf, path, component)
+    structure = spec
+    if isinstance(spec, tuple) and not 1 <= len(spec) <= 3:
+        raise ValueError(f"elements are tuples of {len(spec)}; Keras reads (x,), (x, y) or (x, y, sample_weight). "
+                         "Group the inputs: dataset.map(lambda *t: ((t[0], t[1]), t[2])) or use a dict.")
+    shapes = [[count, *component.shape.as_list()] for component in components]
+    dtypes = [np.dtype(component.dtype.as_numpy_dtype).str for component in components]
+    if cache_key is None:
+        cache_key = _graph_key(tf, dataset)
+    content = {"key": cache_key, "shapes": shapes, "dtypes": dtypes, "rebuild": os.urandom(8).hex() if rebuild else 0}
+    source = {"key": cache_key}
+
+    def build(folder: Path) -> dict[str, Any]:
+        return _materialise(tf, dataset, folder, shapes, dtypes, verbose)
+
+    entry = cache_lib.open_or_build(cache_lib.cache_root(cache_dir), "tfdata", source, content, build)
+    arrays = tf.nest.pack_sequence_as(structure, [entry.array(f"c{i}") for i in range(len(components))],
+                                      expand_composites=False)
+    from gpuloader.loader import Loader
+
+    parts = list(arrays) if isinstance(arrays, tuple) else [arrays]
+    return Loader(*parts, verbose=verbose, **loader_kwargs)
+
+
+def _graph_key(tf: Any, dataset: Any) -> str:
+    """A hash of the pipeline's graph, the same for the same pipeline built again, in this process or another.
+
+    Function names and the datasets' debug names carry a per-process counter
+    (``__inference_..._11``, ``MapDataset:3``); the names are replaced by their
+    position in the graph's function library, the debug names left out.
+    Pipelines with external state (a Python generator or ``py_function``,
+    whose data the graph does not show) are refused: their key would be the
+    same for different data.
+    """
+    from tensorflow.core.framework import graph_pb2
+
+    try:
+        serialized = dataset._as_serialized_graph(
+            external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL
+        ).numpy()
+    except Exception as error:  # a py_function / from_generator: its data is not in the graph
+        raise ValueError(
+            f"this pipeline has state outside its graph (a Python generator or py_function: {type(error).__name__}), "
+            "so the cache cannot tell one such pipeline's data from another's; pass cache_key='a name for this "
+            "data and its version'."
+        ) from error
+    graph = graph_pb2.GraphDef.FromString(serialized)
+    for node in [*graph.node, *(node for function in graph.library.function for node in function.node_def)]:
+        if "metadata" in node.attr:  # the dataset's debug name, numbered per process ("MapDataset:3")
+            del node.attr["metadata"]
+    text = graph.SerializeToString(deterministic=True)  # TF's own bytes vary with map order
+    names = sorted((function.signature.name for function in graph.library.function), key=len, reverse=True)
+    for position, name in enumerate(names):
+        text = text.replace(name.encode(), f"<function {position}>".encode())
+    return hashlib.sha256(text).hexdigest()
+
+
+def _paths(spec: Any, prefix: str = "element") -> list[str]:
+    """A readable name for each component of the element spec, in ``tf.nest.flatten`` order (dict keys sorted)."""
+    if isinstance(spec, dict):
+        return [name for key in sorted(spec) for name in _paths(spec[key], f"{prefix}[{key!r}]")]
+    if isinstance(spec, (tuple, list)):
+        return [name for i, part in enumerate(spec) for name in _paths(part, f"{prefix}[{i}]")]
+    return [prefix]
+
+
+def _check_component(tf: Any, path: str, component: Any) -> None:
+    if isinstance(component, tf.RaggedTensorSpec):
+        raise ValueError(f"{path} is ragged ({component}); a batch needs one shape per sample. Make it dense with a "
+                         "fixed shape: dataset.map(lambda x: x.to_tensor(shape=[...])) (pads and cuts).")
+    if not isinstance(component, tf.TensorSpec):
+        raise ValueError(f"{path} is a {type(component).__name__}; only dense tensors can be cached. Convert it, "
+                         "e.g. tf.sparse.to_dense in a map.")
+    if not component.shape.is_fully_defined():
+        raise ValueError(
+            f"{path} has shape {component.shape}, not fixed; every sample needs the same shape. Resize or pad in a "
+            "map (tf.image.resize, tf.ensure_shape); if the dataset is batched (first dimension None), unbatch() it: "
+            "the Loader batches."
+        )
+    if component.dtype == tf.string or not (component.dtype.is_floating or component.dtype.is_integer
+                                            or component.dtype.is_bool):
+        raise ValueError(f"{path} has dtype {component.dtype.name}; only numeric and bool tensors can be batched. "
+                         "Decode strings in a map (e.g. tf.io.decode_image) or turn them into integer ids.")
+
+
+def _materialise(tf: Any, dataset: Any, folder: Path, shapes: list[list[int]], dtypes: list[str],
+                 verbose: bool) -> dict[str, Any]:
+    """Run the pipeline once, writing its elements into ``c<i>.npy``; the manifest's fields."""
+    outs = [cache_lib.new_array(folder, f"c{i}", tuple(shape), dtype)
+            for i, (shape, dtype) in enumerate(zip(shapes, dtypes))]
+    count = shapes[0][0]
+    row = 0
+    with Progress(count, f"gpuloader: reading {count} samples", verbose) as progress:
+        for batch in dataset.batch(READ_BATCH).prefetch(2).as_numpy_iterator():
+            parts = tf.nest.flatten(batch)
+            size = len(parts[0])
+            if row + size > count:
+                raise ValueError(f"the dataset gave more than its cardinality of {count} samples; fix the "
+                                 "assert_cardinality count.")
+            for out, part in zip(outs, parts):
+                out[row:row + size] = part
+            row += size
+            progress.advance(size)
+    if row != count:
+        raise ValueError(f"the dataset gave {row} samples, not its cardinality of {count}; fix the count.")
+    for out in outs:
+        out.flush()
+    return {"arrays": cache_lib.describe({f"c{i}": out for i, out in enumerate(outs)})}

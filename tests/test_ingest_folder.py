@@ -1,0 +1,263 @@
+"""gpuloader.image_dataset_from_directory: Keras's files, classes, labels and pixels, decoded once into a cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_python
+
+import gpuloader
+from gpuloader.ingest import decode
+
+PIL = pytest.importorskip("PIL.Image")
+MODES = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
+
+
+def write_folder(root, mode="RGB", size=(12, 10), per_class=(4, 3, 5), ext="png", nested=True, seed=0):
+    """Class folders of random images written by Pillow; nested ones get a subfolder of their own."""
+    rng = np.random.default_rng(seed)
+    channels = len(mode)
+    for index, count in enumerate(per_class):
+        folder = root / ["class_b", "class_a", "class_c"][index]  # made out of alphanumeric order
+        for i in range(count):
+            where = folder / "inner" if nested and i == count - 1 else folder
+            where.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 256, (size[0], size[1], channels), dtype=np.uint8)
+            PIL.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(where / f"img_{i:02d}.{ext}")
+    return root
+
+
+def keras_by_file(dataset):
+    """{file: (image, label)} of a Keras dataset made with shuffle=False (its file_paths are in batch order)."""
+    images, labels = [], []
+    for batch in dataset:
+        x, y = batch if isinstance(batch, tuple) else (batch, None)
+        images += list(x.numpy())
+        labels += [None] * len(x) if y is None else list(y.numpy())
+    return {path: (image, label) for path, image, label in zip(dataset.file_paths, images, labels)}
+
+
+def ours_by_file(loader):
+    images, labels = [], []
+    for batch in loader:
+        images += list(np.asarray(batch[0]))
+        labels += [None] * len(batch[0]) if len(batch) == 1 else list(np.asarray(batch[1]))
+    return {path: (image, label) for path, image, label in zip(loader.file_paths, images, labels)}
+
+
+@pytest.mark.parametrize("color_mode", ["grayscale", "rgb", "rgba"])
+@pytest.mark.parametrize("label_mode", ["int", "categorical", "binary", None])
+def test_class_names_labels_and_pixels_equal_keras_for_images_at_image_size(tmp_path, color_mode, label_mode):
+    import keras
+
+    per_class = (4, 3) if label_mode == "binary" else (4, 3, 5)
+    folder = write_folder(tmp_path / "data", MODES[color_mode], size=(12, 10), per_class=per_class)
+    arguments = {"color_mode": color_mode, "label_mode": label_mode, "image_size": (12, 10), "shuffle": False,
+                 "batch_size": 5}
+    theirs = keras.utils.image_dataset_from_directory(folder, verbose=False, **arguments)
+    ours = gpuloader.image_dataset_from_directory(folder, cache_dir=tmp_path / "cache", verbose=False, **arguments)
+    expected_names = None if label_mode is None else ["class_a", "class_b", "class_c"][: len(per_class)]
+    assert ours.class_names == theirs.class_names == expected_names
+    assert ours.file_paths == theirs.file_paths  # same files, same order (nested folders included)
+    expected, served = keras_by_file(theirs), ours_by_file(ours)
+    assert served.keys() == expected.keys()
+    for path, (image, label) in expected.items():
+        assert served[path][0].dtype == image.dtype == np.float32
+        np.testing.assert_array_equal(served[path][0], image, err_msg=path)
+        if label_mode is None:
+            assert served[path][1] is None
+        else:
+            np.testing.assert_array_equal(served[path][1], label, err_msg=path)
+
+
+def test_shuffled_split_has_keras_files_in_each_subset_and_the_loader_shuffles_them(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", per_class=(9, 7, 8))
+    split = {"validation_split": 0.25, "seed": 1337, "image_size": (12, 10)}
+    keras_train, keras_val = keras.utils.image_dataset_from_directory(folder, subset="both", verbose=False, **split)
+    train, val = gpuloader.image_dataset_from_directory(folder, subset="both", cache_dir=tmp_path / "c",
+                                                        verbose=False, **split)
+    assert sorted(train.file_paths) == sorted(keras_train.file_paths)
+    assert sorted(val.file_paths) == sorted(keras_val.file_paths)
+    only_val = gpuloader.image_dataset_from_directory(folder, subset="validation", cache_dir=tmp_path / "c",
+                                                      verbose=False, **split)
+    assert only_val.file_paths == val.file_paths
+    assert (train.seed, train._shuffle, val._shuffle) == (1337, True, False)
+    labels = dict(zip(train.file_paths, np.asarray(train._store.leaves[1]).tolist()))  # row i is file_paths[i]
+    folders = {path: Path(path).relative_to(folder).parts[0] for path in labels}
+    assert labels == {path: train.class_names.index(folders[path]) for path in labels}
+
+
+def test_crop_to_aspect_ratio_takes_keras_centred_window(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", size=(12, 20), per_class=(2, 2))
+    arguments = {"image_size": (12, 12), "crop_to_aspect_ratio": True, "shuffle": False}
+    theirs = keras_by_file(keras.utils.image_dataset_from_directory(folder, verbose=False, **arguments))
+    served = ours_by_file(gpuloader.image_dataset_from_directory(folder, cache_dir=tmp_path / "c", verbose=False,
+                                                                 **arguments))
+    for path, (image, _) in theirs.items():
+        np.testing.assert_array_equal(served[path][0], image, err_msg=path)
+
+
+def test_resized_images_are_close_to_keras_not_equal(tmp_path):
+    """Pillow's bilinear filter vs tf.image.resize: documented as a difference of a few levels."""
+    import keras
+
+    folder = write_folder(tmp_path / "data", size=(8, 8), per_class=(2, 2))
+    arguments = {"image_size": (16, 16), "shuffle": False}
+    theirs = keras_by_file(keras.utils.image_dataset_from_directory(folder, verbose=False, **arguments))
+    served = ours_by_file(gpuloader.image_dataset_from_directory(folder, cache_dir=tmp_path / "c", verbose=False,
+                                                                 **arguments))
+    difference = np.mean([np.abs(served[p][0] - image).mean() for p, (image, _) in theirs.items()])
+    assert served[next(iter(theirs))][0].shape == (16, 16, 3)
+    assert 0 < difference < 12
+
+
+def test_second_call_in_a_new_process_opens_the_cache_without_decoding(tmp_path):
+    folder = write_folder(tmp_path / "data")
+    cache = tmp_path / "cache"
+    first = gpuloader.image_dataset_from_directory(folder, image_size=(12, 10), shuffle=False, cache_dir=cache,
+                                                   verbose=False)
+    (entry,) = [path for path in cache.iterdir()]
+    manifest_time = (entry / "manifest.json").stat().st_mtime_ns
+    script = (
+        "import sys, json, numpy as np, gpuloader\n"
+        "from gpuloader.ingest import decode\n"
+        "def refuse(*a, **k): raise AssertionError('decoded again')\n"
+        "decode.decode_one = refuse; decode.decode_into = refuse\n"
+        f"ld = gpuloader.image_dataset_from_directory({str(folder)!r}, image_size=(12, 10), shuffle=False, "
+        f"cache_dir={str(cache)!r}, verbose=False)\n"
+        "print(json.dumps([np.asarray(ld[0][0]).tolist(), ld.class_names]))\n"
+    )
+    done = run_python(["-c", script])
+    assert done.returncode == 0, done.stderr[-2000:]
+    pixels, names = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_array_equal(np.asarray(pixels, np.float32), np.asarray(first[0][0]))
+    assert names == first.class_names
+    assert [path for path in cache.iterdir()] == [entry]
+    assert (entry / "manifest.json").stat().st_mtime_ns == manifest_time
+
+
+def test_a_changed_folder_rebuilds_and_the_old_entry_goes(tmp_path):
+    folder = write_folder(tmp_path / "data", per_class=(3, 3))
+    cache = tmp_path / "cache"
+    arguments = {"image_size": (12, 10), "shuffle": False, "cache_dir": cache, "verbose": False, "dtype": "uint8"}
+    before = gpuloader.image_dataset_from_directory(folder, **arguments)
+    (old,) = list(cache.iterdir())
+    target = folder / "class_a" / "img_00.png"
+    PIL.fromarray(np.full((12, 10, 3), 7, np.uint8)).save(target)
+    os.utime(target, ns=(1, 1))  # another mtime even on a coarse clock
+    after = gpuloader.image_dataset_from_directory(folder, **arguments)
+    assert np.all(np.asarray(after[0][0])[0] == 7) and not np.all(np.asarray(before[0][0])[0] == 7)
+    (new,) = list(cache.iterdir())
+    assert new != old
+    PIL.fromarray(np.full((12, 10, 3), 9, np.uint8)).save(folder / "class_b" / "zz_new.png")
+    grown = gpuloader.image_dataset_from_directory(folder, **arguments)
+    assert grown.num_samples == before.num_samples + 1
+    new_file = str(folder / "class_b" / "zz_new.png")
+    assert new_file in grown.file_paths and new_file not in before.file_paths
+
+
+def test_a_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
+    folder = write_folder(tmp_path / "data", per_class=(3, 3))
+    bad = folder / "class_b" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    cache = tmp_path / "cache"
+    arguments = {"image_size": (12, 10), "shuffle": False, "cache_dir": cache, "verbose": False}
+    with pytest.raises(decode.DecodeError, match=r"broken\.jpg: cannot be decoded"):
+        gpuloader.image_dataset_from_directory(folder, **arguments)
+    (entry,) = list(cache.iterdir())  # the decode is kept (good images, the bad one named); no temporary folder
+    assert json.loads((entry / "manifest.json").read_text())["skipped"][0][1].startswith(str(bad))
+    with pytest.warns(UserWarning, match="1 of 7 images could not be decoded and were skipped"):
+        skipped = gpuloader.image_dataset_from_directory(folder, on_error="skip", **arguments)
+    assert skipped.num_samples == 6 and not any(path.endswith("broken.jpg") for path in skipped.file_paths)
+    good = folder / "class_b" / "img_00.png"
+    with PIL.open(good) as image:
+        expected = np.asarray(image.convert("RGB"), np.float32)
+    index = skipped.file_paths.index(str(good))
+    np.testing.assert_array_equal(np.asarray(skipped[0][0])[index], expected)
+    with pytest.raises(decode.DecodeError, match=r"broken\.jpg"):  # the cache remembers the bad file
+        gpuloader.image_dataset_from_directory(folder, **arguments)
+
+
+def test_jpeg_files_decode_within_a_few_levels_of_keras(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", ext="jpg", per_class=(2, 2))
+    arguments = {"image_size": (12, 10), "shuffle": False}
+    theirs = keras_by_file(keras.utils.image_dataset_from_directory(folder, verbose=False, **arguments))
+    served = ours_by_file(gpuloader.image_dataset_from_directory(folder, cache_dir=tmp_path / "c", verbose=False,
+                                                                 **arguments))
+    for path, (image, _) in theirs.items():  # libjpeg-turbo in both; chroma upsampling differs by a few levels
+        assert np.abs(served[path][0] - image).max() <= 4, path
+        assert np.abs(served[path][0] - image).mean() < 1.5, path
+
+
+@pytest.mark.parametrize(
+    ("arrange", "arguments", "message"),
+    [
+        (lambda root: (root / "class_z").mkdir(), {}, "class folder 'class_z' .* has no images"),
+        (lambda root: None, {"image_size": None}, None),
+        (lambda root: PIL.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "class_a" / "small.png"),
+         {"image_size": None}, r"images of several sizes and image_size=None.*small\.png: is 5x5, not 12x10"),
+        (lambda root: None, {"interpolation": "gaussian"}, "no Pillow filter"),
+        (lambda root: None, {"validation_split": 0.2, "subset": "training"}, "needs a seed"),
+        (lambda root: None, {"validation_split": 0.2}, "subset and validation_split go together"),
+        (lambda root: None, {"batch_size": None}, "batch_size=None"),
+        (lambda root: None, {"label_mode": "binary"}, 'label_mode="binary" needs exactly 2 classes; found 3'),
+        (lambda root: None, {"class_names": ["class_a", "nope"]}, "class_names must name subfolders"),
+    ],
+)
+def test_refused_with_the_rule(tmp_path, arrange, arguments, message):
+    folder = write_folder(tmp_path / "data")
+    arrange(folder)
+    call = {"image_size": (12, 10), "cache_dir": tmp_path / "c", "verbose": False, **arguments}
+    if message is None:  # image_size=None with equal sizes is accepted: the images' own size
+        assert np.asarray(gpuloader.image_dataset_from_directory(folder, **call)[0][0]).shape[1:] == (12, 10, 3)
+        return
+    with pytest.raises(ValueError, match=message):
+        gpuloader.image_dataset_from_directory(folder, **call)
+
+
+def test_no_images_at_all_is_refused(tmp_path):
+    (tmp_path / "empty" / "class_a").mkdir(parents=True)
+    (tmp_path / "empty" / "class_a" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="has no images"):
+        gpuloader.image_dataset_from_directory(tmp_path / "empty", cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="no images found"):
+        gpuloader.image_dataset_from_directory(tmp_path / "empty", labels=None, cache_dir=tmp_path / "c")
+
+
+def test_fit_trains_on_the_loader_with_class_names(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", size=(8, 8), per_class=(6, 6, 6))
+    train = gpuloader.image_dataset_from_directory(folder, image_size=(8, 8), batch_size=4, seed=1,
+                                                   cache_dir=tmp_path / "c", verbose=False)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(len(train.class_names), activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        history = model.fit(train, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+def test_parallel_decode_fills_every_row(tmp_path):
+    """Over INLINE_BELOW images the worker processes write the rows; each row is its file's pixels."""
+    folder = tmp_path / "data" / "only"
+    folder.mkdir(parents=True)
+    count = decode.INLINE_BELOW + 60
+    for i in range(count):
+        PIL.fromarray(np.full((4, 4, 3), i % 251, np.uint8)).save(folder / f"{i:04d}.png")
+    loader = gpuloader.image_dataset_from_directory(folder.parent, image_size=(4, 4), shuffle=False, dtype="uint8",
+                                                    batch_size=count, cache_dir=tmp_path / "c", verbose=False)
+    pixels = np.asarray(loader[0][0])
+    np.testing.assert_array_equal(pixels[:, 0, 0, 0], np.arange(count) % 251)

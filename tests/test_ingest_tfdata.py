@@ -1,0 +1,96 @@
+"""gpuloader.from_tf_dataset: a finite tf.data pipeline of fixed-shape samples read once into the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuloader
+from gpuloader.ingest import tfdata
+
+tf = pytest.importorskip("tensorflow")
+
+
+def pipeline(n=600):
+    x = np.arange(n * 4, dtype=np.float32).reshape(n, 4)
+    y = (np.arange(n) % 5).astype(np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).map(lambda a, b: (a * 2.0, b))
+    return dataset, x * 2, y
+
+
+def test_elements_are_read_once_and_served_by_the_tiers(tmp_path, monkeypatch):
+    dataset, x, y = pipeline()
+    loader = gpuloader.from_tf_dataset(dataset, cache_dir=tmp_path, batch_size=50, shuffle=False, verbose=False)
+    assert loader.placement == "host"
+    xb, yb = loader[3]
+    np.testing.assert_array_equal(np.asarray(xb), x[150:200])
+    np.testing.assert_array_equal(np.asarray(yb), y[150:200])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pipeline ran again")
+
+    monkeypatch.setattr(tfdata, "_materialise", refuse)
+    rebuilt_pipeline, _, _ = pipeline()  # the same pipeline built again: the same key
+    again = gpuloader.from_tf_dataset(rebuilt_pipeline, cache_dir=tmp_path, batch_size=50, shuffle=False,
+                                      verbose=False)
+    np.testing.assert_array_equal(np.asarray(again[3][0]), x[150:200])
+    other = tf.data.Dataset.from_tensor_slices((x, y)).map(lambda a, b: (a * 3.0, b))
+    with pytest.raises(AssertionError, match="ran again"):  # another pipeline is another entry
+        gpuloader.from_tf_dataset(other, cache_dir=tmp_path, verbose=False)
+
+
+def test_dict_elements_and_a_shuffled_epoch_see_every_sample(tmp_path):
+    n = 130
+    dataset = tf.data.Dataset.from_tensor_slices({"image": np.arange(n * 6, dtype=np.uint8).reshape(n, 2, 3),
+                                                  "id": np.arange(n)})
+    loader = gpuloader.from_tf_dataset(dataset, cache_dir=tmp_path, batch_size=32, seed=3, verbose=False)
+    ids = np.concatenate([np.asarray(batch[0]["id"]) for batch in loader])
+    assert sorted(ids.tolist()) == list(range(n)) and ids.tolist() != list(range(n))
+
+
+def test_from_generator_needs_a_cache_key_and_then_works(tmp_path):
+    def rows():
+        for i in range(40):
+            yield np.full(3, i, np.float32), i
+
+    spec = (tf.TensorSpec((3,), tf.float32), tf.TensorSpec((), tf.int64))
+    dataset = tf.data.Dataset.from_generator(rows, output_signature=spec)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(40))
+    with pytest.raises(ValueError, match="pass cache_key="):
+        gpuloader.from_tf_dataset(dataset, cache_dir=tmp_path, verbose=False)
+    loader = gpuloader.from_tf_dataset(dataset, cache_key="rows-v1", cache_dir=tmp_path, batch_size=40,
+                                       shuffle=False, verbose=False)
+    np.testing.assert_array_equal(np.asarray(loader[0][1]), np.arange(40))
+
+
+def test_a_wrong_cardinality_is_refused_and_nothing_is_cached(tmp_path):
+    dataset = tf.data.Dataset.range(10).filter(lambda v: v < 5).map(lambda v: tf.cast(v, tf.float32))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(7))
+    with pytest.raises(Exception, match="7"):
+        gpuloader.from_tf_dataset(dataset, cache_key="short", cache_dir=tmp_path, verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d.repeat(), "infinite"),
+        (lambda d: d.filter(lambda a, b: b > 0), "unknown"),
+        (lambda d: d.batch(8), r"shape \(None, 4\), not fixed.*unbatch"),
+        (lambda d: tf.data.Dataset.from_tensor_slices(tf.ragged.constant([[1], [2, 3]])), "ragged"),
+        (lambda d: tf.data.Dataset.from_tensor_slices(["a", "b"]), "dtype string"),
+        (lambda d: d.map(lambda a, b: (a, b, b, b)), "tuples of 4"),
+        (lambda d: d.take(0), "empty"),
+    ],
+)
+def test_refused_with_the_rule_and_the_fix(tmp_path, make, message):
+    dataset, _, _ = pipeline(20)
+    with pytest.raises(ValueError, match=message):
+        gpuloader.from_tf_dataset(make(dataset), cache_dir=tmp_path, verbose=False)
+
+
+def test_take_makes_an_infinite_dataset_finite(tmp_path):
+    dataset, x, _ = pipeline(20)
+    loader = gpuloader.from_tf_dataset(dataset.repeat().take(30), cache_dir=tmp_path, batch_size=30, shuffle=False,
+                                       verbose=False)
+    np.testing.assert_array_equal(np.asarray(loader[0][0]), np.concatenate([x, x[:10]]))
