@@ -113,14 +113,24 @@ class KerasPasses:
         """
         epoch, shuffled, counts = self._schedule.begin_pass(keras_call())
         last = self._steps - 1
-        batches = in_order(
-            lambda position: prepare(position, epoch, shuffled, counts),
-            range(self._steps), workers=self._workers, max_queue_size=self._max_queue_size,
-        )
-        for position, prepared in enumerate(batches):
-            if counts and position == last:
-                self._schedule.finish_pass(epoch)
-            yield prepared
+        # On the disk tier, the pages of the batches ahead are requested in the pass's order.
+        readahead = self._pipeline.readahead(epoch, shuffled, self._steps)
+
+        def produce(position: int) -> Any:
+            if readahead is not None:
+                readahead.advance(position)
+            return prepare(position, epoch, shuffled, counts)
+
+        batches = in_order(produce, range(self._steps), workers=self._workers, max_queue_size=self._max_queue_size)
+        try:
+            for position, prepared in enumerate(batches):
+                if counts and position == last:
+                    self._schedule.finish_pass(epoch)
+                yield prepared
+        finally:
+            batches.close()  # its threads first: none of them starts a batch after the read-ahead stops
+            if readahead is not None:
+                readahead.close()
 
     def tf_dataset(self) -> Any:
         """Batches for the TF trainer; per-replica values under a multi-device strategy."""

@@ -425,3 +425,19 @@ def _thread_staging(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if buffer is None or buffer.nbytes < nbytes:
         buffer = _staging.buffer = np.empty(nbytes, dtype=np.uint8)
     return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def mapped_files(leaf: Any) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+    """The memory maps under an on-disk leaf: ``(rows, [(first row, map), ...])``, for page requests.
+
+    Row ``i`` of the leaf is row ``rows[i]`` (``i`` when ``rows`` is None) of
+    the maps' rows concatenated; each map holds the rows from its first row on.
+    """
+    if isinstance(leaf, RowSubset):
+        rows, maps = mapped_files(leaf.base)
+        return (leaf.rows if rows is None else rows[leaf.rows]), maps
+    if isinstance(leaf, ShardedArray):
+        return None, [(int(first), mapped) for first, mapped in zip(leaf.offsets[:-1].tolist(), leaf.maps)]
+    if isinstance(leaf, np.memmap):
+        return None, [(0, leaf)]
+    return None, []
