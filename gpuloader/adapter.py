@@ -129,14 +129,24 @@ class KerasPasses:
         schedule = self._schedule
         running = schedule.begin_pass(keras_call())
         epoch, shuffled, counts = running.epoch, running.shuffled, running.counts
-        batches = in_order(
-            lambda position: prepare(position, epoch, shuffled, counts),
-            range(running.start, running.start + running.length),
-            workers=self._workers, max_queue_size=self._max_queue_size,
-        )
-        for prepared in batches:
-            schedule.served(running)
-            yield prepared
+        first, end = running.start, running.start + running.length
+        # On the disk tier, the pages of the batches ahead are requested in the pass's order.
+        readahead = self._pipeline.readahead(epoch, shuffled, first, end)
+
+        def produce(position: int) -> Any:
+            if readahead is not None:
+                readahead.advance(position)
+            return prepare(position, epoch, shuffled, counts)
+
+        batches = in_order(produce, range(first, end), workers=self._workers, max_queue_size=self._max_queue_size)
+        try:
+            for prepared in batches:
+                schedule.served(running)
+                yield prepared
+        finally:
+            batches.close()  # its threads first: none of them starts a batch after the read-ahead stops
+            if readahead is not None:
+                readahead.close()
 
     def tf_dataset(self, super_batch: int | None = None) -> Any:
         """Batches for the TF trainer; per-replica values under a multi-device strategy; stacked by ``super_batch``."""

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gpuloader import placement as placement_lib
+from gpuloader import readahead as readahead_lib
 from gpuloader import replicas as replicas_lib
 from gpuloader import sharding
 from gpuloader import store as store_lib
@@ -103,6 +104,16 @@ class BatchPipeline:
         if not shuffled:
             return slice(start, stop)
         return self._order_of(epoch)[start:stop]
+
+    def readahead(self, epoch: int, shuffled: bool, first: int, end: int) -> readahead_lib.PassReadahead | None:
+        """The page requests of a pass over batches ``first .. end - 1`` of on-disk leaves (:mod:`gpuloader.readahead`).
+
+        None unless the store reads files batch by batch.
+        """
+        if self.on_gpu or self.replicas is not None:
+            return None
+        order = self._order_of(epoch) if shuffled else None
+        return readahead_lib.for_pass(self.store.leaves, order, self._batch_size, end, first)
 
     # ----------------------------------------------------------- prepare
     def prepare(self, position: int, epoch: int, shuffled: bool, augmented: bool = True) -> Prepared:

@@ -118,9 +118,9 @@ def _column(dataset: Any, column: str, settings: decode.DecodeSettings, cache_di
         raise ValueError(f"column {column!r} is empty; the Dataset has no rows.")
     if len(views) == 1:
         return views[0]
-    from gpuloader.sources import ArraySource, ShardedArray
+    from gpuloader.sources import concatenated
 
-    return ShardedArray([ArraySource(view) for view in views])  # record batches concatenated, each a view
+    return concatenated(views)  # the record batches' rows in order, each read in place
 
 
 def arrow_view(chunk: Any, column: str) -> np.ndarray:

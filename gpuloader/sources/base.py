@@ -102,6 +102,15 @@ class Source(abc.ABC):
         """``name`` for messages, with the file(s) the rows come from."""
         return name
 
+    def mapped_files(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+        """The memory maps the rows are read from, for page requests (:mod:`gpuloader.readahead`).
+
+        ``(rows, [(first row, map), ...])``: row ``i`` of this source is row
+        ``rows[i]`` (``i`` when ``rows`` is None) of the maps' rows concatenated,
+        each map holding the rows from its first row on. Default: no maps.
+        """
+        return None, []
+
 
 def read_rows_sorted(source: Source, rows: np.ndarray, out: np.ndarray) -> None:
     """Fill ``out`` with ``source[rows]`` for rows in any order: read in ascending order, then put back.

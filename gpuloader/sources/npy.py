@@ -67,6 +67,9 @@ class NpySource(Source):
         filename = getattr(self.array, "filename", None)
         return f"{name} ({filename!r})" if filename else name
 
+    def mapped_files(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+        return None, [(0, self.array)]
+
     def read_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
         take_sorted_from_map(self.array, rows, out)
 

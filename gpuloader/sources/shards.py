@@ -26,6 +26,15 @@ class ShardedArray(Source):
         self.shape = (int(self.offsets[-1]), *self.parts[0].shape[1:])
         self.dtype = self.parts[0].dtype
 
+    def mapped_files(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+        maps = []
+        for first, part in zip(self.offsets[:-1].tolist(), self.parts):
+            rows, part_maps = part.mapped_files()
+            if rows is not None:  # a part that is itself a subset: no flat row map to offer
+                return None, []
+            maps.extend((int(first) + part_first, mapped) for part_first, mapped in part_maps)
+        return None, maps
+
     def describe(self, name: str) -> str:
         first = getattr(self.parts[0], "path", None)
         return f"{name} ({len(self.parts)} shards from {first!r})" if first else name

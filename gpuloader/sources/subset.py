@@ -13,6 +13,10 @@ class RowSubset(Source):
     Ascending rows keep a sorted read sorted, so reads stay in file order.
     """
 
+    def mapped_files(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+        rows, maps = self.base.mapped_files()
+        return (self.rows if rows is None else rows[self.rows]), maps
+
     def __init__(self, base: Source, rows: np.ndarray) -> None:
         self.base = base
         self.rows = rows

@@ -1,0 +1,237 @@
+"""Cold epochs from disk: gpuloader's read-ahead in the epoch's order against the seed Sequence over a memory map.
+
+Usage: ``python bench/cold.py [--quick] [--rounds N] [--rows N] [--dir DIR] [--cases a,b,...] [--keep]``
+
+Data: ``x.npy`` (float32 rows of 3072 values, 12 KiB a row) and ``y.npy`` written
+once into ``--dir`` (default ``/tmp/gpuloader_cold``; 100 000 rows, 1.23 GB) by
+``synthetic.write_npy`` and deleted at the end unless ``--keep``. The file fits
+in the page cache here, as after a reboot or for a first epoch.
+
+Each case runs in a process of its own (``python bench/cold.py --case NAME``),
+and the cases are interleaved round by round (A B C, B C A, ...), since this
+machine is shared. In its process a case builds its loader, reads a 20-batch
+warm-up, then times a **partial** epoch (the first 40% of a new epoch's
+batches) and a **full** epoch, in the order the round says; before every epoch
+(warm-up included), outside the timing, the files' pages are evicted from the
+page cache (``pagecache.evict``: ``POSIX_FADV_DONTNEED`` after dropping this
+process's mappings), so every epoch starts cold. Each batch goes through
+TensorFlow (``tf.convert_to_tensor`` for the seed, ``get_tf_dataset()`` for
+gpuloader, the path ``fit`` takes).
+
+Cases:
+
+- ``seed``: the seed's Sequence over ``np.load(path, mmap_mode="r")`` (``x[indices]``).
+- ``gpuloader1`` / ``gpuloader``: ``Loader(device="disk")`` with ``workers=1`` / ``4``.
+- ``noahead1``: ``gpuloader1`` with the read-ahead of :mod:`gpuloader.readahead` turned off
+  (``for_pass`` returns None): the disk tier as it was.
+- ``nosweep1``: ``gpuloader1`` with the window only (``SWEEP_SHARE = 0``: no sequential sweep).
+
+Reported: per case and kind, the median seconds over rounds and the spread
+(min-max), the storage bytes read (``/proc/self/io``) and the peak anonymous
+memory above the figure before the epoch; then the ratios seed / case of the
+medians, the targets of issue 19 item 5 (partial >= 2x, full >= 1.5x, 4 workers
+never slower than 1) and, per round, the same ratios (their spread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+DEFAULT_DIR = Path("/tmp/gpuloader_cold")
+DEFAULT_ROWS = 100_000  # 1.23 GB
+PARTIAL_SHARE = 0.4
+WARMUP_BATCHES = 20
+CASES = ("seed", "gpuloader1", "gpuloader", "noahead1", "nosweep1")
+DEFAULT_CASES = ("seed", "gpuloader1", "gpuloader")
+TARGETS = (  # (kind, case, baseline, at least)
+    ("partial", "gpuloader1", "seed", 2.0),
+    ("full", "gpuloader1", "seed", 1.5),
+    ("partial", "gpuloader", "gpuloader1", 1.0),
+    ("full", "gpuloader", "gpuloader1", 1.0),
+)
+
+
+# ------------------------------------------------------------------ one case
+def _make_case(case: str, x_path: Path, y_path: Path) -> Any:
+    import cases
+
+    if case == "seed":
+        return cases.disk_seed(x_path, y_path)[0]
+    if case == "noahead1":
+        from gpuloader import readahead
+
+        readahead.for_pass = lambda *args, **kwargs: None
+    if case == "nosweep1":
+        from gpuloader import readahead
+
+        readahead.SWEEP_SHARE = 0.0
+    workers = 4 if case == "gpuloader" else 1
+    return cases.disk_gpuloader(x_path, y_path, workers=workers)[0]
+
+
+def run_case(case: str, directory: Path, kinds: list[str]) -> dict[str, Any]:
+    """In this process: warm up, then one cold epoch of each kind; returns the figures."""
+    import numpy as np
+    import pagecache
+    import synthetic
+
+    paths = [directory / name for name in synthetic.DISK_FILES]
+    rows = int(np.load(paths[0], mmap_mode="r").shape[0])
+    full = -(-rows // synthetic.BATCH_SIZE)
+    batches = {"partial": max(1, round(PARTIAL_SHARE * full)), "full": full}
+    run_epoch = _make_case(case, *paths)
+    pagecache.evict(paths)
+    run_epoch(0, WARMUP_BATCHES, lambda: None)
+    probe = pagecache.MemoryProbe()
+    results = {}
+    for epoch, kind in enumerate(kinds, start=1):
+        pagecache.evict(paths)
+        cached = sum(pagecache.resident_bytes(path)[0] for path in paths)
+        before = probe.read()["RssAnon"]
+        peak = [before]
+
+        def after_batch(peak: list[int] = peak) -> None:
+            peak[0] = max(peak[0], probe.read()["RssAnon"])
+
+        read_before = pagecache.storage_read_bytes()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        served = run_epoch(epoch, batches[kind], after_batch)
+        seconds = time.perf_counter() - start
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        expected = min(batches[kind] * synthetic.BATCH_SIZE, rows)
+        if served != expected:
+            raise RuntimeError(f"{case}: a {kind} epoch served {served} rows, expected {expected}")
+        results[kind] = {
+            "seconds": seconds,
+            "batches": batches[kind],
+            "storage_read_bytes": pagecache.storage_read_bytes() - read_before,
+            "cached_after_eviction_bytes": cached,
+            "peak_rss_anon_delta_bytes": peak[0] - before,
+            "cpu_s": used.ru_utime + used.ru_stime - usage.ru_utime - usage.ru_stime,
+        }
+    probe.close()
+    return {"case": case, "rows": rows, "file_bytes": sum(path.stat().st_size for path in paths), "kinds": results}
+
+
+# ------------------------------------------------------------------- driver
+def _child(case: str, directory: Path, kinds: list[str]) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(BENCH_DIR)]), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, __file__, "--case", case, "--dir", str(directory), "--kinds", ",".join(kinds)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"case {case} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _ratio_rows(medians: dict[tuple[str, str], float]) -> list[str]:
+    lines = []
+    for kind, case, baseline, target in TARGETS:
+        if (kind, case) in medians and (kind, baseline) in medians:
+            ratio = medians[(kind, baseline)] / medians[(kind, case)]
+            verdict = "met" if ratio >= target else "NOT met"
+            lines.append(f"  {kind:7s} {case} vs {baseline}: {ratio:.2f}x (target >= {target}x: {verdict})")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds of seed, gpuloader1, gpuloader (~2 minutes)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 2)")
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows of x.npy (12 KiB each)")
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="folder for x.npy and y.npy")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--keep", action="store_true", help="keep the data files (reused by the next run)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--kinds", default="partial,full", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.dir, args.kinds.split(","))))
+        return
+    import synthetic
+
+    chosen = [case for case in args.cases.split(",") if case]
+    unknown = sorted(set(chosen) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; cases: {', '.join(CASES)}")
+    rounds = args.rounds or (2 if args.quick else 5)
+    needed = synthetic.disk_nbytes(args.rows)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(args.dir).free < needed + (1 << 30) and not synthetic.npy_matches(
+        args.dir / "x.npy", (args.rows, *synthetic.DISK_SAMPLE_SHAPE), synthetic.DISK_DTYPE
+    ):
+        parser.error(f"{args.dir} has too little free space for {needed / 1e9:.2f} GB of data plus 1 GB")
+    started = time.perf_counter()
+    synthetic.write_npy(args.dir, args.rows)
+    from gpuloader import placement
+
+    print(
+        f"data: {args.dir}/x.npy, {args.rows} rows, {needed / 1e9:.2f} GB; available memory "
+        f"{placement.available_host_memory() / 1e9:.1f} GB; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    figures: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    per_round: list[dict[tuple[str, str], float]] = []
+    try:
+        for round_index in range(rounds):
+            order = chosen[round_index % len(chosen):] + chosen[: round_index % len(chosen)]
+            kinds = ["partial", "full"] if round_index % 2 == 0 else ["full", "partial"]
+            this_round = {}
+            for case in order:
+                result = _child(case, args.dir, kinds)
+                for kind, record in result["kinds"].items():
+                    figures.setdefault((kind, case), []).append(record)
+                    this_round[(kind, case)] = record["seconds"]
+                print(
+                    f"round {round_index + 1}/{rounds} {case:11s} "
+                    + "  ".join(f"{kind} {result['kinds'][kind]['seconds']:.3f} s" for kind in kinds),
+                    flush=True,
+                )
+            per_round.append(this_round)
+    finally:
+        if not args.keep:
+            for name in synthetic.DISK_FILES:
+                (args.dir / name).unlink(missing_ok=True)
+    medians = {key: statistics.median(r["seconds"] for r in records) for key, records in figures.items()}
+    print(f"\ncold epochs, {rounds} interleaved rounds, page cache evicted before each (median, min-max):")
+    for (kind, case), records in sorted(figures.items()):
+        seconds = [r["seconds"] for r in records]
+        read = statistics.median(r["storage_read_bytes"] for r in records)
+        anon = max(r["peak_rss_anon_delta_bytes"] for r in records)
+        print(
+            f"  {kind:7s} {case:11s} {medians[(kind, case)]:.3f} s ({min(seconds):.3f}-{max(seconds):.3f})  "
+            f"read {read / 1e6:.0f} MB  peak anon +{anon / 1e6:.0f} MB  batches {records[0]['batches']}"
+        )
+    print("ratios of the medians:")
+    print("\n".join(_ratio_rows(medians)))
+    print("ratios per round (spread):")
+    for kind, case, baseline, _ in TARGETS:
+        ratios = [
+            r[(kind, baseline)] / r[(kind, case)] for r in per_round if (kind, case) in r and (kind, baseline) in r
+        ]
+        if ratios:
+            print(f"  {kind:7s} {case} vs {baseline}: " + " ".join(f"{ratio:.2f}" for ratio in ratios))
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({f"{kind}/{case}": records for (kind, case), records in figures.items()}))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(BENCH_DIR))
+    main()

@@ -1,0 +1,270 @@
+"""The disk tier's read-ahead: which pages are asked for, in which order, and that nothing else changes.
+
+Most tests record every request (``readahead.willneed``) and treat the files
+as not cached (``readahead.all_cached`` -> False), since the files a test
+writes are in the page cache already. Rows of 4096 bytes in a headerless
+file (a ``np.memmap`` at offset 0) make one page one row, so a request's bytes
+name its rows exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import id_data, sample_ids
+
+from gpuloader import Loader, permutation, placement, readahead
+from gpuloader.sources import SourceChangedError, open_source
+
+PAGE = 4096
+ROWS, BATCH = 640, 32  # 20 batches
+STEPS = ROWS // BATCH
+
+
+@pytest.fixture
+def requests(monkeypatch):
+    """Every request as ``(path, first row, end row)`` of one-page rows; the real call is made too."""
+    made: list[tuple[str, int, int]] = []
+    lock = threading.Lock()
+    real = readahead.willneed
+
+    def record(file, start, length):
+        with lock:
+            made.append((os.path.basename(file.path), start // PAGE, -(-(start + length) // PAGE)))
+        real(file, start, length)
+
+    monkeypatch.setattr(readahead, "willneed", record)
+    monkeypatch.setattr(readahead, "all_cached", lambda file: False)
+    return made
+
+
+@pytest.fixture
+def page_rows(tmp_path):
+    """``(x memmap of ROWS rows of one page each, whose values are the row's id; y in RAM)``."""
+    x, y = id_data(ROWS, features=PAGE // 4)
+    path = tmp_path / "x.raw"
+    x.tofile(path)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=x.shape), y
+
+
+def no_sweep(monkeypatch):
+    monkeypatch.setattr(readahead, "SWEEP_SHARE", 0.0)
+
+
+def readahead_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "gpuloader-readahead"]
+
+
+def batch_of(order: np.ndarray) -> dict[int, int]:
+    """Row -> the position of its batch in ``order``."""
+    return {int(row): position // BATCH for position, row in enumerate(order)}
+
+
+def wait_until(condition, limit_s: float = 10.0) -> None:
+    start = time.monotonic()
+    while not condition() and time.monotonic() - start < limit_s:
+        time.sleep(0.005)
+
+
+def test_batches_are_byte_equal_with_and_without_read_ahead(tmp_path, monkeypatch, requests):
+    x, y = id_data(1000, features=700)  # rows of 2800 bytes: pages shared between rows
+    x[:, 1:] = np.random.default_rng(0).random((1000, 699), dtype=np.float32)
+    shards = [tmp_path / f"x{i}.npy" for i in range(3)]
+    for path, part in zip(shards, np.array_split(x, 3)):
+        np.save(path, part)
+    np.save(tmp_path / "y.npy", y)
+
+    def epochs(**kwargs):
+        loader = Loader(shards, tmp_path / "y.npy", batch_size=48, seed=3, device="disk", verbose=False, **kwargs)
+        out = []
+        for _ in range(2):
+            batches = []
+            for batch in loader.get_numpy_iterator():
+                batches.append([np.asarray(part).tobytes() for part in batch])
+                wait_until(lambda: requests, limit_s=0.5)  # the read-ahead runs while batches are read
+            out.append(batches)
+            loader.on_epoch_end()
+        return out
+
+    for kwargs in ({}, {"workers": 3}, {"num_shards": 2, "shard_index": 1}):
+        with_ahead = epochs(**kwargs)
+        assert requests, "the read-ahead ran"
+        with monkeypatch.context() as off:
+            off.setattr(readahead, "for_pass", lambda *args, **kw: None)
+            without = epochs(**kwargs)
+        assert with_ahead == without, kwargs
+        requests.clear()
+
+
+def test_the_requested_pages_follow_the_epochs_order(page_rows, monkeypatch, requests):
+    no_sweep(monkeypatch)
+    x, y = page_rows
+    loader = Loader(x, y, batch_size=BATCH, seed=11, device="disk", verbose=False)
+    loader.set_epoch(4)
+    order = np.asarray(permutation(np, ROWS, 11, 4))
+    batches = batch_of(order)
+    iterator = loader.get_numpy_iterator()
+    for position in range(STEPS):  # wait for each batch's requests to reach the window's end
+        assert sample_ids(next(iterator)[0]) == order[position * BATCH : (position + 1) * BATCH].tolist()
+        last = min(position + readahead.WINDOW_BATCHES, STEPS - 1)
+        wait_until(lambda last=last: {batches[r] for _, a, b in requests for r in range(a, b)} >= set(range(last + 1)))
+    iterator.close()
+    rows = [row for _, first, end in requests for row in range(first, end)]
+    assert [batches[row] for row in rows] == sorted(batches[row] for row in rows), "batch by batch, in order"
+    expected = [sorted(order[p * BATCH : (p + 1) * BATCH].tolist()) for p in range(STEPS)]
+    assert rows == [row for batch in expected for row in batch], "each batch's rows, ascending, each once"
+
+
+def test_the_window_is_bounded_by_the_batches_started(page_rows, monkeypatch, requests):
+    no_sweep(monkeypatch)
+    monkeypatch.setattr(readahead, "WINDOW_BATCHES", 3)
+    x, y = page_rows
+    loader = Loader(x, y, batch_size=BATCH, seed=2, device="disk", verbose=False)
+    batches = batch_of(np.asarray(permutation(np, ROWS, 2, 0)))
+    iterator = loader.get_numpy_iterator()
+    for position in range(6):
+        next(iterator)
+        wait_until(lambda end=position + 3: max((batches[a] for _, a, _ in requests), default=-1) >= end, limit_s=2.0)
+        time.sleep(0.05)  # and no further
+        assert max((batches[a] for _, a, _ in requests), default=-1) == position + 3, f"holding batch {position}"
+    iterator.close()
+
+
+def test_the_window_is_bounded_in_bytes_too(page_rows, monkeypatch, requests):
+    no_sweep(monkeypatch)
+    monkeypatch.setattr(readahead, "WINDOW_BYTES", 2 * BATCH * PAGE)
+    ahead = readahead.for_pass([open_source(page_rows[0], "x")], None, BATCH, STEPS)
+    assert ahead.window == 2
+    big = readahead.for_pass([open_source(page_rows[0], "x")], None, 10 * BATCH, 2)
+    assert big.window == 1, "never below one batch"
+
+
+def test_an_abandoned_iteration_leaves_no_thread(page_rows, requests, monkeypatch):
+    x, y = page_rows
+    loader = Loader(x, y, batch_size=BATCH, seed=0, device="disk", verbose=False, workers=2)
+    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", PAGE)  # a long sweep: the thread is busy when closed
+    iterator = loader.get_numpy_iterator()
+    next(iterator)
+    next(iterator)
+    assert readahead_threads()
+    iterator.close()
+    assert not readahead_threads(), "closing the iteration joins the thread"
+
+    iterator = loader.get_numpy_iterator()
+    next(iterator)
+    del iterator  # dropped: its finaliser closes it
+    assert not readahead_threads()
+
+
+def test_the_thread_ends_while_a_reference_cycle_keeps_the_abandoned_iteration(page_rows, requests, monkeypatch):
+    import gc
+
+    x, y = page_rows
+    loader = Loader(x, y, batch_size=BATCH, seed=0, device="disk", verbose=False)
+    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", PAGE)
+    gc.disable()
+    try:
+        iterator = loader.get_numpy_iterator()
+        next(iterator)
+        cycle = [iterator]
+        cycle.append(cycle)
+        del iterator
+        assert readahead_threads()
+        start = time.monotonic()
+        wait_until(lambda: not readahead_threads(), limit_s=readahead.IDLE_S + 5.0)
+        assert not readahead_threads()
+        assert time.monotonic() - start < readahead.IDLE_S + 2.0
+        count = len(requests)
+        time.sleep(0.1)
+        assert len(requests) == count, "nothing is requested after the thread ended"
+    finally:
+        gc.enable()
+        del cycle
+
+
+def test_nothing_is_requested_for_data_in_ram(tmp_path, requests):
+    x, y = id_data(500, features=64)
+    np.save(tmp_path / "x.npy", x)
+    in_ram = Loader(x, y, batch_size=50, seed=0, verbose=False)
+    read_into_ram = Loader(tmp_path / "x.npy", y, batch_size=50, seed=0, device="host", verbose=False)
+    for loader in (in_ram, read_into_ram):
+        assert loader._pipeline.readahead(0, True, 0, len(loader)) is None
+        list(loader.get_numpy_iterator())
+    assert requests == [] and not readahead_threads()
+
+
+def test_nothing_is_requested_when_every_page_is_cached(tmp_path):
+    x, _ = id_data(2000, features=512)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())  # clean pages can be evicted
+    mapped = np.load(path, mmap_mode="r")
+    np.asarray(mapped).sum()  # every page read
+    assert readahead.for_pass([open_source(mapped, "x")], None, 100, 20) is None
+    del mapped  # pages a process maps are not evicted
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    fresh = np.load(path, mmap_mode="r")
+    files = readahead._Leaf(open_source(fresh, "x")).files
+    if readahead.all_cached(files[0]):
+        pytest.skip("this file system keeps the pages cached (tmpfs): nothing to evict")
+    ahead = readahead.for_pass([open_source(fresh, "x")], None, 100, 20)
+    assert ahead is not None and ahead.sweeps
+
+
+def test_files_that_fit_are_swept_front_to_back_after_the_first_window(tmp_path, monkeypatch, requests):
+    x, y = id_data(ROWS, features=PAGE // 4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", 16 * PAGE)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    loader = Loader(tmp_path / "x.npy", tmp_path / "y.npy", batch_size=BATCH, seed=0, device="disk", verbose=False)
+    iterator = loader.get_numpy_iterator()
+    next(iterator)
+    wait_until(lambda: sum(end - first for name, first, end in requests if name == "x.npy") >= ROWS)
+    iterator.close()
+    x_pages = -(-(ROWS * PAGE + 128) // PAGE)
+    sweep = [
+        (name, first, end) for name, first, end in requests
+        if name == "y.npy" or (first % 16 == 0 and end - first in (16, x_pages % 16))
+    ]
+    expected_x = [("x.npy", start, min(start + 16, x_pages)) for start in range(0, x_pages, 16)]
+    assert [r for r in sweep if r[0] == "x.npy"] == expected_x, "x.npy read front to back in chunks"
+    assert requests.index(sweep[0]) > 0, "the first batches' pages are asked for before the sweep"
+    assert sweep[0][0] == "y.npy", "the small file first"
+    assert len(requests) < 2 * (readahead.WINDOW_BATCHES + 1) * BATCH, "rows already swept are not asked for again"
+
+
+def test_files_larger_than_the_page_cache_are_not_swept(tmp_path, monkeypatch, requests):
+    x, y = id_data(ROWS, features=PAGE // 4)
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: ROWS * PAGE)  # twice the sweep's share
+    loader = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)
+    ahead = loader._pipeline.readahead(0, True, 0, len(loader))
+    assert ahead is not None and not ahead.sweeps
+    ahead.close()
+
+
+def test_a_file_changed_mid_epoch_still_raises(tmp_path, requests):
+    x, y = id_data(ROWS, features=256)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    loader = Loader(path, y, batch_size=BATCH, seed=0, device="disk", verbose=False)
+    iterator = loader.get_numpy_iterator()
+    next(iterator)
+    wait_until(lambda: len(requests) > 0)
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)  # reading the lost half through the map: SIGBUS
+    time.sleep(0.05)  # the read-ahead keeps asking for pages, now past the end: never a read
+    with pytest.raises(SourceChangedError, match=r"x\.npy"):
+        for _ in iterator:
+            pass
+    assert not readahead_threads()
