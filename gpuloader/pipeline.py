@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuloader import augment as augment_lib
 from gpuloader import placement as placement_lib
 from gpuloader import replicas as replicas_lib
 from gpuloader import sharding
@@ -31,6 +32,7 @@ from gpuloader import store as store_lib
 from gpuloader._structure import Structure
 from gpuloader.augment import apply_augment
 from gpuloader.augment import fused as fused_lib
+from gpuloader.augment.ops import _numpy_dtype
 from gpuloader.handoff import check_transform_output, hand_off, keras_backend
 
 Prepared = tuple[Structure, list[Any]]
@@ -180,24 +182,35 @@ class BatchPipeline:
         leaves only. Otherwise (the disk tier, an op of one's own) the gathered images, then the ops one by one.
         """
         seed, ids = self._seed_of(), None
-        make = {}
+        make, later = {}, {}  # later: kernels writing another dtype than the store's (a final Normalize)
         if self._fused and store.in_ram_on_host:
             ids = self._ids(rows, replica, store)
             indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
-            make = {
-                index: functools.partial(
-                    fused_lib.gather_augment_host, fused, store.leaves[index], indices, ids, seed, epoch,
-                    stream=stream,
+            for index, (fused, stream) in self._fused.items():
+                leaf = store.leaves[index]
+                write = functools.partial(
+                    fused_lib.gather_augment_host, fused, leaf, indices, ids, seed, epoch, stream=stream
                 )
-                for index, (fused, stream) in self._fused.items()
-            }
+                if fused.output_dtype == leaf.dtype:
+                    make[index] = write
+                else:
+                    later[index] = functools.partial(_written, write, (len(indices), *leaf.shape[1:]), fused)
         elif self.on_gpu:  # each kernel reads its rows' dataset indices from the store's table itself
             for index, ops, stream in self._augment:
                 kernel = self._device_kernel(replica, index, ops, store)
                 if kernel is not None:
                     table = self._id_table(replica, store)
-                    make[index] = functools.partial(kernel, rows, table, seed, epoch, stream=stream)
+                    write = functools.partial(kernel, rows, table, seed, epoch, stream=stream)
+                    leaf_dtype = _numpy_dtype(store.leaves[index].dtype)
+                    if augment_lib.output_dtype(ops, leaf_dtype) == leaf_dtype:
+                        make[index] = write
+                    else:
+                        later[index] = write  # GatherAugment allocates its output dtype
+        for index in later:
+            make[index] = _skip  # its place in the block is left unwritten
         leaves = store.take(rows, make)
+        for index, write in later.items():
+            leaves[index] = write()
         for index, ops, stream in self._augment:
             if index not in make:
                 ids = self._ids(rows, replica, store) if ids is None else ids
@@ -280,3 +293,14 @@ class BatchPipeline:
                 held = held[sharding.shard_rows(len(held), share_seed, len(self.replicas.stores), replica)]
             self._sample_ids[replica] = store.xp.asarray(held, dtype=store.xp.int64)
         return self._sample_ids[replica]
+
+
+def _skip(out: Any) -> None:
+    """A leaf's place in the batch's block that another buffer replaces (an augmentation that changes the dtype)."""
+
+
+def _written(write: Any, shape: tuple[int, ...], fused: Any) -> Any:
+    """``write(out)`` into a fresh 64-byte aligned host buffer of the augmentation's output dtype."""
+    from gpuloader.gather import aligned_empty
+
+    return write(aligned_empty(shape, fused.output_dtype))

@@ -133,8 +133,9 @@ def cuda_text_on_the_host(tmp_path):
     subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
     kernel = ctypes.CDLL(str(library)).gpuloader_gather_augment
     pointer, i64, u32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_uint
+    i32 = ctypes.c_int
     kernel.argtypes = [pointer, pointer, i64, pointer, pointer, i64, pointer, i64, pointer, u32, u32, i64, i64, i64,
-                       i64, pointer]
+                       i64, i64, i32, i32, pointer, pointer]
     kernel.restype = None
     return kernel
 
@@ -162,5 +163,5 @@ def test_the_cuda_kernel_text_run_on_the_host_gives_the_reference_bytes(tmp_path
                 out = np.zeros((len(chosen), *store.shape[1:]), store.dtype)
                 kernel(store.ctypes.data, index, first, id_table.ctypes.data, keys.ctypes.data, sum(table.draws),
                        table.table.ctypes.data, len(table.table), fills.ctypes.data, table.or_slots,
-                       table.and_slots, len(chosen), 7, 9, table.pixel_bytes, out.ctypes.data)
+                       table.and_slots, len(chosen), 7, 9, 1, table.pixel_bytes, 0, 0, None, out.ctypes.data)
                 np.testing.assert_array_equal(out, reference(ops, store[chosen], id_table[chosen], 11, 2))
