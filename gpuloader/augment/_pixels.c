@@ -172,11 +172,8 @@ static void host_trace_axis(int axis, long long size, const long long *ops, long
         } else {
             const long long shift = gl_integer(own[axis], 2 * op[1] + 1) - op[1];
             if (op[0] == GL_CROP_REFLECT) {
-                for (long long i = 0; i <= last; ++i) {
-                    long long c = src[i] + shift;
-                    c = c < 0 ? -c : c;
-                    src[i] = (int)(c > last ? 2 * last - c : c);
-                }
+                for (long long i = 0; i <= last; ++i)
+                    src[i] = (int)gl_reflected(src[i] + shift, last);
             } else {
                 const unsigned int bit = 1u << op[3];
                 for (long long i = 0; i <= last; ++i) {

@@ -85,6 +85,14 @@ GL_FUNCTION long long gl_integer(unsigned long long word, long long high)
     return (long long)(((word >> 32) * (unsigned long long)high) >> 32);
 }
 
+/* A coordinate reflected once about the edges of [0, last] (-1 -> 1, last + 1 -> last - 1), in 64-bit
+ * arithmetic: coordinates are below 2**31 but a shifted one and 2 * last are not. */
+GL_FUNCTION long long gl_reflected(long long coord, long long last)
+{
+    coord = coord < 0 ? -coord : coord;
+    return coord > last ? 2 * last - coord : coord;
+}
+
 /* Trace output coordinate `coord` of axis `axis` (0: rows, 1: columns; `size` pixels) back to the
  * source; *hits gets the slots this axis meets. */
 GL_FUNCTION long long gl_trace(int axis, long long coord, long long size, const long long *ops, long long n_ops,
@@ -106,7 +114,7 @@ GL_FUNCTION long long gl_trace(int axis, long long coord, long long size, const 
             coord += gl_integer(own[axis], 2 * parameter + 1) - parameter;
             if (coord < 0 || coord >= size) {
                 if (kind == GL_CROP_REFLECT) {
-                    coord = coord < 0 ? -coord : 2 * (size - 1) - coord;
+                    coord = gl_reflected(coord, size - 1);
                 } else {
                     met |= 1u << op[3];
                     coord = coord < 0 ? 0 : size - 1;

@@ -156,6 +156,9 @@ class Normalize(AugmentOp):
                     f"Normalize(dtype='float16') runs op by op only in a namespace with float16 "
                     f"({getattr(xp, '__name__', xp)} has none). Fix: dtype='float32'."
                 )
+            if xp is np:  # the rule's overflow to infinity, without NumPy's RuntimeWarning
+                with np.errstate(over="ignore"):
+                    return values.astype(np.float16)
             return xp.astype(values, xp.float16)
         if xp is not np:
             raise TypeError(
@@ -163,4 +166,5 @@ class Normalize(AugmentOp):
                 "bfloat16); on the GPU the fused kernel writes it for a list of built-in ops. Fix: dtype='float16', "
                 "or built-in ops only."
             )
-        return values.astype(self.output_dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return values.astype(self.output_dtype)

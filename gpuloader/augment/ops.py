@@ -127,7 +127,7 @@ def _fill_fits(op: str, fill: float, dtype: np.dtype, name: str) -> None:
                 f"{op}(fill={fill!r}) must be a value {name}'s dtype {dtype} holds exactly "
                 f"(an integer in [{low}, {high}]). Fix: pass such a fill, e.g. fill=0."
             )
-    elif isinstance(fill, int) and abs(fill) > np.finfo(dtype).max:
+    elif isinstance(fill, int) and abs(fill) > int(np.finfo(dtype).max):
         raise ValueError(
             f"{op}(fill={fill!r}) overflows {name}'s dtype {dtype}. Fix: pass a fill within its range, e.g. fill=0."
         )
