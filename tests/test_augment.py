@@ -852,3 +852,95 @@ def test_normalize_op_by_op_in_a_namespace_without_the_dtype_is_refused_with_the
     for dtype in ("float16", "bfloat16"):
         with pytest.raises(TypeError, match="Fix"):
             apply_augment([Brightness(1), Normalize(0, 1, dtype)], images, ids, SEED, EPOCH, xps)
+
+
+# ------------------------------------------------------------------ Normalize through the Loader
+def loader_reference(ops, x, seed):
+    """Every sample's expected bytes: the array-API reference path over the whole dataset (sample id = row)."""
+    previous, augment._host._FAST_PATH_ENABLED = augment._host._FAST_PATH_ENABLED, False
+    try:
+        out = apply_augment(ops, x, np.arange(len(x), dtype=np.int64), seed, 0, np)
+    finally:
+        augment._host._FAST_PATH_ENABLED = previous
+    return {i: out[i].tobytes() for i in range(len(x))}, out.dtype
+
+
+def loader_samples(batches):
+    found, dtypes = {}, set()
+    for bx, by in batches:
+        bx, by = np.asarray(bx), np.asarray(by)
+        dtypes.add(bx.dtype)
+        for image, sample in zip(bx, by.tolist()):
+            found[sample] = image.tobytes()
+    return found, dtypes
+
+
+@pytest.mark.parametrize("dtype", NORMALIZE_DTYPES)
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_the_loader_serves_normalized_batches_equal_to_the_reference_path(dtype, data_format, tmp_path):
+    from gpuloader import Loader
+
+    x = in_format(images_of(90, 10, 12, 3, low=0, seed=4), data_format)
+    y = np.arange(90, dtype=np.int64)
+    ops = [RandomCrop(3, data_format=data_format), RandomFlip(data_format=data_format),
+           Cutout(4, data_format=data_format), Normalize((120, 115, 100), (60, 61, 62), dtype, data_format)]
+    want, want_dtype = loader_reference(ops, x, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    loaders = [
+        Loader(x, y, batch_size=16, seed=5, augment=ops, verbose=False),  # the host kernel from the store
+        Loader(x, y, batch_size=25, seed=5, augment=ops, workers=2, verbose=False),
+        Loader(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), batch_size=16, seed=5, augment=ops,
+               device="disk", verbose=False),
+    ]
+    for loader in loaders:
+        found, dtypes = loader_samples(loader.get_numpy_iterator())
+        assert dtypes == {want_dtype} and found == want, loader.placement
+
+
+def test_the_stand_in_gpu_serves_the_normalized_batches_of_the_host(fake_gpu, monkeypatch):
+    from gpuloader import Loader
+
+    x, y = images_of(64, 8, 8, 3, low=0), np.arange(64, dtype=np.int64)
+    ops = [RandomCrop(2), RandomFlip(), Cutout(3), Normalize(127.5, 64.0)]
+    want, _ = loader_reference(ops, x, seed=5)
+    for kernel in (True, False):
+        if not kernel:
+            monkeypatch.setattr(fake_gpu, "gather_augment", lambda table, leaf: None)  # the ops one by one
+        loader = Loader(x, y, batch_size=16, seed=5, augment=ops, device="gpu", verbose=False)
+        launched = fake_gpu.state.augment_kernels
+        batches = [loader._prepare(i)[1] for i in range(len(loader))]
+        found, dtypes = loader_samples(batches)
+        assert dtypes == {np.dtype(np.float32)} and found == want
+        assert fake_gpu.state.augment_kernels - launched == (len(loader) if kernel else 0)
+
+
+def test_bfloat16_batches_reach_tensorflow_and_torch_without_a_copy():
+    from gpuloader.gather import aligned_empty
+    from gpuloader.handoff import hand_off
+
+    tf = pytest.importorskip("tensorflow")
+    batch = aligned_empty((4, 3), augment.output_dtype([Normalize(0, 1, "bfloat16")], np.uint8))
+    batch[:] = np.arange(12).reshape(4, 3)
+    tensor = hand_off(batch, "tensorflow")
+    assert tensor.dtype == tf.bfloat16 and tensor.numpy().astype(np.float32).tolist() == batch.astype(
+        np.float32).tolist()
+    batch[0, 0] = 7  # the tensor reads the batch's own buffer
+    assert float(tensor.numpy()[0, 0]) == 7.0
+    torch = pytest.importorskip("torch")
+    shared = hand_off(batch, "torch")
+    assert shared.dtype == torch.bfloat16 and shared.data_ptr() == batch.ctypes.data
+
+
+def test_a_model_fits_on_bfloat16_batches():
+    import keras
+
+    from gpuloader import Loader
+
+    x, y = images_of(64, 8, 8, 3, low=0), (np.arange(64) % 2).astype(np.float32)
+    ops = [RandomFlip(data_format="channels_last"), Normalize(127.5, 64.0, "bfloat16")]
+    loader = Loader(x, y, batch_size=16, seed=1, augment=ops, verbose=False)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    history = model.fit(loader, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
