@@ -331,7 +331,8 @@ extern "C" __global__ void gpuloader_gather_augment(
     const unsigned long long* keys,
     const long long n_words, const long long* ops, const long long n_ops, const unsigned char* fills,
     const unsigned int or_slots, const unsigned int and_slots, const long long n, const long long height,
-    const long long width, const long long pixel_bytes, unsigned char* out)
+    const long long width, const long long planes, const long long pixel_bytes, const int in_kind,
+    const int out_kind, const float* norm, unsigned char* out)
 {
     extern __shared__ unsigned long long shared[];
     unsigned long long* words = shared;
@@ -339,7 +340,10 @@ extern "C" __global__ void gpuloader_gather_augment(
     int* src_cols = src_rows + height;
     unsigned int* row_hits = (unsigned int*)(src_cols + width);
     unsigned int* col_hits = row_hits + height;
-    const long long image_bytes = height * width * pixel_bytes;
+    const long long image_bytes = planes * height * width * pixel_bytes;
+    const long long pixel_values = out_kind ? pixel_bytes / gl_value_size(in_kind) : pixel_bytes;
+    const long long out_image_bytes = out_kind ? planes * height * width * pixel_values * gl_value_size(out_kind)
+                                               : image_bytes;
     for (long long b = blockIdx.x; b < n; b += gridDim.x) {
         const long long row = rows ? rows[b] : first_row + b;
         gl_sample_words(threadIdx.x, blockDim.x, (unsigned long long)id_table[row], keys, n_words, words);
@@ -347,8 +351,14 @@ extern "C" __global__ void gpuloader_gather_augment(
         gl_sample_traces(threadIdx.x, blockDim.x, height, width, ops, n_ops, words, src_rows, row_hits,
                          src_cols, col_hits);
         __syncthreads();
-        gl_sample_bytes(threadIdx.x, blockDim.x, height, width, pixel_bytes, source + row * image_bytes,
-                        fills, or_slots, and_slots, src_rows, row_hits, src_cols, col_hits, out + b * image_bytes);
+        if (out_kind)  /* a final Normalize: each value read, normalized and written as out_kind */
+            gl_sample_values(threadIdx.x, blockDim.x, height, width, planes, pixel_values, in_kind, out_kind,
+                             source + row * image_bytes, fills, norm, or_slots, and_slots, src_rows, row_hits,
+                             src_cols, col_hits, out + b * out_image_bytes);
+        else
+            gl_sample_bytes(threadIdx.x, blockDim.x, height, width, planes, pixel_bytes, source + row * image_bytes,
+                            fills, or_slots, and_slots, src_rows, row_hits, src_cols, col_hits,
+                            out + b * out_image_bytes);
         __syncthreads();
     }
 }
@@ -356,9 +366,16 @@ extern "C" __global__ void gpuloader_gather_augment(
 _AUGMENT_SHARED_LIMIT = 48 * 1024  # bytes of shared memory a block may take without opting in
 
 
+def _augment_image_size(table: Any, leaf: Any) -> tuple[int, int]:
+    """``(height, width)`` of a stored image array in the table's data format."""
+    if table.channels_first and leaf.ndim == 4:
+        return int(leaf.shape[2]), int(leaf.shape[3])
+    return int(leaf.shape[1]), int(leaf.shape[2])
+
+
 def _augment_shared_bytes(table: Any, leaf: Any) -> int:
     """A block's shared memory: the sample's words, then a source row and slots per row and per column."""
-    return 8 * sum(table.draws) + 8 * (int(leaf.shape[1]) + int(leaf.shape[2]))
+    return 8 * sum(table.draws) + 8 * sum(_augment_image_size(table, leaf))
 
 
 def augment_kernel_source() -> str:
@@ -385,13 +402,21 @@ class GatherAugment:
     def __init__(self, table: Any, leaf: Any) -> None:
         cupy = import_cupy()
         self._cupy, self._table, self._leaf = cupy, table, leaf
-        self._height, self._width = int(leaf.shape[1]), int(leaf.shape[2])
+        self._height, self._width = _augment_image_size(table, leaf)
+        if table.output_dtype is not None and table.output_dtype.kind == "V":
+            raise TypeError(
+                "augment: Normalize(dtype='bfloat16') on the GPU: CuPy has no bfloat16 arrays to write it into. "
+                "Fix: Normalize(..., dtype='float16') or 'float32' for a loader on the GPU."
+            )
+        self._dtype = leaf.dtype if table.output_dtype is None else table.output_dtype
+        self.output_dtype = self._dtype
         self._n_words = np.int64(sum(table.draws))
         self.shared_bytes = _augment_shared_bytes(table, leaf)
         with leaf.device:
             self._kernel = cupy.RawKernel(augment_kernel_source(), "gpuloader_gather_augment")
             self._ops = cupy.asarray(table.table)
-            self._fills = cupy.asarray(np.frombuffer(table.fills or b"\0", dtype=np.uint8))
+            self._fills = cupy.asarray(np.frombuffer(table.fills or b"\0" * 8, dtype=np.uint8))
+            self._norm = cupy.asarray(np.frombuffer(table.norm or b"\0" * 8, dtype=np.float32))
             self._max_blocks = leaf.device.attributes["MultiProcessorCount"] * 32
         self._keys: tuple[tuple[int, int, int], Any] | None = None
 
@@ -416,16 +441,17 @@ class GatherAugment:
             if self._keys is None or self._keys[0] != (seed, epoch, stream):
                 self._keys = ((seed, epoch, stream), cupy.asarray(self._table.keys(seed, epoch, stream)))
             if out is None:
-                out = cupy.empty((n, *leaf.shape[1:]), dtype=leaf.dtype)
-            elif out.shape != (n, *leaf.shape[1:]) or out.dtype != leaf.dtype or not out.flags.c_contiguous:
-                raise ValueError(f"GatherAugment: out must be C-contiguous {(n, *leaf.shape[1:])} {leaf.dtype}.")
+                out = cupy.empty((n, *leaf.shape[1:]), dtype=self._dtype)
+            elif out.shape != (n, *leaf.shape[1:]) or out.dtype != self._dtype or not out.flags.c_contiguous:
+                raise ValueError(f"GatherAugment: out must be C-contiguous {(n, *leaf.shape[1:])} {self._dtype}.")
             if n:
                 table = self._table
                 self._kernel(
                     (min(n, self._max_blocks),), (_THREADS,),
                     (leaf, index, first, id_table, self._keys[1], self._n_words, self._ops,
                      np.int64(len(table.table)), self._fills, np.uint32(table.or_slots), np.uint32(table.and_slots),
-                     np.int64(n), np.int64(self._height), np.int64(self._width), np.int64(table.pixel_bytes), out),
+                     np.int64(n), np.int64(self._height), np.int64(self._width), np.int64(table.planes),
+                     np.int64(table.pixel_bytes), np.int32(table.in_kind), np.int32(table.out_kind), self._norm, out),
                     shared_mem=self.shared_bytes,
                 )
         return out

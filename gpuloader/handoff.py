@@ -181,6 +181,8 @@ def hand_off(array: Any, backend: str, *, known_aligned: bool = False) -> Any:
         known_aligned: the caller made ``array`` itself, C-contiguous and
             64-byte aligned (as :func:`gpuloader.gather.gather` does); skips the check.
     """
+    if isinstance(array, np.ndarray) and array.dtype.name == "bfloat16":
+        return _hand_off_bfloat16(array, backend, known_aligned)
     if backend == "tensorflow":
         global _tf_from_dlpack
         if _tf_from_dlpack is None:
@@ -200,4 +202,24 @@ def hand_off(array: Any, backend: str, *, known_aligned: bool = False) -> Any:
         if is_host(array):
             return np.asarray(array) if isinstance(array, np.ndarray) else np.from_dlpack(array)
         return array.get()  # CuPy: the numpy backend runs on the host; one explicit copy
+    raise ValueError(f"unknown Keras backend {backend!r}; expected one of {BACKENDS}")
+
+
+def _hand_off_bfloat16(array: np.ndarray, backend: str, known_aligned: bool) -> Any:
+    """A host bfloat16 batch (``augment.Normalize(dtype="bfloat16")``; NumPy's is ml_dtypes', kind "V", which
+    DLPack refuses): its bits go over as uint16 and the framework reinterprets them, without copying the values.
+
+    TensorFlow: ``tf.bitcast`` to ``tf.bfloat16``; torch: ``Tensor.view(torch.bfloat16)``; JAX and the numpy
+    backend take the ml_dtypes array itself.
+    """
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        bits = hand_off(array.view(np.uint16), backend, known_aligned=known_aligned)
+        return tf.bitcast(bits, tf.bfloat16)
+    if backend == "torch":
+        torch = importlib.import_module("torch")
+        return torch.from_dlpack(array.view(np.uint16)).view(torch.bfloat16)
+    if backend in ("jax", "numpy"):
+        return array if known_aligned else as_aligned_host(array)
     raise ValueError(f"unknown Keras backend {backend!r}; expected one of {BACKENDS}")

@@ -194,12 +194,18 @@ class BatchPipeline:
             rows, self._seed_of(), epoch, functools.partial(self._ids, rows, replica, store),
             functools.partial(self._id_table, replica, store),
         )
-        make = {}
+        make, later = {}, {}  # later: kernels writing another dtype than the store's (a final Normalize)
         for augmentation in self._augment:
             write = augmentation.writer(draws, store, replica)
-            if write is not None:
+            if write is None:
+                continue
+            if augmentation.in_place:
                 make[augmentation.index] = write
+            else:
+                make[augmentation.index], later[augmentation.index] = _skip, write
         leaves = store.take(rows, make)
+        for index, write in later.items():
+            leaves[index] = write()  # a buffer of the augmentation's dtype replaces the input's place
         for augmentation in self._augment:
             if augmentation.index not in make:
                 leaves[augmentation.index] = augmentation.apply(leaves[augmentation.index], draws, store.xp)
@@ -251,3 +257,7 @@ class BatchPipeline:
                 held = held[sharding.shard_rows(len(held), share_seed, len(self.replicas.stores), replica)]
             self._sample_ids[replica] = store.xp.asarray(held, dtype=store.xp.int64)
         return self._sample_ids[replica]
+
+
+def _skip(out: Any) -> None:
+    """A leaf's place in the batch's block that another buffer replaces (an augmentation that changes the dtype)."""

@@ -149,7 +149,8 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
             source = np.from_dlpack(leaf)
             rows = np.arange(*rows.indices(source.shape[0])) if isinstance(rows, slice) else np.from_dlpack(rows)
             sample_ids = np.from_dlpack(id_table)[rows]
-            target = aligned_empty((rows.shape[0], *source.shape[1:]), source.dtype, alignment=GATHER_ALIGNMENT)
+            dtype = source.dtype if table.output_dtype is None else table.output_dtype
+            target = aligned_empty((rows.shape[0], *source.shape[1:]), dtype, alignment=GATHER_ALIGNMENT)
             if out is not None:  # its place in the batch's block, written in place as the real kernel does
                 target = np.from_dlpack(out)
                 target.flags.writeable or target.setflags(write=True)

@@ -8,14 +8,27 @@ and ``array_api_strict`` (standing in for CuPy) must give identical bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
+import sys
+import warnings
 
 import array_api_strict as xps
 import numpy as np
 import pytest
 
 from gpuloader import augment
-from gpuloader.augment import Cutout, RandomCrop, RandomFlip, apply_augment, check_augment, fused, sample_words
+from gpuloader.augment import (
+    Cutout,
+    Normalize,
+    RandomCrop,
+    RandomFlip,
+    apply_augment,
+    check_augment,
+    fused,
+    sample_words,
+)
 from gpuloader.gather import is_aligned
 from gpuloader.permutation import MAX_SEED
 
@@ -29,8 +42,16 @@ def below(word: int, high: int) -> int:
 
 
 def reference(ops, images, ids, seed, epoch):
-    """Apply ``ops`` to each sample on its own, with np.pad and slicing, from its keyed words."""
+    """Apply ``ops`` to each sample on its own, with np.pad and slicing, from its keyed words.
+
+    Channels-first ops (Keras's meaning): the channels-last ops on the images with their channels moved last.
+    """
     images = np.asarray(images)
+    if images.ndim == 4 and any(getattr(op, "data_format", None) == "channels_first" for op in ops):
+        last = [
+            dataclasses.replace(op, data_format="channels_last") if dataclasses.is_dataclass(op) else op for op in ops
+        ]
+        return reference(last, images.transpose(0, 2, 3, 1), ids, seed, epoch).transpose(0, 3, 1, 2)
     squeeze = images.ndim == 3
     batch = images[..., None] if squeeze else images
     out = []
@@ -62,6 +83,15 @@ def reference_op(op, image, words):
         top, left = cy - op.size // 2, cx - op.size // 2
         image[max(top, 0) : max(top + op.size, 0), max(left, 0) : max(left + op.size, 0)] = op.fill
         return image
+    if isinstance(op, Normalize):  # the documented rule, one sample at a time
+        channels = image.shape[-1]
+        mean = np.broadcast_to(np.asarray(op.mean, np.float64), (channels,)).astype(np.float32)
+        scale = (1.0 / np.broadcast_to(np.asarray(op.std, np.float64), (channels,))).astype(np.float32)
+        values = np.subtract(image.astype(np.float32), mean, dtype=np.float32)
+        values = np.multiply(values, scale, dtype=np.float32)
+        target = pytest.importorskip("ml_dtypes").bfloat16 if op.dtype == "bfloat16" else op.dtype
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to infinity is the rule
+            return values.astype(target)
     return np.asarray(op.apply(image[None], np.array([words], dtype=np.uint64), np))[0]
 
 
@@ -463,7 +493,7 @@ def test_bad_op_arguments_are_refused_naming_the_rule_the_value_and_the_fix(make
 @pytest.mark.parametrize(
     ("ops", "shape", "dtype", "error", "words"),
     [
-        (RandomFlip(), (10, 8, 8, 3), "uint8", TypeError, ["must be a list", "augment=[RandomFlip()]"]),
+        (RandomFlip(), (10, 8, 8, 3), "uint8", TypeError, ["must be a list", "augment=[RandomFlip("]),
         ("flip", (10, 8, 8, 3), "uint8", TypeError, ["must be a list", "'flip'", "Fix"]),
         ([RandomFlip(), "crop"], (10, 8, 8, 3), "uint8", TypeError, ["augment[1]", "'crop'", "draws"]),
         ([RandomFlip], (10, 8, 8, 3), "uint8", TypeError, ["augment[0]", "class RandomFlip", "RandomFlip(...)"]),
@@ -471,12 +501,13 @@ def test_bad_op_arguments_are_refused_naming_the_rule_the_value_and_the_fix(make
         ([RandomFlip()], (10, 2, 8, 8, 3), "uint8", ValueError, ["image arrays", "5 dimensions"]),
         ([RandomFlip()], (10, 8, 8), "complex64", TypeError, ["numeric", "complex64", "Fix"]),
         ([RandomCrop(4)], (10, 4, 32, 3), "uint8", ValueError, ["padding=4", "4 x 32", "padding <= 3"]),
-        ([RandomCrop(4)], (10, 3, 32, 32), "uint8", ValueError, ["padding <= 2", "channels-first"]),
+        ([RandomCrop(4)], (10, 3, 32, 32), "uint8", ValueError, ["padding <= 2", "other data format"]),
         ([RandomCrop(1, mode="constant", fill=-1)], (10, 8, 8), "uint8", ValueError, ["fill=-1", "uint8", "[0, 255]"]),
         ([Cutout(4, fill=0.5)], (10, 8, 8), "uint8", ValueError, ["fill=0.5", "uint8", "Fix"]),
         ([Cutout(4, fill=1e6)], (10, 8, 8), "float16", ValueError, ["fill=1000000.0", "float16"]),
     ],
 )
+@pytest.mark.filterwarnings("ignore:augment for x. shape")
 def test_bad_augment_lists_are_refused_naming_the_rule_the_value_and_the_fix(ops, shape, dtype, error, words):
     with pytest.raises(error) as raised:
         check_augment(ops, shape, dtype, "x")
@@ -568,3 +599,348 @@ def test_an_op_class_without_apply_is_refused_at_construction():
 
     with pytest.raises(TypeError, match=r"does not define apply.*check its spelling"):
         check_augment([Misspelt()], (4, 3, 3, 1), np.uint8, "x")
+
+
+# ------------------------------------------------------------------ data formats
+FORMATS = ("channels_last", "channels_first")
+
+
+def recipes_in(data_format, pad=4):
+    return [
+        [RandomCrop(pad, data_format=data_format), RandomFlip(data_format=data_format),
+         Cutout(8, data_format=data_format)],
+        [RandomFlip(data_format=data_format), RandomCrop(3, mode="constant", fill=9, data_format=data_format),
+         Cutout(5, fill=2, data_format=data_format), RandomCrop(1, data_format=data_format)],
+        [Cutout(7, data_format=data_format), RandomFlip(data_format=data_format), Brightness(9),
+         RandomCrop(2, data_format=data_format)],
+    ]
+
+
+def in_format(images, data_format):
+    """Channels-last test images laid out in ``data_format`` (a copy, C-contiguous)."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2) if data_format == "channels_first" else images)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("data_format", FORMATS)
+@pytest.mark.parametrize("channels", [1, 3, 5])
+def test_both_data_formats_match_the_per_sample_reference_on_every_path(path, data_format, channels):
+    images = in_format(images_of(61, 9, 11, channels), data_format)
+    ids = np.arange(61, dtype=np.int64) * 5 + 2
+    for ops in recipes_in(data_format):
+        out = run(ops, images, ids, path)
+        assert out.shape == images.shape and out.dtype == images.dtype
+        np.testing.assert_array_equal(out, reference(ops, images, ids, SEED, EPOCH))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_channels_first_ops_move_the_same_pixels_as_channels_last_ones(path):
+    # The two layouts of the same images get the same augmentation, only laid out differently.
+    images = images_of(200, 12, 10, 3)
+    ids = np.arange(200, dtype=np.int64)
+    last = run(recipes_in("channels_last")[1], images, ids, path)
+    first = run(recipes_in("channels_first")[1], in_format(images, "channels_first"), ids, path)
+    np.testing.assert_array_equal(first, in_format(last, "channels_first"))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_channels_first_flip_reverses_the_columns_not_the_rows(path):
+    # The issue's case: (n, 3, H, W) with RandomFlip() used to reverse rows (a vertical flip).
+    n = 4000
+    image = np.arange(3 * 4 * 6, dtype=np.uint8).reshape(1, 3, 4, 6)
+    images = np.broadcast_to(image, (n, 3, 4, 6)).copy()
+    out = run([RandomFlip(data_format="channels_first")], images, np.arange(n, dtype=np.int64), path)
+    mirrored = np.array([np.array_equal(o, image[0, :, :, ::-1]) for o in out])
+    kept = np.array([np.array_equal(o, image[0]) for o in out])
+    assert (mirrored | kept).all() and 0.45 < mirrored.mean() < 0.55
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_images_without_a_channel_axis_in_either_format(path, data_format):
+    images = images_of(50, 7, 5, channels=None)
+    ids = np.arange(50, dtype=np.int64)
+    ops = [RandomCrop(3, data_format=data_format), RandomFlip(data_format=data_format), Cutout(4, fill=250,
+                                                                                              data_format=data_format)]
+    out = run(ops, images, ids, path)
+    assert out.shape == (50, 7, 5)
+    np.testing.assert_array_equal(out, reference(recipes_in("channels_last")[0][:0] + [
+        dataclasses.replace(op, data_format="channels_last") for op in ops], images, ids, SEED, EPOCH))
+
+
+def test_the_data_format_follows_keras_unless_given():
+    keras = pytest.importorskip("keras")
+    previous = keras.config.image_data_format()
+    try:
+        keras.config.set_image_data_format("channels_first")
+        assert RandomFlip().data_format == "channels_first"
+        assert RandomCrop(2, data_format="channels_last").data_format == "channels_last"
+        assert Normalize(0, 1).data_format == "channels_first"
+        keras.config.set_image_data_format("channels_last")
+        assert Cutout(3).data_format == "channels_last"
+    finally:
+        keras.config.set_image_data_format(previous)
+
+
+def test_importing_gpuloader_or_naming_a_data_format_does_not_import_keras():
+    code = (
+        "import sys, gpuloader\n"
+        "from gpuloader import augment\n"
+        "augment.RandomCrop(4, data_format='channels_first'); augment.Normalize(0, 1, data_format='channels_last')\n"
+        "print('keras' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_ops_of_one_list_must_share_a_data_format_and_a_bad_one_is_named():
+    ops = [RandomFlip(data_format="channels_first"), Cutout(2, data_format="channels_last")]
+    with pytest.raises(ValueError, match="share a data_format"):
+        check_augment(ops, (4, 3, 8, 8), np.uint8, "x")
+    with pytest.raises(ValueError, match=r"'channels_last' .* 'channels_first'.*received 'NHWC'"):
+        RandomCrop(2, data_format="NHWC")
+
+
+@pytest.mark.parametrize(
+    ("shape", "data_format", "warns"),
+    [
+        ((10, 3, 32, 32), "channels_last", True),
+        ((10, 32, 32, 3), "channels_first", True),
+        ((10, 32, 32, 3), "channels_last", False),
+        ((10, 3, 32, 32), "channels_first", False),
+        ((10, 32, 32), "channels_first", False),
+    ],
+)
+def test_an_input_that_looks_like_the_other_format_is_warned_about_naming_data_format(shape, data_format, warns):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_augment([RandomFlip(data_format=data_format)], shape, np.uint8, "x")
+    messages = [str(w.message) for w in caught]
+    assert bool(messages) == warns
+    if warns:
+        assert "data_format=" in messages[0] and str(shape) in messages[0]
+
+
+# ------------------------------------------------------------------ Normalize: floats in the same pass
+NORMALIZE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def normalize_paths(dtype):
+    """array_api_strict has neither float16 nor bfloat16; the generic path has no bfloat16 either (NumPy has)."""
+    return [path for path in PATHS if path != "strict" or dtype == "float32"]
+
+
+@pytest.mark.parametrize("dtype", NORMALIZE_DTYPES)
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_normalized_batches_match_the_per_sample_reference_on_every_path(dtype, data_format):
+    images = in_format(images_of(57, 9, 11, 3, low=0), data_format)
+    ids = np.arange(57, dtype=np.int64) * 3
+    mean, std = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
+    for ops in [*recipes_in(data_format), []]:
+        ops = [*ops, Normalize(mean, std, dtype=dtype, data_format=data_format)]
+        expected = reference(ops, images, ids, SEED, EPOCH)
+        assert expected.dtype.name == dtype
+        for path in normalize_paths(dtype):
+            out = run(ops, images, ids, path)
+            assert out.dtype == expected.dtype and out.shape == images.shape, path
+            assert out.tobytes() == expected.tobytes(), (path, ops)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64, np.uint64,
+                                   np.float32, np.float64, np.bool_])
+def test_normalize_reads_every_stored_dtype_the_kernel_takes_as_the_reference_does(dtype):
+    rng = np.random.default_rng(7)
+    if dtype == np.bool_:
+        images = rng.integers(0, 2, (40, 6, 7, 2)).astype(bool)
+    elif np.dtype(dtype).kind == "f":
+        images = (rng.standard_normal((40, 6, 7, 2)) * 1e4).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        images = rng.integers(info.min, info.max, (40, 6, 7, 2), dtype=dtype, endpoint=True)
+    ids = np.arange(40, dtype=np.int64)
+    ops = [RandomCrop(2, mode="constant", fill=1), RandomFlip(), Normalize((3.5, -7.25), (0.3, 1e3), "float16")]
+    expected = reference(ops, images, ids, SEED, EPOCH)
+    for path in ("kernel", "bytewise", "numpy", "generic"):
+        assert run(ops, images, ids, path).tobytes() == expected.tobytes(), path
+
+
+def float32_patterns():
+    """float32 values that probe each rounding case: random bits (normals, subnormals, infinities, NaNs),
+    every float16 and bfloat16 halfway point and its neighbours, and the edges of both ranges."""
+    rng = np.random.default_rng(3)
+    bits = [rng.integers(0, 2**32, 200000, dtype=np.uint64).astype(np.uint32)]
+    halves = np.arange(2**16, dtype=np.uint32)
+    for width in (13, 16):  # float16's (relative to a float32 with the same exponent) and bfloat16's dropped bits
+        grid = rng.integers(0, 2**32, 30000, dtype=np.uint64).astype(np.uint32) & ~np.uint32((1 << width) - 1)
+        tie = grid | np.uint32(1 << (width - 1))
+        bits += [tie, tie - np.uint32(1), tie + np.uint32(1), grid]
+    as_half = halves.astype(np.uint16).view(np.float16).astype(np.float32).view(np.uint32)  # every float16 value
+    bits += [as_half, as_half + np.uint32(1 << 12), as_half + np.uint32(1 << 12) - np.uint32(1), as_half + np.uint32(1)]
+    values = np.concatenate(bits).view(np.float32)
+    edges = np.array([65504, 65519.99, 65520, 65536, 2.0**-24, 2.0**-25, 2.0**-25 * 1.0000001, 2.0**-14, 3.4e38,
+                      -0.0, 0.0, np.inf, -np.inf, np.nan], dtype=np.float32)
+    return np.concatenate([values, edges, -edges])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("path", ["kernel", "bytewise"])
+def test_the_kernels_round_float32_to_the_output_dtype_as_numpy_and_ml_dtypes_do(dtype, path):
+    # Normalize(0, 1) leaves each float32 as it is (x - 0 and x * 1 are exact), so the output is the rounding alone.
+    values = float32_patterns()
+    values = values[: values.size // 64 * 64].reshape(-1, 4, 4, 4)
+    ids = np.arange(values.shape[0], dtype=np.int64)
+    out = run([Normalize(0.0, 1.0, dtype=dtype)], values, ids, path)
+    target = pytest.importorskip("ml_dtypes").bfloat16 if dtype == "bfloat16" else np.float16
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = values.astype(target)
+    nan = np.isnan(values)
+    # NaNs stay NaN with their sign (float16's payload: NumPy's and the hardware's conversions differ there).
+    assert np.isnan(out.astype(np.float32)[nan]).all()
+    assert (np.signbit(out.astype(np.float32)[nan]) == np.signbit(values[nan])).all()
+    if dtype == "bfloat16":
+        assert out.tobytes() == expected.tobytes()
+    else:
+        assert out.view(np.uint16)[~nan].tobytes() == expected.view(np.uint16)[~nan].tobytes()
+
+
+def test_the_rounding_rule_is_the_stated_one_not_a_division():
+    # (x - mean) * float32(1 / std) differs from (x - mean) / std for some values: the rule says which one.
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    op = Normalize(0.0, 3.0)
+    out = run([op], x, np.zeros(1, dtype=np.int64), "kernel")
+    centred = x.astype(np.float32)
+    assert out.tobytes() == (centred * np.float32(1 / 3)).tobytes()
+    assert out.tobytes() != (centred / np.float32(3)).tobytes()
+
+
+def test_output_dtype_and_shape_tell_the_pipeline_what_to_allocate():
+    assert augment.output_dtype([RandomFlip()], np.uint8) == np.uint8
+    assert augment.output_dtype([RandomFlip(), Normalize(0, 1, "float16")], np.uint8) == np.float16
+    assert augment.output_dtype([Normalize(0, 1, "bfloat16")], np.uint8).name == "bfloat16"
+    assert augment.output_dtype([], np.int16) == np.int16
+    assert augment.output_shape([RandomCrop(2)], (10, 8, 8, 3)) == (10, 8, 8, 3)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "words"),
+    [
+        (lambda: Normalize(0, 0), ValueError, ["std", "> 0", "Fix"]),
+        (lambda: Normalize(0, 1, dtype="int8"), ValueError, ["dtype", "float32, float16, bfloat16", "Fix"]),
+        (lambda: Normalize((1, 2), (1, 2, 3)), ValueError, ["2 values", "std 3"]),
+        (lambda: Normalize("a", 1), TypeError, ["mean", "'a'", "Fix"]),
+        (lambda: Normalize(float("nan"), 1), ValueError, ["finite", "Fix"]),
+        (lambda: Normalize(0, 1e-40), ValueError, ["overflows float32", "Fix"]),
+    ],
+)
+def test_bad_normalize_arguments_are_refused_naming_the_rule_the_value_and_the_fix(make, error, words):
+    with pytest.raises(error) as raised:
+        make()
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_normalize_must_come_last_and_fit_the_channels():
+    with pytest.raises(ValueError, match=r"must be the last op.*Fix: move it to the end"):
+        check_augment([Normalize(0, 1), RandomFlip()], (4, 8, 8, 3), np.uint8, "x")
+    with pytest.raises(ValueError, match=r"2 means or stds but x has 3 channels.*Fix"):
+        check_augment([Normalize((1, 2), (1, 2))], (4, 8, 8, 3), np.uint8, "x")
+    assert check_augment([Normalize((1, 2, 3), 2, data_format="channels_first")], (4, 3, 8, 8), np.uint8, "x")
+
+
+def test_normalize_op_by_op_in_a_namespace_without_the_dtype_is_refused_with_the_fix():
+    images, ids = xps.asarray(images_of(2, 4, 4)), xps.asarray(np.arange(2))
+    for dtype in ("float16", "bfloat16"):
+        with pytest.raises(TypeError, match="Fix"):
+            apply_augment([Brightness(1), Normalize(0, 1, dtype)], images, ids, SEED, EPOCH, xps)
+
+
+# ------------------------------------------------------------------ Normalize through the Loader
+def loader_reference(ops, x, seed):
+    """Every sample's expected bytes: the array-API reference path over the whole dataset (sample id = row)."""
+    previous, augment._host._FAST_PATH_ENABLED = augment._host._FAST_PATH_ENABLED, False
+    try:
+        out = apply_augment(ops, x, np.arange(len(x), dtype=np.int64), seed, 0, np)
+    finally:
+        augment._host._FAST_PATH_ENABLED = previous
+    return {i: out[i].tobytes() for i in range(len(x))}, out.dtype
+
+
+def loader_samples(batches):
+    found, dtypes = {}, set()
+    for bx, by in batches:
+        bx, by = np.asarray(bx), np.asarray(by)
+        dtypes.add(bx.dtype)
+        for image, sample in zip(bx, by.tolist()):
+            found[sample] = image.tobytes()
+    return found, dtypes
+
+
+@pytest.mark.parametrize("dtype", NORMALIZE_DTYPES)
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_the_loader_serves_normalized_batches_equal_to_the_reference_path(dtype, data_format, tmp_path):
+    from gpuloader import Loader
+
+    x = in_format(images_of(90, 10, 12, 3, low=0, seed=4), data_format)
+    y = np.arange(90, dtype=np.int64)
+    ops = [RandomCrop(3, data_format=data_format), RandomFlip(data_format=data_format),
+           Cutout(4, data_format=data_format), Normalize((120, 115, 100), (60, 61, 62), dtype, data_format)]
+    want, want_dtype = loader_reference(ops, x, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    loaders = [
+        Loader(x, y, batch_size=16, seed=5, augment=ops, verbose=False),  # the host kernel from the store
+        Loader(x, y, batch_size=25, seed=5, augment=ops, workers=2, verbose=False),
+        Loader(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), batch_size=16, seed=5, augment=ops,
+               device="disk", verbose=False),
+    ]
+    for loader in loaders:
+        found, dtypes = loader_samples(loader.get_numpy_iterator())
+        assert dtypes == {want_dtype} and found == want, loader.placement
+
+
+def test_the_stand_in_gpu_serves_the_normalized_batches_of_the_host(fake_gpu, monkeypatch):
+    from gpuloader import Loader
+
+    x, y = images_of(64, 8, 8, 3, low=0), np.arange(64, dtype=np.int64)
+    ops = [RandomCrop(2), RandomFlip(), Cutout(3), Normalize(127.5, 64.0)]
+    want, _ = loader_reference(ops, x, seed=5)
+    for kernel in (True, False):
+        if not kernel:
+            monkeypatch.setattr(fake_gpu, "gather_augment", lambda table, leaf: None)  # the ops one by one
+        loader = Loader(x, y, batch_size=16, seed=5, augment=ops, device="gpu", verbose=False)
+        launched = fake_gpu.state.augment_kernels
+        batches = [loader._prepare(i)[1] for i in range(len(loader))]
+        found, dtypes = loader_samples(batches)
+        assert dtypes == {np.dtype(np.float32)} and found == want
+        assert fake_gpu.state.augment_kernels - launched == (len(loader) if kernel else 0)
+
+
+def test_bfloat16_batches_reach_tensorflow_and_torch_without_a_copy():
+    from gpuloader.gather import aligned_empty
+    from gpuloader.handoff import hand_off
+
+    tf = pytest.importorskip("tensorflow")
+    batch = aligned_empty((4, 3), augment.output_dtype([Normalize(0, 1, "bfloat16")], np.uint8))
+    batch[:] = np.arange(12).reshape(4, 3)
+    tensor = hand_off(batch, "tensorflow")
+    assert tensor.dtype == tf.bfloat16 and tensor.numpy().astype(np.float32).tolist() == batch.astype(
+        np.float32).tolist()
+    batch[0, 0] = 7  # the tensor reads the batch's own buffer
+    assert float(tensor.numpy()[0, 0]) == 7.0
+    torch = pytest.importorskip("torch")
+    shared = hand_off(batch, "torch")
+    assert shared.dtype == torch.bfloat16 and shared.data_ptr() == batch.ctypes.data
+
+
+def test_a_model_fits_on_bfloat16_batches():
+    import keras
+
+    from gpuloader import Loader
+
+    x, y = images_of(64, 8, 8, 3, low=0), (np.arange(64) % 2).astype(np.float32)
+    ops = [RandomFlip(data_format="channels_last"), Normalize(127.5, 64.0, "bfloat16")]
+    loader = Loader(x, y, batch_size=16, seed=1, augment=ops, verbose=False)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    history = model.fit(loader, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

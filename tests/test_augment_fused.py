@@ -6,13 +6,16 @@ latter the CUDA kernel's byte loop run on the host) and tests/test_loader_augmen
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpuloader.augment import Cutout, RandomCrop, RandomFlip, fused
+from gpuloader.augment import Cutout, Normalize, RandomCrop, RandomFlip, check_augment, fused
 
 needs_kernel = pytest.mark.skipif(fused.host_kernel() is None, reason=fused.host_kernel_missing() or "")
 
@@ -133,8 +136,9 @@ def cuda_text_on_the_host(tmp_path):
     subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
     kernel = ctypes.CDLL(str(library)).gpuloader_gather_augment
     pointer, i64, u32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_uint
+    i32 = ctypes.c_int
     kernel.argtypes = [pointer, pointer, i64, pointer, pointer, i64, pointer, i64, pointer, u32, u32, i64, i64, i64,
-                       i64, pointer]
+                       i64, i64, i32, i32, pointer, pointer]
     kernel.restype = None
     return kernel
 
@@ -162,5 +166,141 @@ def test_the_cuda_kernel_text_run_on_the_host_gives_the_reference_bytes(tmp_path
                 out = np.zeros((len(chosen), *store.shape[1:]), store.dtype)
                 kernel(store.ctypes.data, index, first, id_table.ctypes.data, keys.ctypes.data, sum(table.draws),
                        table.table.ctypes.data, len(table.table), fills.ctypes.data, table.or_slots,
-                       table.and_slots, len(chosen), 7, 9, table.pixel_bytes, out.ctypes.data)
+                       table.and_slots, len(chosen), 7, 9, 1, table.pixel_bytes, 0, 0, None, out.ctypes.data)
                 np.testing.assert_array_equal(out, reference(ops, store[chosen], id_table[chosen], 11, 2))
+
+
+# ------------------------------------------------------------------ one place for the codes, warning-free C
+PIXELS_H = Path(fused.__file__).with_name("_pixels.h")
+PIXELS_C = Path(fused.__file__).with_name("_pixels.c")
+
+
+def test_the_op_codes_and_value_kinds_are_those_of_pixels_h():
+    defined = {name: int(value) for name, value in re.findall(r"#define (GL_\w+) (\d+)\n", PIXELS_H.read_text())}
+    written = {**fused.OP_CODES, **fused.VALUE_KINDS}
+    assert written == {name: defined[name] for name in written}, "fused.py and _pixels.h disagree"
+    assert set(defined) == set(written), "a code of _pixels.h is missing from fused.OP_CODES or fused.VALUE_KINDS"
+    # every built-in op has its table encoder (a missing one would not fall into another op's branch)
+    from gpuloader.augment.ops import GEOMETRIC
+
+    assert set(fused._ENCODERS) == {*GEOMETRIC, Normalize}
+
+
+def c_compiler():
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(compiler) or shutil.which("gcc") or shutil.which("cc")
+
+
+def test_the_host_kernel_compiles_without_a_warning_under_wall_wextra(tmp_path):
+    compiler = c_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    command = [compiler, "-O2", "-Wall", "-Wextra", "-fPIC", f"-I{sysconfig.get_paths()['include']}", "-c",
+               str(PIXELS_C), "-o", str(tmp_path / "pixels.o")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_cuda_text_compiles_for_the_host_without_a_warning_under_wall_wextra(tmp_path):
+    from gpuloader import _cuda
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    source = tmp_path / "kernel.cpp"
+    source.write_text(_CUDA_ON_THE_HOST + _cuda.augment_kernel_source())
+    result = subprocess.run([compiler, "-O1", "-Wall", "-Wextra", "-fsyntax-only", str(source)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+# ------------------------------------------------------------------ hardening found by fuzzing
+def test_reflection_arithmetic_is_64_bit_for_images_over_2_to_the_30_rows(tmp_path):
+    # host_trace_axis and the CUDA trace reflect with gl_reflected: with int arithmetic a shifted row past
+    # 2**31 wraps negative and is reflected about the wrong edge.
+    import ctypes
+
+    compiler = c_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    harness = tmp_path / "reflect.c"
+    harness.write_text(f'#include "{PIXELS_H}"\nlong long reflected(long long c, long long last) '
+                       "{ return gl_reflected(c, last); }\n")
+    library = tmp_path / "reflect.so"
+    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(harness)], check=True)
+    reflected = ctypes.CDLL(str(library)).reflected
+    reflected.argtypes, reflected.restype = [ctypes.c_longlong, ctypes.c_longlong], ctypes.c_longlong
+    last = 2**31 - 2  # the largest image: 2**31 - 1 rows
+    assert reflected(last + 10, last) == last - 10
+    assert reflected(2**30 + 5, 2**30 + 1) == 2**30 - 3
+    assert reflected(-(last - 3), last) == last - 3
+    assert reflected(5, last) == 5
+
+
+def entry_point_arguments(**change):
+    """The private entry point's arguments for a valid call (2 images of 4 x 4 x 3 uint8), with ``change``."""
+    source = np.zeros((10, 4, 4, 3), np.uint8)
+    table = fused.fused_ops([RandomCrop(2), RandomFlip(), Cutout(2)], np.uint8, 3)
+    arguments = {
+        "source": source, "rows": np.array([0, 9], np.int64), "ids": np.array([0, 9], np.int64),
+        "keys": np.ascontiguousarray(table.keys(0, 0)), "ops": table.table, "fills": table.fills,
+        "or_slots": table.or_slots, "and_slots": table.and_slots, "height": 4, "width": 4, "planes": 1,
+        "pixel_bytes": 3, "out": np.empty((2, 4, 4, 3), np.uint8), "bytewise": False, "in_kind": 0,
+        "out_kind": 0, "norm": b"",
+    }
+    arguments.update(change)
+    return list(arguments.values())
+
+
+def unaligned(array):
+    """The same int64 values at an address that is not a multiple of 8."""
+    raw = np.zeros(array.nbytes + 1, np.uint8)
+    raw[1:] = array.view(np.uint8).reshape(-1)
+    return memoryview(raw[1:])
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"height": 2**31 - 1, "width": 2**31 - 1, "pixel_bytes": 2**62}, "at most 2\\*\\*48 bytes"),
+        ({"height": 2**20, "width": 2**20, "planes": 2**20, "pixel_bytes": 2**20}, "at most 2\\*\\*48 bytes"),
+        ({"height": 0}, ">= 1"),
+        ({"planes": -3}, ">= 1"),
+        ({"rows": unaligned(np.array([0, 9], np.int64))}, "8-byte aligned"),
+        ({"ids": unaligned(np.array([0, 9], np.int64))}, "8-byte aligned"),
+        ({"fills": bytes(33 * 3)}, "at most 32 pixels"),
+        ({"out_kind": 9, "in_kind": 99, "norm": bytes(24)}, "in_kind"),
+        ({"out_kind": 9, "in_kind": 1, "norm": bytes(8)}, "per channel"),
+        ({"out_kind": 9, "in_kind": 1, "norm": bytes(24)}, "one image per row"),  # out is uint8, not float32
+    ],
+)
+def test_the_private_entry_point_checks_every_argument_before_reading(change, message):
+    with pytest.raises(ValueError, match=message):
+        fused.host_kernel().gather_augment(*entry_point_arguments(**change))
+
+
+@needs_kernel
+def test_the_private_entry_point_refuses_an_unaligned_source_or_out_for_typed_values():
+    source = np.zeros(10 * 4 * 4 * 3 * 4 + 1, np.uint8)[1:].view(np.uint8)  # float32 values at an odd address
+    out = np.empty((2, 4, 4, 3), np.float32)
+    change = {"source": source, "pixel_bytes": 12, "in_kind": fused.VALUE_KINDS["GL_VALUE_F32"],
+              "out_kind": fused.VALUE_KINDS["GL_VALUE_F32"], "norm": bytes(24), "out": out, "fills": bytes(12)}
+    with pytest.raises(ValueError, match="aligned for their values"):
+        fused.host_kernel().gather_augment(*entry_point_arguments(**change))
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: Cutout(4, fill=10**400), lambda: RandomCrop(1, mode="constant", fill=-(10**400))]
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_a_fill_beyond_any_dtype_is_a_value_error_naming_the_fill(make, dtype):
+    with pytest.raises(ValueError, match=r"fill=-?1000000"):
+        check_augment([make()], (4, 8, 8, 3), dtype, "x")
+
+
+def test_a_fill_that_does_not_fit_a_float_is_a_value_error_at_construction():
+    from fractions import Fraction
+
+    with pytest.raises(ValueError, match=r"fill=Fraction.*Fix"):
+        Cutout(4, fill=Fraction(10**400, 3))

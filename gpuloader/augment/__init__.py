@@ -104,22 +104,35 @@ their array-API path), :mod:`~gpuloader.augment.apply` (checking and applying a 
 
 from __future__ import annotations
 
-from gpuloader.augment.apply import Stream, apply_augment, check_augment, ops_and_stream
+from gpuloader.augment.apply import (
+    Stream,
+    apply_augment,
+    check_augment,
+    data_format_of,
+    ops_and_stream,
+    output_dtype,
+    output_shape,
+)
 from gpuloader.augment.keyed import integers, sample_words, uniform
+from gpuloader.augment.normalize import Normalize
 from gpuloader.augment.ops import AugmentOp, Cutout, RandomCrop, RandomFlip
 from gpuloader.augment.targets import Same
 
 __all__ = [
     "AugmentOp",
     "Cutout",
+    "Normalize",
     "RandomCrop",
     "RandomFlip",
     "Same",
     "Stream",
     "apply_augment",
     "check_augment",
+    "data_format_of",
     "integers",
     "ops_and_stream",
+    "output_dtype",
+    "output_shape",
     "sample_words",
     "uniform",
 ]

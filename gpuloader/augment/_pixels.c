@@ -1,7 +1,11 @@
 /* gpuloader.augment._pixels: the host kernel of the built-in ops, fused with the gather.
  *
  * gather_augment(source, rows, ids, keys, ops, fills, or_slots, and_slots, height, width,
- *                pixel_bytes, out, bytewise)
+ *                planes, pixel_bytes, out, bytewise, in_kind, out_kind, norm)
+ *
+ * planes: 1 for channels-last images, C for channels-first ones (pixel_bytes is then one value's).
+ * in_kind, out_kind, norm: Normalize (out_kind 0: none): the stored values' kind, the output's, and a float32
+ * (mean, scale) per channel; each sample is traced into a staging image, then normalized a row at a time.
  *
  * For each output sample b: its words from ids[b] (gl_sample_words), the traced
  * source row of each output row and column (gl_sample_traces), then its bytes
@@ -144,9 +148,11 @@ static long long column_runs(const int *src_cols, long long width, Run *runs)
 static void host_trace_axis(int axis, long long size, const long long *ops, long long n_ops,
                             const unsigned long long *words, int *src, unsigned int *hits)
 {
-    const int last = (int)size - 1;
-    for (int i = 0; i < (int)size; ++i) {
-        src[i] = i;
+    /* coordinates are in [0, size) with size < 2**31 (checked), so they fit src's ints; the arithmetic on
+       them (a shift, a reflection 2 * last - c) is 64-bit */
+    const long long last = size - 1;
+    for (long long i = 0; i < size; ++i) {
+        src[i] = (int)i;
         hits[i] = 0;
     }
     for (long long j = n_ops - 1; j >= 0; --j) {
@@ -154,29 +160,26 @@ static void host_trace_axis(int axis, long long size, const long long *ops, long
         const unsigned long long *own = words + op[2];
         if (op[0] == GL_FLIP) {
             if (axis == 1 && (own[0] >> 63))
-                for (int i = 0; i <= last; ++i)
-                    src[i] = last - src[i];
+                for (long long i = 0; i <= last; ++i)
+                    src[i] = (int)(last - src[i]);
         } else if (op[0] == GL_CUTOUT) {
             const long long first = gl_integer(own[axis], size) - op[1] / 2, end = first + op[1];
             /* the square's rows (or columns) clipped to the image: coordinates are in [0, size) */
-            const int top = (int)(first < 0 ? 0 : first), bottom = (int)(end > size ? size : end);
+            const long long top = first < 0 ? 0 : first, bottom = end > size ? size : end;
             const unsigned int bit = 1u << op[3];
-            for (int i = 0; i <= last; ++i)
+            for (long long i = 0; i <= last; ++i)
                 hits[i] |= (src[i] >= top && src[i] < bottom) ? bit : 0u;
         } else {
-            const int shift = (int)(gl_integer(own[axis], 2 * op[1] + 1) - op[1]);
+            const long long shift = gl_integer(own[axis], 2 * op[1] + 1) - op[1];
             if (op[0] == GL_CROP_REFLECT) {
-                for (int i = 0; i <= last; ++i) {
-                    int c = src[i] + shift;
-                    c = c < 0 ? -c : c;
-                    src[i] = c > last ? 2 * last - c : c;
-                }
+                for (long long i = 0; i <= last; ++i)
+                    src[i] = (int)gl_reflected(src[i] + shift, last);
             } else {
                 const unsigned int bit = 1u << op[3];
-                for (int i = 0; i <= last; ++i) {
-                    const int c = src[i] + shift;
+                for (long long i = 0; i <= last; ++i) {
+                    const long long c = src[i] + shift;
                     hits[i] |= (c < 0 || c > last) ? bit : 0u;
-                    src[i] = c < 0 ? 0 : (c > last ? last : c);
+                    src[i] = (int)(c < 0 ? 0 : (c > last ? last : c));
                 }
             }
         }
@@ -191,7 +194,12 @@ typedef struct {
     unsigned char *fill_rows;  /* each slot's fill pixel repeated over a row */
     const unsigned char *order; /* the byte shuffle reversing 16 / pixel_bytes pixels, or NULL */
     const unsigned char *end;   /* the end of the source buffer */
-    unsigned char *image;       /* room for a copy of one source image and GL_SLACK bytes, or NULL */
+    unsigned char *image;       /* room for a copy of one source plane and GL_SLACK bytes, or NULL */
+    unsigned char *staged;      /* Normalize: the traced image before its values are normalized */
+    float *means, *scales;      /* Normalize: each value's mean and scale along a row (per plane when planes > 1) */
+    float *row;                 /* Normalize to float16 or bfloat16: a row's float32 values */
+    float *norm;                /* Normalize: (mean, scale) per channel, aligned */
+    unsigned char *fill_values; /* the fills, aligned for their values (the bytewise path reads them typed) */
 } Work;
 
 /* A sample with a long reversed run is first copied here when it is at most this large: one sequential
@@ -310,6 +318,61 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
     }
 }
 
+/* A row of `count` values of `in_kind` normalized into float32 (gpuloader/augment/normalize.py's rule). */
+static void normalize_row(int in_kind, const unsigned char *src, long long count, const float *means,
+                          const float *scales, float *dst)
+{
+#define GL_ROW(TYPE)                                                                                                  \
+    for (long long k = 0; k < count; ++k)                                                                             \
+        dst[k] = gl_normalized((float)((const TYPE *)src)[k], means[k], scales[k]);                                   \
+    return;
+    switch (in_kind) {
+    case GL_VALUE_U8: GL_ROW(unsigned char)
+    case GL_VALUE_I8: GL_ROW(signed char)
+    case GL_VALUE_U16: GL_ROW(unsigned short)
+    case GL_VALUE_I16: GL_ROW(short)
+    case GL_VALUE_U32: GL_ROW(unsigned int)
+    case GL_VALUE_I32: GL_ROW(int)
+    case GL_VALUE_U64: GL_ROW(unsigned long long)
+    case GL_VALUE_I64: GL_ROW(long long)
+    case GL_VALUE_F32: GL_ROW(float)
+    default: GL_ROW(double)
+    }
+#undef GL_ROW
+}
+
+/* The float32 values of a row stored as float16 or bfloat16. */
+static void store_row(int out_kind, const float *src, long long count, unsigned char *dst)
+{
+    unsigned short *out = (unsigned short *)dst;
+    if (out_kind == GL_VALUE_F16)
+        for (long long k = 0; k < count; ++k)
+            out[k] = (unsigned short)gl_half_bits(src[k]);
+    else
+        for (long long k = 0; k < count; ++k)
+            out[k] = (unsigned short)gl_bfloat_bits(src[k]);
+}
+
+/* One sample's traced image (in `staged`) normalized into `out`, a row at a time. */
+static void normalize_image(const Work *work, int in_kind, int out_kind, long long planes, long long height,
+                            long long row_values, long long in_size, unsigned char *out)
+{
+    const long long out_size = out_kind == GL_VALUE_F32 ? 4 : 2;
+    for (long long plane = 0; plane < planes; ++plane) {
+        const float *means = work->means + plane * row_values, *scales = work->scales + plane * row_values;
+        for (long long row = 0; row < height; ++row) {
+            const long long first = (plane * height + row) * row_values;
+            const unsigned char *src = work->staged + first * in_size;
+            if (out_kind == GL_VALUE_F32) {
+                normalize_row(in_kind, src, row_values, means, scales, (float *)(out + first * out_size));
+            } else {
+                normalize_row(in_kind, src, row_values, means, scales, work->row);
+                store_row(out_kind, work->row, row_values, out + first * out_size);
+            }
+        }
+    }
+}
+
 static int op_words(long long kind)
 {
     return kind == GL_FLIP ? 1 : 2;
@@ -341,34 +404,83 @@ static const char *check_ops(const long long *ops, long long n_ops, long long n_
     return NULL;
 }
 
+/* a * b into *result, or 0 when it overflows (or either is negative). */
+static int product(long long a, long long b, long long *result)
+{
+    return a >= 0 && b >= 0 && !__builtin_mul_overflow(a, b, result);
+}
+
+static int aligned(const Py_buffer *buffer, long long alignment)
+{
+    return alignment <= 1 || (unsigned long long)(size_t)buffer->buf % (unsigned long long)alignment == 0;
+}
+
+/* The checks of the arguments' sizes, alignments and kinds, before anything is allocated or read. */
+static const char *check_arguments(const Py_buffer *source, const Py_buffer *rows, const Py_buffer *ids,
+                                   const Py_buffer *keys, const Py_buffer *ops, const Py_buffer *fills,
+                                   const Py_buffer *out, const Py_buffer *norm, long long height, long long width,
+                                   long long planes, long long pixel_bytes, int in_kind, int out_kind,
+                                   long long *image_bytes, long long *out_image_bytes)
+{
+    long long plane_bytes, values;
+    if (height < 1 || width < 1 || planes < 1 || pixel_bytes < 1 || height > INT_MAX || width > INT_MAX)
+        return "height, width, planes and pixel_bytes must be >= 1 (and height, width < 2**31)";
+    if (!product(height, width, &plane_bytes) || !product(plane_bytes, pixel_bytes, &plane_bytes) ||
+        !product(plane_bytes, planes, image_bytes) || *image_bytes > (1LL << 48))
+        return "an image of height x width x planes x pixel_bytes must be at most 2**48 bytes";
+    if (source->len % *image_bytes)
+        return "source is not a whole number of images";
+    if (rows->len % 8 || ids->len != rows->len || keys->len % 16 || ops->len % (8 * GL_OP_FIELDS) ||
+        fills->len % pixel_bytes || fills->len / pixel_bytes > 32)
+        return "rows, ids (int64), keys (2 uint64 per word), ops (4 int64 per op) or fills (at most 32 pixels) "
+               "have a bad size";
+    if (!aligned(rows, 8) || !aligned(ids, 8) || !aligned(keys, 8) || !aligned(ops, 8))
+        return "rows, ids, keys and ops must be 8-byte aligned (int64 and uint64 arrays)";
+    *out_image_bytes = *image_bytes;
+    if (out_kind != 0 || norm->len != 0) {
+        const long long in_size = gl_value_size(in_kind);
+        if (in_kind < GL_VALUE_U8 || in_kind > GL_VALUE_F64 ||
+            (out_kind != GL_VALUE_F32 && out_kind != GL_VALUE_F16 && out_kind != GL_VALUE_BF16))
+            return "in_kind must be a stored value kind and out_kind float32, float16 or bfloat16";
+        if (pixel_bytes % in_size || (planes > 1 && pixel_bytes != in_size))
+            return "pixel_bytes must be a whole number of in_kind values (one value when planes > 1)";
+        const long long channels = planes > 1 ? planes : pixel_bytes / in_size;
+        if (norm->len != 8 * channels)
+            return "norm must hold a float32 (mean, scale) per channel";
+        if (!aligned(source, in_size) || !aligned(out, gl_value_size(out_kind)))
+            return "source and out must be aligned for their values";
+        if (!product(*image_bytes / in_size, gl_value_size(out_kind), &values))
+            return "out's image size overflows";
+        *out_image_bytes = values;
+    }
+    const long long n = rows->len / 8;
+    if (out->len % *out_image_bytes || out->len / *out_image_bytes != n)
+        return "out does not hold one image per row";
+    return NULL;
+}
+
 static PyObject *gather_augment(PyObject *module, PyObject *args)
 {
-    Py_buffer source, rows, ids, keys, ops, fills, out;
+    Py_buffer source, rows, ids, keys, ops, fills, out, norm;
     unsigned int or_slots, and_slots;
-    Py_ssize_t height, width, pixel_bytes;
-    int bytewise;
+    Py_ssize_t height, width, planes, pixel_bytes;
+    int bytewise, in_kind, out_kind;
     (void)module;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*IInnnw*p", &source, &rows, &ids, &keys, &ops, &fills, &or_slots,
-                          &and_slots, &height, &width, &pixel_bytes, &out, &bytewise))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*IInnnnw*piiy*", &source, &rows, &ids, &keys, &ops, &fills, &or_slots,
+                          &and_slots, &height, &width, &planes, &pixel_bytes, &out, &bytewise, &in_kind, &out_kind,
+                          &norm))
         return NULL;
     PyObject *result = NULL;
-    const char *problem = NULL;
-    Work work = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    Work work;
+    memset(&work, 0, sizeof(work));
     unsigned long long *words = NULL;
-    const long long image_bytes = (long long)height * width * pixel_bytes;
-    if (height < 1 || width < 1 || pixel_bytes < 1 || height > INT_MAX || width > INT_MAX)
-        problem = "height, width and pixel_bytes must be >= 1 (and height, width < 2**31)";
-    else if (source.len % image_bytes)
-        problem = "source is not a whole number of images";
-    else if (rows.len % 8 || ids.len != rows.len || keys.len % 16 || ops.len % (8 * GL_OP_FIELDS) ||
-             fills.len % pixel_bytes)
-        problem = "rows, ids (int64), keys (2 uint64 per word), ops (4 int64 per op) or fills have a bad size";
-    else if (out.len != (rows.len / 8) * image_bytes)
-        problem = "out does not hold one image per row";
+    long long image_bytes = 0, out_image_bytes = 0;
+    const char *problem = check_arguments(&source, &rows, &ids, &keys, &ops, &fills, &out, &norm, height, width,
+                                          planes, pixel_bytes, in_kind, out_kind, &image_bytes, &out_image_bytes);
     if (problem == NULL)
         problem = check_ops((const long long *)ops.buf, ops.len / (8 * GL_OP_FIELDS), keys.len / 16, height, width,
                             fills.len / pixel_bytes, or_slots, and_slots);
-    const long long n = rows.len / 8, n_images = source.len / image_bytes;
+    const long long n = rows.len / 8, n_images = problem == NULL ? source.len / image_bytes : 0;
     const long long *row_index = (const long long *)rows.buf;
     for (long long b = 0; problem == NULL && b < n; ++b)
         if (row_index[b] < 0 || row_index[b] >= n_images)
@@ -377,6 +489,9 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
         PyErr_Format(PyExc_ValueError, "gather_augment: %s.", problem);
         goto done;
     }
+    const int normalize = out_kind != 0;
+    const long long in_size = normalize ? gl_value_size(in_kind) : 1, pixel_values = pixel_bytes / in_size;
+    const long long plane_bytes = image_bytes / planes, row_values = width * pixel_values;
     const long long n_words = keys.len / 16, n_ops = ops.len / (8 * GL_OP_FIELDS);
     work.src_rows = malloc(sizeof(int) * height);
     work.row_hits = malloc(sizeof(unsigned int) * height);
@@ -385,8 +500,18 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
     work.runs = malloc(sizeof(Run) * width);
     work.spans = malloc(sizeof(Run) * width);
     work.fill_rows = malloc(fills.len * width + 1);
+    work.fill_values = malloc(fills.len + 8);
     work.end = (const unsigned char *)source.buf + source.len;
-    work.image = image_bytes <= GL_IMAGE_COPY_BYTES ? malloc(image_bytes + GL_SLACK) : NULL;
+    work.image = plane_bytes <= GL_IMAGE_COPY_BYTES ? malloc(plane_bytes + GL_SLACK) : NULL;
+    int normalize_ok = 1;
+    if (normalize) {
+        work.staged = malloc(image_bytes);
+        work.means = malloc(sizeof(float) * planes * row_values);
+        work.scales = malloc(sizeof(float) * planes * row_values);
+        work.row = malloc(sizeof(float) * row_values);
+        work.norm = malloc(norm.len);
+        normalize_ok = work.staged && work.means && work.scales && work.row && work.norm;
+    }
     unsigned char order[16];
 #ifdef GL_SHUFFLE
     if (pixel_bytes <= 8 && __builtin_cpu_supports("ssse3")) {
@@ -399,29 +524,49 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
 #endif
     words = malloc(sizeof(unsigned long long) * (n_words ? n_words : 1));
     if (!work.src_rows || !work.row_hits || !work.src_cols || !work.col_hits || !work.runs || !work.spans ||
-        !work.fill_rows || !words) {
+        !work.fill_rows || !work.fill_values || !normalize_ok || !words) {
         PyErr_NoMemory();
         goto done;
     }
+    memcpy(work.fill_values, fills.buf, fills.len);
     for (long long slot = 0; slot < fills.len / pixel_bytes; ++slot)
         for (long long col = 0; col < width; ++col)
             memcpy(work.fill_rows + (slot * width + col) * pixel_bytes, (const unsigned char *)fills.buf + slot * pixel_bytes,
                    pixel_bytes);
+    if (normalize) {
+        memcpy(work.norm, norm.buf, norm.len);
+        for (long long plane = 0; plane < planes; ++plane)
+            for (long long k = 0; k < row_values; ++k) {
+                const long long channel = planes > 1 ? plane : k % pixel_values;
+                work.means[plane * row_values + k] = work.norm[2 * channel];
+                work.scales[plane * row_values + k] = work.norm[2 * channel + 1];
+            }
+    }
     Py_BEGIN_ALLOW_THREADS
     const unsigned long long *sample_ids = (const unsigned long long *)ids.buf;
     for (long long b = 0; b < n; ++b) {
         const unsigned char *image = (const unsigned char *)source.buf + row_index[b] * image_bytes;
-        unsigned char *target = (unsigned char *)out.buf + b * image_bytes;
+        unsigned char *target = (unsigned char *)out.buf + b * out_image_bytes;
         gl_sample_words(0, 1, sample_ids[b], (const unsigned long long *)keys.buf, n_words, words);
         if (bytewise) {
             gl_sample_traces(0, 1, height, width, (const long long *)ops.buf, n_ops, words, work.src_rows,
                              work.row_hits, work.src_cols, work.col_hits);
-            gl_sample_bytes(0, 1, height, width, pixel_bytes, image, (const unsigned char *)fills.buf, or_slots,
-                            and_slots, work.src_rows, work.row_hits, work.src_cols, work.col_hits, target);
+            if (normalize)
+                gl_sample_values(0, 1, height, width, planes, pixel_values, in_kind, out_kind, image,
+                                 work.fill_values, work.norm, or_slots, and_slots, work.src_rows, work.row_hits,
+                                 work.src_cols, work.col_hits, target);
+            else
+                gl_sample_bytes(0, 1, height, width, planes, pixel_bytes, image, work.fill_values, or_slots,
+                                and_slots, work.src_rows, work.row_hits, work.src_cols, work.col_hits, target);
         } else {
             host_trace_axis(0, height, (const long long *)ops.buf, n_ops, words, work.src_rows, work.row_hits);
             host_trace_axis(1, width, (const long long *)ops.buf, n_ops, words, work.src_cols, work.col_hits);
-            sample_rows(height, width, pixel_bytes, image, or_slots, and_slots, &work, target);
+            unsigned char *traced = normalize ? work.staged : target;
+            for (long long plane = 0; plane < planes; ++plane)
+                sample_rows(height, width, pixel_bytes, image + plane * plane_bytes, or_slots, and_slots, &work,
+                            traced + plane * plane_bytes);
+            if (normalize)
+                normalize_image(&work, in_kind, out_kind, planes, height, row_values, in_size, target);
         }
     }
     Py_END_ALLOW_THREADS
@@ -434,8 +579,14 @@ done:
     free(work.col_hits);
     free(work.spans);
     free(work.fill_rows);
+    free(work.fill_values);
     free(work.image);
     free(work.runs);
+    free(work.staged);
+    free(work.means);
+    free(work.scales);
+    free(work.row);
+    free(work.norm);
     free(words);
     PyBuffer_Release(&source);
     PyBuffer_Release(&rows);
@@ -444,13 +595,15 @@ done:
     PyBuffer_Release(&ops);
     PyBuffer_Release(&fills);
     PyBuffer_Release(&out);
+    PyBuffer_Release(&norm);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"gather_augment", gather_augment, METH_VARARGS,
-     "gather_augment(source, rows, ids, keys, ops, fills, or_slots, and_slots, height, width, pixel_bytes, out, "
-     "bytewise): the augmented images of source[rows] into out; see gpuloader/augment/fused.py."},
+     "gather_augment(source, rows, ids, keys, ops, fills, or_slots, and_slots, height, width, planes, pixel_bytes, "
+     "out, bytewise, in_kind, out_kind, norm): the augmented images of source[rows] into out; see "
+     "gpuloader/augment/fused.py."},
     {NULL, NULL, 0, NULL},
 };
 

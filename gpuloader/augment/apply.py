@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,22 @@ from gpuloader.augment._host import (
 )
 from gpuloader.augment.fused import fused_ops, gather_augment_host, host_kernel
 from gpuloader.augment.keyed import _PROTOCOL, _words
-from gpuloader.augment.ops import _BUILTIN, AugmentOp, RandomCrop, RandomFlip, _numpy_dtype
+from gpuloader.augment.normalize import Normalize
+from gpuloader.augment.ops import (
+    CHANNELS_FIRST,
+    CHANNELS_LAST,
+    GEOMETRIC,
+    AugmentOp,
+    RandomCrop,
+    RandomFlip,
+    _numpy_dtype,
+    as_planes,
+    keras_data_format,
+    looks_like_other_format,
+)
+from gpuloader.gather import is_aligned
+
+_BUILTIN = (*GEOMETRIC, Normalize)
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,36 @@ def describe_augment(targets: list[tuple[int, list[Any], int]], names: list[str]
     return [[names[index], stream, [describe(op) for op in ops]] for index, ops, stream in targets]
 
 
+def data_format_of(ops: Any) -> str:
+    """The data format of a list: its ops' ``data_format`` (they must agree); Keras's setting when none has one.
+
+    Raises:
+        ValueError: two ops name different formats.
+    """
+    formats = {getattr(op, "data_format", None) for op in ops} - {None}
+    if len(formats) > 1:
+        named = ", ".join(f"{op!r}" for op in ops if getattr(op, "data_format", None) is not None)
+        raise ValueError(
+            f"augment ops of one list must share a data_format (one input has one layout); received {named}. "
+            "Fix: pass the same data_format= to every op, or leave it out to follow keras.config.image_data_format()."
+        )
+    return formats.pop() if formats else keras_data_format()
+
+
+def output_dtype(ops: Any, input_dtype: Any) -> np.dtype:
+    """The dtype of the batches ``ops`` write for input images of ``input_dtype``: a final :class:`Normalize`'s
+    dtype (``ml_dtypes.bfloat16`` for ``"bfloat16"``), else the input's. The pipeline allocates the augmented
+    leaf with it."""
+    if ops and type(ops[-1]) is Normalize:
+        return ops[-1].output_dtype
+    return _numpy_dtype(input_dtype)
+
+
+def output_shape(ops: Any, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the batches ``ops`` write for input images of ``input_shape``: the same (no op resizes)."""
+    return tuple(int(size) for size in input_shape)
+
+
 def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: str) -> list[Any]:
     """Validate an ``augment`` list for one input at construction; return it as a new list.
 
@@ -102,11 +148,28 @@ def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: 
                 f"apply(self, images, bits, xp) (AugmentOp's own only raises). Fix: define apply in "
                 f"{type(op).__name__} (check its spelling); see gpuloader.augment."
             )
+    for position, op in enumerate(ops[:-1]):
+        if type(op) is Normalize:
+            raise ValueError(
+                f"augment[{position}] for {name} is {op!r}, which must be the last op of its list (the ops before "
+                "it work on the stored pixels, it writes the floats). Fix: move it to the end."
+            )
+    data_format = data_format_of(ops)
     shape = tuple(int(size) for size in leaf_shape)
     if len(shape) not in (3, 4):
+        layout = "(n, C, H, W)" if data_format == CHANNELS_FIRST else "(n, H, W, C)"
         raise ValueError(
-            f"augment needs image arrays, (n, H, W) or channels-last (n, H, W, C); {name} has shape {shape} "
+            f"augment needs image arrays, (n, H, W) or {data_format} {layout}; {name} has shape {shape} "
             f"({len(shape)} dimensions). Fix: reshape {name} to images, or give augment only for image inputs."
+        )
+    if looks_like_other_format(shape, data_format):
+        other = CHANNELS_LAST if data_format == CHANNELS_FIRST else CHANNELS_FIRST
+        warnings.warn(
+            f"augment for {name}: shape {shape} looks {other} but the ops' data_format is {data_format!r}, so "
+            f"they would move axis {1 if data_format == CHANNELS_LAST else 3} as if it were "
+            f"{'height' if data_format == CHANNELS_LAST else 'width'}. Fix: pass data_format={other!r} to the ops "
+            "(or keras.config.set_image_data_format), or transpose the images.",
+            stacklevel=3,
         )
     if 0 in shape[1:]:
         raise ValueError(f"augment needs non-empty images; {name} has shape {shape}. Fix: drop augment for {name}.")
@@ -173,10 +236,18 @@ def apply_augment(
         raise ValueError(
             f"apply_augment needs one sample id per image: {n} images, sample_ids of shape {tuple(sample_ids.shape)}."
         )
-    work = images if len(shape) == 4 else xp.reshape(images, (*shape, 1))
-    fused = fused_ops(ops, work.dtype, work.shape[3]) if ops and _numpy_fast_path(xp) and host_kernel() else None
+    data_format = data_format_of(ops) if ops else CHANNELS_LAST
+    first = data_format == CHANNELS_FIRST
+    if len(shape) == 4:
+        work = images
+    else:  # one channel, on the format's channel axis
+        work = xp.reshape(images, (n, 1, *shape[1:]) if first else (*shape, 1))
+    channels = work.shape[1] if first else work.shape[3]
+    fused = None
+    if ops and _numpy_fast_path(xp) and host_kernel():
+        fused = fused_ops(ops, work.dtype, channels, data_format)
     if fused is not None:  # built-in ops only: one pass of the host kernel (gpuloader.augment.fused)
-        out = _aligned_empty(work.shape, work.dtype)
+        out = _aligned_empty(work.shape, output_dtype(ops, work.dtype))
         source = np.ascontiguousarray(work)
         rows = np.arange(n, dtype=np.int64)
         gather_augment_host(fused, source, rows, sample_ids, seed, epoch, out, stream=stream)
@@ -187,26 +258,32 @@ def apply_augment(
     # Whether ``work`` may be written into: a buffer made here, or the caller's under overwrite=True.
     owned = overwrite and (not fast or _writable_buffer(work))
     starts = [sum(draws[:position]) for position in range(len(ops))]
+    work_shape = tuple(work.shape)
 
     def bits_of(position: int) -> Any:
         return words[:, starts[position] : starts[position] + draws[position]]
+
+    def channels_last(array: Any, position: int) -> tuple[Any, Any]:
+        """The batch and op ``position``'s words as the built-in ops' NumPy path takes them (see ``as_planes``)."""
+        return as_planes(array, bits_of(position), xp) if first else (array, bits_of(position))
+
+    def restored(array: Any) -> Any:
+        return xp.reshape(array, work_shape) if first else array
 
     position = 0
     while position < len(ops):
         op = ops[position]
         following = ops[position + 1] if position + 1 < len(ops) else None
-        if fast and _is_builtin(op):
+        if fast and _is_builtin(op) and type(op) is not Normalize:
             crop_first = _crop_flip_pair(op, following)
+            planes, bits = channels_last(work, position)
             if crop_first is None:
-                work = _apply_builtin_numpy(op, work, bits_of(position), owned)
+                work = restored(_apply_builtin_numpy(op, planes, bits, owned))
                 position += 1
             else:  # a crop and a flip side by side: one pass on the host
-                crop, crop_bits, flip_bits = (
-                    (op, bits_of(position), bits_of(position + 1))
-                    if crop_first
-                    else (following, bits_of(position + 1), bits_of(position))
-                )
-                work = _crop_flip_numpy(crop, crop_bits, flip_bits, not crop_first, work, owned)
+                other = channels_last(work, position + 1)[1]
+                crop, crop_bits, flip_bits = (op, bits, other) if crop_first else (following, other, bits)
+                work = restored(_crop_flip_numpy(crop, crop_bits, flip_bits, not crop_first, planes, owned))
                 position += 2
             owned = True
             continue
@@ -224,7 +301,8 @@ def apply_augment(
         if result is not work:
             owned = _is_builtin(op) or _fresh(result, images, xp)
         work = result
-    if not owned:
+    normalized = bool(ops) and type(ops[-1]) is Normalize  # its NumPy result: fresh, maybe not 64-byte aligned
+    if not owned or (normalized and xp is np and not is_aligned(work)):
         work = _copy(work, xp)
     return work if len(shape) == 4 else xp.reshape(work, shape)
 
@@ -241,6 +319,8 @@ def _check_result(op: Any, result: Any, work: Any, xp: Any) -> None:
         shown = "None (a missing return?)" if result is None else type(result).__name__
         raise TypeError(f"augment op {op!r} returned {shown}, not an array of the batch's namespace {xp.__name__}. "
                         + fix)
+    if type(op) is Normalize:  # built in: its dtype is its own (output_dtype)
+        return
     if tuple(result.shape) != tuple(work.shape) or result.dtype != work.dtype:
         raise ValueError(
             f"augment op {op!r} returned shape {tuple(result.shape)} and dtype {result.dtype} for a batch of "

@@ -151,7 +151,7 @@ def _follower(
 
 def _with_data_format(op: Any, data_format: str) -> Any:
     """``op`` with the Loader's ``data_format`` when it has the field and left it None (follow the Loader)."""
-    if getattr(op, "data_format", "") is None and dataclasses.is_dataclass(op):
+    if getattr(op, "data_format", "") is None and dataclasses.is_dataclass(op) and not isinstance(op, type):
         return dataclasses.replace(op, data_format=data_format)
     return op
 

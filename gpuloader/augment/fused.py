@@ -33,10 +33,23 @@ from typing import Any
 import numpy as np
 
 from gpuloader.augment.keyed import _word_keys
-from gpuloader.augment.ops import Cutout, RandomCrop, RandomFlip, _numpy_dtype
+from gpuloader.augment.normalize import Normalize
+from gpuloader.augment.ops import CHANNELS_FIRST, Cutout, RandomCrop, RandomFlip, _numpy_dtype
 
-# The op kinds of _pixels.h.
-_CROP_REFLECT, _CROP_CONSTANT, _FLIP, _CUTOUT = 1, 2, 3, 4
+# The codes of _pixels.h, written here once (tests/test_augment_fused.py checks them against its #defines):
+# an op table row's kind, and the value kinds of Normalize's input (the stored images) and output.
+OP_CODES = {"GL_CROP_REFLECT": 1, "GL_CROP_CONSTANT": 2, "GL_FLIP": 3, "GL_CUTOUT": 4, "GL_OP_FIELDS": 4}
+VALUE_KINDS = {
+    "GL_VALUE_U8": 1, "GL_VALUE_I8": 2, "GL_VALUE_U16": 3, "GL_VALUE_I16": 4, "GL_VALUE_U32": 5,
+    "GL_VALUE_I32": 6, "GL_VALUE_U64": 7, "GL_VALUE_I64": 8, "GL_VALUE_F32": 9, "GL_VALUE_F64": 10,
+    "GL_VALUE_F16": 11, "GL_VALUE_BF16": 12,
+}
+_INPUT_KINDS = {
+    "bool": "GL_VALUE_U8", "uint8": "GL_VALUE_U8", "int8": "GL_VALUE_I8", "uint16": "GL_VALUE_U16",
+    "int16": "GL_VALUE_I16", "uint32": "GL_VALUE_U32", "int32": "GL_VALUE_I32", "uint64": "GL_VALUE_U64",
+    "int64": "GL_VALUE_I64", "float32": "GL_VALUE_F32", "float64": "GL_VALUE_F64",
+}
+_OUTPUT_KINDS = {"float32": "GL_VALUE_F32", "float16": "GL_VALUE_F16", "bfloat16": "GL_VALUE_BF16"}
 MAX_FILL_SLOTS = 32
 """Ops that write a fill value (Cutout, RandomCrop(mode="constant")) a fused list may hold."""
 
@@ -46,12 +59,18 @@ class FusedOps:
     """A list of built-in ops as the kernels' table, for images of one dtype and channel count.
 
     Attributes:
-        table: ``(ops, 4)`` int64: kind, padding or size, first word, fill slot (or -1).
-        fills: each fill slot's pixel (its value repeated over the channels), as bytes.
+        table: ``(ops, 4)`` int64: kind, padding or size, first word, fill slot (or -1) of each geometric op.
+        fills: each fill slot's pixel (its value repeated over the pixel's channels), as bytes.
         or_slots: the slots that paint when either axis meets them (constant crops).
         and_slots: the slots that paint when both axes meet them (cutouts).
         draws: each op's number of words, in order.
-        pixel_bytes: channels x item size.
+        pixel_bytes: the bytes of a pixel of a plane: channels x item size (channels-last), item size
+            (channels-first).
+        planes: 1 (channels-last), or the channels (channels-first: a plane per channel).
+        in_kind, out_kind: a final ``Normalize``'s value kinds (``VALUE_KINDS``); ``out_kind`` 0 without one.
+        norm: a final ``Normalize``'s float32 (mean, scale) per channel, as bytes (empty without one).
+        output_dtype: the dtype of the images written.
+        channels_first: whether the images are ``(N, C, H, W)``.
     """
 
     table: np.ndarray
@@ -60,6 +79,12 @@ class FusedOps:
     and_slots: int
     draws: tuple[int, ...]
     pixel_bytes: int
+    planes: int = 1
+    in_kind: int = 0
+    out_kind: int = 0
+    norm: bytes = b""
+    output_dtype: Any = None
+    channels_first: bool = False
 
     def keys(self, seed: int, epoch: int, stream: int = 0) -> np.ndarray:
         """The ``(words, 2)`` uint64 round keys (add, xor) of every word, for ``(seed, epoch, stream)``."""
@@ -75,17 +100,25 @@ def _keys(seed: int, epoch: int, draws: tuple[int, ...], stream: int) -> np.ndar
     return keys
 
 
-def fused_ops(ops: Any, dtype: Any, channels: int) -> FusedOps | None:
+def fused_ops(ops: Any, dtype: Any, channels: int, data_format: str | None = None) -> FusedOps | None:
     """The table of ``ops`` for images of ``dtype`` with ``channels`` channels; None if they cannot be fused.
 
     They can when every op is a built-in one (exactly ``RandomCrop``,
-    ``RandomFlip`` or ``Cutout``, not a subclass) and at most
-    :data:`MAX_FILL_SLOTS` of them write a fill value.
+    ``RandomFlip``, ``Cutout`` or a final ``Normalize``, not a subclass), at most
+    :data:`MAX_FILL_SLOTS` of them write a fill value, and a ``Normalize``'s input
+    is of a kind the kernel reads (bool, integers, float32, float64: not float16).
+    ``data_format``: the list's (default: its ops').
     """
     ops = tuple(ops)
-    if not all(type(op) in (RandomCrop, RandomFlip, Cutout) for op in ops):
+    if not all(type(op) in _ENCODERS for op in ops):
         return None
-    return _fused_ops(ops, tuple(_exact(op) for op in ops), _numpy_dtype(dtype), int(channels))
+    if any(type(op) is Normalize for op in ops[:-1]):
+        return None
+    if data_format is None:
+        from gpuloader.augment.apply import data_format_of
+
+        data_format = data_format_of(ops) if ops else "channels_last"
+    return _fused_ops(ops, tuple(_exact(op) for op in ops), _numpy_dtype(dtype), int(channels), data_format)
 
 
 def _exact(op: Any) -> tuple[Any, ...]:
@@ -97,37 +130,72 @@ def _exact(op: Any) -> tuple[Any, ...]:
 
 
 def table_for(ops: Any, images: Any) -> FusedOps | None:
-    """:func:`fused_ops` for an image array, ``(N, H, W, C)`` or ``(N, H, W)``, of any namespace."""
-    return fused_ops(ops, images.dtype, images.shape[3] if images.ndim == 4 else 1)
+    """:func:`fused_ops` for an image array, ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``, of any namespace."""
+    from gpuloader.augment.apply import data_format_of
+
+    data_format = data_format_of(ops) if ops else "channels_last"
+    channels = 1 if images.ndim == 3 else images.shape[1] if data_format == CHANNELS_FIRST else images.shape[3]
+    return fused_ops(ops, images.dtype, channels, data_format)
+
+
+def _crop_row(op: RandomCrop, word: int, fills: list[float]) -> tuple[tuple[int, int, int, int], str | None]:
+    if op.mode == "constant":
+        return (OP_CODES["GL_CROP_CONSTANT"], op.padding, word, len(fills)), "or"
+    return (OP_CODES["GL_CROP_REFLECT"], op.padding, word, -1), None
+
+
+def _flip_row(op: RandomFlip, word: int, fills: list[float]) -> tuple[tuple[int, int, int, int], str | None]:
+    return (OP_CODES["GL_FLIP"], 0, word, -1), None
+
+
+def _cutout_row(op: Cutout, word: int, fills: list[float]) -> tuple[tuple[int, int, int, int], str | None]:
+    return (OP_CODES["GL_CUTOUT"], op.size, word, len(fills)), "and"
+
+
+# Each geometric built-in op's table row: (kind, parameter, first word, fill slot) and how its slot paints
+# ("or": when either axis meets it, "and": when both do, None: it writes no fill). Normalize has no row.
+_ENCODERS: dict[type, Any] = {RandomCrop: _crop_row, RandomFlip: _flip_row, Cutout: _cutout_row, Normalize: None}
 
 
 @functools.lru_cache(maxsize=64)
-def _fused_ops(ops: tuple[Any, ...], exact: tuple[Any, ...], dtype: np.dtype, channels: int) -> FusedOps | None:
-    entries, fills, or_slots, and_slots, word = [], [], 0, 0, 0
-    for op in ops:
-        kind = type(op)
-        if kind is RandomCrop:
-            constant = op.mode == "constant"
-            kind_code, slot = (_CROP_CONSTANT, len(fills)) if constant else (_CROP_REFLECT, -1)
-            entries.append((kind_code, op.padding, word, slot))
-            if constant:
+def _fused_ops(
+    ops: tuple[Any, ...], exact: tuple[Any, ...], dtype: np.dtype, channels: int, data_format: str
+) -> FusedOps | None:
+    entries: list[tuple[int, int, int, int]] = []
+    fills: list[float] = []
+    or_slots, and_slots, word = 0, 0, 0
+    normalize = ops[-1] if ops and type(ops[-1]) is Normalize else None
+    for op in ops[:-1] if normalize is not None else ops:
+        row, paints = _ENCODERS[type(op)](op, word, fills)
+        entries.append(row)
+        if paints is not None:
+            if paints == "or":
                 or_slots |= 1 << len(fills)
-                fills.append(op._fill_value())
-        elif kind is RandomFlip:
-            entries.append((_FLIP, 0, word, -1))
-        elif kind is Cutout:
-            entries.append((_CUTOUT, op.size, word, len(fills)))
-            and_slots |= 1 << len(fills)
-            fills.append(op.fill)
-        else:
-            return None
+            else:
+                and_slots |= 1 << len(fills)
+            fills.append(op._fill_value() if type(op) is RandomCrop else op.fill)
         word += op.draws
         if len(fills) > MAX_FILL_SLOTS:
             return None
     table = np.asarray(entries, dtype=np.int64).reshape(len(entries), 4)
     table.flags.writeable = False
-    pixels = b"".join(np.full(channels, fill, dtype=dtype).tobytes() for fill in fills)
-    return FusedOps(table, pixels, or_slots, and_slots, tuple(op.draws for op in ops), channels * dtype.itemsize)
+    first = data_format == CHANNELS_FIRST
+    pixel_values = 1 if first else channels
+    pixels = b"".join(np.full(pixel_values, fill, dtype=dtype).tobytes() for fill in fills)
+    in_kind = out_kind = 0
+    norm = b""
+    output_dtype = dtype
+    if normalize is not None:
+        if dtype.name not in _INPUT_KINDS or normalize.channels() not in (1, channels):
+            return None
+        in_kind = VALUE_KINDS[_INPUT_KINDS[dtype.name]]
+        out_kind = VALUE_KINDS[_OUTPUT_KINDS[normalize.dtype]]
+        norm = normalize.constants(channels).tobytes()
+        output_dtype = normalize.output_dtype
+    return FusedOps(
+        table, pixels, or_slots, and_slots, tuple(op.draws for op in ops), pixel_values * dtype.itemsize,
+        channels if first else 1, in_kind, out_kind, norm, output_dtype, first,
+    )
 
 
 _HOST_KERNEL_ENABLED = True  # tests switch it off to run the NumPy path
@@ -176,8 +244,9 @@ def gather_augment_host(
         rows: int64 indices into ``source``, one per output image.
         sample_ids: int64 dataset index of each output image (the key of its draws).
         seed, epoch: the keys of the draws (and ``stream``, the list's stream: see ``augment.Stream``).
-        out: a writable C-contiguous array of ``len(rows)`` images of ``source``'s shape and dtype,
-            not overlapping ``source``.
+        out: a writable C-contiguous array of ``len(rows)`` images of ``source``'s shape and the table's
+            output dtype (``fused.output_dtype``: the source's, or a final ``Normalize``'s), not overlapping
+            ``source``.
 
     Raises:
         RuntimeError: the host kernel is not built (see :func:`host_kernel_missing`).
@@ -186,14 +255,16 @@ def gather_augment_host(
     kernel = host_kernel()
     if kernel is None:
         raise RuntimeError(host_kernel_missing() or "the host kernel is switched off")
-    if out.shape != (len(rows), *source.shape[1:]) or out.dtype != source.dtype:
+    expected = source.dtype if fused.output_dtype is None else fused.output_dtype
+    if out.shape != (len(rows), *source.shape[1:]) or out.dtype != expected:
         raise ValueError(
             f"gather_augment_host: out has shape {out.shape} and dtype {out.dtype}; it must hold {len(rows)} images "
-            f"of shape {source.shape[1:]} and dtype {source.dtype}."
+            f"of shape {source.shape[1:]} and dtype {expected}."
         )
     if np.may_share_memory(source, out):
         raise ValueError("gather_augment_host: out overlaps source; pass a fresh buffer.")
-    height, width = int(source.shape[1]), int(source.shape[2])
+    spatial = source.shape[2:4] if fused.channels_first and source.ndim == 4 else source.shape[1:3]
+    height, width = int(spatial[0]), int(spatial[1])
     kernel.gather_augment(
         source,
         np.ascontiguousarray(rows, dtype=np.int64),
@@ -205,8 +276,12 @@ def gather_augment_host(
         fused.and_slots,
         height,
         width,
+        fused.planes,
         fused.pixel_bytes,
         out,
         _BYTEWISE,
+        fused.in_kind,
+        fused.out_kind,
+        fused.norm,
     )
     return out

@@ -1,4 +1,4 @@
-"""The built-in ops (RandomCrop, RandomFlip, Cutout), their checks and their array-API path."""
+"""The built-in ops (RandomCrop, RandomFlip, Cutout, Normalize), their checks and their array-API path."""
 
 from __future__ import annotations
 
@@ -12,6 +12,71 @@ import numpy as np
 
 from gpuloader.augment._host import _crop_numpy, _cutout_numpy, _flip_numpy, _numpy_fast_path, _reflect
 from gpuloader.augment.keyed import integers
+
+CHANNELS_LAST, CHANNELS_FIRST = "channels_last", "channels_first"
+DATA_FORMATS = (CHANNELS_LAST, CHANNELS_FIRST)
+
+
+def keras_data_format() -> str:
+    """``keras.config.image_data_format()``: imports Keras (lazily, at the first op built without ``data_format``).
+
+    ``"channels_last"`` when Keras is not installed (Keras's own default).
+    """
+    try:
+        import keras
+    except ImportError:
+        return CHANNELS_LAST
+    return str(keras.config.image_data_format())
+
+
+def resolve_data_format(value: Any, op: str) -> str:
+    """``value`` checked (``"channels_last"`` or ``"channels_first"``), or Keras's setting when it is None."""
+    if value is None:
+        return keras_data_format()
+    if value not in DATA_FORMATS:
+        raise ValueError(
+            f"{op}(data_format=...) must be 'channels_last' (images (n, H, W, C)) or 'channels_first' "
+            f"((n, C, H, W)); received {value!r}. Fix: e.g. {op}(..., data_format='channels_last'), or leave it "
+            "out to follow keras.config.image_data_format()."
+        )
+    return str(value)
+
+
+def image_axes(shape: tuple[int, ...], data_format: str) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of an input's shape ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``."""
+    if len(shape) == 3:
+        return shape[1], shape[2], 1
+    if data_format == CHANNELS_FIRST:
+        return shape[2], shape[3], shape[1]
+    return shape[1], shape[2], shape[3]
+
+
+def looks_like_other_format(shape: tuple[int, ...], data_format: str) -> bool:
+    """Whether a 4-d shape reads as the other format: a channel axis of 1, 3 or 4 where this one expects height."""
+    if len(shape) != 4:
+        return False
+    first, last = shape[1], shape[3]
+    if data_format == CHANNELS_LAST:
+        return first in (1, 3, 4) and last > 4
+    return last in (1, 3, 4) and first > 4
+
+
+def as_planes(images: Any, bits: Any, xp: Any) -> tuple[Any, Any]:
+    """Channels-first ``(n, C, H, W)`` images as the channels-last batch ``(n * C, H, W, 1)`` of their planes,
+    and each sample's words repeated for its ``C`` planes: a geometric op applied to that batch moves every
+    plane of a sample alike, which is the op on the channels-first images (a view when ``images`` is contiguous).
+    """
+    n, channels, height, width = images.shape
+    owner = xp.arange(n * channels, dtype=xp.int64) // channels
+    return xp.reshape(images, (n * channels, height, width, 1)), xp.take(bits, owner, axis=0)
+
+
+def _geometric(op: Any, images: Any, bits: Any, xp: Any, apply: Any) -> Any:
+    """Run ``apply(images, bits)`` (channels-last) on ``images`` in ``op``'s data format."""
+    if op.data_format == CHANNELS_FIRST:
+        planes, plane_bits = as_planes(images, bits, xp)
+        return xp.reshape(apply(planes, plane_bits), images.shape)
+    return apply(images, bits)
 
 
 class AugmentOp:
@@ -53,18 +118,31 @@ def _check_fill(op: str, fill: Any) -> int | float:
     """The fill as a Python int or float (NumPy scalars too), or TypeError."""
     if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
         raise TypeError(f"{op}(fill=...) must be a real number (a pixel value); received {fill!r}. Fix: e.g. fill=0.")
-    return int(fill) if isinstance(fill, numbers.Integral) else float(fill)
+    if isinstance(fill, numbers.Integral):
+        return int(fill)
+    try:
+        return float(fill)
+    except OverflowError:  # e.g. a Fraction or Decimal beyond the float range
+        raise ValueError(
+            f"{op}(fill={fill!r}) is beyond the range of any image dtype. Fix: pass a pixel value, e.g. fill=0."
+        ) from None
 
 
 def _fill_fits(op: str, fill: float, dtype: np.dtype, name: str) -> None:
     """Refuse a fill value the images' dtype cannot hold exactly."""
     if dtype.kind in "iub":
         low, high = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
-        if not float(fill).is_integer() or not low <= fill <= high:
+        # compared as Python numbers: float(10**400) would raise OverflowError
+        integral = isinstance(fill, int) or float(fill).is_integer()
+        if not integral or not low <= fill <= high:
             raise ValueError(
                 f"{op}(fill={fill!r}) must be a value {name}'s dtype {dtype} holds exactly "
                 f"(an integer in [{low}, {high}]). Fix: pass such a fill, e.g. fill=0."
             )
+    elif isinstance(fill, int) and abs(fill) > int(np.finfo(dtype).max):
+        raise ValueError(
+            f"{op}(fill={fill!r}) overflows {name}'s dtype {dtype}. Fix: pass a fill within its range, e.g. fill=0."
+        )
     elif math.isfinite(float(fill)):
         with np.errstate(over="ignore"):
             representable = np.isfinite(np.asarray(fill, dtype=dtype))
@@ -84,6 +162,8 @@ class RandomCrop(AugmentOp):
         mode: ``"reflect"`` (mirror without repeating the edge pixel, as
             ``numpy.pad``) or ``"constant"`` (pad with ``fill``).
         fill: the padding value for ``mode="constant"`` (default 0); must fit the images' dtype.
+        data_format: ``"channels_last"`` (``(n, H, W, C)``) or ``"channels_first"`` (``(n, C, H, W)``);
+            default ``keras.config.image_data_format()``, read when the op is built.
 
     Draws two words per sample: ``dy`` from the first, ``dx`` from the second.
     Cost: one pass over the batch (see the module docstring).
@@ -92,10 +172,12 @@ class RandomCrop(AugmentOp):
     padding: int
     mode: str = "reflect"
     fill: float | None = None
+    data_format: str | None = None
     draws: ClassVar[int] = 2
     geometric: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_format", resolve_data_format(self.data_format, "RandomCrop"))
         # Fields are stored as Python ints and floats: a NumPy integer would turn the draws' arithmetic to floats.
         object.__setattr__(self, "padding", _check_int("RandomCrop", "padding", self.padding, "RandomCrop(padding=4)"))
         if self.mode not in ("reflect", "constant"):
@@ -112,15 +194,16 @@ class RandomCrop(AugmentOp):
                 )
 
     def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
-        height, width = shape[1], shape[2]
+        height, width, _ = image_axes(shape, self.data_format)
         if self.padding >= min(height, width):
             hint = ""
-            if len(shape) == 4 and shape[1] <= 4 < shape[3]:
-                hint = " (it looks channels-first: augment expects channels-last (n, H, W, C))"
+            if looks_like_other_format(shape, self.data_format):
+                hint = f" (it looks like the other data format; the op's data_format is {self.data_format!r})"
             raise ValueError(
                 f"RandomCrop(padding={self.padding}) needs padding < the image height and width, so that a "
                 f"translation keeps part of the image in view and the reflection exists; {name} has images of "
-                f"{height} x {width} (shape {tuple(shape)}){hint}. Fix: padding <= {min(height, width) - 1}."
+                f"{height} x {width} (shape {tuple(shape)}, {self.data_format}){hint}. "
+                f"Fix: padding <= {min(height, width) - 1}, or the right data_format."
             )
         if self.mode == "constant":
             _fill_fits("RandomCrop", 0 if self.fill is None else self.fill, dtype, name)
@@ -131,6 +214,10 @@ class RandomCrop(AugmentOp):
         return integers(bits[:, 0], span, xp) - self.padding, integers(bits[:, 1], span, xp) - self.padding
 
     def apply(self, images: Any, bits: Any, xp: Any) -> Any:
+        """The crop of ``(n, H, W, C)`` or ``(n, C, H, W)`` images (its ``data_format``)."""
+        return _geometric(self, images, bits, xp, lambda images, bits: self._apply_last(images, bits, xp))
+
+    def _apply_last(self, images: Any, bits: Any, xp: Any) -> Any:
         dy, dx = self.offsets(bits, xp)
         if _numpy_fast_path(xp):
             return _crop_numpy(images, dy, dx, self.padding, self.mode == "reflect", self._fill_value())
@@ -171,9 +258,13 @@ class RandomCrop(AugmentOp):
 class RandomFlip(AugmentOp):
     """Flip horizontally (``x -> W - 1 - x``) with probability 1/2: when the top bit of the sample's word is 1.
 
+    Args:
+        data_format: ``"channels_last"`` or ``"channels_first"``; default ``keras.config.image_data_format()``.
+
     Cost: the flipped images are reversed once (see the module docstring).
     """
 
+    data_format: str | None = None
     draws: ClassVar[int] = 1
     geometric: ClassVar[bool] = True
 
@@ -181,11 +272,18 @@ class RandomFlip(AugmentOp):
         """The same flip."""
         return self
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_format", resolve_data_format(self.data_format, "RandomFlip"))
+
     def flips(self, bits: Any, xp: Any) -> Any:
         """The bool mask of the samples to flip."""
         return (bits[:, 0] >> 63) == 1
 
     def apply(self, images: Any, bits: Any, xp: Any) -> Any:
+        """The flip of ``(n, H, W, C)`` or ``(n, C, H, W)`` images (its ``data_format``)."""
+        return _geometric(self, images, bits, xp, lambda images, bits: self._apply_last(images, bits, xp))
+
+    def _apply_last(self, images: Any, bits: Any, xp: Any) -> Any:
         flip = self.flips(bits, xp)
         if _numpy_fast_path(xp):
             return _flip_numpy(images, flip, owned=False)
@@ -207,13 +305,16 @@ class Cutout(AugmentOp):
     Args:
         size: the side in pixels (>= 0; 0 changes nothing).
         fill: the value written; must fit the images' dtype.
+        data_format: ``"channels_last"`` or ``"channels_first"``; default ``keras.config.image_data_format()``.
     """
 
     size: int
     fill: float = 0
+    data_format: str | None = None
     draws: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_format", resolve_data_format(self.data_format, "Cutout"))
         object.__setattr__(self, "size", _check_int("Cutout", "size", self.size, "Cutout(size=8)"))
         if self.size > MAX_CUTOUT:
             raise ValueError(
@@ -234,6 +335,10 @@ class Cutout(AugmentOp):
         return integers(bits[:, 0], height, xp), integers(bits[:, 1], width, xp)
 
     def apply(self, images: Any, bits: Any, xp: Any) -> Any:
+        """The cutout of ``(n, H, W, C)`` or ``(n, C, H, W)`` images (its ``data_format``)."""
+        return _geometric(self, images, bits, xp, lambda images, bits: self._apply_last(images, bits, xp))
+
+    def _apply_last(self, images: Any, bits: Any, xp: Any) -> Any:
         cy, cx = self.centres(bits, images.shape[1], images.shape[2], xp)
         if _numpy_fast_path(xp):
             return _cutout_numpy(images, cy, cx, self.size, self.fill, owned=False)
@@ -252,7 +357,7 @@ class Cutout(AugmentOp):
         return xp.where(mask, xp.asarray(_scalar(self.fill, images.dtype), dtype=images.dtype), images)
 
 
-_BUILTIN = (RandomCrop, RandomFlip, Cutout)
+GEOMETRIC = (RandomCrop, RandomFlip, Cutout)
 MAX_CUTOUT = 1 << 30
 
 

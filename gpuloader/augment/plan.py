@@ -28,7 +28,7 @@ import numpy as np
 
 from gpuloader import placement as placement_lib
 from gpuloader.augment import fused as fused_lib
-from gpuloader.augment.apply import apply_augment
+from gpuloader.augment.apply import apply_augment, output_dtype
 from gpuloader.augment.assign import AugmentedInput
 
 FROM_STORE = "the host kernel, reading the stored images"
@@ -71,7 +71,12 @@ class InputAugmentation:
     ) -> None:
         self.spec = spec
         store = stores[0]
-        self._table = fused_lib.table_for(spec.ops, store.leaves[spec.index])
+        leaf = store.leaves[spec.index]
+        self._table = fused_lib.table_for(spec.ops, leaf)
+        #: The dtype of this input's augmented batches (a final ``Normalize`` changes it).
+        self.output_dtype = output_dtype(spec.ops, leaf.dtype)
+        #: Whether a kernel's output can take the input's place in the gather's block (same dtype).
+        self.in_place = self.output_dtype == output_dtype((), leaf.dtype)
         self._kernels: list[Any] = []
         self._why = ""
         if on_gpu:
@@ -103,15 +108,19 @@ class InputAugmentation:
         name = self.spec.name if self.spec.follows is None else f"{self.spec.name} ({self.spec.follows}'s draws)"
         return f"{name}: {self.path}" + (f", since {self._why}" if self._why else "")
 
-    def writer(self, draws: BatchDraws, store: Any, replica: int = 0) -> Callable[[Any], Any] | None:
-        """``write(out)``, filling this input's place in the batch's block from the store; None: see :meth:`apply`."""
+    def writer(self, draws: BatchDraws, store: Any, replica: int = 0) -> Callable[..., Any] | None:
+        """``write(out)``: the augmented batch read from the store, written into ``out`` (this input's place in
+        the batch's block when :attr:`in_place`) or, with ``out=None``, into a new buffer of
+        :attr:`output_dtype`; None: this path augments the gathered batch (:meth:`apply`)."""
         if self.path == FROM_STORE:
             rows = draws.rows
             indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
-            return functools.partial(
-                fused_lib.gather_augment_host, self._table, store.leaves[self.index], indices, draws.ids(),
-                draws.seed, draws.epoch, stream=self.spec.stream,
+            source = store.leaves[self.index]
+            write = functools.partial(
+                fused_lib.gather_augment_host, self._table, source, indices, draws.ids(), draws.seed, draws.epoch,
+                stream=self.spec.stream,
             )
+            return functools.partial(_into_new, write, (len(indices), *source.shape[1:]), self.output_dtype)
         if self.path == CUDA:  # the kernel reads its rows' dataset indices from the store's table itself
             return functools.partial(
                 self._kernels[replica], draws.rows, draws.id_table(), draws.seed, draws.epoch, stream=self.spec.stream
@@ -123,7 +132,7 @@ class InputAugmentation:
         if self.path == ON_BATCH:
             from gpuloader.gather import aligned_empty
 
-            out = aligned_empty(images.shape, images.dtype)
+            out = aligned_empty(images.shape, self.output_dtype)
             rows = np.arange(images.shape[0], dtype=np.int64)
             return fused_lib.gather_augment_host(
                 self._table, images, rows, draws.ids(), draws.seed, draws.epoch, out, stream=self.spec.stream
@@ -134,3 +143,12 @@ class InputAugmentation:
 
 
 _own_op = "the list has an op of your own"
+
+
+def _into_new(write: Callable[[Any], Any], shape: tuple[int, ...], dtype: np.dtype, out: Any = None) -> Any:
+    """``write(out)``, into a new 64-byte aligned host buffer of ``shape`` and ``dtype`` when ``out`` is None."""
+    if out is None:
+        from gpuloader.gather import aligned_empty
+
+        out = aligned_empty(shape, dtype)
+    return write(out)
