@@ -147,6 +147,43 @@ def test_a_mask_on_the_stand_in_gpu_stays_in_register(fake_gpu, monkeypatch, ker
     assert fake_gpu.state.augment_kernels == (2 * len(loader) if kernel == "fused kernel" else 0)
 
 
+@pytest.mark.parametrize("layout", ["replicated", "sharded"])
+def test_a_mask_on_gpus_under_a_strategy_stays_in_register(monkeypatch, layout):
+    from fake_gpu import make_runtime
+
+    from gpuloader import placement, replicas
+
+    x, y = pairs()
+    runtime = make_runtime(gpus=2)
+    row_bytes = SIZE * SIZE * 3 + 8 + SIZE * SIZE  # image, id, mask
+    if layout == "sharded":  # a 1/2 share fits the 0.5 budget, a whole copy does not
+        share = N // 2
+        runtime.state.free_bytes = 2 * (share * row_bytes + 4 * 8 * row_bytes + 24 * share) + 64
+    monkeypatch.setattr(placement, "gpu_runtime", lambda: runtime)
+    monkeypatch.setattr(replicas, "strategy_replica_devices", lambda: ["/gpu:0", "/gpu:1"])
+    monkeypatch.setattr(replicas, "gpu_ordinals", lambda devices: [0, 1])
+    ids = np.arange(N, dtype=np.int64)
+    plan = {"image": ops(), "y": augment.Same("image", fill=IGNORE)}
+
+    def loader(device):
+        return Loader({"image": x, "id": ids}, y, batch_size=16, seed=7, drop_remainder=True, augment=plan,
+                      device=device, verbose=False)
+
+    on_gpus = loader("auto")
+    assert on_gpus.plan.layout == layout
+    parts = [part for i in range(len(on_gpus)) for part in on_gpus._prepare_parts(i, 0)]
+    got = {}
+    for _, (image, sample, mask) in parts:
+        image, mask = np.from_dlpack(image), np.from_dlpack(mask)
+        in_register(image, mask)
+        got.update((int(i), (im.tobytes(), m.tobytes())) for i, im, m in zip(np.from_dlpack(sample), image, mask))
+    want = {int(i): (im.tobytes(), m.tobytes()) for xb, yb in loader("host").get_numpy_iterator()
+            for i, im, m in zip(np.asarray(xb["id"]), np.asarray(xb["image"]), np.asarray(yb))}
+    assert len(got) == len(on_gpus) * 16 and all(got[i] == want[i] for i in got)  # each sample's own pair
+    if fused.host_kernel() is not None:
+        assert runtime.state.augment_kernels == 2 * len(parts)  # image and mask, each replica's own kernel
+
+
 def test_masks_with_worker_shards_stay_in_register_and_together_make_one_process_masks():
     x, y = pairs()
     ids = np.arange(N, dtype=np.int64)
