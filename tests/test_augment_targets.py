@@ -287,6 +287,23 @@ def test_a_bad_same_is_refused_at_construction_with_the_fix(augment_value, messa
         Loader(x, y, augment=augment_value, verbose=False)
 
 
+def test_an_input_of_a_dict_y_is_named_as_a_part_and_its_key():
+    x, y = pairs()
+    labels = np.arange(N)
+    loader = Loader(x, {"label": labels, "mask": y}, batch_size=16, seed=7, verbose=False,
+                    augment={"x": ops(), ("y", "mask"): augment.Same("x", fill=IGNORE)})
+    samples, painted = check_pass((xb, yb["mask"]) for xb, yb in loader.get_numpy_iterator())
+    assert samples == N and painted > 0
+    with pytest.raises(ValueError, match=r"key 'y' names y, which is a nest of arrays.*\('y', 'mask'\)"):
+        Loader(x, {"mask": y, "label": labels}, augment={"x": ops(), "y": augment.Same("x", fill=IGNORE)},
+               verbose=False)
+    with pytest.raises(ValueError, match=r"key 'y' is ambiguous.*\('x', 'y'\) for x\['y'\]"):
+        Loader({"image": x, "y": x}, y, augment={"image": ops(), "y": augment.Same("image", fill=IGNORE)},
+               verbose=False)
+    with pytest.raises(ValueError, match=r"augment names y twice"):
+        Loader(x, y, augment={"x": ops(), "y": [], ("y",): []}, verbose=False)
+
+
 def test_a_mask_of_another_size_is_refused():
     x, y = pairs()
     with pytest.raises(ValueError, match=r"differ in size: \(11, 12\) against \(12, 12\)"):
