@@ -190,8 +190,8 @@ class BatchPipeline:
         Inputs whose kernel reads the store write into their place in the batch's block (the gather copies the
         other leaves only); the others are gathered, then augmented.
         """
-        draws = BatchDraws(
-            rows, self._seed_of(), epoch, functools.partial(self._ids, rows, replica, store),
+        draws = BatchDraws(  # the rows' dataset indices gathered once per batch, whichever input asks first
+            rows, self._seed_of(), epoch, functools.cache(functools.partial(self._ids, rows, replica, store)),
             functools.partial(self._id_table, replica, store),
         )
         make, later = {}, {}  # later: kernels writing another dtype than the store's (a final Normalize)

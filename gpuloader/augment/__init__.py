@@ -96,10 +96,15 @@ Measured (``bench/augment.py``, this project's 2 shared CPU cores, 50000 x 32 x
 32 x 3 uint8, batch 512): see the README's benchmark section for the figures of
 the current code.
 
+An input that must stay in register with its images (a mask) takes their draws
+with ``Same``: ``augment={"x": ops, "y": augment.Same("x", fill=255)}``
+(:mod:`~gpuloader.augment.targets`; docs/augment-targets.md).
+
 The modules: :mod:`~gpuloader.augment.keyed` (the words), :mod:`~gpuloader.augment.ops` (the ops and
 their array-API path), :mod:`~gpuloader.augment.apply` (checking and applying a list),
 :mod:`~gpuloader.augment.fused` (the fused kernel's table and host entry point; ``_pixels.h`` and
-``_pixels.c`` its C), ``_host`` (the NumPy path).
+``_pixels.c`` its C), ``_host`` (the NumPy path), :mod:`~gpuloader.augment.assign` (the ``augment`` argument
+resolved to inputs), :mod:`~gpuloader.augment.plan` (one input's path, chosen once).
 """
 
 from __future__ import annotations

@@ -115,11 +115,13 @@ def assign(
 def _entry(
     index: int, ops: Any, stream: int, follows: str | None, leaves: list[Any], names: list[str], data_format: str
 ) -> AugmentedInput:
+    shape = tuple(int(size) for size in leaves[index].shape)
+    own = data_format
     if isinstance(ops, (list, tuple)):
-        ops = [_with_data_format(op, data_format) for op in ops]
-    checked = check_augment(ops, leaves[index].shape, leaves[index].dtype, names[index])
-    own = _format_of(checked, data_format, names[index])
-    _warn_other_format(tuple(int(size) for size in leaves[index].shape), own, names[index])
+        ops = [_with_data_format(op, data_format, shape, names[index]) for op in ops]
+        own = _format_of(ops, data_format, names[index])
+    _warn_other_format(shape, own, names[index])
+    checked = check_augment(ops, shape, leaves[index].dtype, names[index])
     return AugmentedInput(index, names[index], checked, stream, follows, own)
 
 
@@ -149,11 +151,28 @@ def _follower(
     return entry
 
 
-def _with_data_format(op: Any, data_format: str) -> Any:
-    """``op`` with the Loader's ``data_format`` when it has the field and left it None (follow the Loader)."""
-    if getattr(op, "data_format", "") is None and dataclasses.is_dataclass(op) and not isinstance(op, type):
+def _with_data_format(op: Any, data_format: str, shape: tuple[int, ...], name: str) -> Any:
+    """``op`` with the Loader's ``data_format`` when it has the field and left it None (follow the Loader).
+
+    An op without the field reads channels-last images only: under ``channels_first`` it is refused for a
+    4-d input rather than flip or crop the wrong axes.
+    """
+    if not hasattr(op, "data_format"):
+        if data_format == "channels_first" and len(shape) == 4 and _looks_like_op(op):
+            raise ValueError(
+                f"{op!r} for {name} reads channels_last images only (it has no data_format), and {name} "
+                f"{shape} is read as channels_first (data_format='channels_first'). Fix: give the op a "
+                f"data_format field it follows, or transpose {name} to (n, H, W, C) and pass "
+                "data_format='channels_last'."
+            )
+        return op
+    if op.data_format is None and dataclasses.is_dataclass(op) and not isinstance(op, type):
         return dataclasses.replace(op, data_format=data_format)
     return op
+
+
+def _looks_like_op(op: Any) -> bool:
+    return not isinstance(op, type) and callable(getattr(op, "apply", None))
 
 
 def _format_of(ops: list[Any], default: str, name: str) -> str:
@@ -179,12 +198,12 @@ def _warn_other_format(shape: tuple[int, ...], data_format: str, name: str) -> N
             "(n, C, H, W)"
     else:
         return
-    warnings.warn(
+    warnings.warn(  # stacklevel: this, _entry, assign (or _follower, assign), Loader.__init__, the caller
         f"{name} has shape {shape}, which looks {looks} ({axis}), but its augmentation reads it as "
         f"{data_format}: a horizontal flip would then reverse another axis. Fix: pass "
         f"Loader(..., data_format={looks!r}) (or set it on the ops), or transpose {name} to {fix}.",
         UserWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 

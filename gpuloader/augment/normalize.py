@@ -108,6 +108,10 @@ class Normalize(AugmentOp):
                 "or one number."
             )
 
+    def for_target(self, fill: float | None) -> None:
+        """A target following these draws (a mask, ``augment.Same``) is never normalised: it skips this op."""
+        return None
+
     @property
     def output_dtype(self) -> np.dtype:
         """The NumPy dtype of the batches it writes."""

@@ -47,6 +47,7 @@ class Skipped(AugmentOp):
 
     skipped: str
     draws: int = 0  # type: ignore[misc]
+    data_format: str | None = None  # it reads no pixels: any layout
     geometric: ClassVar[bool] = False
 
     def apply(self, images: Any, bits: Any, xp: Any) -> Any:
