@@ -16,7 +16,7 @@ Epoch cases (``--mode epoch``: the first four, plus the loader pair when
 ``gpuloader.Loader`` takes ``augment``, read from its source):
 
 - ``plain``: the host gathered epoch, no augmentation: per batch the loader's
-  own host gather (``gpuloader.gather.gather_batch``: x and y into one aligned
+  own host gather (``gpuloader.gather.HostGather``: x and y into one aligned
   block) at the epoch's permutation. No TensorFlow in the process.
 - ``augment``: what the loader does on the host with images in RAM: per batch
   the same gather block, y copied by the gather and x written by the fused
@@ -209,15 +209,17 @@ EpochFn = Callable[..., int]  # run(epoch, batches=None) -> rows served
 
 
 def case_plain(x: np.ndarray, y: np.ndarray) -> EpochFn:
-    from gpuloader.gather import gather_batch
+    from gpuloader.gather import HostGather
     from gpuloader.permutation import permutation
+
+    gather = HostGather([x, y])  # the loader's store keeps one per store, its block layouts computed once
 
     def run(epoch: int, batches: int | None = None) -> int:
         order = permutation(np, len(x), SEED, epoch)
         served = 0
         for start in list(range(0, len(x), BATCH_SIZE))[:batches]:
             rows = order[start : start + BATCH_SIZE]
-            xb, yb = gather_batch(np, [x, y], rows)
+            xb, yb = gather(rows)
             served += xb.shape[0]
             assert yb.shape[0] == xb.shape[0]
         return served
@@ -229,7 +231,7 @@ def case_augment(x: np.ndarray, y: np.ndarray, path: str = "fused") -> EpochFn:
     """The host augmented epoch through one path (see the module docstring)."""
     from gpuloader import augment
     from gpuloader.augment import fused
-    from gpuloader.gather import HostGather, gather_batch
+    from gpuloader.gather import HostGather
     from gpuloader.permutation import permutation
 
     ops = augment.check_augment(_ops(), x.shape, x.dtype, "x")
@@ -249,7 +251,7 @@ def case_augment(x: np.ndarray, y: np.ndarray, path: str = "fused") -> EpochFn:
                 write = functools.partial(fused.gather_augment_host, table, x, rows, rows, SEED, epoch)
                 xb, yb = gather(rows, {0: write})
             else:
-                xb, yb = gather_batch(np, [x, y], rows)
+                xb, yb = gather(rows)
                 xb = augment.apply_augment(ops, xb, rows, SEED, epoch, np, overwrite=True)
             served += xb.shape[0]
             assert yb.shape[0] == xb.shape[0]

@@ -8,7 +8,7 @@ batches of 512 in a new shuffled order every epoch; the ops
 ``RandomCrop(4, mode="constant")``, ``RandomFlip()``, ``Cutout(8)``.
 
 Cases, all ``gpuloader.Loader(..., batch_size=512, seed=0, device="host")``,
-each epoch being ``loader._prepare(i, epoch)`` for every batch (the gather and
+each epoch being ``loader.pipeline.prepare(i, epoch, shuffled)`` for every batch (the gather and
 the augmentation, no hand-off):
 
 - ``image``: ``Loader(x, labels, augment=ops)``: the image alone (the baseline).
@@ -79,7 +79,7 @@ def run_case(name: str, rows: int | None, epochs: int) -> dict[str, Any]:
     loader = build(name, rows)
 
     def epoch(number: int) -> int:
-        return sum(int(loader._prepare(i, number)[1][0].shape[0]) for i in range(len(loader)))
+        return sum(int(loader.pipeline.prepare(i, number, loader.shuffle)[1][0].shape[0]) for i in range(len(loader)))
 
     epoch(0)  # warm-up
     wall = []

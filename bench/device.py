@@ -7,25 +7,25 @@ each after a warm-up, each the median of several repeats:
 1. Throughput: batches per second over a full shuffled epoch, batch 256, for
    60000x784 float32, 50000x32x32x3 uint8 and 50000x32x32x3 float32 (x plus int32
    labels). Host is ``Loader(device="host")`` and device ``Loader(device="gpu")``,
-   both driven through ``loader._prepare(i)`` (the gather, no hand-off), the
+   both driven through ``prepare(loader, i)`` (the gather, no hand-off), the
    epoch's permutation included. The device is timed twice: with a stream sync
    after every batch (what a TensorFlow consumer waits for; the target uses
    this) and stream-ordered with one sync per epoch (JAX and torch).
 2. Per-batch overhead, batch sizes 32..4096 on 60000x784 float32 already on the
-   GPU: wall time of ``_prepare(i)`` + stream sync minus the GPU time of the
+   GPU: wall time of ``prepare(loader, i)`` + stream sync minus the GPU time of the
    gather kernel itself (CUDA events around batches queued back to back behind
    a spin kernel, so the GPU never waits for the CPU): what the loader adds to
    the copy, launch and sync latency included. Beside it, ``cupy.take`` + sync of
-   the same rows (the gather a user would write) and ``_prepare`` + sync on
+   the same rows (the gather a user would write) and ``prepare`` + sync on
    one-byte rows, where the copy costs next to nothing.
 3. Gather bandwidth for batches of 1, 8, 32 and 128 MB (rows of 4 KB): the
-   device path (``_prepare`` + sync, wall clock) against a plain
+   device path (``prepare`` + sync, wall clock) against a plain
    device-to-device ``cupy.copyto`` + sync of the same bytes, counting bytes
    read + written. Kernel-only figures from CUDA events (the loader's gather,
    ``cupy.take`` and ``copyto``) are reported beside them.
 
 4. Augmentation (issue 12): a shuffled epoch of 50000x32x32x3 uint8, batch 512,
-   ``_prepare`` + stream sync per batch, plain against
+   ``prepare`` + stream sync per batch, plain against
    ``augment=[RandomCrop(4), RandomFlip(), Cutout(8)]`` (the fused kernel,
    ``_cuda.GatherAugment``: one launch per batch), and the same ops one by one
    through CuPy (the kernel switched off) for reference. Also: the augmented
@@ -42,6 +42,7 @@ Usage: python3 bench/device.py [--json PATH] [--repeats N] [--quick] [--strict]
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.util
 import json
@@ -159,8 +160,13 @@ def make_host_data(shape: tuple[int, ...], dtype: Any, rng: np.random.Generator)
     return rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
 
 
+def prepare(loader: Any, position: int, epoch: int | None = None) -> Any:
+    """Batch ``position`` of ``epoch`` (default: the current one) gathered where the data lives, no hand-off."""
+    return loader.pipeline.prepare(position, loader.epoch if epoch is None else epoch, loader.shuffle)
+
+
 def epoch_runner(loader: Any, sync: Callable[[], None] | None, per_batch: bool) -> Callable[[], None]:
-    """One full epoch of ``_prepare`` calls; each call serves the next epoch's order.
+    """One full epoch of ``prepare`` calls; each call serves the next epoch's order.
 
     ``sync`` after every batch when ``per_batch`` (what a TensorFlow consumer
     waits for: its ``from_dlpack`` takes no stream), else once at the end (JAX
@@ -172,7 +178,7 @@ def epoch_runner(loader: Any, sync: Callable[[], None] | None, per_batch: bool) 
         loader.set_epoch(state["epoch"])
         state["epoch"] += 1
         for i in range(len(loader)):
-            loader._prepare(i)
+            prepare(loader, i)
             if per_batch and sync is not None:
                 sync()
         if sync is not None:
@@ -247,16 +253,16 @@ def measure_overhead(cp: Any, make_loader: Callable[..., Any], repeats: int, sca
         loader = make_loader(data, batch_size=batch_size, device="gpu")  # adopted in place, no upload
         tiny_loader = make_loader(tiny, batch_size=batch_size, device="gpu")
         batches = n // batch_size  # full batches only: the same work in every loop
-        order = loader._schedule.order(loader.epoch)
+        order = loader.pipeline.order(loader.epoch)
         index_slices = [order[i * batch_size : (i + 1) * batch_size] for i in range(batches)]
-        tiny_loader._schedule.order(tiny_loader.epoch)
+        tiny_loader.pipeline.order(tiny_loader.epoch)
 
         def prepare_and_sync(i: int, loader: Any = loader) -> None:
-            loader._prepare(i)
+            prepare(loader, i)
             stream.synchronize()
 
         def tiny_and_sync(i: int, loader: Any = tiny_loader) -> None:
-            loader._prepare(i)
+            prepare(loader, i)
             stream.synchronize()
 
         def take_and_sync(i: int, index_slices: list[Any] = index_slices, data: Any = data) -> None:
@@ -264,7 +270,7 @@ def measure_overhead(cp: Any, make_loader: Callable[..., Any], repeats: int, sca
             stream.synchronize()
 
         prepare_s = per_batch_wall(prepare_and_sync, batches, repeats)
-        kernel_s = median_event_seconds(cp, loader._prepare, batches, repeats)
+        kernel_s = median_event_seconds(cp, functools.partial(prepare, loader), batches, repeats)
         take_s = per_batch_wall(take_and_sync, batches, repeats)
         tiny_s = per_batch_wall(tiny_and_sync, batches, repeats)
         del loader, tiny_loader, index_slices, order
@@ -302,14 +308,14 @@ def measure_bandwidth(cp: Any, make_loader: Callable[..., Any], repeats: int, sc
         nbytes = batch_rows * BANDWIDTH_ROW_BYTES
         loader = make_loader(data, batch_size=batch_rows, device="gpu")  # adopted in place
         batches = n // batch_rows
-        order = loader._schedule.order(loader.epoch)
+        order = loader.pipeline.order(loader.epoch)
         # Each batch reads other bytes, for the copy as for the gather: no L2 reuse.
         indices = [order[i * batch_rows : (i + 1) * batch_rows] for i in range(batches)]
         sources = [data[i * batch_rows : (i + 1) * batch_rows] for i in range(batches)]
         target = cp.empty_like(sources[0])
 
         def gather_and_sync(i: int, loader: Any = loader) -> None:
-            loader._prepare(i)
+            prepare(loader, i)
             stream.synchronize()
 
         def copy_and_sync(i: int, sources: list[Any] = sources, target: Any = target) -> None:
@@ -324,7 +330,7 @@ def measure_bandwidth(cp: Any, make_loader: Callable[..., Any], repeats: int, sc
 
         gather_s = per_batch_wall(gather_and_sync, batches, repeats)
         copy_s = per_batch_wall(copy_and_sync, batches, repeats)
-        gather_kernel_s = median_event_seconds(cp, loader._prepare, batches, repeats)
+        gather_kernel_s = median_event_seconds(cp, functools.partial(prepare, loader), batches, repeats)
         take_kernel_s = median_event_seconds(cp, take, batches, repeats)
         copy_kernel_s = median_event_seconds(cp, copy, batches, repeats)
         moved = 2 * nbytes  # bytes read + bytes written
@@ -379,7 +385,7 @@ def measure_augment(cp: Any, make_loader: Callable[..., Any], repeats: int, scal
     fused = make_loader(x, y, batch_size=AUGMENT_BATCH, device="gpu", augment=ops())
     plain_s = median_seconds(epoch_runner(plain, sync, True), repeats)
     fused_s = median_seconds(epoch_runner(fused, sync, True), repeats)
-    built = sum(augmentation.path == CUDA_PATH for augmentation in fused._pipeline.augmentations)
+    built = sum(augmentation.path == CUDA_PATH for augmentation in fused.pipeline.augmentations)
     real = cuda.gather_augment
     cuda.gather_augment = lambda table, leaf: None
     try:
@@ -389,7 +395,7 @@ def measure_augment(cp: Any, make_loader: Callable[..., Any], repeats: int, scal
         cuda.gather_augment = real
     on_host = make_loader(x, y, batch_size=AUGMENT_BATCH, device="host", augment=ops())
     same = all(
-        cp.asnumpy(fused._prepare(i, 0)[1][0]).tobytes() == np.asarray(on_host._prepare(i, 0)[1][0]).tobytes()
+        cp.asnumpy(prepare(fused, i, 0)[1][0]).tobytes() == np.asarray(prepare(on_host, i, 0)[1][0]).tobytes()
         for i in range(len(fused))
     )
     del plain, fused, one_by_one, on_host, x, y
@@ -459,7 +465,7 @@ def print_tables(result: dict) -> None:
             f"  {row['case']:24s} {row['host_batches_per_s']:9.0f} {row['device_synced_batches_per_s']:9.0f} "
             f"{row['speedup']:7.1f}x {row['device_ordered_batches_per_s']:10.0f} {row['speedup_ordered']:7.1f}x"
         )
-    print("\nPer-batch overhead (us, median): _prepare + sync (wall) minus the gather kernel's GPU time")
+    print("\nPer-batch overhead (us, median): prepare + sync (wall) minus the gather kernel's GPU time")
     print(f"  {'batch':>6s} {'MB':>7s} {'prep+sync':>10s} {'kernel':>8s} {'overhead':>9s} {'take+sync':>10s} "
           f"{'1-byte rows':>12s}")
     for row in result["overhead"]:

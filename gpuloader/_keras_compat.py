@@ -24,6 +24,11 @@ private that the loader relies on is named here:
   ``UnboundLocalError`` on a Python iterator that ends before Keras expects).
 - ``BackupAndRestore``: its ``_save_model`` (wrapped by :func:`after_backup_saves`),
   ``_training_metadata_path`` (:func:`backup_metadata`) and ``_current_epoch``.
+- ``TFEpochIterator.__init__``'s ``distribute_strategy`` argument, read by
+  :func:`strategy_of_caller` from its frame while it calls ``get_tf_dataset``.
+- ``Distribution._num_process`` (3.7; public ``num_processes`` in 3.15) and
+  ``Distribution._process_id``: :func:`distribution_processes`, the process
+  count and index :mod:`gpuloader.sharding` shards by.
 - ``PartialBatchList`` (Keras master, PR #23527; not in 3.15): the group of a
   super-batched pass that could not be stacked; :func:`keras_partial_batch_list`.
 """
@@ -41,8 +46,9 @@ from typing import Any
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
 __all__ = [
-    "DataAdapter", "KerasCall", "after_backup_saves", "backup_metadata", "backups_of", "keras_call",
-    "keep_backup_epoch", "keras_partial_batch_list", "set_pass_length", "strategy_of_caller", "tf_batches",
+    "DataAdapter", "KerasCall", "after_backup_saves", "backup_metadata", "backups_of", "distribution_processes",
+    "keep_backup_epoch", "keras_call", "keras_partial_batch_list", "set_pass_length", "strategy_of_caller",
+    "tf_batches",
 ]
 
 _TRAINER_METHODS = frozenset(("fit", "evaluate", "predict"))
@@ -172,6 +178,8 @@ def _fit_above(frame: Any) -> bool:
 
 def _is_trainer_module(name: str) -> bool:
     return name.startswith("keras.src.backend.") and name.endswith(".trainer")
+
+
 _tf_batches_class: type | None = None
 
 
@@ -203,20 +211,58 @@ def tf_batches(make_iterator: Callable[[], Iterator[Any]]) -> Any:
     return _tf_batches_class(make_iterator)
 
 
-def strategy_of_caller(depth: int = 2) -> Any:
+def strategy_of_caller() -> Any:
     """The ``tf.distribute`` strategy Keras's TF trainer iterates the loader under.
 
-    ``TFEpochIterator.__init__`` receives the model's strategy and calls
-    ``get_tf_dataset`` before storing it; read it from that frame, else use the
-    strategy in scope (``tf.distribute.get_strategy()``).
+    ``TFEpochIterator.__init__`` receives the model's strategy and calls the
+    adapter's ``get_tf_dataset`` before it stores it: the strategy is read from
+    the innermost such frame on the caller's stack, however many calls (a
+    subclass's ``get_tf_dataset``, a wrapper) lie between. Outside that frame
+    (a ``get_tf_dataset()`` called by hand), the strategy in scope
+    (``tf.distribute.get_strategy()``). Cost: a walk up at most 64 frames.
     """
-    frame = sys._getframe(depth)
-    if frame.f_code.co_name == "__init__" and "distribute_strategy" in frame.f_locals:
-        strategy = frame.f_locals["distribute_strategy"]
-        if strategy is not None:
-            return strategy
+    frame = sys._getframe(1)
+    for _ in range(_MAX_DEPTH):
+        if frame is None:
+            break
+        if (
+            frame.f_code.co_name == "__init__"
+            and frame.f_globals.get("__name__") == "keras.src.backend.tensorflow.trainer"
+            and frame.f_locals.get("distribute_strategy") is not None
+        ):
+            return frame.f_locals["distribute_strategy"]
+        frame = frame.f_back
     tf = sys.modules.get("tensorflow")
     return tf.distribute.get_strategy() if tf is not None else None
+
+
+def distribution_processes() -> tuple[int, int]:
+    """``(processes, this process's index)`` of the active Keras distribution; ``(1, 0)`` without one.
+
+    ``keras.distribution.distribution()`` is public, the process count is the
+    public ``num_processes`` in Keras 3.15 (``_num_process`` in 3.7, with no
+    public name), and the index is private in both (``_process_id``). Raises when a
+    distribution spans several processes but this one's index cannot be read,
+    rather than letting every worker serve shard 0.
+    """
+    keras = sys.modules.get("keras")
+    distribution = keras.distribution.distribution() if keras is not None else None
+    if distribution is None:
+        return 1, 0
+    count = getattr(distribution, "num_processes", None)
+    if count is None:
+        count = getattr(distribution, "_num_processes", getattr(distribution, "_num_process", 1))
+    count = int(count or 1)
+    if count == 1:
+        return 1, 0
+    index = getattr(distribution, "_process_id", None)
+    if index is None:
+        raise RuntimeError(
+            f"the Keras distribution spans {count} processes but gpuloader cannot read this process's index from "
+            f"it (Keras {getattr(keras, '__version__', '?')}); pass num_shards={count} and shard_index=<this "
+            "process's index> to the Loader."
+        )
+    return count, int(index)
 
 
 def keras_partial_batch_list() -> type | None:

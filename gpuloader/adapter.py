@@ -11,7 +11,8 @@ each one over. Under a multi-device ``tf.distribute`` strategy each step is a
 
 Keras also drops, without a word, arguments a custom adapter cannot see
 (``y``, ``sample_weight``, ``class_weight``, ``batch_size``, ``shuffle``);
-:meth:`KerasPasses.check_arguments` refuses or warns about each.
+:meth:`KerasPasses.check_arguments` refuses or warns about each when a pass
+starts.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ class KerasPasses:
 
     # ------------------------------------------------------------- guards
     def check_arguments(self, call: KerasCall | None) -> None:
-        """Refuse what Keras would silently not pass to the loader; warn about what it ignores."""
+        """Refuse what Keras would silently not pass to the loader; warn about what it ignores.
+
+        Run when a pass starts (its first batch is asked for), inside the Keras
+        call that consumes it (validation: the ``evaluate`` that ``fit`` runs),
+        not when Keras reads ``num_batches``, which stays a plain property.
+        """
         if call is None:
             return
         arguments = call.arguments
@@ -124,11 +130,14 @@ class KerasPasses:
         The pass (epoch, first batch, length) is decided when iteration starts
         (the schedule's rule), so batches prepared ahead never mix two orders.
         Training passes (and custom loops) are augmented and move the stream
-        as each batch is handed out; evaluation and prediction passes are not.
+        as each batch is handed out (``Pass.moves_stream``); evaluation and
+        prediction passes do neither; Keras's build peek is augmented and moves nothing.
         """
         schedule = self._schedule
-        running = schedule.begin_pass(keras_call())
-        epoch, shuffled, counts = running.epoch, running.shuffled, running.counts
+        call = keras_call()
+        self.check_arguments(call)  # here, in the frame of the Keras call that consumes the pass
+        running = schedule.begin_pass(call)
+        epoch, shuffled, augmented = running.epoch, running.shuffled, running.augmented
         first, end = running.start, running.start + running.length
         # On the disk tier, the pages of the batches ahead are requested in the pass's order.
         readahead = self._pipeline.readahead(epoch, shuffled, first, end)
@@ -136,7 +145,7 @@ class KerasPasses:
         def produce(position: int) -> Any:
             if readahead is not None:
                 readahead.advance(position)
-            return prepare(position, epoch, shuffled, counts)
+            return prepare(position, epoch, shuffled, augmented)
 
         batches = in_order(produce, range(first, end), workers=self._workers, max_queue_size=self._max_queue_size)
         try:
@@ -150,7 +159,7 @@ class KerasPasses:
 
     def tf_dataset(self, super_batch: int | None = None) -> Any:
         """Batches for the TF trainer; per-replica values under a multi-device strategy; stacked by ``super_batch``."""
-        strategy = strategy_of_caller(depth=3)
+        strategy = strategy_of_caller()
         devices = replicas_lib.replica_devices(strategy)
         count = check_super_batch(super_batch)
         if len(devices) > 1:

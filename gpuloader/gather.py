@@ -52,31 +52,6 @@ def is_aligned(array: np.ndarray, alignment: int = ALIGNMENT) -> bool:
     return bool(array.flags.c_contiguous) and array.ctypes.data % alignment == 0
 
 
-def gather(xp: Any, leaf: Any, rows: slice | Any) -> Any:
-    """Copy ``leaf[rows]`` into a fresh array.
-
-    Args:
-        xp: the namespace of ``leaf``.
-        leaf: a stored array, rows on the first axis.
-        rows: a ``slice`` (contiguous rows, no shuffle) or a 1-d int64 index array.
-    """
-    return gather_batch(xp, [leaf], rows)[0]
-
-
-def gather_batch(xp: Any, leaves: list[Any], rows: slice | Any) -> list[Any]:
-    """Copy ``leaf[rows]`` of every leaf into fresh arrays, one batch at a time.
-
-    On the host this is :class:`HostGather`: all of a batch's arrays are cut
-    from one new block, each starting on a 64-byte boundary. In another array
-    namespace, one ``take`` (or sliced copy) per leaf.
-    """
-    if xp is np:
-        return HostGather(leaves)(rows)
-    if isinstance(rows, slice):
-        return [xp.asarray(leaf[rows, ...], copy=True) for leaf in leaves]
-    return [xp.take(leaf, rows, axis=0) for leaf in leaves]
-
-
 def _count(rows: slice | Any, n: int) -> int:
     if isinstance(rows, slice):
         start, stop, _ = rows.indices(n)

@@ -70,7 +70,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
             of ``x`` after the gather and before ``transform``, where the data
             lives; a list when ``x`` is one array, else a dict from the input's
             key (or position) to its list. Each sample's draws are a function
-            of (seed, epoch, its index in the dataset). Training passes only.
+            of (seed, epoch, its index in the dataset). Training passes only
+            (evaluation and prediction keep just a final ``Normalize``).
             A mask (or any image-shaped input) gets its images' draws with
             ``augment.Same``: ``augment={"x": ops, "y": augment.Same("x", fill=255)}``
             (keys ``"x"``, ``"y"``, ``("y", key)``; see docs/augment-targets.md).
@@ -222,6 +223,24 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         """The epoch whose order ``loader[i]`` serves now (0 first)."""
         return self._schedule.epoch
 
+    @property
+    def shuffle(self) -> bool:
+        """Whether training passes serve a new order every epoch (else the input order)."""
+        return self._shuffle
+
+    # The parts, read-only, for tests, benchmarks and debugging (docs/design.md names each one's rule).
+    @property
+    def pipeline(self) -> BatchPipeline:
+        """The :class:`~gpuloader.pipeline.BatchPipeline`: the store (``.store``), the per-GPU layout
+        (``.replicas``), the augmented inputs, and ``prepare(position, epoch, shuffled)``, one batch as
+        arrays where the data lives, before the hand-off (it never moves the stream)."""
+        return self._pipeline
+
+    @property
+    def schedule(self) -> EpochSchedule:
+        """The :class:`~gpuloader.schedule.EpochSchedule`: the training stream, the passes and the orders."""
+        return self._schedule
+
     def __repr__(self) -> str:
         return (
             f"Loader(num_samples={self.num_samples}, batch_size={self._batch_size}, "
@@ -262,12 +281,14 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
         The same index returns the same samples until the epoch moves on.
         Negative indices count from the end. Inside ``fit`` (a callback) it is
-        the batch of the epoch Keras is training; outside Keras calls, giving
+        the batch of the epoch Keras is training; inside ``evaluate`` or
+        ``predict`` (a callback, a metric), what those passes serve: the input
+        order, not augmented. Outside Keras calls, giving
         out every batch of an epoch finishes it (see :mod:`gpuloader.schedule`).
         """
         position = _position(index, len(self))
-        epoch = self._schedule.epoch_for_item(position, keras_call())
-        return self._pipeline.to_consumer(self._pipeline.prepare(position, epoch, self._shuffle))
+        item = self._schedule.item_pass(position, keras_call())
+        return self._pipeline.to_consumer(self._pipeline.prepare(position, item.epoch, item.shuffled, item.augmented))
 
     def __iter__(self) -> Iterator[Any]:
         """One pass over the batches (``for batch in loader``), prepared ahead by ``workers`` threads."""
@@ -317,7 +338,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     # ------------------------------------------------------------ DataAdapter
     @property
     def num_batches(self) -> int:
-        self._passes.check_arguments(keras_call())
+        """``len(loader)``; no side effect (the call's arguments are checked when Keras asks for a pass)."""
         return len(self)
 
     @property
@@ -341,16 +362,6 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     def get_torch_dataloader(self, super_batch: int | None = None) -> Iterator[Any]:
         return super_batches(self._passes.iterate("torch"), super_batch, "torch")
-
-    # ------------------------------------------- internals kept for the GPU tests and bench
-    _store = property(lambda self: self._pipeline.store)
-    _replicas = property(lambda self: self._pipeline.replicas)
-
-    def _prepare(self, position: int, epoch: int | None = None) -> Any:
-        return self._pipeline.prepare(position, self.epoch if epoch is None else epoch, self._shuffle)
-
-    def _prepare_parts(self, position: int, epoch: int) -> Any:
-        return self._pipeline.prepare_parts(position, epoch, self._shuffle)
 
 
 def _noting(plan: placement_lib.Plan, note: str) -> placement_lib.Plan:

@@ -97,6 +97,10 @@ class BatchPipeline:
         return self._backend
 
     # ------------------------------------------------------------ rows
+    def order(self, epoch: int) -> Any:
+        """The permutation of ``epoch`` (computed once, then kept), or None when the loader does not shuffle."""
+        return self._order_of(epoch)
+
     def rows(self, position: int, epoch: int, shuffled: bool) -> slice | Any:
         """The store rows of batch ``position``: a slice, or a slice of the epoch's permutation."""
         start = position * self._batch_size
@@ -166,10 +170,18 @@ class BatchPipeline:
     def prepare_rows(self, rows: slice | Any, epoch: int, augmented: bool = True, replica: int = 0) -> Prepared:
         """Gather ``rows`` of replica ``replica``'s store, augment, transform, ready the GPU buffers.
 
-        ``augmented=False`` (evaluation and prediction passes) skips the augmentation ops.
+        ``augmented=False`` (evaluation and prediction passes) skips the augmentation ops but a final
+        ``Normalize``, which the model's inputs need as in training.
         """
         store = self.store if self.replicas is None else self.replicas.stores[replica]
-        leaves = self._take_augmented(rows, epoch, replica, store) if self._augment and augmented else store.take(rows)
+        if self._augment and augmented:
+            leaves = self._take_augmented(rows, epoch, replica, store)
+        else:
+            leaves = store.take(rows)
+            for augmentation in self._augment:
+                if augmentation.normalize is not None:
+                    draws = self._draws(rows, epoch, replica, store)
+                    leaves[augmentation.index] = augmentation.unaugmented(leaves[augmentation.index], draws, store.xp)
         structure = self._structure
         if self._transform is not None:
             structure, leaves = check_transform_output(
@@ -190,10 +202,7 @@ class BatchPipeline:
         Inputs whose kernel reads the store write into their place in the batch's block (the gather copies the
         other leaves only); the others are gathered, then augmented.
         """
-        draws = BatchDraws(  # the rows' dataset indices gathered once per batch, whichever input asks first
-            rows, self._seed_of(), epoch, functools.cache(functools.partial(self._ids, rows, replica, store)),
-            functools.partial(self._id_table, replica, store),
-        )
+        draws = self._draws(rows, epoch, replica, store)
         make, later = {}, {}  # later: kernels writing another dtype than the store's (a final Normalize)
         for augmentation in self._augment:
             write = augmentation.writer(draws, store, replica)
@@ -210,6 +219,12 @@ class BatchPipeline:
             if augmentation.index not in make:
                 leaves[augmentation.index] = augmentation.apply(leaves[augmentation.index], draws, store.xp)
         return leaves
+
+    def _draws(self, rows: slice | Any, epoch: int, replica: int, store: store_lib.Store) -> BatchDraws:
+        return BatchDraws(  # the rows' dataset indices gathered once per batch, whichever input asks first
+            rows, self._seed_of(), epoch, functools.cache(functools.partial(self._ids, rows, replica, store)),
+            functools.partial(self._id_table, replica, store),
+        )
 
     def to_consumer(self, prepared: Prepared, backend: str | None = None) -> tuple[Any, ...]:
         """The backend's tensors of a prepared batch, through DLPack (no copy)."""

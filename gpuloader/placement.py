@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from gpuloader import _cuda
 
 DEVICES = ("auto", "gpu", "host", "disk")
@@ -243,11 +241,6 @@ def _host_or_disk(
     if disk_bytes <= limit:
         return Plan("host", f"host: {why_not_gpu}; the on-disk arrays fit in RAM ({ram})", bytes_needed, bytes_free)
     return Plan("disk", f"disk: {why_not_gpu}; the on-disk arrays do not fit in RAM ({ram})", bytes_needed, bytes_free)
-
-
-def namespace(placement: str) -> Any:
-    """The array namespace for a placement: NumPy on the host, the GPU runtime's otherwise."""
-    return np if placement == "host" else gpu_runtime().namespace()
 
 
 def share_gpu_with_tensorflow(tf: Any) -> str:

@@ -21,7 +21,8 @@ batches training has taken). The rule:
 - **Evaluation and prediction** passes serve the input order and move nothing;
   Keras's one-batch peek to build the model moves nothing either.
 - ``loader[i]`` serves batch ``i`` of the current epoch (inside ``fit``: of the
-  epoch the Keras epoch trains) and never moves the stream, except that giving
+  epoch the Keras epoch trains; inside ``evaluate``/``predict``, from a callback
+  or a metric: what those passes serve) and never moves the stream, except that giving
   out every batch of an epoch outside Keras finishes it (the ``Sequence``
   contract: the same index gives the same batch until ``on_epoch_end``).
 
@@ -42,14 +43,16 @@ import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpuloader import sharding
-from gpuloader._keras_compat import KerasCall
 from gpuloader.permutation import MAX_SEED, permutation
 from gpuloader.prefetch import in_background
+
+if TYPE_CHECKING:  # a value read by gpuloader._keras_compat; importing it here would import Keras
+    from gpuloader._keras_compat import KerasCall
 
 STATE_FORMAT = "gpuloader.Loader/3"
 #: The state keys that must match for a state to replay this loader's batches.
@@ -62,13 +65,20 @@ MAX_EPOCH = 2**64 - 1
 
 @dataclass
 class Pass:
-    """One iteration over batches ``start .. start + length - 1`` of ``epoch``'s order."""
+    """One iteration over batches ``start .. start + length - 1`` of ``epoch``'s order.
+
+    Two flags, two questions: ``moves_stream`` (a training pass: each batch
+    handed out moves the stream on, and the last one finishes the epoch) and
+    ``augmented`` (the batches get the augmentation ops: what training sees,
+    Keras's build peek included; evaluation and prediction see the data as it is).
+    """
 
     epoch: int
     start: int
     length: int
     shuffled: bool
-    counts: bool  # training: each batch handed out moves the stream on
+    moves_stream: bool
+    augmented: bool
     served: int = 0
     started: bool = False
     in_fit: bool = False
@@ -158,8 +168,19 @@ class EpochSchedule:
         self._epoch, self._position = epoch, position
 
     # ------------------------------------------------------------- passes
-    def epoch_for_item(self, position: int, call: KerasCall | None) -> int:
-        """The epoch ``loader[position]`` serves; outside Keras, also records the use."""
+    def item_pass(self, position: int, call: KerasCall | None) -> Pass:
+        """What ``loader[position]`` serves: a one-batch pass; outside Keras, also records the use.
+
+        Inside ``evaluate``/``predict`` (a callback or metric of theirs, validation
+        inside ``fit`` included) the batch of those passes: the input order, not
+        augmented. Inside ``fit``, the epoch that Keras epoch trains, augmented.
+        """
+        if call is not None and call.kind in ("evaluate", "predict"):
+            return Pass(self._epoch, position, 1, shuffled=False, moves_stream=False, augmented=False)
+        return Pass(self._epoch_for_item(position, call), position, 1, self._shuffle, moves_stream=False,
+                    augmented=True)
+
+    def _epoch_for_item(self, position: int, call: KerasCall | None) -> int:
         if call is not None:
             if call.kind == "fit" and call.epoch is not None:
                 self._enter_fit(call)
@@ -199,9 +220,9 @@ class EpochSchedule:
     def begin_pass(self, call: KerasCall | None) -> Pass:
         """Start an iteration: which batches it serves and whether serving them moves the stream."""
         if call is not None and call.kind in ("evaluate", "predict"):
-            return Pass(self._epoch, 0, self._steps, False, False)
-        if call is not None and call.epoch is None:  # fit reading a batch to build the model
-            return Pass(self._epoch, 0, self._steps, self._shuffle, False)
+            return Pass(self._epoch, 0, self._steps, shuffled=False, moves_stream=False, augmented=False)
+        if call is not None and call.epoch is None:  # fit reading a batch to build the model: what fit trains on
+            return Pass(self._epoch, 0, self._steps, self._shuffle, moves_stream=False, augmented=True)
         if call is not None:  # fit
             self._enter_fit(call)
             planned = self._pass
@@ -211,12 +232,13 @@ class EpochSchedule:
             return planned
         epoch, position = self.next_batch()
         self._move_to(epoch, position)
-        return Pass(epoch, position, self._steps - position, self._shuffle, True, started=True)
+        return Pass(epoch, position, self._steps - position, self._shuffle, moves_stream=True, augmented=True,
+                    started=True)
 
     def served(self, running: Pass) -> None:
         """A training pass handed out its next batch: the stream moves past it."""
         running.served += 1
-        if running.counts and running.epoch == self._epoch:
+        if running.moves_stream and running.epoch == self._epoch:
             self._position = max(self._position, running.start + running.served)
             self._moved_outside_fit = not running.in_fit
 
@@ -226,7 +248,7 @@ class EpochSchedule:
         length = self._steps - position
         if self._first_length is not None:
             length, self._first_length = min(length, self._first_length), None
-        self._pass = Pass(epoch, position, length, self._shuffle, True, in_fit=True)
+        self._pass = Pass(epoch, position, length, self._shuffle, moves_stream=True, augmented=True, in_fit=True)
         self._note_keras_epoch(call, epoch, position, length)
         return self._pass
 

@@ -38,11 +38,12 @@ def default_shards() -> tuple[int, int, str]:
             tasks = [task for kind in ("chief", "worker") for task in _tasks(spec.get(kind))]
             index = (0 if resolver.task_type == "chief" else resolver.task_id + len(_tasks(spec.get("chief"))))
             return len(tasks), index, "the active tf.distribute strategy"
-    keras = sys.modules.get("keras")
-    distribution = keras.distribution.distribution() if keras is not None else None
-    processes = getattr(distribution, "_num_process", 1) or 1
-    if processes > 1:
-        return int(processes), int(getattr(distribution, "_process_id", 0)), "the Keras distribution"
+    if "keras" in sys.modules:
+        from gpuloader._keras_compat import distribution_processes
+
+        processes, index = distribution_processes()
+        if processes > 1:
+            return processes, index, "the Keras distribution"
     config = os.environ.get("TF_CONFIG")
     if config:
         parsed = json.loads(config)

@@ -9,6 +9,7 @@ naming a test.
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import gpuloader
 from gpuloader import placement
 
 #: The directory holding the gpuloader package under test, and this tests/ directory.
-ROOT = Path(gpuloader.__file__).resolve().parent.parent
+ROOT = Path(inspect.getfile(gpuloader)).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 #: Set in a test's ``user_properties`` when a child process died of a signal (an abort).
 ABORTED = "child process aborted"
@@ -89,12 +90,23 @@ def fake_gpu(monkeypatch):
     return runtime
 
 
+def prepared(loader, position: int, epoch: int | None = None):
+    """Batch ``position`` of ``epoch`` (default: the current one) as ``(structure, leaves)`` where the data lives,
+    before the hand-off, through the loader's public pipeline; it never moves the stream."""
+    return loader.pipeline.prepare(position, loader.epoch if epoch is None else epoch, loader.shuffle)
+
+
+def prepared_parts(loader, position: int, epoch: int | None = None):
+    """Each replica's part of batch ``position`` of ``epoch``, prepared on its own GPU (a per-GPU layout)."""
+    return loader.pipeline.prepare_parts(position, loader.epoch if epoch is None else epoch, loader.shuffle)
+
+
 def record_gathers(loader, address) -> list[tuple[int, ...]]:
     """Wrap the loader's gather: ``address(leaf)`` of every batch's buffers, in the order made.
 
     The gathered arrays are kept alive, so no later batch can reuse their memory.
     """
-    store = loader._store
+    store = loader.pipeline.store
     gather_rows = store.fused_gather
     made: list[tuple[int, ...]] = []
     keep = []

@@ -1,4 +1,4 @@
-"""A CPU stand-in for gpuloader._cuda: array_api_strict plays CuPy, its devices play GPUs.
+"""A CPU stand-in for gpuloader/_cuda.py: array_api_strict plays CuPy, its devices play GPUs.
 
 It runs the whole device path on the CPU: placement's memory rule, the chunked
 upload, the permutation, gather and transform in a strict array-API namespace
@@ -24,7 +24,7 @@ import numpy as np
 
 from gpuloader import _cuda
 from gpuloader.augment import fused
-from gpuloader.gather import aligned_empty, gather_batch
+from gpuloader.gather import aligned_empty
 
 #: ``_cuda._GATHER_ALIGNMENT``: where each leaf's part of a gathered block starts.
 GATHER_ALIGNMENT = 256
@@ -56,6 +56,13 @@ class DeviceNamespace:
             return value(*args, **kwargs)
 
         return create
+
+
+def take_rows(xp, leaves, rows):
+    """``leaf[rows]`` of every leaf in namespace ``xp``: one ``take`` (or a slice) per leaf."""
+    if isinstance(rows, slice):
+        return [leaf[rows, ...] for leaf in leaves]
+    return [xp.take(leaf, rows, axis=0) for leaf in leaves]
 
 
 def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
@@ -116,7 +123,7 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
             state.gathers_on.append(state.devices.index(leaves[0].device))
             # The array-API gather (its take refuses rows from another GPU), then copied into one
             # fresh block as the kernel writes it: each leaf's part starts on 256 bytes.
-            parts = [np.from_dlpack(part) for part in gather_batch(xps, leaves, rows)]
+            parts = [np.from_dlpack(part) for part in take_rows(xps, leaves, rows)]
             offsets, size = [], 0
             for values in parts:
                 offsets.append(size)

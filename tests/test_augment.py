@@ -17,6 +17,7 @@ import warnings
 import array_api_strict as xps
 import numpy as np
 import pytest
+from conftest import prepared
 
 from gpuloader import augment
 from gpuloader.augment import (
@@ -909,7 +910,7 @@ def test_the_stand_in_gpu_serves_the_normalized_batches_of_the_host(fake_gpu, mo
             monkeypatch.setattr(fake_gpu, "gather_augment", lambda table, leaf: None)  # the ops one by one
         loader = Loader(x, y, batch_size=16, seed=5, augment=ops, device="gpu", verbose=False)
         launched = fake_gpu.state.augment_kernels
-        batches = [loader._prepare(i)[1] for i in range(len(loader))]
+        batches = [prepared(loader, i)[1] for i in range(len(loader))]
         found, dtypes = loader_samples(batches)
         assert dtypes == {np.dtype(np.float32)} and found == want
         assert fake_gpu.state.augment_kernels - launched == (len(loader) if kernel else 0)

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import prepared, prepared_parts
 
 from gpuloader import Loader, augment
 from gpuloader.augment import apply_augment, fused
@@ -106,7 +107,7 @@ def test_a_mask_stays_in_register_on_the_host_epoch_after_epoch(monkeypatch, pat
     x, y = pairs()
     loader = pair_loader(x, y, image_ops)
     want = {"host kernel": plan_lib.FROM_STORE, "NumPy path": plan_lib.NUMPY, "own ops": plan_lib.NUMPY}[path]
-    assert [a.path for a in loader._pipeline.augmentations] == [want, want]
+    assert [a.path for a in loader.pipeline.augmentations] == [want, want]
     first = list(loader.get_numpy_iterator())
     second = list(loader.get_numpy_iterator())  # the next epoch: other draws, still in register
     for batches in (first, second):
@@ -125,7 +126,7 @@ def test_a_mask_on_disk_stays_in_register(tmp_path):
     loader = pair_loader(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), device="disk")
     assert loader.placement == "disk"
     want = plan_lib.ON_BATCH if fused.host_kernel() is not None else plan_lib.NUMPY
-    assert [a.path for a in loader._pipeline.augmentations] == [want, want]
+    assert [a.path for a in loader.pipeline.augmentations] == [want, want]
     samples, painted = check_pass(loader.get_numpy_iterator())
     assert samples == N and painted > 0
 
@@ -140,8 +141,8 @@ def test_a_mask_on_the_stand_in_gpu_stays_in_register(fake_gpu, monkeypatch, ker
     loader = pair_loader(x, y, device="gpu")
     assert loader.placement == "gpu"
     want = plan_lib.CUDA if kernel == "fused kernel" else plan_lib.ARRAY_API
-    assert [a.path for a in loader._pipeline.augmentations] == [want, want]
-    batches = [[np.from_dlpack(part) for part in loader._prepare(i)[1]] for i in range(len(loader))]
+    assert [a.path for a in loader.pipeline.augmentations] == [want, want]
+    batches = [[np.from_dlpack(part) for part in prepared(loader, i)[1]] for i in range(len(loader))]
     samples, painted = check_pass(batches)
     assert samples == N and painted > 0
     assert fake_gpu.state.augment_kernels == (2 * len(loader) if kernel == "fused kernel" else 0)
@@ -171,7 +172,7 @@ def test_a_mask_on_gpus_under_a_strategy_stays_in_register(monkeypatch, layout):
 
     on_gpus = loader("auto")
     assert on_gpus.plan.layout == layout
-    parts = [part for i in range(len(on_gpus)) for part in on_gpus._prepare_parts(i, 0)]
+    parts = [part for i in range(len(on_gpus)) for part in prepared_parts(on_gpus, i, 0)]
     got = {}
     for _, (image, sample, mask) in parts:
         image, mask = np.from_dlpack(image), np.from_dlpack(mask)

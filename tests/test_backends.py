@@ -56,12 +56,14 @@ AUGMENT_SCRIPT = textwrap.dedent(
     served = {}
     for i in range(len(train)):  # loader[i]: the backend's tensors of a training pass (epoch 0)
         images, labels = train[i]
-        for image, label_row in zip(keras.ops.convert_to_numpy(images), train._pipeline.rows(i, 0, True)):
+        for image, label_row in zip(keras.ops.convert_to_numpy(images), train.pipeline.rows(i, 0, True)):
             served[int(label_row)] = image
     augment._host._FAST_PATH_ENABLED = False  # the array-API reference path
-    want = augment.apply_augment(ops, x, np.arange(256, dtype=np.int64), 3, 0, np)
+    try:
+        want = augment.apply_augment(ops, x, np.arange(256, dtype=np.int64), 3, 0, np)
+    finally:
+        augment._host._FAST_PATH_ENABLED = True
     same = all(np.array_equal(served[i], want[i]) for i in range(256))
-    augment._host._FAST_PATH_ENABLED = True
     train.on_epoch_end()
     model = keras.Sequential([keras.Input((12, 10, 3)), keras.layers.Rescaling(1 / 255),
                               keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),

@@ -161,11 +161,20 @@ def test_pinned_order_for_seed_1234():
     assert np.asarray(loader[0][0]).tolist() == [6, 8, 1, 9, 7, 2, 5, 4, 0, 3]
 
 
-def test_the_next_order_is_computed_ahead_and_is_the_same_order():
+def test_the_next_order_is_computed_ahead_and_is_the_same_order(monkeypatch):
+    from gpuloader import schedule as schedule_lib
+
+    asked = []
+
+    def recording(call, *args):
+        asked.append(args)
+        return in_background(call, *args)
+
+    in_background = schedule_lib.in_background
+    monkeypatch.setattr(schedule_lib, "in_background", recording)
     loader = make(500, 50, seed=7)
     first = epoch_ids(loader)
-    ahead = loader._schedule._order_ahead
-    assert ahead is not None and ahead[0] == (7, 1)  # epoch 1, on its way
+    assert asked == [((7, 1),)]  # (seed, epoch 1), on its way while epoch 0 is served
     loader.on_epoch_end()
     fresh = make(500, 50, seed=7)
     fresh.set_epoch(1)
@@ -266,9 +275,9 @@ def test_environment_variable_sets_the_default_device(monkeypatch):
 def test_inputs_are_preloaded_once_and_not_copied_when_contiguous():
     x, y = id_data(64)
     loader = Loader(x, y, batch_size=8, verbose=False)
-    assert np.shares_memory(loader._store.leaves[0], x)
+    assert np.shares_memory(loader.pipeline.store.leaves[0], x)
     fortran = np.asfortranarray(x)
-    stored = Loader(fortran, y, batch_size=8, verbose=False)._store.leaves[0]
+    stored = Loader(fortran, y, batch_size=8, verbose=False).pipeline.store.leaves[0]
     assert stored.flags.c_contiguous and not stored.flags.writeable
 
 
@@ -291,7 +300,7 @@ def test_transform_runs_on_the_gathered_batch_with_xp():
     x, labels_0 = loader[0]
     assert x.dtype == tf.float32
     np.testing.assert_allclose(x.numpy(), images[labels_0.numpy()].astype(np.float32) / 255.0, rtol=1e-6)
-    assert seen == [np] and loader._store.leaves[0].dtype == np.uint8
+    assert seen == [np] and loader.pipeline.store.leaves[0].dtype == np.uint8
 
 
 def test_transform_that_returns_something_else_is_refused():

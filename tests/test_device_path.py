@@ -1,6 +1,6 @@
 """The GPU path's logic on the CPU, with array_api_strict standing in for CuPy.
 
-The stand-in (tests/conftest.py ``fake_gpu``) replaces only gpuloader._cuda,
+The stand-in (tests/conftest.py ``fake_gpu``) replaces only gpuloader/_cuda.py,
 the module of CuPy-only calls; placement, the chunked upload, permutation,
 gather, transform and hand-off run their real code in a strict array-API
 namespace that refuses anything CuPy lacks.
@@ -12,10 +12,11 @@ import array_api_strict as xps
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import epoch_ids, id_data, sample_ids
+from conftest import epoch_ids, id_data, prepared, sample_ids
 
 import gpuloader
 from gpuloader import Loader, store
+from gpuloader.gather import HostGather
 
 
 def test_auto_places_data_that_fits_on_the_gpu(fake_gpu):
@@ -24,7 +25,7 @@ def test_auto_places_data_that_fits_on_the_gpu(fake_gpu):
     assert loader.placement == "gpu" and loader.xp is xps
     assert str(loader.plan).startswith("gpu: the data fits (needs ")
     assert "FakeGPU" in str(loader.plan) and "0.5 x" in str(loader.plan)
-    assert all(type(leaf).__module__.startswith("array_api_strict") for leaf in loader._store.leaves)
+    assert all(type(leaf).__module__.startswith("array_api_strict") for leaf in loader.pipeline.store.leaves)
 
 
 def test_device_batches_equal_host_batches_for_the_same_seed(fake_gpu):
@@ -75,7 +76,7 @@ def test_transform_runs_on_the_device_and_storage_stays_compact(fake_gpu):
         return (xp.astype(x, xp.float32) / 255.0,)
 
     loader = Loader(images, batch_size=10, shuffle=False, transform=scale, verbose=False)
-    assert loader._store.leaves[0].dtype == xps.uint8
+    assert loader.pipeline.store.leaves[0].dtype == xps.uint8
     (batch,) = loader[0]
     assert seen == [xps] and batch.dtype == tf.float32
     np.testing.assert_allclose(batch.numpy(), images[:10].astype(np.float32) / 255.0)
@@ -122,13 +123,15 @@ def test_out_of_memory_during_upload_raises_under_gpu(fake_gpu):
     assert fake_gpu.state.freed == 1
 
 
-def test_gather_in_strict_namespace_matches_numpy():
-    from gpuloader.gather import gather
-
+def test_the_stand_in_row_gather_matches_the_host_gather(fake_gpu):
+    # The stand-in plays _cuda.RowGather; the device-path tests are worth what its rows are.
     x = np.arange(60, dtype=np.float32).reshape(20, 3)
-    rows = np.array([5, 0, 19, 7])
-    np.testing.assert_array_equal(np.asarray(gather(xps, xps.asarray(x), xps.asarray(rows))), x[rows])
-    np.testing.assert_array_equal(np.asarray(gather(xps, xps.asarray(x), slice(4, 9))), x[4:9])
+    y = np.arange(20, dtype=np.int8)
+    gather = fake_gpu.row_gather([xps.asarray(x), xps.asarray(y)])
+    for rows in (np.array([5, 0, 19, 7]), slice(4, 9)):
+        on_device = gather(xps.asarray(rows) if isinstance(rows, np.ndarray) else rows)
+        for got, want in zip(on_device, HostGather([x, y])(rows)):
+            np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def test_state_moves_between_host_and_device_loaders(fake_gpu):
@@ -197,7 +200,7 @@ def test_a_transform_that_returns_a_view_is_realigned_on_the_device(fake_gpu, tr
     loader = Loader(x, y, batch_size=10, shuffle=False, transform=transform, verbose=False)
     assert loader.placement == "gpu"
     want_x, want_y = transform((x[20:30], y[20:30]), np)
-    _, leaves = loader._prepare(2)
+    _, leaves = prepared(loader, 2)
     for leaf, want in zip(leaves, (want_x, want_y)):
         values = np.from_dlpack(leaf)
         assert values.flags.c_contiguous, "a transform's strided view reached the hand-off"

@@ -39,14 +39,14 @@ def test_paths_memmaps_and_shards_give_the_same_batches(files, tmp_path):
 def test_nothing_is_read_at_construction(files):
     _, _, x_path, y_path = files
     loader = Loader(str(x_path), str(y_path), batch_size=10, device="disk", verbose=False)
-    assert all(isinstance(leaf, Source) and leaf.on_disk for leaf in loader._store.leaves)
+    assert all(isinstance(leaf, Source) and leaf.on_disk for leaf in loader.pipeline.store.leaves)
 
 
 def test_auto_picks_host_when_the_files_fit_the_ram_limit_and_disk_otherwise(files):
     _, _, x_path, y_path = files
     roomy = Loader(x_path, y_path, batch_size=10, host_memory_limit=10 * MB, verbose=False)
     assert roomy.placement == "host"
-    assert not any(isinstance(leaf, np.memmap) for leaf in roomy._store.leaves)
+    assert not any(isinstance(leaf, np.memmap) for leaf in roomy.pipeline.store.leaves)
     assert "fit in RAM" in str(roomy.plan)
     tight = Loader(x_path, y_path, batch_size=10, host_memory_limit=1000, verbose=False)
     assert tight.placement == "disk"
@@ -197,7 +197,7 @@ def test_the_helpers_advise_only_maps_numpy_made(files, tmp_path):
     _, _, x_path, _ = files
     assert open_source(np.load(x_path, mmap_mode="r"), "x").advise_random_access()
     shards = [save(tmp_path, f"p{i}.npy", np.zeros((5, 2))) for i in range(2)]
-    assert Loader(shards, batch_size=2, device="disk", verbose=False)._store.leaves[0].advise_random_access()
+    assert Loader(shards, batch_size=2, device="disk", verbose=False).pipeline.store.leaves[0].advise_random_access()
     assert not open_source(np.zeros((3, 2)), "x").advise_random_access()  # an array in RAM has no file
 
 
@@ -229,7 +229,7 @@ def test_a_shuffled_disk_loader_turns_read_ahead_off_and_asks_for_each_batchs_pa
         save(tmp_path, f"x{i}.npy", part) for i, part in enumerate(np.split(x, 4))
     ]
     loader = Loader(paths[0] if source == "path" else paths, y, batch_size=64, seed=7, device="disk", verbose=False)
-    leaf = loader._store.leaves[0]
+    leaf = loader.pipeline.store.leaves[0]
     maps = [part.array._mmap for part in ([leaf] if source == "path" else leaf.parts)]
     randoms = [m for m, what, *_ in given if what == mmap.MADV_RANDOM]
     assert sorted(map(id, randoms)) == sorted(map(id, maps)), "every map of x advised random access, once"

@@ -3,7 +3,7 @@
 Run where CuPy and a CUDA GPU exist (``make gpu-check`` on the lent machine runs
 ``pytest -m gpu`` with ``KERAS_BACKEND=jax``, then the Keras fit test again with
 ``KERAS_BACKEND=torch``). Where CuPy sees no CUDA device (asked directly, not
-through ``gpuloader._cuda``, the code under test) each test is skipped with the
+through ``gpuloader/_cuda.py``, the code under test) each test is skipped with the
 reason; where it sees one, or ``GPULOADER_EXPECT_GPU=1`` (set by
 bench/gpu_check.sh when it found a device), a test that cannot run fails
 instead. Tests that build a ``Loader`` also need Keras (with a backend that
@@ -59,6 +59,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import numpy as np
 import pytest
+from conftest import prepared, prepared_parts
 from conftest import record_gathers as shared_record_gathers
 
 import gpuloader
@@ -199,7 +200,7 @@ def run_epoch(loader, epoch: int) -> None:
     """Gather every batch of ``epoch`` on the device and drop it."""
     loader.set_epoch(epoch)
     for i in range(len(loader)):
-        _, leaves = loader._prepare(i)
+        _, leaves = prepared(loader, i)
         del leaves
 
 
@@ -229,7 +230,7 @@ def test_every_sample_once_per_epoch_on_the_device(cp, make_loader):
         loader.set_epoch(epoch)
         served = []
         for i in range(len(loader)):
-            _, (bx, by) = loader._prepare(i)
+            _, (bx, by) = prepared(loader, i)
             assert isinstance(bx, cp.ndarray) and isinstance(by, cp.ndarray)
             assert bx.shape == (min(batch_size, n - i * batch_size), 3)
             ids = host(by)
@@ -279,8 +280,8 @@ def test_device_batches_equal_host_batches(cp, make_loader, shuffle):
         on_gpu.set_epoch(epoch)
         on_host.set_epoch(epoch)
         for i in range(len(on_gpu)):
-            _, device_leaves = on_gpu._prepare(i)
-            _, host_leaves = on_host._prepare(i)
+            _, device_leaves = prepared(on_gpu, i)
+            _, host_leaves = prepared(on_host, i)
             assert len(device_leaves) == len(host_leaves) == 2
             for got, want in zip(device_leaves, host_leaves):
                 assert isinstance(got, cp.ndarray) and isinstance(want, np.ndarray)
@@ -324,7 +325,7 @@ def test_a_chunked_upload_is_exact(cp, make_loader, monkeypatch, tmp_path, sourc
     loader = make_loader(x_input, y, batch_size=1024, device="gpu")
     assert loader.placement == "gpu", loader.plan
     assert len(starts) == 64 + 1, "the upload was expected in 64 chunks of x and one of y"
-    stored_x, stored_y = loader._store.leaves
+    stored_x, stored_y = loader.pipeline.store.leaves
     np.testing.assert_array_equal(host(stored_x), x)
     np.testing.assert_array_equal(host(stored_y), y)
 
@@ -344,8 +345,8 @@ def test_every_numeric_dtype_uploads_and_gathers(cp, make_loader, dtype):
     rng = np.random.default_rng(6)
     x = (rng.integers(0, 100, (300, 4)) % (2 if dtype is np.bool_ else 100)).astype(dtype)
     loader = make_loader(x, batch_size=64, device="gpu")
-    assert loader._store.leaves[0].dtype == np.dtype(dtype)
-    _, (bx,) = loader._prepare(1)
+    assert loader.pipeline.store.leaves[0].dtype == np.dtype(dtype)
+    _, (bx,) = prepared(loader, 1)
     assert bx.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(host(bx), x[expected_rows(300, 64, 0, 1)])
 
@@ -365,9 +366,9 @@ def test_one_fused_gather_serves_leaves_of_every_row_width(cp, make_loader, shuf
         rng.random((n, 2, 2, 3)).astype(np.float32),  # 48 bytes: unit 16
     ]
     loader = make_loader(tuple(leaves[:-1]), leaves[-1], batch_size=64, shuffle=shuffle, device="gpu")
-    assert isinstance(loader._store.fused_gather, _cuda.RowGather)
+    assert isinstance(loader.pipeline.store.fused_gather, _cuda.RowGather)
     for index in (0, 3, len(loader) - 1):
-        _, gathered = loader._prepare(index)
+        _, gathered = prepared(loader, index)
         rows = expected_rows(n, 64, 0, index) if shuffle else np.arange(index * 64, min(index * 64 + 64, n))
         assert len(gathered) == len(leaves)
         for got, source in zip(gathered, leaves):
@@ -385,8 +386,8 @@ def test_a_strided_device_array_is_made_contiguous_on_the_device(cp, make_loader
 
     monkeypatch.setattr(_cuda, "upload_rows", no_host_trip)
     loader = make_loader(strided, batch_size=50, device="gpu")
-    assert loader._store.leaves[0].flags.c_contiguous
-    _, (bx,) = loader._prepare(2)
+    assert loader.pipeline.store.leaves[0].flags.c_contiguous
+    _, (bx,) = prepared(loader, 2)
     np.testing.assert_array_equal(host(bx), x[:, ::2][expected_rows(300, 50, 0, 2)])
 
 
@@ -395,7 +396,7 @@ def test_a_strided_device_array_is_made_contiguous_on_the_device(cp, make_loader
 def test_torch_handoff_is_zero_copy(cp, torch, make_loader):
     x, y = id_rows(256, features=7)
     loader = make_loader(x, y, batch_size=64, device="gpu")
-    _, leaves = loader._prepare(1)
+    _, leaves = prepared(loader, 1)
     for leaf in leaves:
         for tensor in (torch.from_dlpack(leaf), hand_off(leaf, "torch")):
             assert tensor.is_cuda
@@ -416,7 +417,7 @@ def test_jax_handoff_is_zero_copy(cp, jax, make_loader):
     x, y = id_rows(256, features=7)
     y = y.astype(np.float32)  # JAX runs without x64 by default: keep 32-bit leaves
     loader = make_loader(x, y, batch_size=64, device="gpu")
-    _, leaves = loader._prepare(1)
+    _, leaves = prepared(loader, 1)
     for leaf in leaves:
         for array in (jax.dlpack.from_dlpack(leaf), hand_off(leaf, "jax")):
             assert {device.platform for device in array.devices()} == {"gpu"}
@@ -463,7 +464,7 @@ def test_gathered_buffers_are_aligned_and_contiguous(cp, make_loader, shuffle):
     weights = rng.random(n)  # float64
     loader = make_loader(x, y, weights, batch_size=37, shuffle=shuffle, device="gpu")
     for i in range(len(loader)):
-        _, leaves = loader._prepare(i)
+        _, leaves = prepared(loader, i)
         assert len(leaves) == 4
         for leaf in leaves:
             assert isinstance(leaf, cp.ndarray)
@@ -545,7 +546,7 @@ def test_a_budget_too_small_falls_back_to_ram_under_auto(cp, make_loader):
     assert format_bytes(loader.plan.bytes_needed) in reason, reason
     assert "free" in reason and "budget" in reason, reason
     assert loader.plan.bytes_free is not None and loader.plan.bytes_free > 0
-    _, (bx, _) = loader._prepare(0)
+    _, (bx, _) = prepared(loader, 0)
     assert isinstance(bx, np.ndarray)
 
 
@@ -581,7 +582,7 @@ def test_out_of_memory_during_upload(cp, pool, make_loader, monkeypatch, device)
             loader = make_loader(x, y, device="auto")
         assert loader.placement == "host"
         assert "ran out of memory" in str(loader.plan)
-        _, (bx, by) = loader._prepare(0)
+        _, (bx, by) = prepared(loader, 0)
         assert isinstance(bx, np.ndarray)
         np.testing.assert_array_equal(bx[:, 0], by.astype(np.float32))
     else:
@@ -640,12 +641,12 @@ def test_a_cupy_array_is_adopted_in_place(cp, make_loader, monkeypatch):
 
     monkeypatch.setattr(_cuda, "upload_rows", recording_upload_rows)
     loader = make_loader(x_on_device, y, batch_size=64, device="gpu")
-    stored_x, stored_y = loader._store.leaves
+    stored_x, stored_y = loader.pipeline.store.leaves
     assert stored_x.data.ptr == x_on_device.data.ptr, "x was copied instead of adopted"
     assert uploaded == [y.shape], "only the host array y may travel through the host"
     assert isinstance(stored_y, cp.ndarray)
 
-    _, (bx, by) = loader._prepare(3)
+    _, (bx, by) = prepared(loader, 3)
     rows = expected_rows(640, 64, 0, 3)
     np.testing.assert_array_equal(host(bx), x[rows])
     np.testing.assert_array_equal(host(by), y[rows])
@@ -664,12 +665,12 @@ def test_a_torch_cuda_tensor_is_adopted_in_place(cp, torch, make_loader, monkeyp
     monkeypatch.setattr(_cuda, "pinned_staging", no_host_trip)
     loader = make_loader(x_on_device, y_on_device, batch_size=64, device="gpu")
     assert loader.placement == "gpu"
-    stored_x, stored_y = loader._store.leaves
+    stored_x, stored_y = loader.pipeline.store.leaves
     assert isinstance(stored_x, cp.ndarray)
     assert stored_x.data.ptr == x_on_device.data_ptr(), "x was copied instead of adopted"
     assert stored_y.data.ptr == y_on_device.data_ptr(), "y was copied instead of adopted"
 
-    _, (bx, by) = loader._prepare(3)
+    _, (bx, by) = prepared(loader, 3)
     rows = expected_rows(640, 64, 0, 3)
     np.testing.assert_array_equal(host(bx), x[rows])
     np.testing.assert_array_equal(host(by), y[rows])
@@ -689,11 +690,11 @@ def test_transform_runs_on_the_device(cp, make_loader):
         return xp.astype(pixels, xp.float32) / 255, targets
 
     loader = make_loader(images, labels, batch_size=64, device="gpu", transform=to_unit_float)
-    stored_images = loader._store.leaves[0]
+    stored_images = loader.pipeline.store.leaves[0]
     assert isinstance(stored_images, cp.ndarray) and stored_images.dtype == np.uint8, "store must stay uint8"
-    assert loader._store.nbytes == images.nbytes + labels.nbytes
+    assert loader.pipeline.store.nbytes == images.nbytes + labels.nbytes
 
-    _, (bx, by) = loader._prepare(2)
+    _, (bx, by) = prepared(loader, 2)
     assert namespaces and all(xp is cp for xp in namespaces), "transform must be given CuPy"
     assert isinstance(bx, cp.ndarray) and bx.dtype == np.float32
     assert bx.data.ptr % TRANSFORM_ALIGNMENT == 0 and bx.flags.c_contiguous
@@ -735,8 +736,8 @@ def test_augmented_batches_on_the_device_are_the_host_bytes(cp, make_loader, mon
     assert on_gpu.placement == "gpu"
     for epoch in (0, 1):
         for index in range(len(on_gpu)):
-            _, (gx, gy) = on_gpu._prepare(index, epoch)
-            _, (hx, hy) = on_host._prepare(index, epoch)
+            _, (gx, gy) = prepared(on_gpu, index, epoch)
+            _, (hx, hy) = prepared(on_host, index, epoch)
             assert isinstance(gx, cp.ndarray)
             np.testing.assert_array_equal(host(gy), hy)
             assert host(gx).tobytes() == np.asarray(hx).tobytes(), f"epoch {epoch}, batch {index}"
@@ -812,7 +813,7 @@ def test_a_transform_that_returns_a_view_is_realigned_on_the_device(cp, make_loa
         return (bx[:, ::2], by) if view == "strided" else (bx[1:], by[1:])
 
     loader = make_loader(x, y, batch_size=50, device="gpu", transform=transform)
-    _, (bx, by) = loader._prepare(2)
+    _, (bx, by) = prepared(loader, 2)
     rows = expected_rows(300, 50, 0, 2)
     want_x, want_y = transform((x[rows], y[rows]), np)
     for got, want in ((bx, want_x), (by, want_y)):
@@ -858,7 +859,7 @@ def test_each_replica_part_is_gathered_on_its_own_gpu(cp, make_loader, monkeypat
     assert loader.plan.layout == layout, loader.plan
     seen = []
     for position in range(len(loader)):
-        parts = loader._prepare_parts(position, 0)
+        parts = prepared_parts(loader, position, 0)
         for replica, (_, leaves) in enumerate(parts):
             assert all(leaf.device.id == replica for leaf in leaves)
             seen.extend(host(leaves[1]).tolist())

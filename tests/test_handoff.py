@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import ABORTED, run_python
 from conftest import record_gathers as shared_record_gathers
 
-from gpuloader.gather import ALIGNMENT, aligned_empty, gather, is_aligned
+from gpuloader.gather import ALIGNMENT, HostGather, aligned_empty, is_aligned
 from gpuloader.handoff import as_aligned_host, hand_off
 
 #: Run in a child process by the first test of the session: loaders over many dtypes, row sizes
@@ -123,7 +123,8 @@ def test_non_contiguous_arrays_are_made_contiguous():
 @pytest.mark.parametrize("rows", [slice(3, 17), np.array([9, 1, 4, 4, 0])])
 def test_every_host_gather_is_fresh_aligned_and_contiguous(rows):
     leaf = np.arange(20 * 7, dtype=np.float64).reshape(20, 7)[:, :5].copy()
-    first, second = gather(np, leaf, rows), gather(np, leaf, rows)
+    gather = HostGather([leaf])
+    (first,), (second,) = gather(rows), gather(rows)
     for out in (first, second):
         assert is_aligned(out)
         np.testing.assert_array_equal(out, leaf[rows])
@@ -152,13 +153,11 @@ def test_numpy_backend_gets_numpy_arrays():
 
 
 def test_a_batch_of_several_arrays_is_one_fresh_block_of_aligned_arrays():
-    from gpuloader.gather import gather_batch
-
     leaves = [np.arange(30 * 3, dtype=np.float32).reshape(30, 3), np.arange(30, dtype=np.int8),
               np.ones((30, 5, 7), dtype=np.float64)]
     rows = np.array([29, 0, 7, 7, 13])
-    first = gather_batch(np, leaves, rows)
-    second = gather_batch(np, leaves, rows)
+    gather = HostGather(leaves)
+    first, second = gather(rows), gather(rows)
     for out, leaf in zip(first, leaves):
         assert is_aligned(out)
         np.testing.assert_array_equal(out, leaf[rows])
@@ -169,8 +168,6 @@ def test_a_batch_of_several_arrays_is_one_fresh_block_of_aligned_arrays():
     "rows", [np.array([29, 0, 7, 7, 13]), slice(4, 21), slice(25, 30)], ids=["rows", "slice", "tail"]
 )
 def test_the_in_ram_gather_matches_numpy_indexing_and_never_reuses_a_block(rows):
-    from gpuloader.gather import HostGather
-
     leaves = [np.arange(30 * 3, dtype=np.float32).reshape(30, 3), np.arange(30, dtype=np.int8),
               np.arange(30 * 35, dtype=np.float64).reshape(30, 5, 7), np.arange(30, dtype=np.uint8)[:, None]]
     gather = HostGather(leaves)

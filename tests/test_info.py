@@ -13,9 +13,12 @@ import pytest
 from fake_gpu import make_runtime
 
 import gpuloader
-from gpuloader import _cuda, placement
-from gpuloader.__main__ import main, parser
+from gpuloader import __main__ as cli
+from gpuloader import __version__, _cuda, placement
 from gpuloader.augment import fused
+
+main, parser = cli.main, cli.parser
+PUBLIC_NAMES = vars(gpuloader)["__all__"]
 
 info_module = importlib.import_module("gpuloader.info")
 CIFAR = (50000, 32, 32, 3)
@@ -36,8 +39,8 @@ def no_gpu(monkeypatch):
 
 
 def test_info_is_public_and_import_stays_light():
-    assert "info" in gpuloader.__all__
-    assert gpuloader.__all__ == sorted(gpuloader.__all__)
+    assert "info" in PUBLIC_NAMES
+    assert PUBLIC_NAMES == sorted(PUBLIC_NAMES)
     assert gpuloader.info is info_module.info  # the function, even after the submodule was imported
     code = "import sys, json, gpuloader; gpuloader.info; print(json.dumps(sorted(m for m in "
     code += "('tensorflow', 'keras', 'cupy', 'jax', 'torch') if m in sys.modules)))"
@@ -51,7 +54,7 @@ def test_versions_frameworks_and_no_device(no_gpu, monkeypatch):
 
     monkeypatch.setenv(placement.ENV_DEVICE, "auto")
     report = gpuloader.info(frameworks=("tensorflow", "no_such_framework_here"))
-    assert report["gpuloader"] == gpuloader.__version__
+    assert report["gpuloader"] == __version__
     assert report["numpy"] == np.__version__
     assert report["keras"] == {"version": keras.__version__, "backend": keras.backend.backend()}
     assert report["frameworks"]["tensorflow"] == {"imports": True, "version": tf.__version__}
@@ -301,7 +304,7 @@ def test_python_dash_m_gpuloader_info_runs():
     """The real command in a fresh process, on whatever this machine has."""
     command = [sys.executable, "-m", "gpuloader", "info", "--shape", "50000,32,32,3", "--dtype", "uint8"]
     text = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300).stdout
-    assert text.startswith(f"gpuloader {gpuloader.__version__}")
+    assert text.startswith(f"gpuloader {__version__}")
     for line in ("numpy ", "keras ", "tensorflow ", "jax ", "torch ", "cupy ", "$GPULOADER_DEVICE = "):
         assert f"\n{line}" in text
     assert "a Loader over x 50000x32x32x3 uint8, batch_size=32" in text

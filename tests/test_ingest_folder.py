@@ -89,7 +89,7 @@ def test_shuffled_split_has_keras_files_in_each_subset_and_the_loader_shuffles_t
                                                       verbose=False, **split)
     assert only_val.file_paths == val.file_paths
     assert (train.seed, train._shuffle, val._shuffle) == (1337, True, False)
-    labels = dict(zip(train.file_paths, np.asarray(train._store.leaves[1]).tolist()))  # row i is file_paths[i]
+    labels = dict(zip(train.file_paths, np.asarray(train.pipeline.store.leaves[1]).tolist()))  # row i is file_paths[i]
     folders = {path: Path(path).relative_to(folder).parts[0] for path in labels}
     assert labels == {path: train.class_names.index(folders[path]) for path in labels}
 
@@ -287,7 +287,7 @@ def test_an_unshuffled_split_is_a_slice_of_the_cache_with_keras_files_and_pixels
                                                   **split)
     for mine, keras_part in zip(ours, theirs):
         assert mine.file_paths == keras_part.file_paths
-        assert isinstance(mine._store.leaves[0], np.ndarray)
+        assert isinstance(mine.pipeline.store.leaves[0], np.ndarray)
         expected, served = keras_by_file(keras_part), ours_by_file(mine)
         for path, (image, label) in expected.items():
             np.testing.assert_array_equal(served[path][0], image, err_msg=path)

@@ -52,7 +52,7 @@ def test_numeric_columns_are_served_from_the_arrow_buffers_without_a_copy(saved)
     dataset, x = saved
     assert dataset.data.table.column("x").num_chunks > 1  # several record batches: served as shards
     loader = gpuloader.from_hf_dataset(dataset, x=("x", "v"), y="y", batch_size=100, shuffle=False, verbose=False)
-    leaves = loader._store.leaves
+    leaves = loader.pipeline.store.leaves
     for leaf, column in zip(leaves, ("x", "v")):
         for served, held in zip([part.array for part in leaf.parts], arrow_values(dataset, column)):
             assert np.shares_memory(served, held)
@@ -70,7 +70,7 @@ def test_a_one_batch_column_is_one_view_the_host_tier_keeps_as_is(tmp_path):
     loader = gpuloader.from_hf_dataset(dataset, x="x", y="y", host_memory_limit=None, shuffle=False, verbose=False)
     assert loader.placement == "host"
     (held,) = arrow_values(dataset, "x")
-    assert np.shares_memory(loader._store.leaves[0], held)
+    assert np.shares_memory(loader.pipeline.store.leaves[0], held)
     np.testing.assert_array_equal(np.asarray(loader[1][0]), np.arange(64, 128, dtype=np.float64).reshape(32, 2))
 
 

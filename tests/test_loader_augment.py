@@ -11,9 +11,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import prepared, prepared_parts
 
 from gpuloader import Loader, augment
 from gpuloader.augment import apply_augment, fused
+from gpuloader.gather import HostGather
 
 N = 120
 
@@ -89,7 +91,8 @@ def test_in_ram_images_are_augmented_straight_from_the_store_without_a_gathered_
 
     monkeypatch.setattr(fused, "gather_augment_host", kernel)
     loader = make(x, y)
-    monkeypatch.setattr(loader._pipeline.store.fused_gather, "_leaves", recording(loader, copied))
+    # The store's gather, built again over leaves that record which ones it copies.
+    monkeypatch.setattr(loader.pipeline.store, "fused_gather", HostGather(recording(loader, copied)))
     assert served(loader) == expected(x)
     assert len(sources) == len(loader) and all(np.shares_memory(source, x) for source in sources)
     assert copied == [1] * len(loader)  # the gather copied leaf 1 (y) only
@@ -97,7 +100,7 @@ def test_in_ram_images_are_augmented_straight_from_the_store_without_a_gathered_
 
 def recording(loader, copied):
     """The store's leaves, each wrapped so that a gather copying it records its index."""
-    return [_Recorded(leaf, index, copied) for index, leaf in enumerate(loader._pipeline.store.leaves)]
+    return [_Recorded(leaf, index, copied) for index, leaf in enumerate(loader.pipeline.store.leaves)]
 
 
 class _Recorded:
@@ -144,7 +147,7 @@ def test_the_stand_in_gpu_gives_the_same_bytes_as_the_host(fake_gpu, monkeypatch
     x, y = images()
     loader = make(x, y, device="gpu")
     assert loader.placement == "gpu"
-    batches = [loader._prepare(i)[1] for i in range(len(loader))]
+    batches = [prepared(loader, i)[1] for i in range(len(loader))]
     assert per_sample([(np.asarray(bx), np.asarray(by)) for bx, by in batches]) == expected(x)
     assert fake_gpu.state.augment_kernels == (len(loader) if kernel == "fused kernel" else 0)
 
@@ -181,6 +184,38 @@ def test_evaluation_and_prediction_passes_are_not_augmented():
     model.fit(spying, epochs=1, verbose=0)
     assert not np.array_equal(np.sort(np.concatenate(seen), axis=0), np.sort(x, axis=0))
     assert served(loader) == expected(x)
+
+
+def test_evaluation_and_prediction_keep_a_final_normalize_and_drop_the_random_ops(fake_gpu_or_host):
+    # The model trains on normalised floats; evaluating it on raw uint8 images would silently score another input.
+    import keras
+
+    x, y = images(40)
+    normalize = augment.Normalize(mean=[120.0, 110.0, 100.0], std=[60.0, 50.0, 40.0])
+    loader = Loader(x, y.astype(np.float32), batch_size=16, seed=7, augment=[*ops(), normalize],
+                    device=fake_gpu_or_host, verbose=False)
+    want = apply_augment([normalize], x, np.arange(len(x), dtype=np.int64), 7, 0, np)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    got = []
+
+    class Peek(keras.callbacks.Callback):  # loader[i] in a callback of evaluate: what evaluate serves
+        def on_test_batch_end(self, batch, logs=None):
+            got.append(np.asarray(loader[batch][0]))
+
+    model.evaluate(loader, verbose=0, callbacks=[Peek()])
+    assert got[0].dtype == np.float32 and np.array_equal(np.concatenate(got), want)
+    np.testing.assert_allclose(model.predict(loader, verbose=0), model(want).numpy(), rtol=1e-5, atol=1e-5)
+    trained = np.concatenate([np.asarray(loader[i][0]) for i in range(len(loader))])
+    assert trained.dtype == np.float32 and not np.array_equal(np.sort(trained, axis=0), np.sort(want, axis=0))
+
+
+@pytest.fixture(params=["host", "gpu"])
+def fake_gpu_or_host(request):
+    """The device a loader is built on: the host, or the stand-in GPU (tests/fake_gpu.py)."""
+    if request.param == "gpu":
+        request.getfixturevalue("fake_gpu")
+    return request.param
 
 
 def test_a_dict_input_names_the_images_to_augment():
@@ -239,7 +274,7 @@ def test_gpus_under_a_strategy_give_each_sample_its_draws(monkeypatch, layout):
     monkeypatch.setattr(replicas, "gpu_ordinals", lambda devices: [0, 1])
     loader = make(x, y, batch_size=16, drop_remainder=True)
     assert loader.plan.layout == layout
-    parts = [part for i in range(len(loader)) for part in loader._prepare_parts(i, 0)]
+    parts = [part for i in range(len(loader)) for part in prepared_parts(loader, i, 0)]
     got = per_sample([(np.from_dlpack(bx), np.from_dlpack(by)) for _, (bx, by) in parts])
     want = expected(x)
     assert len(got) == len(loader) * 16 and all(got[i] == want[i] for i in got)
@@ -293,7 +328,7 @@ def test_a_stream_on_the_stand_in_gpu_gives_the_hosts_bytes(fake_gpu):
     on_gpu = Loader(x, y, batch_size=16, seed=7, augment=augment.Stream(ops(), 3), device="gpu", verbose=False)
     on_host = Loader(x, y, batch_size=16, seed=7, augment=augment.Stream(ops(), 3), verbose=False)
     plain = Loader(x, y, batch_size=16, seed=7, augment=ops(), verbose=False)
-    batches = [on_gpu._prepare(i)[1] for i in range(len(on_gpu))]
+    batches = [prepared(on_gpu, i)[1] for i in range(len(on_gpu))]
     gpu = per_sample([(np.asarray(bx), np.asarray(by)) for bx, by in batches])
     assert gpu == served(on_host) != served(plain)
 

@@ -192,7 +192,7 @@ def test_nothing_is_requested_for_data_in_ram(tmp_path, requests):
     in_ram = Loader(x, y, batch_size=50, seed=0, verbose=False)
     read_into_ram = Loader(tmp_path / "x.npy", y, batch_size=50, seed=0, device="host", verbose=False)
     for loader in (in_ram, read_into_ram):
-        assert loader._pipeline.readahead(0, True, 0, len(loader)) is None
+        assert loader.pipeline.readahead(0, True, 0, len(loader)) is None
         list(loader.get_numpy_iterator())
     assert requests == [] and not readahead_threads()
 
@@ -268,7 +268,7 @@ def test_files_larger_than_the_page_cache_are_not_swept(tmp_path, monkeypatch, r
     np.save(tmp_path / "x.npy", x)
     monkeypatch.setattr(placement, "available_host_memory", lambda: ROWS * PAGE)  # below twice the files' bytes
     loader = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)
-    ahead = loader._pipeline.readahead(0, True, 0, len(loader))
+    ahead = loader.pipeline.readahead(0, True, 0, len(loader))
     assert ahead is not None and not ahead.sweeps
     ahead.close()
 
@@ -280,8 +280,8 @@ def test_a_workers_shard_of_the_rows_is_not_swept(tmp_path, monkeypatch, request
     whole = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)
     shard = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False, num_shards=4,
                    shard_index=1)
-    assert whole._pipeline.readahead(0, True, len(whole)).sweeps
-    ahead = shard._pipeline.readahead(0, True, len(shard))
+    assert whole.pipeline.readahead(0, True, len(whole)).sweeps
+    ahead = shard.pipeline.readahead(0, True, len(shard))
     assert ahead is not None and not ahead.sweeps, "a quarter of the rows: sweeping would read the whole file"
 
 
@@ -301,7 +301,7 @@ def test_a_file_changed_mid_epoch_still_raises(tmp_path, monkeypatch, requests):
         next(iterator)
     assert not readahead_threads()
     # Asking for pages past the new end never reads them (a read there would be SIGBUS).
-    ahead = readahead.for_pass(loader._store.leaves, None, BATCH, STEPS)
+    ahead = readahead.for_pass(loader.pipeline.store.leaves, None, BATCH, STEPS)
     count = len(requests)
     ahead.advance(STEPS - 1)  # the input order: the last batches lie in the lost half
     wait_until(lambda: len(requests) > count + 1, limit_s=5.0)

@@ -14,7 +14,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import epoch_ids, id_data, sample_ids
+from conftest import epoch_ids, id_data, prepared_parts, sample_ids
 from fake_gpu import make_runtime
 
 from gpuloader import GPUUnavailableError, Loader, placement, replicas
@@ -43,8 +43,8 @@ def copy_does_not_fit(runtime, n, batch_size):
 
 def part_ids(loader, position, epoch=None):
     """Each replica's sample ids for batch ``position`` (of the loader's epoch), and each part's fake GPU."""
-    parts = loader._prepare_parts(position, loader.epoch if epoch is None else epoch)
-    devices = loader._replicas.stores[0].xp._state.devices if loader.plan.layout else None
+    parts = prepared_parts(loader, position, loader.epoch if epoch is None else epoch)
+    devices = loader.pipeline.replicas.stores[0].xp._state.devices if loader.plan.layout else None
     ids, homes = [], []
     for _, leaves in parts:
         ids.append(sample_ids(np.from_dlpack(leaves[0])))
@@ -66,7 +66,7 @@ def test_a_copy_on_each_gpu_when_it_fits_and_the_single_device_order(two_gpus):
     loader = Loader(x, y, batch_size=32, seed=5, verbose=False)
     assert loader.plan.layout == "replicated" and loader.plan.gpus == (0, 1)
     assert "a copy of the data on each of the 2 replicas' GPUs (0, 1)" in str(loader.plan)
-    assert [store.leaves[0].device for store in loader._replicas.stores] == two_gpus.state.devices
+    assert [store.leaves[0].device for store in loader.pipeline.replicas.stores] == two_gpus.state.devices
     for epoch in (0, 1):
         expected = host_batches(300, 32, 5, epoch)
         for position in range(len(loader)):
@@ -93,7 +93,7 @@ def test_rows_sharded_across_gpus_when_a_copy_does_not_fit(two_gpus, n, batch_si
     loader = Loader(x, y, batch_size=batch_size, seed=8, drop_remainder=drop, verbose=False)
     assert loader.plan.layout == "sharded", loader.plan
     assert "rows sharded across the 2 replicas' GPUs (0, 1), a 1/2 share on each" in str(loader.plan)
-    sizes = [store.n for store in loader._replicas.stores]
+    sizes = [store.n for store in loader.pipeline.replicas.stores]
     assert sorted(sizes) == [n // 2, -(-n // 2)]
     assert len(loader) == (n // batch_size if drop else math.ceil(n / batch_size))
     seen_by_replica = []
@@ -176,7 +176,7 @@ def test_out_of_memory_on_the_second_gpu_falls_back_under_auto(two_gpus):
     assert any("upload to the replicas' GPUs (replicated) ran out of memory" in message for message in messages)
     # The single-device rule then tries one GPU, which fails too here, and lands on the host.
     assert any("the upload to the GPU ran out of memory" in message for message in messages)
-    assert loader.plan.layout == "" and loader._replicas is None and loader.placement == "host"
+    assert loader.plan.layout == "" and loader.pipeline.replicas is None and loader.placement == "host"
     assert "the upload to the replicas' GPUs (replicated) ran out of memory" in str(loader.plan)
     assert {0, 1} <= set(two_gpus.state.freed_on)  # both GPUs' pools released
     assert sorted(epoch_ids(loader)) == list(range(100))
@@ -192,7 +192,7 @@ def test_out_of_memory_on_the_second_gpu_raises_under_gpu(two_gpus):
 def test_outside_a_multi_gpu_strategy_there_is_no_layout(fake_gpu):
     x, y = id_data(50)
     loader = Loader(x, y, batch_size=10, seed=1, verbose=False)
-    assert loader.placement == "gpu" and loader.plan.layout == "" and loader._replicas is None
+    assert loader.placement == "gpu" and loader.plan.layout == "" and loader.pipeline.replicas is None
 
 
 # ------------------------------------------------ TF device names -> CUDA

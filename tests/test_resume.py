@@ -211,8 +211,8 @@ def test_a_record_is_kept_for_the_training_loader_only_and_named_by_its_signatur
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
     recorded_fit(train, epochs=2, validation_data=validation, callbacks=[backup])
     records = sorted(p.name for p in (tmp_path / "backup").glob("gpuloader-*"))
-    assert records == [Path(record_path(str(tmp_path / "backup"), train._schedule)).name]
-    assert record_path("d", train._schedule) != record_path("d", make(drop_remainder=True)._schedule)
+    assert records == [Path(record_path(str(tmp_path / "backup"), train.schedule)).name]
+    assert record_path("d", train.schedule) != record_path("d", make(drop_remainder=True)._schedule)
     record = json.loads((tmp_path / "backup" / records[0]).read_text())
     assert record["keras"] == {"epoch": 2, "batch": 0} and record["start"] == [2, 0]
 
@@ -279,4 +279,5 @@ def test_set_epoch_refuses_an_epoch_past_the_64_bit_key():
 
 def test_backup_and_restore_is_exported_as_a_keras_callback():
     assert issubclass(gpuloader.BackupAndRestore, keras.callbacks.BackupAndRestore)
-    assert "BackupAndRestore" in gpuloader.__all__ and gpuloader.__all__ == sorted(gpuloader.__all__)
+    public_names = vars(gpuloader)["__all__"]
+    assert "BackupAndRestore" in public_names and public_names == sorted(public_names)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import epoch_ids, id_data
 
-from gpuloader import Loader, permutation
-from gpuloader._keras_compat import KerasCall
+from gpuloader import Loader, _keras_compat, permutation
 from gpuloader.schedule import EpochSchedule
 
+KerasCall = _keras_compat.KerasCall
 SIGNATURE = {"num_samples": 40, "batch_size": 10, "shuffle": True, "drop_remainder": False,
              "num_shards": 1, "shard_index": 0}
 
@@ -36,7 +36,7 @@ def train(s: EpochSchedule, call: KerasCall, batches=None) -> tuple[int, int, in
     """Keras's epoch iterator: on_epoch_begin, then take the pass's batches; (epoch, first, trained)."""
     s.plan_fit_epoch(call)
     running = s.begin_pass(call)
-    assert running.shuffled and running.counts
+    assert running.shuffled and running.moves_stream and running.augmented
     for _ in range(running.length if batches is None else batches):
         s.served(running)
     s.on_epoch_end()  # Keras's EpochIterator calls it after every pass
@@ -92,14 +92,26 @@ def test_evaluation_and_prediction_serve_the_input_order_and_move_nothing():
     s = schedule()
     for kind in ("evaluate", "predict"):
         running = s.begin_pass(KerasCall(kind, None, 0, None, object()))
-        assert (running.epoch, running.shuffled, running.counts, running.length) == (0, False, False, 4)
+        assert (running.epoch, running.shuffled, running.moves_stream, running.length) == (0, False, False, 4)
+        assert running.augmented is False
     s.on_epoch_end()
     assert s.epoch == 0 and s.get_state()["epoch"] == 0
 
 
+def test_loader_items_inside_evaluation_and_prediction_are_what_those_passes_serve():
+    s = schedule()
+    for kind in ("evaluate", "predict"):
+        item = s.item_pass(2, KerasCall(kind, None, 0, None, object()))
+        assert (item.shuffled, item.augmented, item.moves_stream) == (False, False, False)
+        assert (item.start, item.length) == (2, 1)
+    outside = s.item_pass(2, None)
+    assert (outside.shuffled, outside.augmented, outside.moves_stream) == (True, True, False)
+
+
 def test_the_model_building_peek_in_fit_moves_nothing():
     s = schedule()
-    assert s.begin_pass(KerasCall("fit", None, 0, None, object())).counts is False
+    peek = s.begin_pass(KerasCall("fit", None, 0, None, object()))
+    assert peek.moves_stream is False and peek.augmented is True  # the batch fit will train on builds the model
     s.on_epoch_end()
     assert s.epoch == 0 and s.get_state()["position"] == 0
 

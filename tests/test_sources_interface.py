@@ -10,6 +10,7 @@ as that array on every tier.
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,7 @@ def test_a_source_with_a_wrong_shape_is_refused_naming_the_class():
 
 def test_no_module_outside_sources_asks_what_kind_of_source_it_holds():
     """The store, gather, placement and disk tier speak the interface: no isinstance over source types elsewhere."""
-    package = Path(gpuloader.__file__).parent
+    package = Path(inspect.getfile(gpuloader)).parent
     kinds = {"memmap", "ShardedArray", "RowSubset", "NpySource", "ArraySource"}
     offenders = []
     for path in package.rglob("*.py"):

@@ -37,7 +37,7 @@ def test_files_read_into_ram_in_small_chunks_keep_every_row(tmp_path, monkeypatc
     shard = dict(num_shards=2, shard_index=1, seed=3) if source == "worker shard" else {}
     loader = Loader(given, batch_size=64, shuffle=False, host_memory_limit=64 * MB, verbose=False, **shard)
     assert loader.placement == "host"
-    held = loader._store.leaves[0]
+    held = loader.pipeline.store.leaves[0]
     assert isinstance(held, np.ndarray) and not isinstance(held, np.memmap)
     expected = x
     if shard:
@@ -57,7 +57,7 @@ def test_big_endian_arrays_in_ram_are_made_native_once_and_serve_the_same_values
     x, y = id_data(300, features=4)
     loader = Loader(big_endian(x), big_endian(y), batch_size=64, seed=1, verbose=False)
     native = Loader(x, y, batch_size=64, seed=1, verbose=False)
-    assert all(leaf.dtype.isnative for leaf in loader._store.leaves)
+    assert all(leaf.dtype.isnative for leaf in loader.pipeline.store.leaves)
     batch = loader[0]  # DLPack refused '>f4' at every batch before
     assert batch[0].dtype == native[0][0].dtype
     assert epoch_ids(loader) == epoch_ids(native)

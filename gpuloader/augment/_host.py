@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 
+# ------------------------------------------------- the built-in ops on NumPy
 def _crop_numpy(
     images: np.ndarray,
     dy: np.ndarray,
@@ -174,7 +175,7 @@ def _reflect(index: Any, size: int, xp: Any) -> Any:
     return xp.where(index >= size, 2 * (size - 1) - index, index)
 
 
-# ------------------------------------------------------------------ validation
+# ------------------------------------------------- whose buffer a result is; the NumPy path's switch (apply.py)
 
 
 def _writable_buffer(array: np.ndarray) -> bool:
@@ -204,7 +205,7 @@ def _numpy_fast_path(xp: Any) -> bool:
 _FAST_PATH_ENABLED = True
 
 
-# ------------------------------------------------------------------ NumPy paths
+# ------------------------------------------------- aligned and per-thread scratch buffers
 def _aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     from gpuloader.gather import aligned_empty
 

@@ -13,7 +13,6 @@ _STREAM_STEP = 0x9E3779B97F4A7C15  # streams' lanes step apart by the golden rat
 _PROTOCOL = "an op is an object with draws (int >= 0) and apply(images, bits, xp); see gpuloader.augment"
 
 
-# ------------------------------------------------------------------ keyed words
 @functools.lru_cache(maxsize=64)
 def _word_keys(seed: int, epoch: int, draws: tuple[int, ...], stream: int = 0) -> tuple[list[int], list[int]]:
     """The two round keys of every word of every op (``draws[k]`` words for op ``k``), ops in order.
@@ -75,6 +74,3 @@ def integers(words: Any, high: int, xp: Any) -> Any:
 def uniform(words: Any, xp: Any) -> Any:
     """float32 values in ``[0, 1)`` from uint64 ``words`` (their top 24 bits, exactly representable)."""
     return xp.astype(words >> 40, xp.float32) * (2.0**-24)
-
-
-# ------------------------------------------------------------------ the ops

@@ -30,6 +30,7 @@ from gpuloader import placement as placement_lib
 from gpuloader.augment import fused as fused_lib
 from gpuloader.augment.apply import apply_augment, output_dtype
 from gpuloader.augment.assign import AugmentedInput
+from gpuloader.augment.normalize import Normalize
 
 FROM_STORE = "the host kernel, reading the stored images"
 CUDA = "one CUDA launch per batch (GatherAugment), reading the stored images"
@@ -140,6 +141,20 @@ class InputAugmentation:
         return apply_augment(
             self.spec.ops, images, draws.ids(), draws.seed, draws.epoch, xp, overwrite=True, stream=self.spec.stream
         )
+
+    @property
+    def normalize(self) -> Normalize | None:
+        """The list's final :class:`~gpuloader.augment.normalize.Normalize`, or None."""
+        ops = self.spec.ops
+        return ops[-1] if ops and type(ops[-1]) is Normalize else None
+
+    def unaugmented(self, images: Any, draws: BatchDraws, xp: Any) -> Any:
+        """This input's batch in an evaluation or prediction pass: none of the random ops, but a final
+        ``Normalize`` still (the model was trained on its scale and dtype); ``images`` as they are without one."""
+        normalize = self.normalize
+        if normalize is None:
+            return images
+        return apply_augment([normalize], images, draws.ids(), draws.seed, draws.epoch, xp, overwrite=True)
 
 
 _own_op = "the list has an op of your own"

@@ -1,8 +1,8 @@
 """``image_dataset_from_directory``: Keras's function of that name, decoded once into the cache.
 
 The files, class names, labels and training/validation split are those of
-``keras.utils.image_dataset_from_directory`` (Keras 3.15,
-``keras/src/utils/dataset_utils.py``): class folders in alphanumeric order
+``keras.utils.image_dataset_from_directory`` (Keras 3.15, its
+``dataset_utils`` module): class folders in alphanumeric order
 (or ``class_names``' order), files found by a sorted ``os.walk`` of each, the
 list shuffled by ``np.random.RandomState(seed)`` when ``shuffle``, the last
 ``int(validation_split * n)`` files for validation. The pixels are decoded by
