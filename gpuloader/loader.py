@@ -5,7 +5,7 @@ flattens the arguments; placement (:mod:`gpuloader.store`, :mod:`gpuloader.repli
 :mod:`gpuloader.sharding`) decides once where the data lives and puts it there;
 :mod:`gpuloader.schedule` decides which epoch each pass serves and owns the
 state; :mod:`gpuloader.pipeline` prepares and hands over each batch; and
-:mod:`gpuloader.adapter` answers Keras's trainers. Being a ``DataAdapter``, it
+:mod:`gpuloader.passes` answers Keras's trainers. Being a ``DataAdapter``, it
 is iterated by ``fit``, ``evaluate`` and ``predict`` directly, never through
 ``tf.data.Dataset.from_generator``.
 """
@@ -24,10 +24,10 @@ from gpuloader import placement as placement_lib
 from gpuloader import replicas as replicas_lib
 from gpuloader import store as store_lib
 from gpuloader._keras_compat import DataAdapter, keras_call
-from gpuloader.adapter import KerasPasses
 from gpuloader.augment.apply import describe_augment
 from gpuloader.augment.assign import assign as assign_augment
 from gpuloader.augment.assign import check_data_format
+from gpuloader.passes import KerasPasses
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.schedule import STATE_FORMAT, EpochSchedule
 from gpuloader.sources import is_disk_leaf
