@@ -88,7 +88,7 @@ def test_shuffled_split_has_keras_files_in_each_subset_and_the_loader_shuffles_t
     only_val = gpuloader.image_dataset_from_directory(folder, subset="validation", cache_dir=tmp_path / "c",
                                                       verbose=False, **split)
     assert only_val.file_paths == val.file_paths
-    assert (train.seed, train._shuffle, val._shuffle) == (1337, True, False)
+    assert (train.seed, train.shuffle, val.shuffle) == (1337, True, False)
     labels = dict(zip(train.file_paths, np.asarray(train.pipeline.store.leaves[1]).tolist()))  # row i is file_paths[i]
     folders = {path: Path(path).relative_to(folder).parts[0] for path in labels}
     assert labels == {path: train.class_names.index(folders[path]) for path in labels}

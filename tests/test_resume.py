@@ -212,7 +212,7 @@ def test_a_record_is_kept_for_the_training_loader_only_and_named_by_its_signatur
     recorded_fit(train, epochs=2, validation_data=validation, callbacks=[backup])
     records = sorted(p.name for p in (tmp_path / "backup").glob("gpuloader-*"))
     assert records == [Path(record_path(str(tmp_path / "backup"), train.schedule)).name]
-    assert record_path("d", train.schedule) != record_path("d", make(drop_remainder=True)._schedule)
+    assert record_path("d", train.schedule) != record_path("d", make(drop_remainder=True).schedule)
     record = json.loads((tmp_path / "backup" / records[0]).read_text())
     assert record["keras"] == {"epoch": 2, "batch": 0} and record["start"] == [2, 0]
 
