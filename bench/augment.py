@@ -37,6 +37,21 @@ Epoch cases (``--mode epoch``: the first four, plus the loader pair when
   batch_size=512, seed=0, workers=1, device="host")`` without and with
   ``augment=[crop, flip, cutout]`` (``loader[i]`` outside ``fit`` is a training
   pass, so it is augmented). Batches come back as TensorFlow tensors.
+- ``loader_normalize``: ``loader_augment`` with ``augment.Normalize(mean,
+  std, dtype="float32")`` (CIFAR-10's channel means and deviations) as a final
+  op: the fused kernel writes float32 batches in its one pass (issue 18).
+- ``loader_normalize_transform``: today's way to the same batches: the fused
+  crop + flip + cutout, then ``transform=`` doing the same normalisation in
+  its strongest NumPy form (a cast into a 64-byte aligned float32 buffer, so
+  the hand-off needs no copy, then ``subtract`` and ``multiply`` in place:
+  three passes over the batch).
+- ``tfdata_normalize``: tf.data doing the same four ops: the ``fit_tfdata``
+  pipeline (crop, flip, cutout of tf ops per sample) with the normalisation
+  applied to each batch (``(cast(x, float32) - mean) * (1 / std)``, one
+  vectorised op on the batch, after ``batch``), ``prefetch(AUTOTUNE)``.
+- ``keras_normalize``: per batch a NumPy gather, then Keras 3 layers
+  ``RandomTranslation`` (reflect), ``RandomFlip``, ``RandomErasing`` as an 8 x
+  8 cutout and ``Normalization(mean, variance)`` on it (``training=True``).
 - ``augment_unfused``, ``augment_numpy``, ``augment_generic`` (only with
   ``--cases``): the plain gather, then ``apply_augment(..., overwrite=True)``
   on the gathered batch through the kernel (the loader's path for on-disk
@@ -79,7 +94,9 @@ the first 10 batches of one for the TensorFlow epoch cases); its reported figure
 is the median over rounds. Ratios are of those medians, from the same run. The
 summary prints each target as met or MISSED: ``augment / plain <= 2`` and
 ``loader_augment / loader_plain <= 2``; ``tfdata`` and ``keras`` at least 3x
-``augment`` and ``loader_augment``; and the fit ratios (``fit_tfdata`` and
+``augment`` and ``loader_augment``; ``loader_normalize_transform`` at least
+1.5x ``loader_normalize``, and ``tfdata_normalize`` and ``keras_normalize`` at
+least 20x it (issue 18); and the fit ratios (``fit_tfdata`` and
 ``fit_keras`` over ``fit_gpuloader``, ``fit_gpuloader / fit_plain``) as figures
 with no target. Wall-clock seconds; each case's CPU seconds (all its threads:
 tf.data uses several) and the load average around it are recorded too, since
@@ -120,11 +137,14 @@ BATCH_SIZE = 512
 PADDING = 4
 CUTOUT = 8
 SEED = 0
+# CIFAR-10's per-channel pixel mean and standard deviation (0..255), the usual normalisation.
+MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
 DEFAULT_CASES = ("plain", "augment", "tfdata", "keras")
 LOADER_CASES = ("loader_plain", "loader_augment")
+NORMALIZE_CASES = ("loader_normalize", "loader_normalize_transform", "tfdata_normalize", "keras_normalize")
 FIT_DEFAULT_CASES = ("fit_gpuloader", "fit_tfdata", "fit_keras", "fit_plain")
-OPTIONAL_CASES = ("augment_unfused", "augment_numpy", "augment_generic", *LOADER_CASES)
-TF_CASES = ("tfdata", "keras", *LOADER_CASES)
+OPTIONAL_CASES = ("augment_unfused", "augment_numpy", "augment_generic", *LOADER_CASES, *NORMALIZE_CASES)
+TF_CASES = ("tfdata", "keras", *LOADER_CASES, *NORMALIZE_CASES)
 TF_WARMUP_BATCHES = 10
 CASE_TIMEOUT_S = 600
 FIT_SAMPLES = 10000  # the default fit run; --fit-samples 50000 for the CIFAR-10 size
@@ -137,6 +157,9 @@ TARGETS = (
     ("loader_augment", "loader_plain", "max", 2.0),
     ("tfdata", "loader_augment", "min", 3.0),
     ("keras", "loader_augment", "min", 3.0),
+    ("loader_normalize_transform", "loader_normalize", "min", 1.5),
+    ("tfdata_normalize", "loader_normalize", "min", 20.0),
+    ("keras_normalize", "loader_normalize", "min", 20.0),
     ("fit_tfdata", "fit_gpuloader", "figure", None),
     ("fit_keras", "fit_gpuloader", "figure", None),
     ("fit_gpuloader", "fit_plain", "figure", None),
@@ -147,6 +170,18 @@ def _ops() -> list[Any]:
     from gpuloader import augment
 
     return [augment.RandomCrop(padding=PADDING, mode="reflect"), augment.RandomFlip(), augment.Cutout(size=CUTOUT)]
+
+
+def _normalize() -> Any:
+    from gpuloader import augment
+
+    return augment.Normalize(MEAN, STD, dtype="float32", data_format="channels_last")
+
+
+def loader_takes_normalize() -> bool:
+    """Whether ``gpuloader.augment`` has ``Normalize``, read from its source (no import of Keras here)."""
+    spec = importlib.util.find_spec("gpuloader.augment")
+    return spec is not None and "Normalize" in Path(spec.origin).read_text()
 
 
 def loader_takes_augment() -> bool:
@@ -279,10 +314,33 @@ def case_keras(x: np.ndarray, y: np.ndarray) -> EpochFn:
     return run
 
 
-def case_loader(x: np.ndarray, y: np.ndarray, augmented: bool) -> EpochFn:
+def normalise_transform() -> Callable[[tuple[Any, ...], Any], tuple[Any, ...]]:
+    """``transform(batch, xp)``: x to float32 then ``(x - mean) * (1 / std)``, in place after the cast."""
+    mean = np.asarray(MEAN, dtype=np.float32)
+    scale = (1.0 / np.asarray(STD, dtype=np.float64)).astype(np.float32)
+
+    def transform(batch: tuple[Any, ...], xp: Any) -> tuple[Any, ...]:
+        from gpuloader.gather import aligned_empty
+
+        x, *rest = batch
+        values = aligned_empty(x.shape, np.float32)  # 64-byte aligned: the hand-off to TF takes it without a copy
+        np.copyto(values, x)
+        np.subtract(values, mean, out=values)
+        np.multiply(values, scale, out=values)
+        return (values, *rest)
+
+    return transform
+
+
+def case_loader(x: np.ndarray, y: np.ndarray, augmented: bool, normalize: str | None = None) -> EpochFn:
+    """``loader[i]`` over an epoch; ``normalize``: "op" (a final Normalize) or "transform" (after the ops)."""
     import gpuloader
 
-    extra = {"augment": _ops()} if augmented else {}
+    extra: dict[str, Any] = {"augment": _ops()} if augmented else {}
+    if normalize == "op":
+        extra["augment"] = [*_ops(), _normalize()]
+    elif normalize == "transform":
+        extra["transform"] = normalise_transform()
     loader = gpuloader.Loader(
         x, y, batch_size=BATCH_SIZE, shuffle=True, seed=SEED, verbose=False, workers=1, device="host", **extra
     )
@@ -299,6 +357,50 @@ def case_loader(x: np.ndarray, y: np.ndarray, augmented: bool) -> EpochFn:
     return run
 
 
+def case_tfdata_normalize(x: np.ndarray, y: np.ndarray) -> EpochFn:
+    import tensorflow as tf
+
+    mean = tf.constant(MEAN, tf.float32)
+    scale = tf.constant((1.0 / np.asarray(STD)).astype(np.float32))
+    dataset = tf_augment_dataset(x, y, prefetch=False).map(
+        lambda xb, yb: ((tf.cast(xb, tf.float32) - mean) * scale, yb), num_parallel_calls=tf.data.AUTOTUNE
+    ).prefetch(tf.data.AUTOTUNE)
+
+    def run(epoch: int, batches: int | None = None) -> int:
+        served = 0
+        for xb, yb in dataset.take(-1 if batches is None else batches):
+            served += xb.shape[0]
+            assert yb.shape[0] == xb.shape[0] and xb.dtype == tf.float32
+        return served
+
+    return run
+
+
+def case_keras_normalize(x: np.ndarray, y: np.ndarray) -> EpochFn:
+    import keras
+
+    layers = keras.Sequential(
+        [
+            *keras_augment_layers(value_range=(0, 255)),
+            keras.layers.Normalization(mean=MEAN, variance=np.square(STD)),
+        ]
+    )
+    rng = np.random.default_rng(SEED)
+
+    def run(epoch: int, batches: int | None = None) -> int:
+        order = rng.permutation(len(x))
+        served = 0
+        for start in list(range(0, len(x), BATCH_SIZE))[:batches]:
+            rows = order[start : start + BATCH_SIZE]
+            xb = layers(x[rows].astype(np.float32), training=True)
+            yb = y[rows]
+            served += xb.shape[0]
+            assert yb.shape[0] == xb.shape[0]
+        return served
+
+    return run
+
+
 CASES: dict[str, Callable[[np.ndarray, np.ndarray], EpochFn]] = {
     "plain": case_plain,
     "augment": case_augment,
@@ -309,6 +411,10 @@ CASES: dict[str, Callable[[np.ndarray, np.ndarray], EpochFn]] = {
     "augment_generic": lambda x, y: case_augment(x, y, "generic"),
     "loader_plain": lambda x, y: case_loader(x, y, augmented=False),
     "loader_augment": lambda x, y: case_loader(x, y, augmented=True),
+    "loader_normalize": lambda x, y: case_loader(x, y, augmented=True, normalize="op"),
+    "loader_normalize_transform": lambda x, y: case_loader(x, y, augmented=True, normalize="transform"),
+    "tfdata_normalize": case_tfdata_normalize,
+    "keras_normalize": case_keras_normalize,
 }
 
 
@@ -370,7 +476,7 @@ def fit_loader(x: np.ndarray, y: np.ndarray, epochs: int, augmented: bool) -> tu
     return fit_epochs(build_conv_net(), loader, epochs)
 
 
-def tf_augment_dataset(x: np.ndarray, y: np.ndarray) -> Any:
+def tf_augment_dataset(x: np.ndarray, y: np.ndarray, prefetch: bool = True) -> Any:
     """tf.data doing gpuloader's three ops: crop of the reflect-padded image, flip, cutout, per sample.
 
     ``Dataset.random(rerandomize_each_iteration=True)`` zipped with the shuffled samples gives each
@@ -397,19 +503,15 @@ def tf_augment_dataset(x: np.ndarray, y: np.ndarray) -> Any:
 
     keys = tf.data.Dataset.random(seed=SEED, rerandomize_each_iteration=True)
     samples = tf.data.Dataset.from_tensor_slices((padded, y)).shuffle(len(x), seed=SEED, reshuffle_each_iteration=True)
-    return (
-        tf.data.Dataset.zip(keys, samples)
-        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(BATCH_SIZE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    batches = tf.data.Dataset.zip(keys, samples).map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH_SIZE)
+    return batches.prefetch(tf.data.AUTOTUNE) if prefetch else batches
 
 
 def fit_tfdata(x: np.ndarray, y: np.ndarray, epochs: int) -> tuple[float, list[float], list[float]]:
     return fit_epochs(build_conv_net(), tf_augment_dataset(x, y), epochs)
 
 
-def keras_augment_layers() -> list[Any]:
+def keras_augment_layers(value_range: tuple[float, float] = (0, 1)) -> list[Any]:
     """The same augmentation as layers: ``RandomTranslation(4/32, 4/32, fill_mode="reflect")``,
     ``RandomFlip("horizontal")`` and, for the cutout, ``RandomErasing`` made to erase one 8 x 8 square
     (Keras 3 has no Cutout layer: ``factor=(1, 1)`` erases every image, ``scale`` the square's area as a
@@ -423,7 +525,7 @@ def keras_augment_layers() -> list[Any]:
         keras.layers.RandomTranslation(PADDING / height, PADDING / width, fill_mode="reflect", seed=SEED),
         keras.layers.RandomFlip("horizontal", seed=SEED),
         keras.layers.RandomErasing(
-            factor=(1.0, 1.0), scale=(area, area), fill_value=0.0, value_range=(0, 1), seed=SEED
+            factor=(1.0, 1.0), scale=(area, area), fill_value=0.0, value_range=value_range, seed=SEED
         ),
     ]
 
@@ -648,6 +750,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.cases = []
         if args.mode in ("all", "epoch"):
             args.cases += list(DEFAULT_CASES) + (list(LOADER_CASES) if takes_augment else [])
+            args.cases += list(NORMALIZE_CASES) if takes_augment and loader_takes_normalize() else []
         if args.mode in ("all", "fit"):
             args.cases += [name for name in FIT_DEFAULT_CASES if takes_augment or name != "fit_gpuloader"]
     else:
@@ -751,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": BATCH_SIZE,
             "gpuloader_ops": [repr(op) for op in _ops()],
             "baselines_do": "crop (pad 4, reflect) + horizontal flip, no cutout",
+            "normalize_cases_do": f"crop + flip + cutout + normalise to float32 (mean {MEAN}, std {STD}) on every side",
             "fit_baselines_do": "tf.data: crop + flip + cutout of tf ops; keras: RandomTranslation + RandomFlip + "
             "RandomErasing as an 8 x 8 cutout, inside the model",
             "fit_model": "uint8 -> Rescaling(1/255) -> Conv2D(16,3) -> MaxPool -> Conv2D(32,3) -> GAP -> Dense(10); "

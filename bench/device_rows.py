@@ -34,8 +34,7 @@ def plan(args: argparse.Namespace) -> Plan:
         Case("device_fit", "device_fit.py", ("--json", str(fit_json), *(("--rounds", "1", "--epochs", "1") if smoke
              else ())), label="device_fit.py", env=QUIET, timeout_s=DEVICE_FIT_TIMEOUT_S, result_file=fit_json),
     ]
-    return Plan("device", found, 1, about=[f"{status.name}: bench/device.py, bench/device_fit.py"],
-                cleanup=lambda: None)
+    return Plan("device", found, 1, about=[f"{status.name}: bench/device.py, bench/device_fit.py"])
 
 
 def progress_figure(case: Case, result: Result) -> str:

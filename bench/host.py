@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,7 @@ def plan(args: argparse.Namespace) -> Plan:
             argv += ["--rows", str(config.rows)]
         found.append(Case(
             name="/".join((mode, dataset, name)), script="cases.py", args=tuple(argv),
-            label=f"{mode:<6} {dataset:<6} {name}", forkable=name != "gather" or mode != "epoch",  # gather: no TF
+            label=f"{mode:<6} {dataset:<6} {name}", forkable=name != "gather",  # gather: never TF
             alone=mode == "disk",
         ))
     return Plan(
@@ -317,8 +318,6 @@ def report(plan: Plan, results: dict[str, list[Result]]) -> Report:
 
 def summarise(keys: list[Key], raw: dict[Key, list[Result]]) -> list[dict[str, Any]]:
     """Median over rounds of each case's per-round median, with its spread and batches per second."""
-    import statistics
-
     rows = []
     for mode, dataset, case in keys:
         good = [result for result in raw[mode, dataset, case] if "error" not in result]

@@ -50,7 +50,7 @@ from suite import Case, Plan, Result
 SUITES = ("host", "augment", "device_rows")
 
 PROFILES = {
-    "quick": "make bench: a few minutes on 2 cores, case processes forked after the imports",
+    "quick": "make bench: about 3 minutes on a quiet 2-core machine, case processes forked after the imports",
     "full": "make bench-full: the README's figures, about 30 minutes on 2 cores",
     "smoke": "a check of the machinery; timings mean nothing",
 }
@@ -85,16 +85,19 @@ def load_suites() -> dict[str, ModuleType]:
     return {name: importlib.import_module(name) for name in SUITES}
 
 
-def make_plans(parser: argparse.ArgumentParser, args: Any, modules: dict[str, ModuleType]) -> list[Plan]:
-    """Each chosen suite's plan; a flag a suite refuses is a usage error."""
+def make_plans(
+    parser: argparse.ArgumentParser, args: Any, modules: dict[str, ModuleType]
+) -> tuple[list[Plan], dict[str, ModuleType]]:
+    """Each chosen suite's plan, and the module of each plan's suite; a flag a suite refuses is a usage error."""
     chosen = [name.strip() for name in args.suites.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in modules]
     if unknown or not chosen:
         parser.error(f"--suites: unknown or empty {unknown or args.suites!r}; choose from {', '.join(SUITES)}")
     try:
-        return [modules[name].plan(args) for name in SUITES if name in chosen]
+        plans = {name: module.plan(args) for name, module in modules.items() if name in chosen}
     except ValueError as error:
         parser.error(str(error))
+    return list(plans.values()), {plan.suite: modules[name] for name, plan in plans.items()}
 
 
 def print_header(args: Any, plans: list[Plan], machine: dict[str, Any]) -> None:
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv, modules)
     context = {"started": time.perf_counter(), "machine": report.machine_info(),
                "fingerprint": report.source_fingerprint()}
-    plans = make_plans(parser, args, modules)
+    plans, modules = make_plans(parser, args, modules)
     print_header(args, plans, context["machine"])
     args.out.mkdir(parents=True, exist_ok=True)
     results = runner.run_rounds(

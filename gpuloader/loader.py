@@ -310,21 +310,29 @@ class Loader(_NotCopied, _AsDataAdapter, keras.utils.PyDataset):
         self._passes.epoch_begins()
 
     def set_epoch(self, epoch: int) -> None:
-        """Serve the order of ``epoch`` from now on; the next ``fit`` starts its first epoch on it."""
+        """Serve epoch ``epoch`` (an int in [0, 2**64)) from its first batch; the next ``fit`` starts there."""
         self._schedule.set_epoch(epoch)
 
     # ------------------------------------------------------------ resumption
     def get_state(self) -> dict[str, Any]:
-        """A JSON-serialisable dict naming the epoch the next pass serves; :meth:`set_state` resumes there."""
+        """A JSON-serialisable dict naming the next batch training takes (``epoch``, ``position``).
+
+        ``position`` counts the batches of ``epoch`` already taken by training
+        (``fit``, or a custom loop over the loader); :meth:`set_state` starts
+        there. See docs/resume.md.
+        """
         return self._schedule.get_state()
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Serve exactly the batches of the epoch ``state`` names.
+        """Start at the batch ``state`` names: iterating the loader, or the next ``fit``, goes on from there.
 
         Raises:
-            ValueError: the state is not a gpuloader state, or was taken from a
-                loader whose batches cannot match this one's (other sample count,
-                batch size, shuffle, drop_remainder or shard).
+            ValueError: the state is not a ``gpuloader.Loader/3`` state from
+                :meth:`get_state` (a key missing, an older format, a seed or
+                epoch not an int in [0, 2**64), a position outside the epoch),
+                or was taken from a loader whose batches cannot match this
+                one's (other sample count, inputs, batch size, shuffle,
+                drop_remainder, shard or augmentation). Nothing is changed then.
         """
         self._schedule.set_state(state)
 

@@ -179,7 +179,8 @@ def for_pass(
 
     None when no leaf is on disk, the platform has no ``madvise``, or every
     page of the files is cached already. The sweep is on when the files take
-    at most :data:`SWEEP_SHARE` of the available memory.
+    at most :data:`SWEEP_SHARE` of the available memory and every leaf reads
+    all rows of its files (not a worker's shard of them).
 
     Cost: one ``mincore`` per file when they fit in memory (a byte per page).
     """
@@ -192,8 +193,9 @@ def for_pass(
     files = list({file.base: file for leaf in disk_leaves for file in leaf.files if file is not None}.values())
     if not files:
         return None
-    file_bytes = sum(file.length for file in files)
-    sweep = file_bytes <= SWEEP_SHARE * placement_lib.available_host_memory()
+    # A leaf of some of its files' rows (a worker's shard) would read the rest too: no sweep there.
+    whole = all(leaf.rows is None for leaf in disk_leaves)
+    sweep = whole and sum(file.length for file in files) <= SWEEP_SHARE * placement_lib.available_host_memory()
     if sweep and all(all_cached(file) for file in files):
         return None
     batch_bytes = batch_size * sum(leaf.nbytes_per_row() for leaf in disk_leaves)

@@ -137,3 +137,16 @@ def test_augment_report_says_missing_when_a_case_failed():
     targets = {target.what: target for target in augment.report(plan, results).targets}
     assert targets["tfdata / augment"].status == "MISSING"
     assert targets["keras / augment"].status == "met"
+
+
+def test_a_suite_is_found_by_its_plans_name_even_when_its_module_is_named_otherwise():
+    import argparse
+    import types
+
+    import run
+
+    module = types.ModuleType("device_like")
+    module.plan = lambda args: Plan("device", [], 0, skipped="no device here")
+    parser = argparse.ArgumentParser()
+    plans, modules = run.make_plans(parser, argparse.Namespace(suites="device_like"), {"device_like": module})
+    assert [plan.suite for plan in plans] == ["device"] and modules["device"] is module

@@ -773,6 +773,36 @@ def test_the_fused_kernel_gives_the_reference_bytes_for_odd_sizes(cp, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("normalize", [None, "float32", "float16"])
+def test_the_fused_kernel_gives_the_reference_bytes_in_both_formats_and_normalized(cp, data_format, normalize):
+    # Issue 18: _cuda.GatherAugment with channels-first planes and a final Normalize, against the host's
+    # array-API reference path.
+    from gpuloader import _cuda, augment
+    from gpuloader.augment import fused
+
+    rng = np.random.default_rng(8)
+    id_table = np.arange(40, dtype=np.int64) * 7 + 1
+    images = rng.integers(0, 256, (40, 9, 11, 3)).astype(np.uint8)
+    if data_format == "channels_first":
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    ops = [augment.RandomCrop(3, data_format=data_format), augment.RandomFlip(data_format=data_format),
+           augment.Cutout(4, fill=9, data_format=data_format)]
+    if normalize:
+        ops.append(augment.Normalize((120, 110, 100), (60, 61, 62), normalize, data_format=data_format))
+    kernel = _cuda.gather_augment(fused.table_for(ops, images), cp.asarray(images))
+    rows = rng.permutation(40)[:23].astype(np.int64)
+    on_device = kernel(cp.asarray(rows), cp.asarray(id_table), 11, 3)
+    previous, augment._host._FAST_PATH_ENABLED = augment._host._FAST_PATH_ENABLED, False
+    try:
+        want = augment.apply_augment(ops, images[rows], id_table[rows], 11, 3, np)
+    finally:
+        augment._host._FAST_PATH_ENABLED = previous
+    assert host(on_device).dtype == want.dtype
+    assert host(on_device).tobytes() == want.tobytes()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("view", ["strided", "offset"])
 def test_a_transform_that_returns_a_view_is_realigned_on_the_device(cp, make_loader, view):
     x, y = id_rows(300, features=6)  # 24-byte rows of x, 8-byte rows of y

@@ -261,3 +261,34 @@ def test_parallel_decode_fills_every_row(tmp_path):
                                                     batch_size=count, cache_dir=tmp_path / "c", verbose=False)
     pixels = np.asarray(loader[0][0])
     np.testing.assert_array_equal(pixels[:, 0, 0, 0], np.arange(count) % 251)
+
+
+def test_a_file_rewritten_at_the_same_size_rebuilds_by_its_mtime(tmp_path):
+    folder = write_folder(tmp_path / "data", ext="bmp", per_class=(2, 2), nested=False)  # BMP size: dimensions only
+    arguments = {"image_size": (12, 10), "shuffle": False, "cache_dir": tmp_path / "c", "verbose": False,
+                 "dtype": "uint8"}
+    gpuloader.image_dataset_from_directory(folder, **arguments)
+    target = folder / "class_a" / "img_00.bmp"
+    size = target.stat().st_size
+    PIL.fromarray(np.full((12, 10, 3), 5, np.uint8)).save(target)
+    os.utime(target, ns=(10**9, 10**9))
+    assert target.stat().st_size == size
+    after = gpuloader.image_dataset_from_directory(folder, **arguments)
+    assert np.all(np.asarray(after[0][0])[after.file_paths.index(str(target))] == 5)
+
+
+def test_an_unshuffled_split_is_a_slice_of_the_cache_with_keras_files_and_pixels(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", per_class=(5, 4, 6))
+    split = {"validation_split": 0.3, "image_size": (12, 10), "shuffle": False, "batch_size": 4}
+    theirs = keras.utils.image_dataset_from_directory(folder, subset="both", verbose=False, **split)
+    ours = gpuloader.image_dataset_from_directory(folder, subset="both", cache_dir=tmp_path / "c", verbose=False,
+                                                  **split)
+    for mine, keras_part in zip(ours, theirs):
+        assert mine.file_paths == keras_part.file_paths
+        assert isinstance(mine._store.leaves[0], np.ndarray)
+        expected, served = keras_by_file(keras_part), ours_by_file(mine)
+        for path, (image, label) in expected.items():
+            np.testing.assert_array_equal(served[path][0], image, err_msg=path)
+            assert served[path][1] == label

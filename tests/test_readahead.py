@@ -223,37 +223,71 @@ def test_nothing_is_requested_when_every_page_is_cached(tmp_path):
 def test_files_that_fit_are_swept_front_to_back_after_the_first_window(tmp_path, monkeypatch, requests):
     x, y = id_data(ROWS, features=PAGE // 4)
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", y)
     monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", 16 * PAGE)
     monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
-    loader = Loader(tmp_path / "x.npy", tmp_path / "y.npy", batch_size=BATCH, seed=0, device="disk", verbose=False)
+    loader = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)  # y in RAM
     iterator = loader.get_numpy_iterator()
     next(iterator)
-    wait_until(lambda: sum(end - first for name, first, end in requests if name == "x.npy") >= ROWS)
+    wait_until(lambda: not readahead_threads())  # all requested up to the window past batch 0, then idle
     iterator.close()
     x_pages = -(-(ROWS * PAGE + 128) // PAGE)
-    sweep = [
-        (name, first, end) for name, first, end in requests
-        if name == "y.npy" or (first % 16 == 0 and end - first in (16, x_pages % 16))
-    ]
+    sweep = [request for request in requests if request[1] % 16 == 0 and request[2] - request[1] in (16, x_pages % 16)]
     expected_x = [("x.npy", start, min(start + 16, x_pages)) for start in range(0, x_pages, 16)]
-    assert [r for r in sweep if r[0] == "x.npy"] == expected_x, "x.npy read front to back in chunks"
+    assert sweep == expected_x, "x.npy read front to back in chunks"
     assert requests.index(sweep[0]) > 0, "the first batches' pages are asked for before the sweep"
-    assert sweep[0][0] == "y.npy", "the small file first"
-    assert len(requests) < 2 * (readahead.WINDOW_BATCHES + 1) * BATCH, "rows already swept are not asked for again"
+    after_sweep = requests[requests.index(sweep[-1]) + 1 :]
+    assert after_sweep == [], "the window's batch after the sweep asks for nothing: its pages were swept"
+
+
+def test_the_first_window_goes_first_then_the_sweep_smallest_file_first_then_the_window(tmp_path, monkeypatch):
+    x, y = id_data(ROWS, features=PAGE // 4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    monkeypatch.setattr(readahead, "all_cached", lambda file: False)
+    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", 64 * PAGE)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    leaves = [np.load(tmp_path / name, mmap_mode="r") for name in ("x.npy", "y.npy")]
+    ahead = readahead.for_pass(leaves, None, BATCH, STEPS)
+    window = ahead.window
+    ahead._started = 0  # a worker started batch 0 (no thread: the jobs are taken here, in order)
+    jobs = []
+    while (job := ahead._next_job()) is not None:
+        kind, what = job
+        jobs.append((kind, what) if kind == "batch" else (kind, os.path.basename(what[0].path), what[1] // PAGE))
+    x_pages = -(-(ROWS * PAGE + 128) // PAGE)
+    assert jobs == [
+        *(("batch", position) for position in range(window)),
+        ("sweep", "y.npy", 0),
+        *(("sweep", "x.npy", first) for first in range(0, x_pages, 64)),
+        ("batch", window),  # the window past batch 0, after the sweep
+    ]
 
 
 def test_files_larger_than_the_page_cache_are_not_swept(tmp_path, monkeypatch, requests):
     x, y = id_data(ROWS, features=PAGE // 4)
     np.save(tmp_path / "x.npy", x)
-    monkeypatch.setattr(placement, "available_host_memory", lambda: ROWS * PAGE)  # twice the sweep's share
+    monkeypatch.setattr(placement, "available_host_memory", lambda: ROWS * PAGE)  # below twice the files' bytes
     loader = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)
     ahead = loader._pipeline.readahead(0, True, 0, len(loader))
     assert ahead is not None and not ahead.sweeps
     ahead.close()
 
 
-def test_a_file_changed_mid_epoch_still_raises(tmp_path, requests):
+def test_a_workers_shard_of_the_rows_is_not_swept(tmp_path, monkeypatch, requests):
+    x, y = id_data(ROWS, features=PAGE // 4)
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    whole = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)
+    shard = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False, num_shards=4,
+                   shard_index=1)
+    assert whole._pipeline.readahead(0, True, len(whole)).sweeps
+    ahead = shard._pipeline.readahead(0, True, len(shard))
+    assert ahead is not None and not ahead.sweeps, "a quarter of the rows: sweeping would read the whole file"
+
+
+def test_a_file_changed_mid_epoch_still_raises(tmp_path, monkeypatch, requests):
+    no_sweep(monkeypatch)
+    monkeypatch.setattr(readahead, "WINDOW_BATCHES", 1)  # every batch started asks for one more
     x, y = id_data(ROWS, features=256)
     path = tmp_path / "x.npy"
     np.save(path, x)
@@ -263,8 +297,13 @@ def test_a_file_changed_mid_epoch_still_raises(tmp_path, requests):
     wait_until(lambda: len(requests) > 0)
     with open(path, "r+b") as handle:
         handle.truncate(os.path.getsize(path) // 2)  # reading the lost half through the map: SIGBUS
-    time.sleep(0.05)  # the read-ahead keeps asking for pages, now past the end: never a read
     with pytest.raises(SourceChangedError, match=r"x\.npy"):
-        for _ in iterator:
-            pass
+        next(iterator)
     assert not readahead_threads()
+    # Asking for pages past the new end never reads them (a read there would be SIGBUS).
+    ahead = readahead.for_pass(loader._store.leaves, None, BATCH, STEPS)
+    count = len(requests)
+    ahead.advance(STEPS - 1)  # the input order: the last batches lie in the lost half
+    wait_until(lambda: len(requests) > count + 1, limit_s=5.0)
+    ahead.close()
+    assert len(requests) > count + 1

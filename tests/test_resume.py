@@ -193,6 +193,19 @@ def test_a_fit_after_set_state_of_a_mid_epoch_state_trains_the_rest_of_that_epoc
         assert recorded_fit(resumed, epochs=2) == batches_of(0)[6:] + batches_of(1)
 
 
+def test_a_fit_after_an_iteration_outside_fit_took_batches_goes_on_after_them_and_says_so():
+    loader = make()
+    next(iter(loader))  # a look at the first batch is a batch taken from the stream
+    with pytest.warns(RuntimeWarning, match=r"fit starts at batch 1 of epoch 0.*loader.set_epoch\(0\)"):
+        assert recorded_fit(loader, epochs=2) == batches_of(0)[1:] + batches_of(1)
+    again = make()
+    next(iter(again))
+    again.set_epoch(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert recorded_fit(again, epochs=1) == batches_of(0)
+
+
 def test_a_record_is_kept_for_the_training_loader_only_and_named_by_its_signature(tmp_path):
     train, validation = make(), make(shuffle=False)
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
@@ -209,7 +222,8 @@ def test_a_record_from_another_checkpoint_is_not_used_and_says_so(tmp_path):
     recorded_fit(make(), epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir),
                                                                                delete_checkpoint=False)])
     (backup_dir / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))  # an older save
-    with pytest.warns(RuntimeWarning, match="written with another checkpoint"):
+    with pytest.warns(RuntimeWarning, match="written with another checkpoint"), \
+            pytest.warns(RuntimeWarning, match="fit resumes at epoch 1 and nothing records"):
         trained = recorded_fit(make(), epochs=3, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir))])
     assert trained == batches_of(1) + batches_of(2)  # the no-record rule: order = Keras epoch
 

@@ -1,10 +1,17 @@
 """Deterministic image augmentation keyed by (seed, epoch, sample), run where the data lives.
 
 ``apply_augment(ops, images, sample_ids, seed, epoch, xp)`` applies a list of
-ops, in order, to a gathered batch of images: ``(n, H, W, C)`` channels-last or
-``(n, H, W)``, in the array namespace that holds it (NumPy on the host, CuPy on
-the GPU, ``array_api_strict`` in the tests), in the batch's dtype (uint8 stays
-uint8). It returns a fresh array of the same shape and dtype.
+ops, in order, to a gathered batch of images: ``(n, H, W, C)`` channels-last,
+``(n, C, H, W)`` channels-first or ``(n, H, W)``, in the array namespace that
+holds it (NumPy on the host, CuPy on the GPU, ``array_api_strict`` in the
+tests). It returns a fresh array of the same shape, in the batch's dtype (uint8
+stays uint8) unless the list ends with :class:`Normalize`
+(:func:`output_dtype`). User guide: ``docs/augment.md``.
+
+Data formats: every built-in op takes ``data_format="channels_last"`` or
+``"channels_first"``; without it, ``keras.config.image_data_format()``, read
+when the op is built (Keras is imported then, never at ``import gpuloader``).
+The ops of a list must agree (:func:`data_format_of`).
 
 The built-in ops:
 
@@ -18,6 +25,10 @@ The built-in ops:
 - ``Cutout(size, fill=0)``: one ``size x size`` square set to ``fill``, centred
   at a pixel ``(cy, cx)`` uniform over the image, clipped at the border: rows
   ``[cy - size // 2, cy - size // 2 + size)`` and the same for columns.
+- ``Normalize(mean, std, dtype="float32" | "float16" | "bfloat16")``: the last
+  op of a list, ``(x - mean) / std`` per channel with the rounding rule of
+  :mod:`gpuloader.augment.normalize`, applied as the fused kernel writes each
+  pixel.
 
 Keyed randomness
 ----------------
@@ -48,14 +59,14 @@ An op is any object with:
 
 - ``draws``: the number of random 64-bit words it needs per sample (an int >= 0);
 - ``apply(images, bits, xp) -> images``: ``images`` is the batch as
-  ``(n, H, W, C)`` (a ``(n, H, W)`` batch arrives as ``(n, H, W, 1)`` and is
-  reshaped back afterwards), ``bits`` a ``(n, draws)`` uint64 array whose row
-  ``i`` holds sample ``i``'s words, ``xp`` the array namespace. Return a new
-  array of the same shape and dtype; do not modify ``images`` nor return a view
-  of it. Use only ``xp`` functions (array-API operations) so it runs on the host
-  and on the GPU;
+  ``(n, H, W, C)``, or ``(n, C, H, W)`` in a channels-first list (a ``(n, H, W)``
+  batch arrives with a channel axis of 1 and is reshaped back afterwards),
+  ``bits`` a ``(n, draws)`` uint64 array whose row ``i`` holds sample ``i``'s
+  words, ``xp`` the array namespace. Return a new array of the same shape and
+  dtype; do not modify ``images`` nor return a view of it. Use only ``xp``
+  functions (array-API operations) so it runs on the host and on the GPU;
 - optionally ``check(shape, dtype, name)``, called by :func:`check_augment` at
-  construction with the whole input's shape (``(n, H, W)`` or ``(n, H, W, C)``),
+  construction with the whole input's shape (``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``),
   its NumPy dtype and its name; raise ``ValueError`` (or ``TypeError``) naming
   the rule, the value and the fix.
 
@@ -76,7 +87,7 @@ every backend. Subclassing :class:`AugmentOp` is optional. A brightness jitter::
 Cost
 ----
 A list of built-in ops only (``RandomCrop``, ``RandomFlip``, ``Cutout``, at
-most 32 of them writing fills) runs as one fused kernel
+most 32 of them writing fills, and a final ``Normalize``) runs as one fused kernel
 (:mod:`~gpuloader.augment.fused`): per sample its words, the source row and
 column of each output row and column traced back through the ops, then its
 bytes written once. On the host it is a C extension built at install
