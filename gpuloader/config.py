@@ -34,7 +34,6 @@ class LoaderConfig:
         drop_remainder: drop the last, smaller batch (and, with shards, what makes every shard's steps equal).
         seed: the seed the loader was built with, in [0, 2**64) (``set_state`` may replace the
             schedule's, never this one).
-        seed_given: the caller chose the seed (several shards need one).
         num_shards, shard_index: this worker's share of the samples.
         shard_source: where ``num_shards``/``shard_index`` came from, in words for ``loader.plan``.
         device: the device asked for: "auto", "gpu", "host" or "disk" (``$GPULOADER_DEVICE`` resolved).
@@ -53,7 +52,6 @@ class LoaderConfig:
     shuffle: bool = True
     drop_remainder: bool = False
     seed: int = 0
-    seed_given: bool = True
     num_shards: int = 1
     shard_index: int = 0
     shard_source: str = "a single worker"

@@ -71,11 +71,10 @@ def check_config(
     data_format = check_data_format(data_format)
     num_shards, shard_index, shard_source = sharding.resolve_shards(num_shards, shard_index, seed_given)
     return LoaderConfig(
-        batch_size=batch_size, shuffle=shuffle, drop_remainder=drop_remainder, seed=seed, seed_given=seed_given,
-        num_shards=num_shards, shard_index=shard_index, shard_source=shard_source, device=requested,
-        device_argument=device, gpu_memory_fraction=fraction, host_memory_limit=host_memory_limit,
-        transform=transform, data_format=data_format, verbose=verbose, workers=int(workers),
-        max_queue_size=int(max_queue_size),
+        batch_size=batch_size, shuffle=shuffle, drop_remainder=drop_remainder, seed=seed, num_shards=num_shards,
+        shard_index=shard_index, shard_source=shard_source, device=requested, device_argument=device,
+        gpu_memory_fraction=fraction, host_memory_limit=host_memory_limit, transform=transform,
+        data_format=data_format, verbose=verbose, workers=int(workers), max_queue_size=int(max_queue_size),
     )
 
 

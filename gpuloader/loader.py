@@ -215,7 +215,9 @@ class Loader(_NotCopied, _AsDataAdapter, keras.utils.PyDataset):
         )
         structure, leaves, names = inputs.flatten_parts(x, y, sample_weight)
         n = inputs.check_leaves(leaves, names)
-        placement_lib.check_disk_request(config.device, device, [is_disk_leaf(leaf) for leaf in leaves], names)
+        placement_lib.check_disk_request(
+            config.device, config.device_argument, [is_disk_leaf(leaf) for leaf in leaves], names
+        )
         if class_weight is not None:
             structure, leaves, names = inputs.apply_class_weight(class_weight, structure, leaves, names, n)
         augmented = assign_augment(augment, structure, leaves, names, config.data_format)
