@@ -44,7 +44,6 @@ class KerasPasses:
         self._pipeline = pipeline
         self._config = config
         self._steps = schedule.steps
-        self._batch_size = config.batch_size
         self._warned: set[str] = set()
 
     @property
@@ -69,21 +68,21 @@ class KerasPasses:
                     f"pass it to a loader, so it would be ignored. {fix}"
                 )
         given = arguments.get("batch_size")
-        if given is not None and given != self._batch_size:
+        if given is not None and given != self._config.batch_size:
             said = f"fit(validation_batch_size={given})" if call.within_fit else f"{call.kind}(batch_size={given})"
             self._warn_once(
                 "batch_size", f"{said} is ignored for a gpuloader.Loader, which serves batches of "
-                f"batch_size={self._batch_size}; set the batch size on the loader instead.",
+                f"batch_size={self._config.batch_size}; set the batch size on the loader instead.",
             )
         if call.kind == "fit" and arguments.get("shuffle") is False and self._config.shuffle:
             self._warn_once(
                 "shuffle", "fit(shuffle=False) is ignored for a gpuloader.Loader, which shuffles every epoch "
                 "because it was built with shuffle=True; build it with shuffle=False for the input order.",
             )
-        if call.kind == "predict" and self._config.drop_remainder and self._pipeline.n % self._batch_size:
+        if call.kind == "predict" and self._config.drop_remainder and self._pipeline.n % self._config.batch_size:
             self._warn_once(
                 "predict", f"predict() on a loader with drop_remainder=True returns predictions for "
-                f"{self._steps * self._batch_size} of its {self._pipeline.n} samples (the last, partial batch "
+                f"{self._steps * self._config.batch_size} of its {self._pipeline.n} samples (the last, partial batch "
                 "is dropped); build the loader with drop_remainder=False to predict every sample.",
             )
 
@@ -196,8 +195,8 @@ class KerasPasses:
             )
 
     def _check_replica_split(self, count: int) -> None:
-        remainder = 0 if self._config.drop_remainder else self._pipeline.n % self._batch_size
-        smallest = remainder or self._batch_size
+        remainder = 0 if self._config.drop_remainder else self._pipeline.n % self._config.batch_size
+        smallest = remainder or self._config.batch_size
         if smallest < count:
             raise ValueError(
                 f"the last batch has {smallest} sample(s) for {count} replicas, so a replica would get an "

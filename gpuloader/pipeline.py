@@ -63,8 +63,7 @@ class BatchPipeline:
         self.on_gpu = layout.on_gpu
         self._global_rows = layout.global_rows
         self._structure = structure
-        self._transform = config.transform
-        self._batch_size = config.batch_size
+        self._config = config
         self._orders = orders
         stores, ordinals = ([self.store], None) if replicas is None else (replicas.stores, replicas.ordinals)
         self._augment = [
@@ -86,8 +85,8 @@ class BatchPipeline:
     # ------------------------------------------------------------ rows
     def rows(self, position: int, epoch: int, shuffled: bool) -> slice | Any:
         """The store rows of batch ``position``: a slice, or a slice of the epoch's permutation."""
-        start = position * self._batch_size
-        stop = min(start + self._batch_size, self.n)
+        start = position * self._config.batch_size
+        stop = min(start + self._config.batch_size, self.n)
         if not shuffled:
             return slice(start, stop)
         return self._orders.order(epoch)[start:stop]
@@ -100,7 +99,7 @@ class BatchPipeline:
         if self.on_gpu or self.replicas is not None:
             return None
         order = self._orders.order(epoch) if shuffled else None
-        return readahead_lib.for_pass(self.store.leaves, order, self._batch_size, end, first)
+        return readahead_lib.for_pass(self.store.leaves, order, self._config.batch_size, end, first)
 
     # ----------------------------------------------------------- prepare
     def prepare(self, position: int, epoch: int, shuffled: bool, augmented: bool = True) -> Prepared:
@@ -137,7 +136,7 @@ class BatchPipeline:
         runtime = placement_lib.gpu_runtime()
         seed = self._orders.order_seed
         parts = []
-        rows = replicas.rows(position, epoch, seed, self._batch_size, self.n, shuffled)
+        rows = replicas.rows(position, epoch, seed, self._config.batch_size, self.n, shuffled)
         for replica, replica_rows in enumerate(rows):
             with runtime.on_device(replicas.ordinals[replica]):
                 parts.append(self.prepare_rows(replica_rows, epoch, augmented, replica))
@@ -158,9 +157,9 @@ class BatchPipeline:
         store = self.store if self.replicas is None else self.replicas.stores[replica]
         leaves = self._take_augmented(rows, epoch, replica, store) if self._augment and augmented else store.take(rows)
         structure = self._structure
-        if self._transform is not None:
+        if self._config.transform is not None:
             structure, leaves = check_transform_output(
-                self._transform(structure.rebuild(leaves), store.xp), self.backend()
+                self._config.transform(structure.rebuild(leaves), store.xp), self.backend()
             )
         if self.on_gpu:
             runtime = placement_lib.gpu_runtime()
@@ -220,7 +219,7 @@ class BatchPipeline:
     @property
     def trusted(self) -> bool:
         """Every leaf handed over is a buffer the gather made (no transform, no augmentation)."""
-        return self._transform is None and not self._augment
+        return self._config.transform is None and not self._augment
 
     def _ids(self, rows: slice | Any, replica: int, store: store_lib.Store) -> Any:
         """The dataset index of each of ``rows`` (of replica ``replica``'s store), as int64 in its namespace.
