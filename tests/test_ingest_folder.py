@@ -263,6 +263,24 @@ def test_parallel_decode_fills_every_row(tmp_path):
     np.testing.assert_array_equal(pixels[:, 0, 0, 0], np.arange(count) % 251)
 
 
+def test_decode_workers_are_fresh_interpreters_not_forks_of_the_caller(tmp_path, monkeypatch):
+    """The caller may run TensorFlow's threads: a forked child could inherit their locks held, so never fork."""
+    folder = tmp_path / "data" / "only"
+    folder.mkdir(parents=True)
+    count = decode.INLINE_BELOW + 10
+    for i in range(count):
+        PIL.fromarray(np.full((4, 4, 3), i % 251, np.uint8)).save(folder / f"{i:04d}.png")
+
+    def no_fork(*args, **kwargs):
+        raise AssertionError("the decode forked the calling process")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    monkeypatch.setattr(os, "register_at_fork", no_fork)
+    loader = gpuloader.image_dataset_from_directory(folder.parent, image_size=(4, 4), shuffle=False, dtype="uint8",
+                                                    batch_size=count, cache_dir=tmp_path / "c", verbose=False)
+    np.testing.assert_array_equal(np.asarray(loader[0][0])[:, 0, 0, 0], np.arange(count) % 251)
+
+
 def test_a_file_rewritten_at_the_same_size_rebuilds_by_its_mtime(tmp_path):
     folder = write_folder(tmp_path / "data", ext="bmp", per_class=(2, 2), nested=False)  # BMP size: dimensions only
     arguments = {"image_size": (12, 10), "shuffle": False, "cache_dir": tmp_path / "c", "verbose": False,

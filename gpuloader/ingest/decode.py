@@ -10,18 +10,24 @@ Keras's interpolation. An image already at the target size is not resampled.
 Pillow holds the GIL for most of the work on small images (measured here:
 two threads decoded 2000 28x28 PNGs slower than one), so the rows are split
 into chunks decoded by worker processes that write straight into the cache
-file (a shared memory map): no pixels are pickled. Small jobs are decoded in
-the calling process, where a pool's start-up would cost more than it saves.
+file (a shared memory map): no pixels are pickled. The workers are fresh
+interpreters (:mod:`gpuloader.ingest._decode_worker`), never forks of the
+caller, which may run TensorFlow's threads. Small jobs are decoded in the
+calling process, where the workers' start-up would cost more than it saves.
 """
 
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +39,7 @@ CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}
 _PIL_MODE = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
 #: Keras's interpolation names with a Pillow filter of the same kind; the others are refused.
 FILTERS = {"bilinear": "BILINEAR", "nearest": "NEAREST", "bicubic": "BICUBIC", "area": "BOX", "lanczos3": "LANCZOS"}
-#: Below this many images, decode in the calling process (a pool starts in ~0.1-0.3 s).
+#: Below this many images, decode in the calling process (a worker starts in ~0.2-0.4 s).
 INLINE_BELOW = 256
 CHUNK = 128
 
@@ -122,7 +128,7 @@ def image_shape(item: str | bytes, settings: DecodeSettings) -> tuple[int, int, 
     return tuple(decode_one(item, settings).shape)  # type: ignore[return-value]
 
 
-def _decode_chunk(
+def decode_chunk(
     items: Sequence[str | bytes], start: int, out_path: str, settings: DecodeSettings, names: Sequence[str]
 ) -> list[tuple[int, str]]:
     """Decode ``items`` into rows ``start...`` of the ``.npy`` at ``out_path``; returns (row, problem) pairs."""
@@ -171,21 +177,63 @@ def decode_into(
         if processes <= 1:
             for start in starts:
                 chunk = slice(start, start + CHUNK)
-                problems.update(_decode_chunk(items[chunk], start, out_path, settings, names[chunk]))
+                problems.update(decode_chunk(items[chunk], start, out_path, settings, names[chunk]))
                 progress.advance(len(items[chunk]))
             return problems
-        # fork: no re-import of the caller's script (spawn and forkserver would run an unguarded script again).
-        # The children run only Pillow and NumPy, imported here first, never the parent's other threads' code.
-        import PIL.Image  # noqa: F401
-
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method)) as pool:
-            futures = {
-                pool.submit(_decode_chunk, items[start:start + CHUNK], start, out_path, settings,
-                            names[start:start + CHUNK]): min(CHUNK, n - start)
-                for start in starts
-            }
-            for future in as_completed(futures):
-                problems.update(future.result())
-                progress.advance(futures[future])
+        jobs = [(items[start:start + CHUNK], start, names[start:start + CHUNK]) for start in starts]
+        shares = [jobs[worker::processes] for worker in range(processes)]
+        for share_problems in _run_workers([share for share in shares if share], out_path, settings, progress):
+            problems.update(share_problems)
     return problems
+
+
+def _run_workers(shares: list[list[Any]], out_path: str, settings: DecodeSettings, progress: Progress) -> list[Any]:
+    """Each share of jobs decoded by a worker interpreter of its own; their problems, once all have ended.
+
+    Raises:
+        RuntimeError: a worker that failed, with the end of what it wrote on its standard error.
+    """
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    errors = [tempfile.TemporaryFile() for _ in shares]  # a file, so a chatty worker never blocks on a pipe
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gpuloader.ingest._decode_worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=error, env=env,
+        )
+        for error in errors
+    ]
+    results: list[Any] = [None] * len(workers)
+    lock = threading.Lock()
+
+    def follow(index: int) -> None:
+        for line in workers[index].stdout:  # type: ignore[union-attr]
+            word, _, value = line.decode().strip().partition(" ")
+            if word == "done":
+                with lock:
+                    progress.advance(int(value))
+            elif word == "problems":
+                results[index] = pickle.loads(bytes.fromhex(value))
+
+    readers = [threading.Thread(target=follow, args=(index,), daemon=True) for index in range(len(workers))]
+    for reader in readers:
+        reader.start()
+    try:
+        for worker, share in zip(workers, shares):
+            worker.stdin.write(pickle.dumps((settings, out_path, share)))  # type: ignore[union-attr]
+            worker.stdin.close()  # type: ignore[union-attr]
+        for worker, reader in zip(workers, readers):
+            worker.wait()
+            reader.join()
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    for worker, result, error in zip(workers, results, errors):
+        error.seek(0)
+        message = error.read().decode(errors="replace")[-2000:]
+        error.close()
+        if worker.returncode != 0 or result is None:
+            raise RuntimeError(f"an image decode worker failed (exit {worker.returncode}):\n{message}")
+    return results
