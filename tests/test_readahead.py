@@ -246,7 +246,7 @@ def test_the_first_window_goes_first_then_the_sweep_smallest_file_first_then_the
     monkeypatch.setattr(readahead, "all_cached", lambda file: False)
     monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", 64 * PAGE)
     monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
-    leaves = [np.load(tmp_path / name, mmap_mode="r") for name in ("x.npy", "y.npy")]
+    leaves = [open_source(tmp_path / name, name) for name in ("x.npy", "y.npy")]
     ahead = readahead.for_pass(leaves, None, BATCH, STEPS)
     window = ahead.window
     ahead._started = 0  # a worker started batch 0 (no thread: the jobs are taken here, in order)
@@ -280,8 +280,8 @@ def test_a_workers_shard_of_the_rows_is_not_swept(tmp_path, monkeypatch, request
     whole = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)
     shard = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False, num_shards=4,
                    shard_index=1)
-    assert whole._pipeline.readahead(0, True, len(whole)).sweeps
-    ahead = shard._pipeline.readahead(0, True, len(shard))
+    assert whole._pipeline.readahead(0, True, 0, len(whole)).sweeps
+    ahead = shard._pipeline.readahead(0, True, 0, len(shard))
     assert ahead is not None and not ahead.sweeps, "a quarter of the rows: sweeping would read the whole file"
 
 
