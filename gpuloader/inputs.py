@@ -17,13 +17,65 @@ from typing import Any
 import numpy as np
 
 from gpuloader import placement as placement_lib
+from gpuloader import sharding
 from gpuloader._structure import Structure, flatten
+from gpuloader.config import LoaderConfig
 from gpuloader.handoff import dtype_problem
 from gpuloader.permutation import MAX_SEED
 from gpuloader.sources import Source, open_source
 
 PYDATASET_KWARGS = ("workers", "use_multiprocessing", "max_queue_size")
 _PARTS = ("x", "y", "sample_weight")
+
+
+def check_config(
+    *,
+    batch_size: Any,
+    shuffle: Any,
+    seed: Any,
+    drop_remainder: Any,
+    device: Any,
+    transform: Any,
+    data_format: Any,
+    gpu_memory_fraction: Any,
+    host_memory_limit: Any,
+    num_shards: Any,
+    shard_index: Any,
+    verbose: Any,
+    workers: int,
+    max_queue_size: int,
+) -> LoaderConfig:
+    """Every ``Loader`` argument but the data, checked once: the :class:`~gpuloader.config.LoaderConfig`.
+
+    ``workers`` and ``max_queue_size`` come checked (:func:`check_pydataset_kwargs`,
+    then Keras's ``PyDataset``). ``seed=None`` draws a seed here; ``data_format=None``
+    reads Keras's ``image_data_format()``; ``num_shards``/``shard_index`` None take
+    the strategy's (:func:`gpuloader.sharding.resolve_shards`).
+
+    Raises:
+        TypeError, ValueError: an argument breaks its rule; the message names the value and the fix.
+    """
+    from gpuloader.augment.assign import check_data_format
+
+    batch_size = check_positive_int("batch_size", batch_size)
+    shuffle = check_bool("shuffle", shuffle)
+    drop_remainder = check_bool("drop_remainder", drop_remainder)
+    seed_given = seed is not None
+    seed = check_seed(seed)
+    verbose = check_bool("verbose", verbose)
+    host_memory_limit = check_host_memory_limit(host_memory_limit)
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable as transform(batch, xp); received {transform!r}.")
+    requested = placement_lib.resolve_device(device)
+    fraction = placement_lib.check_fraction(gpu_memory_fraction)
+    data_format = check_data_format(data_format)
+    num_shards, shard_index, shard_source = sharding.resolve_shards(num_shards, shard_index, seed_given)
+    return LoaderConfig(
+        batch_size=batch_size, shuffle=shuffle, drop_remainder=drop_remainder, seed=seed, num_shards=num_shards,
+        shard_index=shard_index, shard_source=shard_source, device=requested, device_argument=device,
+        gpu_memory_fraction=fraction, host_memory_limit=host_memory_limit, transform=transform,
+        data_format=data_format, verbose=verbose, workers=int(workers), max_queue_size=int(max_queue_size),
+    )
 
 
 def check_pydataset_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

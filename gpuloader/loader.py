@@ -12,7 +12,6 @@ is iterated by ``fit``, ``evaluate`` and ``predict`` directly, never through
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,15 +20,15 @@ import numpy as np
 
 from gpuloader import inputs, sharding
 from gpuloader import placement as placement_lib
-from gpuloader import replicas as replicas_lib
-from gpuloader import store as store_lib
 from gpuloader._keras_compat import DataAdapter, keras_call
 from gpuloader.augment.apply import describe_augment
 from gpuloader.augment.assign import assign as assign_augment
-from gpuloader.augment.assign import check_data_format
+from gpuloader.config import LoaderConfig
+from gpuloader.layout import lay_out
+from gpuloader.orders import Orders
 from gpuloader.passes import KerasPasses
 from gpuloader.pipeline import BatchPipeline
-from gpuloader.schedule import STATE_FORMAT, EpochSchedule
+from gpuloader.schedule import STATE_FORMAT, EpochSchedule, state_signature
 from gpuloader.sources import is_disk_leaf
 from gpuloader.superbatch import super_batches
 
@@ -42,7 +41,83 @@ _ANOTHER_LOADER = (
 )
 
 
-class Loader(keras.utils.PyDataset, DataAdapter):
+class _NotCopied:
+    """A loader is neither copied nor pickled: each way raises ``TypeError`` naming the alternative.
+
+    ``copy.copy`` would share the epoch schedule with the original, ``copy.deepcopy``
+    would duplicate the data, and ``pickle`` cannot carry GPU memory, memory maps
+    or threads into another process (see ``Loader``'s docstring, "Copies").
+    """
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Refused: see the class docstring ("Copies")."""
+        raise TypeError(
+            "a gpuloader.Loader cannot be pickled: it holds the preloaded data (on the GPU, in RAM or as open "
+            "memory maps), its epoch schedule and its prefetch threads, none of which cross into another process. "
+            "It prepares batches in threads (workers=N), not processes. To use the data elsewhere, pass what built "
+            "it (the arrays or .npy paths, and the arguments, seed included) and build a Loader there; "
+            "loader.get_state() is JSON, and set_state() on the new loader resumes at the same epoch."
+        )
+
+    def __copy__(self) -> Any:
+        """Refused: see the class docstring ("Copies")."""
+        raise TypeError(
+            "copy.copy(loader) is refused: the copy would share the original's epoch schedule, so a pass over "
+            f"either would move the other's epoch. {_ANOTHER_LOADER}"
+        )
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        """Refused: see the class docstring ("Copies")."""
+        raise TypeError(
+            "copy.deepcopy(loader) is refused: it would duplicate the preloaded data (a second copy on the GPU or "
+            f"in RAM) and cannot copy the prefetch threads or open memory maps. {_ANOTHER_LOADER}"
+        )
+
+
+class _AsDataAdapter(DataAdapter):
+    """The ``DataAdapter`` side of a ``Loader``: Keras's trainers iterate it directly (:mod:`gpuloader.passes`).
+
+    Reads the loader's configuration (``_config``), pipeline and Keras passes (``_passes``).
+    """
+
+    _config: LoaderConfig
+    _pipeline: BatchPipeline
+    _passes: KerasPasses
+
+    @property
+    def num_batches(self) -> int:
+        """``len(loader)``; no side effect (the call's arguments are checked when a pass starts)."""
+        return len(self)
+
+    @property
+    def batch_size(self) -> int:
+        return self._config.batch_size
+
+    @property
+    def has_partial_batch(self) -> bool:
+        return not self._config.drop_remainder and self._pipeline.n % self._config.batch_size != 0
+
+    @property
+    def partial_batch_size(self) -> int | None:
+        return self._pipeline.n % self._config.batch_size if self.has_partial_batch else None
+
+    # ``super_batch=N`` (Keras after 3.15, steps_per_execution as one scan): N batches stacked per item,
+    # the rest as Keras's PartialBatchList (see gpuloader.superbatch); None: one batch per item.
+    def get_numpy_iterator(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("numpy"), super_batch, "numpy")
+
+    def get_tf_dataset(self, super_batch: int | None = None) -> Any:
+        """Batches for the TF trainer; per-replica values under a multi-device strategy."""
+        return self._passes.tf_dataset(super_batch)
+
+    def get_jax_iterator(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("jax"), super_batch, "jax")
+
+    def get_torch_dataloader(self, super_batch: int | None = None) -> Iterator[Any]:
+        return super_batches(self._passes.iterate("torch"), super_batch, "torch")
+
+
+class Loader(_NotCopied, _AsDataAdapter, keras.utils.PyDataset):
     """Batches of preloaded arrays for ``model.fit``, shuffled per epoch, zero-copy.
 
     Args:
@@ -133,57 +208,31 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     ) -> None:
         _refuse_overrides(type(self))
         super().__init__(**inputs.check_pydataset_kwargs(pydataset_kwargs))
-        self._batch_size = inputs.check_positive_int("batch_size", batch_size)
-        self._shuffle = inputs.check_bool("shuffle", shuffle)
-        self._drop_remainder = inputs.check_bool("drop_remainder", drop_remainder)
-        seed_given = seed is not None
-        seed = inputs.check_seed(seed)
-        verbose = inputs.check_bool("verbose", verbose)
-        host_memory_limit = inputs.check_host_memory_limit(host_memory_limit)
-        if transform is not None and not callable(transform):
-            raise TypeError(f"transform must be callable as transform(batch, xp); received {transform!r}.")
-        requested = placement_lib.resolve_device(device)
-        fraction = placement_lib.check_fraction(gpu_memory_fraction)
-
+        self._config = config = inputs.check_config(
+            batch_size=batch_size, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder, device=device,
+            transform=transform, data_format=data_format, gpu_memory_fraction=gpu_memory_fraction,
+            host_memory_limit=host_memory_limit, num_shards=num_shards, shard_index=shard_index, verbose=verbose,
+            workers=self.workers, max_queue_size=self.max_queue_size,
+        )
         structure, leaves, names = inputs.flatten_parts(x, y, sample_weight)
         n = inputs.check_leaves(leaves, names)
-        placement_lib.check_disk_request(requested, device, [is_disk_leaf(leaf) for leaf in leaves], names)
+        placement_lib.check_disk_request(
+            config.device, config.device_argument, [is_disk_leaf(leaf) for leaf in leaves], names
+        )
         if class_weight is not None:
             structure, leaves, names = inputs.apply_class_weight(class_weight, structure, leaves, names, n)
-        augmented = assign_augment(augment, structure, leaves, names, check_data_format(data_format))
-        num_shards, shard_index, shard_note = sharding.resolve_shards(num_shards, shard_index, seed_given)
-        steps = sharding.steps_per_epoch(n, num_shards, self._batch_size, self._drop_remainder)
-        global_rows = None
-        if num_shards > 1:
-            global_rows = sharding.shard_rows(n, seed, num_shards, shard_index)
-            leaves = [sharding.take_shard(leaf, global_rows, name) for leaf, name in zip(leaves, names)]
-        self._plan, store, replicas = _lay_out(
-            leaves, names, requested, fraction, host_memory_limit, self._batch_size,
-            sharding.shard_seed(seed, shard_index), self._drop_remainder, self._shuffle, verbose,
+        augmented = assign_augment(augment, structure, leaves, names, config.data_format)
+        steps = sharding.steps_per_epoch(n, config.num_shards, config.batch_size, config.drop_remainder)
+        layout = lay_out(leaves, names, config)
+        signature = state_signature(
+            config, layout.store.n, inputs.describe_leaves(leaves),
+            describe_augment([(a.index, a.ops, a.stream) for a in augmented], names),
         )
-        if num_shards > 1:
-            dropped = sharding.left_out(n, num_shards, shard_index, self._batch_size, self._drop_remainder,
-                                        self._shuffle)
-            self._plan = _noting(self._plan, f"shard {shard_index} of {num_shards} ({store.n} of {n} samples, "
-                                 f"from {shard_note})" + (f"; {dropped}" if dropped else ""))
-        signature = {
-            "num_samples": store.n, "batch_size": self._batch_size, "shuffle": self._shuffle,
-            "drop_remainder": self._drop_remainder, "num_shards": num_shards, "shard_index": shard_index,
-            "inputs": inputs.describe_leaves(leaves),
-            "augment": describe_augment([(a.index, a.ops, a.stream) for a in augmented], names),
-        }
-        seed_owns_rows = num_shards > 1 or (replicas is not None and replicas.layout == replicas_lib.SHARDED)
-        self._schedule = EpochSchedule(store.xp, seed, self._shuffle, steps, signature, seed_owns_rows)
-        self._pipeline = BatchPipeline(
-            store, replicas, structure, transform, self._batch_size, self._schedule.order,
-            lambda: self._schedule.seed, self._plan.placement == "gpu", shard_index, augmented, global_rows,
-        )
-        if self._pipeline.augment_path:
-            self._plan = _noting(self._plan, self._pipeline.augment_path)
-        self._passes = KerasPasses(
-            self._schedule, self._pipeline, steps, self._batch_size, self._shuffle, self._drop_remainder,
-            self.workers, self.max_queue_size,
-        )
+        orders = Orders(layout.store.xp, layout.store.n, config)
+        self._schedule = EpochSchedule(orders, steps, signature, layout.seed_owns_rows)
+        self._pipeline = BatchPipeline(layout, structure, config, orders, augmented)
+        self._plan = layout.noting(self._pipeline.augment_path).plan
+        self._passes = KerasPasses(self._schedule, self._pipeline, config)
 
     # ----------------------------------------------------------- description
     @property
@@ -208,11 +257,11 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     @property
     def num_shards(self) -> int:
-        return self._schedule.signature["num_shards"]
+        return self._config.num_shards
 
     @property
     def shard_index(self) -> int:
-        return self._schedule.signature["shard_index"]
+        return self._config.shard_index
 
     @property
     def seed(self) -> int:
@@ -226,7 +275,7 @@ class Loader(keras.utils.PyDataset, DataAdapter):
     @property
     def shuffle(self) -> bool:
         """Whether training passes serve a new order every epoch (else the input order)."""
-        return self._shuffle
+        return self._config.shuffle
 
     # The parts, read-only, for tests, benchmarks and debugging (docs/design.md names each one's rule).
     @property
@@ -243,33 +292,8 @@ class Loader(keras.utils.PyDataset, DataAdapter):
 
     def __repr__(self) -> str:
         return (
-            f"Loader(num_samples={self.num_samples}, batch_size={self._batch_size}, "
-            f"shuffle={self._shuffle}, placement={self.placement!r}, epoch={self.epoch})"
-        )
-
-    # ------------------------------------------------------------- copies
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        """Refused: see the class docstring ("Copies")."""
-        raise TypeError(
-            "a gpuloader.Loader cannot be pickled: it holds the preloaded data (on the GPU, in RAM or as open "
-            "memory maps), its epoch schedule and its prefetch threads, none of which cross into another process. "
-            "It prepares batches in threads (workers=N), not processes. To use the data elsewhere, pass what built "
-            "it (the arrays or .npy paths, and the arguments, seed included) and build a Loader there; "
-            "loader.get_state() is JSON, and set_state() on the new loader resumes at the same epoch."
-        )
-
-    def __copy__(self) -> Loader:
-        """Refused: see the class docstring ("Copies")."""
-        raise TypeError(
-            "copy.copy(loader) is refused: the copy would share the original's epoch schedule, so a pass over "
-            f"either would move the other's epoch. {_ANOTHER_LOADER}"
-        )
-
-    def __deepcopy__(self, memo: Any) -> Loader:
-        """Refused: see the class docstring ("Copies")."""
-        raise TypeError(
-            "copy.deepcopy(loader) is refused: it would duplicate the preloaded data (a second copy on the GPU or "
-            f"in RAM) and cannot copy the prefetch threads or open memory maps. {_ANOTHER_LOADER}"
+            f"Loader(num_samples={self.num_samples}, batch_size={self._config.batch_size}, "
+            f"shuffle={self._config.shuffle}, placement={self.placement!r}, epoch={self.epoch})"
         )
 
     # ------------------------------------------------------ Sequence contract
@@ -335,38 +359,6 @@ class Loader(keras.utils.PyDataset, DataAdapter):
         """
         self._schedule.set_state(state)
 
-    # ------------------------------------------------------------ DataAdapter
-    @property
-    def num_batches(self) -> int:
-        """``len(loader)``; no side effect (the call's arguments are checked when Keras asks for a pass)."""
-        return len(self)
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    has_partial_batch = property(lambda self: not self._drop_remainder and self.num_samples % self._batch_size != 0)
-    partial_batch_size = property(lambda self: self.num_samples % self._batch_size if self.has_partial_batch else None)
-
-    # ``super_batch=N`` (Keras after 3.15, steps_per_execution as one scan): N batches stacked per item,
-    # the rest as Keras's PartialBatchList (see gpuloader.superbatch); None: one batch per item.
-    def get_numpy_iterator(self, super_batch: int | None = None) -> Iterator[Any]:
-        return super_batches(self._passes.iterate("numpy"), super_batch, "numpy")
-
-    def get_tf_dataset(self, super_batch: int | None = None) -> Any:
-        """Batches for the TF trainer; per-replica values under a multi-device strategy."""
-        return self._passes.tf_dataset(super_batch)
-
-    def get_jax_iterator(self, super_batch: int | None = None) -> Iterator[Any]:
-        return super_batches(self._passes.iterate("jax"), super_batch, "jax")
-
-    def get_torch_dataloader(self, super_batch: int | None = None) -> Iterator[Any]:
-        return super_batches(self._passes.iterate("torch"), super_batch, "torch")
-
-
-def _noting(plan: placement_lib.Plan, note: str) -> placement_lib.Plan:
-    """``plan`` with ``note`` added to its reason."""
-    return dataclasses.replace(plan, reason=f"{plan.reason}; {note}")
 
 
 def _position(index: Any, length: int) -> int:
@@ -390,31 +382,3 @@ def _refuse_overrides(cls: type) -> None:
                 "with transform=lambda batch, xp: ... (it runs on every batch, where the data lives) instead "
                 f"of overriding {name}."
             )
-
-
-def _lay_out(
-    leaves: list[Any], names: list[str], requested: str, fraction: float, host_memory_limit: int | None,
-    batch_size: int, order_seed: int, drop_remainder: bool, shuffle: bool, verbose: bool,
-) -> tuple[placement_lib.Plan, store_lib.Store, replicas_lib.ReplicaSet | None]:
-    """Place the data once: a per-GPU layout under a multi-GPU strategy, else one device, host or disk."""
-    row_bytes = sum(store_lib.row_nbytes(leaf) for leaf in leaves)
-    replicas, replica_note = None, ""
-    if requested in ("auto", "gpu"):
-        plan, replicas, replica_note = replicas_lib.place(
-            leaves, names, requested, fraction, batch_size, row_bytes, order_seed, drop_remainder, verbose,
-        )
-    if replicas is not None:
-        return plan, replicas.stores[0], replicas
-    plan, store = store_lib.place(
-        leaves, names, requested, fraction, host_memory_limit, row_bytes * batch_size, verbose
-    )
-    if replica_note:
-        plan = _noting(plan, replica_note)
-    disk_bytes = sum(store_lib.leaf_nbytes(leaf) for leaf in store.leaves if is_disk_leaf(leaf))
-    if plan.placement == "disk" and shuffle and disk_bytes > placement_lib.available_host_memory():
-        # The files cannot stay in the page cache for an epoch: pages read around a row would be evicted
-        # before their rows come up, so read exactly each batch's pages. Otherwise the read-around is used.
-        for leaf in store.leaves:
-            if is_disk_leaf(leaf):
-                leaf.advise_random_access()
-    return plan, store, None

@@ -23,6 +23,7 @@ from typing import Any
 
 from gpuloader import replicas as replicas_lib
 from gpuloader._keras_compat import KerasCall, keras_call, set_pass_length, strategy_of_caller, tf_batches
+from gpuloader.config import LoaderConfig
 from gpuloader.pipeline import BatchPipeline
 from gpuloader.prefetch import in_order
 from gpuloader.schedule import EpochSchedule
@@ -33,25 +34,17 @@ class KerasPasses:
     """Iterations over one loader's batches, as Keras's trainers ask for them.
 
     Args:
-        schedule: decides the epoch each pass serves.
+        schedule: decides the epoch each pass serves (and says how many batches a pass has).
         pipeline: prepares and hands over each batch.
-        steps: batches per pass.
-        batch_size, shuffle, drop_remainder: the loader's, for the guards' messages.
-        workers, max_queue_size: threads preparing batches ahead, and the bound on them.
+        config: the loader's configuration: ``batch_size``, ``shuffle``, ``drop_remainder`` for the guards'
+            messages; ``workers`` threads preparing batches ahead, at most ``max_queue_size`` of them.
     """
 
-    def __init__(
-        self, schedule: EpochSchedule, pipeline: BatchPipeline, steps: int, batch_size: int, shuffle: bool,
-        drop_remainder: bool, workers: int, max_queue_size: int,
-    ) -> None:
+    def __init__(self, schedule: EpochSchedule, pipeline: BatchPipeline, config: LoaderConfig) -> None:
         self._schedule = schedule
         self._pipeline = pipeline
-        self._steps = steps
-        self._batch_size = batch_size
-        self._shuffle = shuffle
-        self._drop_remainder = drop_remainder
-        self._workers = workers
-        self._max_queue_size = max_queue_size
+        self._config = config
+        self._steps = schedule.steps
         self._warned: set[str] = set()
 
     @property
@@ -81,21 +74,21 @@ class KerasPasses:
                     f"pass it to a loader, so it would be ignored. {fix}"
                 )
         given = arguments.get("batch_size")
-        if given is not None and given != self._batch_size:
+        if given is not None and given != self._config.batch_size:
             said = f"fit(validation_batch_size={given})" if call.within_fit else f"{call.kind}(batch_size={given})"
             self._warn_once(
                 "batch_size", f"{said} is ignored for a gpuloader.Loader, which serves batches of "
-                f"batch_size={self._batch_size}; set the batch size on the loader instead.",
+                f"batch_size={self._config.batch_size}; set the batch size on the loader instead.",
             )
-        if call.kind == "fit" and arguments.get("shuffle") is False and self._shuffle:
+        if call.kind == "fit" and arguments.get("shuffle") is False and self._config.shuffle:
             self._warn_once(
                 "shuffle", "fit(shuffle=False) is ignored for a gpuloader.Loader, which shuffles every epoch "
                 "because it was built with shuffle=True; build it with shuffle=False for the input order.",
             )
-        if call.kind == "predict" and self._drop_remainder and self._pipeline.n % self._batch_size:
+        if call.kind == "predict" and self._config.drop_remainder and self._pipeline.n % self._config.batch_size:
             self._warn_once(
                 "predict", f"predict() on a loader with drop_remainder=True returns predictions for "
-                f"{self._steps * self._batch_size} of its {self._pipeline.n} samples (the last, partial batch "
+                f"{self._steps * self._config.batch_size} of its {self._pipeline.n} samples (the last, partial batch "
                 "is dropped); build the loader with drop_remainder=False to predict every sample.",
             )
 
@@ -147,7 +140,8 @@ class KerasPasses:
                 readahead.advance(position)
             return prepare(position, epoch, shuffled, augmented)
 
-        batches = in_order(produce, range(first, end), workers=self._workers, max_queue_size=self._max_queue_size)
+        batches = in_order(produce, range(first, end), workers=self._config.workers,
+                           max_queue_size=self._config.max_queue_size)
         try:
             for prepared in batches:
                 schedule.served(running)
@@ -210,8 +204,8 @@ class KerasPasses:
             )
 
     def _check_replica_split(self, count: int) -> None:
-        remainder = 0 if self._drop_remainder else self._pipeline.n % self._batch_size
-        smallest = remainder or self._batch_size
+        remainder = 0 if self._config.drop_remainder else self._pipeline.n % self._config.batch_size
+        smallest = remainder or self._config.batch_size
         if smallest < count:
             raise ValueError(
                 f"the last batch has {smallest} sample(s) for {count} replicas, so a replica would get an "

@@ -10,7 +10,8 @@ the GPU, the stream sync TensorFlow needs, and the DLPack hand-off
 each replica's part is prepared on its own GPU from its own store.
 
 No Keras here and no epoch bookkeeping: the caller says which epoch and whether
-the pass is shuffled; the pipeline asks ``order_of(epoch)`` for the permutation.
+the pass is shuffled; the pipeline asks the loader's :class:`~gpuloader.orders.Orders`
+for the epoch's permutation and the seed that keys the augmentation's draws.
 
 Cost per batch: one copy of the batch's bytes (the gather), whatever the
 transform costs, and no copy at the hand-off.
@@ -19,7 +20,6 @@ transform costs, and no copy at the hand-off.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,10 @@ from gpuloader import store as store_lib
 from gpuloader._structure import Structure
 from gpuloader.augment.assign import AugmentedInput
 from gpuloader.augment.plan import BatchDraws, InputAugmentation
+from gpuloader.config import LoaderConfig
 from gpuloader.handoff import check_transform_output, hand_off, keras_backend
+from gpuloader.layout import Layout
+from gpuloader.orders import Orders
 
 Prepared = tuple[Structure, list[Any]]
 
@@ -41,48 +44,31 @@ class BatchPipeline:
     """Prepares batch ``position`` of an epoch and hands it over.
 
     Args:
-        store: the single-device store (the first replica's under a per-GPU layout).
-        replicas: the per-GPU layout, or None.
+        layout: where the data is: the store (per-GPU stores under a per-GPU layout), whether on a GPU (a
+            transform's output is re-aligned there, and synced for TensorFlow), the dataset rows this worker holds.
         structure: how the flat leaves nest into ``(x, y, sample_weight)``.
-        transform: ``transform(batch, xp) -> batch`` or None.
-        batch_size: rows per batch.
-        order_of: ``order_of(epoch)`` returns the epoch's permutation.
-        seed_of: ``seed_of()`` returns the loader's seed (its current one, after ``set_state``).
-        on_gpu: the store is on a GPU (re-align a transform's output there, sync for TensorFlow).
-        shard_index: this worker's shard (its orders' seed is derived from it).
+        config: the loader's configuration (``batch_size``, ``transform``).
+        orders: each epoch's permutation and the loader's current seed (the augmentation's draws are keyed by it).
         augment: each augmented input's checked ops (:func:`gpuloader.augment.assign.assign`); each gets an
             :class:`~gpuloader.augment.plan.InputAugmentation` that picks its path once. They run after the
             gather (or in it), before ``transform``.
-        global_rows: the rows of the whole dataset this worker holds (None: all of them), for the
-            augmentation's sample ids.
     """
 
     def __init__(
-        self,
-        store: store_lib.Store,
-        replicas: replicas_lib.ReplicaSet | None,
-        structure: Structure,
-        transform: Callable[..., Any] | None,
-        batch_size: int,
-        order_of: Callable[[int], Any],
-        seed_of: Callable[[], int],
-        on_gpu: bool,
-        shard_index: int = 0,
+        self, layout: Layout, structure: Structure, config: LoaderConfig, orders: Orders,
         augment: list[AugmentedInput] | None = None,
-        global_rows: np.ndarray | None = None,
     ) -> None:
-        self.store = store
-        self.replicas = replicas
+        self.store = layout.store
+        self.replicas = replicas = layout.replicas
+        self.on_gpu = layout.on_gpu
+        self._global_rows = layout.global_rows
         self._structure = structure
-        self._transform = transform
-        self._batch_size = batch_size
-        self._order_of = order_of
-        self._seed_of = seed_of
-        self.on_gpu = on_gpu
-        self._shard_index = shard_index
-        stores, ordinals = ([store], None) if replicas is None else (replicas.stores, replicas.ordinals)
-        self._augment = [InputAugmentation(spec, stores, on_gpu, ordinals) for spec in augment or [] if spec.ops]
-        self._global_rows = global_rows
+        self._config = config
+        self._orders = orders
+        stores, ordinals = ([self.store], None) if replicas is None else (replicas.stores, replicas.ordinals)
+        self._augment = [
+            InputAugmentation(spec, stores, self.on_gpu, ordinals) for spec in augment or [] if spec.ops
+        ]
         self._sample_ids: dict[int, Any] = {}  # store index -> its rows' dataset indices, in its namespace
         self._backend: str | None = None
 
@@ -99,15 +85,15 @@ class BatchPipeline:
     # ------------------------------------------------------------ rows
     def order(self, epoch: int) -> Any:
         """The permutation of ``epoch`` (computed once, then kept), or None when the loader does not shuffle."""
-        return self._order_of(epoch)
+        return self._orders.order(epoch)
 
     def rows(self, position: int, epoch: int, shuffled: bool) -> slice | Any:
         """The store rows of batch ``position``: a slice, or a slice of the epoch's permutation."""
-        start = position * self._batch_size
-        stop = min(start + self._batch_size, self.n)
+        start = position * self._config.batch_size
+        stop = min(start + self._config.batch_size, self.n)
         if not shuffled:
             return slice(start, stop)
-        return self._order_of(epoch)[start:stop]
+        return self._orders.order(epoch)[start:stop]
 
     def readahead(self, epoch: int, shuffled: bool, first: int, end: int) -> readahead_lib.PassReadahead | None:
         """The page requests of a pass over batches ``first .. end - 1`` of on-disk leaves (:mod:`gpuloader.readahead`).
@@ -116,8 +102,8 @@ class BatchPipeline:
         """
         if self.on_gpu or self.replicas is not None:
             return None
-        order = self._order_of(epoch) if shuffled else None
-        return readahead_lib.for_pass(self.store.leaves, order, self._batch_size, end, first)
+        order = self._orders.order(epoch) if shuffled else None
+        return readahead_lib.for_pass(self.store.leaves, order, self._config.batch_size, end, first)
 
     # ----------------------------------------------------------- prepare
     def prepare(self, position: int, epoch: int, shuffled: bool, augmented: bool = True) -> Prepared:
@@ -152,9 +138,9 @@ class BatchPipeline:
         """Each replica's part of batch ``position``, gathered on its own GPU from its own store."""
         replicas = self.replicas
         runtime = placement_lib.gpu_runtime()
-        seed = sharding.shard_seed(self._seed_of(), self._shard_index)
+        seed = self._orders.order_seed
         parts = []
-        rows = replicas.rows(position, epoch, seed, self._batch_size, self.n, shuffled)
+        rows = replicas.rows(position, epoch, seed, self._config.batch_size, self.n, shuffled)
         for replica, replica_rows in enumerate(rows):
             with runtime.on_device(replicas.ordinals[replica]):
                 parts.append(self.prepare_rows(replica_rows, epoch, augmented, replica))
@@ -183,9 +169,9 @@ class BatchPipeline:
                     draws = self._draws(rows, epoch, replica, store)
                     leaves[augmentation.index] = augmentation.unaugmented(leaves[augmentation.index], draws, store.xp)
         structure = self._structure
-        if self._transform is not None:
+        if self._config.transform is not None:
             structure, leaves = check_transform_output(
-                self._transform(structure.rebuild(leaves), store.xp), self.backend()
+                self._config.transform(structure.rebuild(leaves), store.xp), self.backend()
             )
         if self.on_gpu:
             runtime = placement_lib.gpu_runtime()
@@ -222,7 +208,7 @@ class BatchPipeline:
 
     def _draws(self, rows: slice | Any, epoch: int, replica: int, store: store_lib.Store) -> BatchDraws:
         return BatchDraws(  # the rows' dataset indices gathered once per batch, whichever input asks first
-            rows, self._seed_of(), epoch, functools.cache(functools.partial(self._ids, rows, replica, store)),
+            rows, self._orders.seed, epoch, functools.cache(functools.partial(self._ids, rows, replica, store)),
             functools.partial(self._id_table, replica, store),
         )
 
@@ -248,7 +234,7 @@ class BatchPipeline:
     @property
     def trusted(self) -> bool:
         """Every leaf handed over is a buffer the gather made (no transform, no augmentation)."""
-        return self._transform is None and not self._augment
+        return self._config.transform is None and not self._augment
 
     def _ids(self, rows: slice | Any, replica: int, store: store_lib.Store) -> Any:
         """The dataset index of each of ``rows`` (of replica ``replica``'s store), as int64 in its namespace.
@@ -268,7 +254,7 @@ class BatchPipeline:
             held_count = sum(store.n for store in self.replicas.stores) if sharded else self.n
             held = self._global_rows if self._global_rows is not None else np.arange(held_count, dtype=np.int64)
             if sharded:
-                share_seed = sharding.shard_seed(self._seed_of(), self._shard_index)
+                share_seed = self._orders.order_seed
                 held = held[sharding.shard_rows(len(held), share_seed, len(self.replicas.stores), replica)]
             self._sample_ids[replica] = store.xp.asarray(held, dtype=store.xp.int64)
         return self._sample_ids[replica]

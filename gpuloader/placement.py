@@ -134,16 +134,12 @@ def available_host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_host_memory_limit(limit: int | None) -> int:
-    """The RAM the loader may fill with on-disk data: the argument, else half of what is available."""
-    if limit is None:
-        return int(DEFAULT_HOST_MEMORY_SHARE * available_host_memory())
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ValueError(
-            f"host_memory_limit must be a number of bytes >= 0; received {limit!r}. "
-            "Pass e.g. host_memory_limit=8 * 1024**3, or None for half the available RAM."
-        )
-    return limit
+def host_memory_budget(limit: int | None) -> int:
+    """The RAM the loader may fill with on-disk data: ``limit``, else half of what is available now.
+
+    ``limit`` was checked with the other arguments (:func:`gpuloader.inputs.check_host_memory_limit`).
+    """
+    return int(DEFAULT_HOST_MEMORY_SHARE * available_host_memory()) if limit is None else limit
 
 
 def plan(
@@ -162,7 +158,7 @@ def plan(
             memory is missing; the message carries the numbers.
         ValueError: ``device="host"`` for on-disk data over ``host_memory_limit``.
     """
-    limit = check_host_memory_limit(host_memory_limit) if disk_bytes else 0
+    limit = host_memory_budget(host_memory_limit) if disk_bytes else 0
     if device == "host":
         if disk_bytes > limit:
             raise ValueError(
@@ -228,7 +224,7 @@ def fallback_plan(
     bytes_free: int | None = None,
 ) -> Plan:
     """Host or disk, by the RAM rule, after the GPU was ruled out for ``why_not_gpu``."""
-    limit = check_host_memory_limit(host_memory_limit) if disk_bytes else 0
+    limit = host_memory_budget(host_memory_limit) if disk_bytes else 0
     return _host_or_disk(why_not_gpu, bytes_needed, disk_bytes, limit, bytes_free)
 
 

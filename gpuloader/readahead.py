@@ -206,7 +206,7 @@ def for_pass(
         start, stop = position * batch_size, min((position + 1) * batch_size, n)
         return np.arange(start, stop, dtype=np.int64) if order is None else np.asarray(order[start:stop])
 
-    return PassReadahead(disk_leaves, rows_of, steps, window, files if sweep else [], first)
+    return PassReadahead(disk_leaves, rows_of, range(first, steps), window, files if sweep else [])
 
 
 class PassReadahead:
@@ -215,19 +215,19 @@ class PassReadahead:
     Args:
         leaves: the pass's on-disk leaves.
         rows_of: ``rows_of(position)`` -> the leaf rows of batch ``position``.
-        steps: batches in the pass.
+        positions: the pass's batches, ``range(first, end)`` (a pass that resumes inside an epoch starts later).
         window: batches requested past the last one started.
         sweep: the files to read front to back (empty: no sweep).
-        first: the pass's first batch (a pass that resumes inside an epoch starts later).
     """
 
     def __init__(
-        self, leaves: list[_Leaf], rows_of: Callable[[int], np.ndarray], steps: int, window: int,
-        sweep: list[MappedFile], first: int = 0,
+        self, leaves: list[_Leaf], rows_of: Callable[[int], np.ndarray], positions: range, window: int,
+        sweep: list[MappedFile],
     ) -> None:
+        first = positions.start
         self._leaves = leaves
         self._rows_of = rows_of
-        self._steps = steps
+        self._steps = positions.stop
         self.window = window
         # Smallest files first (labels, weights): their few pages then need no per-row requests.
         ordered = sorted(sweep, key=lambda file: file.length)

@@ -34,6 +34,7 @@ from typing import Any
 from gpuloader import placement as placement_lib
 from gpuloader import sharding
 from gpuloader import store as store_lib
+from gpuloader.config import LoaderConfig
 from gpuloader.permutation import permutation
 
 REPLICATED = "replicated"
@@ -58,8 +59,8 @@ class ReplicaSet:
     ordinals: list[int]
     stores: list[store_lib.Store]
     part_size: int
-    _orders: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _orders: dict[int, tuple[tuple[int, int], Any]] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def rows(
         self, position: int, epoch: int, seed: int, batch_size: int, n: int, shuffle: bool
@@ -137,10 +138,13 @@ def gpu_ordinals(devices: Sequence[str]) -> list[int] | None:
 
 
 def place(
-    leaves: list[Any], names: list[str], device: str, fraction: float, batch_size: int, row_bytes: int,
-    seed: int, drop_remainder: bool, verbose: bool,
+    leaves: list[Any], names: list[str], config: LoaderConfig, row_bytes: int
 ) -> tuple[placement_lib.Plan | None, ReplicaSet | None, str]:
     """Build per-GPU stores for the replicas of the strategy in scope, if a layout fits.
+
+    ``config`` gives the device asked for, the memory fraction, the batch size,
+    ``drop_remainder`` and the worker's seed (:meth:`~gpuloader.config.LoaderConfig.order_seed`),
+    which draws the GPUs' shares.
 
     Returns:
         (plan, replica set, "") when a layout was built; (None, None, note) when
@@ -150,6 +154,7 @@ def place(
     Raises:
         placement.GPUUnavailableError: ``device="gpu"`` and an upload ran out of memory.
     """
+    device, fraction, batch_size = config.device, config.gpu_memory_fraction, config.batch_size
     devices = strategy_replica_devices()
     if len(devices) < 2:
         return None, None, ""
@@ -166,9 +171,9 @@ def place(
     count, n = len(ordinals), int(leaves[0].shape[0])
     budgets = [int(status.free_bytes * fraction) for status in statuses]
     part_rows = -(-batch_size // count)
-    copy_need = n * row_bytes + 4 * part_rows * row_bytes + 24 * n
+    copy_need = store_lib.bytes_needed(n * row_bytes, part_rows * row_bytes, n)
     share = -(-n // count)
-    share_need = share * row_bytes + 4 * part_rows * row_bytes + 24 * share
+    share_need = store_lib.bytes_needed(share * row_bytes, part_rows * row_bytes, share)
     gpus = ", ".join(str(ordinal) for ordinal in ordinals)
     budget_text = ", ".join(
         f"{placement_lib.format_bytes(budget)} on GPU {ordinal}" for ordinal, budget in zip(ordinals, budgets)
@@ -180,12 +185,12 @@ def place(
     if all(copy_need <= budget for budget in budgets):
         layout, why = REPLICATED, f"a copy of the data on each of the {count} replicas' GPUs ({gpus})"
     else:
-        refusal = _sharding_refusal(leaves, count, n, batch_size, drop_remainder, budgets, share_need)
+        refusal = _sharding_refusal(leaves, count, n, config, all(share_need <= budget for budget in budgets))
         if refusal:
             return None, None, f"no copy per GPU for the {count} replicas: {numbers}; no 1/{count} share: {refusal}"
         layout, why = SHARDED, f"rows sharded across the {count} replicas' GPUs ({gpus}), a 1/{count} share on each"
     try:
-        stores = _upload(layout, leaves, names, ordinals, seed, verbose)
+        stores = _upload(layout, leaves, names, ordinals, config)
     except runtime.out_of_memory_errors() as error:
         where = f"the replicas' GPUs ({layout})"
         return None, None, placement_lib.upload_ran_out_of_memory(device, error, where, numbers)
@@ -197,28 +202,26 @@ def place(
     return plan, ReplicaSet(layout, devices, ordinals, stores, part_size), ""
 
 
-def _sharding_refusal(
-    leaves: list[Any], count: int, n: int, batch_size: int, drop_remainder: bool, budgets: list[int],
-    share_need: int,
-) -> str:
+def _sharding_refusal(leaves: list[Any], count: int, n: int, config: LoaderConfig, share_fits: bool) -> str:
     """Why rows cannot be sharded across ``count`` GPUs, or "" if they can."""
-    if not all(share_need <= budget for budget in budgets):
+    batch_size = config.batch_size
+    if not share_fits:
         return "it does not fit either"
     if batch_size % count:
         return f"batch_size={batch_size} is not a multiple of the {count} replicas"
     if any(placement_lib.gpu_runtime().lives_on_cuda(leaf) for leaf in leaves):
         return "an input already lives on a GPU"
     try:
-        sharding.steps_per_epoch(n, count, batch_size // count, drop_remainder)
+        sharding.steps_per_epoch(n, count, batch_size // count, config.drop_remainder)
     except ValueError as error:
         return str(error)
     return ""
 
 
 def _upload(
-    layout: str, leaves: list[Any], names: list[str], ordinals: list[int], seed: int, verbose: bool
+    layout: str, leaves: list[Any], names: list[str], ordinals: list[int], config: LoaderConfig
 ) -> list[store_lib.Store]:
-    """One store per GPU: all rows (replicated) or the GPU's share (sharded); all or nothing."""
+    """One store per GPU: all rows (replicated) or the GPU's share (sharded, by the worker's seed); all or nothing."""
     runtime = placement_lib.gpu_runtime()
     n, count = int(leaves[0].shape[0]), len(ordinals)
     stores: list[store_lib.Store] = []
@@ -226,10 +229,10 @@ def _upload(
         for replica, ordinal in enumerate(ordinals):
             own = leaves
             if layout == SHARDED:
-                rows = sharding.shard_rows(n, seed, count, replica)
+                rows = sharding.shard_rows(n, config.order_seed(), count, replica)
                 own = [sharding.take_shard(leaf, rows, name) for leaf, name in zip(leaves, names)]
             with runtime.on_device(ordinal):
-                stores.append(store_lib.upload(own, names, runtime.namespace(), runtime, verbose=verbose))
+                stores.append(store_lib.upload(own, names, runtime.namespace(), runtime, verbose=config.verbose))
     except BaseException:
         stores.clear()
         for ordinal in ordinals:  # each GPU has its own pool

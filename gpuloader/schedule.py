@@ -29,27 +29,25 @@ batches training has taken). The rule:
 State (:meth:`EpochSchedule.get_state`) names the stream's next batch (epoch and
 position), so neither a finished epoch nor the trained part of one is replayed.
 
-Cost: one permutation per epoch (O(n log n)) on the device that holds the data;
-on the host the next epoch's is computed on a background thread ahead of time.
-No Keras import: the Keras frame is read by :mod:`gpuloader._keras_compat` and
+The orders themselves (keyed by the seed, computed once, the next one ahead)
+are :mod:`gpuloader.orders`; what a state must name and the checks of a state
+given back are :func:`check_state`. No Keras import: the Keras frame is read by :mod:`gpuloader._keras_compat` and
 passed in as a :class:`~gpuloader._keras_compat.KerasCall`.
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
 import weakref
 from collections.abc import Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpuloader import sharding
-from gpuloader.permutation import MAX_SEED, permutation
-from gpuloader.prefetch import in_background
+from gpuloader.config import LoaderConfig
+from gpuloader.orders import Orders
+from gpuloader.permutation import MAX_SEED
 
 if TYPE_CHECKING:  # a value read by gpuloader._keras_compat; importing it here would import Keras
     from gpuloader._keras_compat import KerasCall
@@ -61,6 +59,16 @@ SIGNATURE_KEYS = (
 )
 #: Epochs are 64-bit keys of the permutation: epoch 2**64 would silently replay epoch 0.
 MAX_EPOCH = 2**64 - 1
+
+
+def state_signature(config: LoaderConfig, num_samples: int, inputs: list[str], augment: Any) -> dict[str, Any]:
+    """The values of :data:`SIGNATURE_KEYS` for a loader of ``config`` over ``num_samples`` samples.
+
+    ``inputs``: each input's dtype and sample shape; ``augment``: the augmentation's description.
+    """
+    values = {**{key: getattr(config, key) for key in SIGNATURE_KEYS if hasattr(config, key)},
+              "num_samples": num_samples, "inputs": inputs, "augment": augment}
+    return {key: values[key] for key in SIGNATURE_KEYS}
 
 
 @dataclass
@@ -97,21 +105,15 @@ class EpochSchedule:
     """The training stream of one loader, the passes over it, and each epoch's order.
 
     Args:
-        xp: the namespace the order is computed in (where the data lives).
-        seed: the loader's seed.
-        shuffle: False serves the input order in every pass.
+        orders: each epoch's order, and the seed (``set_state`` reseeds it).
         steps: batches per epoch.
         signature: the values of :data:`SIGNATURE_KEYS` for this loader.
         seed_owns_rows: the seed also chose which rows this loader holds
             (worker or GPU shards), so a state with another seed is refused.
     """
 
-    def __init__(
-        self, xp: Any, seed: int, shuffle: bool, steps: int, signature: Mapping[str, Any], seed_owns_rows: bool
-    ) -> None:
-        self._xp = xp
-        self._seed = seed
-        self._shuffle = shuffle
+    def __init__(self, orders: Orders, steps: int, signature: Mapping[str, Any], seed_owns_rows: bool) -> None:
+        self._orders = orders
         self._steps = steps
         self._signature = dict(signature)
         self._seed_owns_rows = seed_owns_rows
@@ -125,14 +127,16 @@ class EpochSchedule:
         self._pass: Pass | None = None  # the fit's current training pass (planned or running)
         self._first_length: int | None = None
         self._warned: set[str] = set()
-        self._order_cache: tuple[tuple[int, int], Any] | None = None
-        self._order_ahead: tuple[tuple[int, int], Future[Any]] | None = None
-        self._order_lock = threading.Lock()
 
     # ------------------------------------------------------------- epochs
     @property
     def seed(self) -> int:
-        return self._seed
+        return self._orders.seed
+
+    @property
+    def orders(self) -> Orders:
+        """Each epoch's order (:mod:`gpuloader.orders`)."""
+        return self._orders
 
     @property
     def steps(self) -> int:
@@ -177,7 +181,7 @@ class EpochSchedule:
         """
         if call is not None and call.kind in ("evaluate", "predict"):
             return Pass(self._epoch, position, 1, shuffled=False, moves_stream=False, augmented=False)
-        return Pass(self._epoch_for_item(position, call), position, 1, self._shuffle, moves_stream=False,
+        return Pass(self._epoch_for_item(position, call), position, 1, self._orders.shuffle, moves_stream=False,
                     augmented=True)
 
     def _epoch_for_item(self, position: int, call: KerasCall | None) -> int:
@@ -222,7 +226,7 @@ class EpochSchedule:
         if call is not None and call.kind in ("evaluate", "predict"):
             return Pass(self._epoch, 0, self._steps, shuffled=False, moves_stream=False, augmented=False)
         if call is not None and call.epoch is None:  # fit reading a batch to build the model: what fit trains on
-            return Pass(self._epoch, 0, self._steps, self._shuffle, moves_stream=False, augmented=True)
+            return Pass(self._epoch, 0, self._steps, self._orders.shuffle, moves_stream=False, augmented=True)
         if call is not None:  # fit
             self._enter_fit(call)
             planned = self._pass
@@ -232,7 +236,7 @@ class EpochSchedule:
             return planned
         epoch, position = self.next_batch()
         self._move_to(epoch, position)
-        return Pass(epoch, position, self._steps - position, self._shuffle, moves_stream=True, augmented=True,
+        return Pass(epoch, position, self._steps - position, self._orders.shuffle, moves_stream=True, augmented=True,
                     started=True)
 
     def served(self, running: Pass) -> None:
@@ -248,7 +252,8 @@ class EpochSchedule:
         length = self._steps - position
         if self._first_length is not None:
             length, self._first_length = min(length, self._first_length), None
-        self._pass = Pass(epoch, position, length, self._shuffle, moves_stream=True, augmented=True, in_fit=True)
+        self._pass = Pass(epoch, position, length, self._orders.shuffle, moves_stream=True, augmented=True,
+                          in_fit=True)
         self._note_keras_epoch(call, epoch, position, length)
         return self._pass
 
@@ -319,7 +324,7 @@ class EpochSchedule:
     def get_state(self) -> dict[str, Any]:
         """A JSON-serialisable dict naming the stream's next batch (epoch, position) and what decides it."""
         epoch, position = self.next_batch()
-        return {"format": STATE_FORMAT, "seed": self._seed, "epoch": epoch, "position": position,
+        return {"format": STATE_FORMAT, "seed": self.seed, "epoch": epoch, "position": position,
                 **self._signature}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -327,89 +332,81 @@ class EpochSchedule:
 
         The state's seed replaces the loader's (it decided the orders being resumed).
         """
-        if not isinstance(state, Mapping) or "format" not in state:
-            raise ValueError(
-                f"set_state expects a dict from Loader.get_state() (with format={STATE_FORMAT!r}); "
-                f"received {state!r}."
-            )
-        if state["format"] != STATE_FORMAT:
-            raise ValueError(
-                f"set_state: the state has format={state['format']!r}, this gpuloader reads {STATE_FORMAT!r}. "
-                "A gpuloader.Loader/2 state names neither the position inside its epoch nor the augmentation, so "
-                "it cannot say which batches come next. If it was saved between epochs by a loader with the same "
-                "arguments, use {**old_state, 'format': " + repr(STATE_FORMAT) + ", 'position': 0, 'augment': "
-                "loader.get_state()['augment']}; else take a new state with loader.get_state()."
-            )
-        missing = [key for key in ("seed", "epoch", "position", *self._signature) if key not in state]
-        if missing:
-            raise ValueError(
-                f"set_state: the state lacks {missing}; a {STATE_FORMAT} state names all of them, so this one was "
-                "edited or truncated. Pass the dict Loader.get_state() returned, unchanged."
-            )
-        for key, mine in self._signature.items():
-            if state[key] != mine:
-                raise ValueError(
-                    f"set_state: the state was taken from a loader with {key}={state[key]!r}, "
-                    f"this loader has {key}={mine!r}; its batches would differ. Build the loader "
-                    "over the same data with the same arguments."
-                )
-        seed = state["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(
-                f"set_state: the state has seed={seed!r}; a state's seed must be the int in [0, 2**64) that "
-                "decided its orders (None would draw a new one, and the batches would differ). Pass the dict "
-                "Loader.get_state() returned."
-            )
-        seed = int(seed)
-        if seed != self._seed and self._seed_owns_rows:
-            raise ValueError(
-                f"set_state: the state has seed={seed}, this loader seed={self._seed}; the seed also decided "
-                "which rows this loader holds (its shard), so its batches cannot match. Build the loader "
-                f"with seed={seed}, then call set_state."
-            )
-        epoch = check_epoch("set_state", state["epoch"])
-        position = state["position"]
-        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not (
-            0 <= position < self._steps
-        ):
-            raise ValueError(
-                f"set_state: the state has position={position!r}; a position is the number of batches of its "
-                f"epoch already trained, an int in [0, {self._steps}) for this loader of {self._steps} batches. "
-                "Pass the dict Loader.get_state() returned."
-            )
-        self._seed = int(seed)
-        self._order_cache = self._order_ahead = None
-        self._move_to(epoch, int(position))
+        seed, epoch, position = check_state(state, self._signature, self._steps, self.seed, self._seed_owns_rows)
+        self._orders.reseed(seed)
+        self._move_to(epoch, position)
         self._pinned = True
 
-    # --------------------------------------------------------------- orders
+    # ---------------------------------------- kept for the tests until they use public hooks
     def order(self, epoch: int) -> Any:
-        """The permutation of ``epoch`` (None when not shuffling), computed once and kept.
+        return self._orders.order(epoch)
 
-        On the host the next epoch's permutation is then computed on a
-        background thread (NumPy's sort releases the GIL), so moving to the
-        next epoch does not wait for it. Cost: one more int64 per sample.
-        """
-        if not self._shuffle:
-            return None
-        cached = self._order_cache  # read once: another thread may replace it, never mutate it
-        key = (self._seed, epoch)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        with self._order_lock:
-            if self._order_cache is None or self._order_cache[0] != key:
-                ahead, self._order_ahead = self._order_ahead, None
-                order = ahead[1].result() if ahead is not None and ahead[0] == key else self._permute(key)
-                self._order_cache = (key, order)
-                if self._xp is np:
-                    following = (self._seed, epoch + 1)
-                    self._order_ahead = (following, in_background(self._permute, following))
-            return self._order_cache[1]
+    @property
+    def _order_ahead(self) -> Any:
+        return self._orders.ahead
 
-    def _permute(self, key: tuple[int, int]) -> Any:
-        seed, epoch = key
-        shard_seed = sharding.shard_seed(seed, self._signature["shard_index"])
-        return permutation(self._xp, self._signature["num_samples"], shard_seed, epoch)
+
+def check_state(
+    state: Any, signature: Mapping[str, Any], steps: int, current_seed: int, seed_owns_rows: bool
+) -> tuple[int, int, int]:
+    """``(seed, epoch, position)`` of a state from ``get_state``, or a ValueError naming what does not match.
+
+    A state is refused when it is no gpuloader state, of an older format, lacks
+    a key, differs in one of ``signature``'s values (its batches would differ),
+    has a seed or epoch outside [0, 2**64) or a position outside ``[0, steps)``,
+    or, where the seed chose the rows held (``seed_owns_rows``), another seed.
+    """
+    if not isinstance(state, Mapping) or "format" not in state:
+        raise ValueError(
+            f"set_state expects a dict from Loader.get_state() (with format={STATE_FORMAT!r}); "
+            f"received {state!r}."
+        )
+    if state["format"] != STATE_FORMAT:
+        raise ValueError(
+            f"set_state: the state has format={state['format']!r}, this gpuloader reads {STATE_FORMAT!r}. "
+            "A gpuloader.Loader/2 state names neither the position inside its epoch nor the augmentation, so "
+            "it cannot say which batches come next. If it was saved between epochs by a loader with the same "
+            "arguments, use {**old_state, 'format': " + repr(STATE_FORMAT) + ", 'position': 0, 'augment': "
+            "loader.get_state()['augment']}; else take a new state with loader.get_state()."
+        )
+    missing = [key for key in ("seed", "epoch", "position", *signature) if key not in state]
+    if missing:
+        raise ValueError(
+            f"set_state: the state lacks {missing}; a {STATE_FORMAT} state names all of them, so this one was "
+            "edited or truncated. Pass the dict Loader.get_state() returned, unchanged."
+        )
+    for key, mine in signature.items():
+        if state[key] != mine:
+            raise ValueError(
+                f"set_state: the state was taken from a loader with {key}={state[key]!r}, "
+                f"this loader has {key}={mine!r}; its batches would differ. Build the loader "
+                "over the same data with the same arguments."
+            )
+    seed = state["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(
+            f"set_state: the state has seed={seed!r}; a state's seed must be the int in [0, 2**64) that "
+            "decided its orders (None would draw a new one, and the batches would differ). Pass the dict "
+            "Loader.get_state() returned."
+        )
+    seed = int(seed)
+    if seed != current_seed and seed_owns_rows:
+        raise ValueError(
+            f"set_state: the state has seed={seed}, this loader seed={current_seed}; the seed also decided "
+            "which rows this loader holds (its shard), so its batches cannot match. Build the loader "
+            f"with seed={seed}, then call set_state."
+        )
+    epoch = check_epoch("set_state", state["epoch"])
+    position = state["position"]
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not (
+        0 <= position < steps
+    ):
+        raise ValueError(
+            f"set_state: the state has position={position!r}; a position is the number of batches of its "
+            f"epoch already trained, an int in [0, {steps}) for this loader of {steps} batches. "
+            "Pass the dict Loader.get_state() returned."
+        )
+    return int(seed), epoch, int(position)
 
 
 def check_epoch(name: str, epoch: Any) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from gpuloader import placement as placement_lib
+from gpuloader.config import LoaderConfig
 from gpuloader.gather import HostGather
 from gpuloader.sources import Source, is_disk_leaf, open_source
 
@@ -258,16 +259,19 @@ def bytes_needed(data_bytes: int, batch_bytes: int, n: int) -> int:
 
 
 def place(
-    leaves: list[Any], names: list[str], device: str, fraction: float, host_memory_limit: int | None,
-    batch_bytes: int, verbose: bool,
+    leaves: list[Any], names: list[str], config: LoaderConfig, batch_bytes: int
 ) -> tuple[placement_lib.Plan, Store]:
-    """Decide the placement and build the store; an out-of-memory upload under "auto" falls back."""
+    """Decide the placement (``config``'s device, memory fraction and RAM limit) and build the store.
+
+    An out-of-memory upload under "auto" falls back to the host or the disk.
+    """
+    device, host_memory_limit, verbose = config.device, config.host_memory_limit, config.verbose
     data_bytes = sum(leaf_nbytes(leaf) for leaf in leaves)
     disk_bytes = sum(leaf_nbytes(leaf) for leaf in leaves if is_disk_leaf(leaf))
     n = int(leaves[0].shape[0])
     needed = bytes_needed(data_bytes, batch_bytes, n)
     plan = placement_lib.plan(
-        device, needed, fraction, disk_bytes=disk_bytes, host_memory_limit=host_memory_limit
+        device, needed, config.gpu_memory_fraction, disk_bytes=disk_bytes, host_memory_limit=host_memory_limit
     )
     in_memory = [name for leaf, name in zip(leaves, names) if not is_disk_leaf(leaf)]
     if plan.placement == "disk" and in_memory:

@@ -162,7 +162,7 @@ def test_pinned_order_for_seed_1234():
 
 
 def test_the_next_order_is_computed_ahead_and_is_the_same_order(monkeypatch):
-    from gpuloader import schedule as schedule_lib
+    from gpuloader import orders as orders_lib
 
     asked = []
 
@@ -170,8 +170,8 @@ def test_the_next_order_is_computed_ahead_and_is_the_same_order(monkeypatch):
         asked.append(args)
         return in_background(call, *args)
 
-    in_background = schedule_lib.in_background
-    monkeypatch.setattr(schedule_lib, "in_background", recording)
+    in_background = orders_lib.in_background
+    monkeypatch.setattr(orders_lib, "in_background", recording)
     loader = make(500, 50, seed=7)
     first = epoch_ids(loader)
     assert asked == [((7, 1),)]  # (seed, epoch 1), on its way while epoch 0 is served

@@ -11,6 +11,8 @@ import pytest
 from conftest import epoch_ids, id_data
 
 from gpuloader import Loader, _keras_compat, permutation
+from gpuloader.config import LoaderConfig
+from gpuloader.orders import Orders
 from gpuloader.schedule import EpochSchedule
 
 KerasCall = _keras_compat.KerasCall
@@ -19,7 +21,7 @@ SIGNATURE = {"num_samples": 40, "batch_size": 10, "shuffle": True, "drop_remaind
 
 
 def schedule(seed=3) -> EpochSchedule:
-    return EpochSchedule(np, seed, True, 4, SIGNATURE, seed_owns_rows=False)
+    return EpochSchedule(Orders(np, 40, LoaderConfig(batch_size=10, seed=seed)), 4, SIGNATURE, seed_owns_rows=False)
 
 
 class Fit:
