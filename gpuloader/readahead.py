@@ -47,6 +47,7 @@ import numpy as np
 
 from gpuloader import placement as placement_lib
 from gpuloader.sources import is_disk_leaf
+from gpuloader.sources.npy import coalesced_pages
 
 WINDOW_BATCHES = 8
 """At most this many batches past the last one started have their pages requested."""
@@ -152,22 +153,6 @@ def _mapped_file(mapped: np.ndarray) -> MappedFile | None:
         str(getattr(mapped, "filename", "")), base, len(mapping), mapped.ctypes.data - base,
         int(mapped.strides[0]) if mapped.ndim else row_bytes, row_bytes, pin,
     )
-
-
-def coalesced_pages(starts: np.ndarray, row_bytes: int) -> list[tuple[int, int]]:
-    """``[(first byte, end byte)]`` of the pages that rows at ascending byte offsets ``starts`` span, merged."""
-    if not len(starts) or row_bytes <= 0:
-        return []
-    first_page = starts // _PAGE
-    last_page = (starts + row_bytes - 1) // _PAGE
-    opens = np.ones(len(first_page), dtype=bool)
-    opens[1:] = first_page[1:] > last_page[:-1] + 1
-    heads = np.flatnonzero(opens)
-    tails = np.append(heads[1:] - 1, len(first_page) - 1)
-    return [
-        (first * _PAGE, (last + 1) * _PAGE)
-        for first, last in zip(first_page[heads].tolist(), last_page[tails].tolist())
-    ]
 
 
 def for_pass(

@@ -243,16 +243,26 @@ def prefetch_rows(mapped: np.ndarray, sorted_rows: np.ndarray) -> int:
     mapping = getattr(mapped, "_mmap", None)
     if mapping is None or mapping not in _RANDOM_ACCESS or not hasattr(mmap, "MADV_WILLNEED") or not len(sorted_rows):
         return 0  # read-ahead on: the kernel's read-around already brings the pages in
-    page = mmap.PAGESIZE
     base = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
     row_bytes = int(mapped.strides[0])
-    starts = (mapped.ctypes.data - base) + sorted_rows * row_bytes
-    first_page = starts // page
-    last_page = (starts + row_bytes - 1) // page
+    ranges = coalesced_pages((mapped.ctypes.data - base) + sorted_rows * row_bytes, row_bytes)
+    for start, end in ranges:
+        _madvise(mapping, mmap.MADV_WILLNEED, start, end - start)
+    return len(ranges)
+
+
+def coalesced_pages(starts: np.ndarray, row_bytes: int) -> list[tuple[int, int]]:
+    """``[(first byte, end byte)]`` of the pages that rows at ascending byte offsets ``starts`` span, merged."""
+    if not len(starts) or row_bytes <= 0:
+        return []
+    first_page = starts // mmap.PAGESIZE
+    last_page = (starts + row_bytes - 1) // mmap.PAGESIZE
     opens = np.ones(len(first_page), dtype=bool)
     opens[1:] = first_page[1:] > last_page[:-1] + 1
     heads = np.flatnonzero(opens)
     tails = np.append(heads[1:] - 1, len(first_page) - 1)
-    for first, last in zip(first_page[heads].tolist(), last_page[tails].tolist()):
-        _madvise(mapping, mmap.MADV_WILLNEED, first * page, (last - first + 1) * page)
-    return len(heads)
+    return [
+        (first * mmap.PAGESIZE, (last + 1) * mmap.PAGESIZE)
+        for first, last in zip(first_page[heads].tolist(), last_page[tails].tolist())
+    ]
+
