@@ -47,6 +47,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import synthetic  # noqa: E402
+from augment import load_average  # noqa: E402
 
 BATCH_SIZE = 512
 CASES = ("image", "image_mask", "image_mask_plain")
@@ -91,13 +92,6 @@ def run_case(name: str, rows: int | None, epochs: int) -> dict[str, Any]:
             raise RuntimeError(f"{name}: an epoch served {served} rows, expected {loader.num_samples}")
     return {"case": name, "rows": loader.num_samples, "epoch_s": wall, "median_s": statistics.median(wall),
             "plan": str(loader.plan.reason)}
-
-
-def load_average() -> list[float]:
-    try:
-        return [float(value) for value in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
 def spawn(name: str, rows: int | None, epochs: int) -> dict[str, Any]:
