@@ -669,18 +669,39 @@ def test_images_without_a_channel_axis_in_either_format(path, data_format):
         dataclasses.replace(op, data_format="channels_last") for op in ops], images, ids, SEED, EPOCH))
 
 
-def test_the_data_format_follows_keras_unless_given():
+def test_an_op_without_a_data_format_follows_keras_where_it_runs_alone():
     keras = pytest.importorskip("keras")
+    images = np.random.default_rng(3).integers(0, 256, size=(16, 3, 8, 8), dtype=np.uint8)
+    flip = RandomFlip()
+    assert flip.data_format is None  # kept open: a Loader gives it the Loader's
     previous = keras.config.image_data_format()
     try:
         keras.config.set_image_data_format("channels_first")
-        assert RandomFlip().data_format == "channels_first"
+        assert Normalize(0, 1).data_format is None
+        alone = apply_augment([flip], images, np.arange(16), seed=0, epoch=0, xp=np)
+        named = apply_augment([RandomFlip(data_format="channels_first")], images, np.arange(16), seed=0,
+                              epoch=0, xp=np)
+        np.testing.assert_array_equal(alone, named)
         assert RandomCrop(2, data_format="channels_last").data_format == "channels_last"
-        assert Normalize(0, 1).data_format == "channels_first"
-        keras.config.set_image_data_format("channels_last")
-        assert Cutout(3).data_format == "channels_last"
     finally:
         keras.config.set_image_data_format(previous)
+
+
+@pytest.mark.parametrize("channels", [3, 8])
+def test_built_in_ops_without_a_data_format_follow_the_loaders(channels):
+    """Loader(data_format="channels_first") with RandomFlip(): horizontal flips (the width reversed), no warning."""
+    from gpuloader import Loader
+
+    images = np.random.default_rng(4).integers(0, 256, size=(64, channels, 12, 10), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = Loader(images, None, batch_size=64, seed=0, shuffle=False, augment=[RandomFlip()],
+                        data_format="channels_first", verbose=False)
+    out = np.asarray(loader[0][0])
+    flipped = (out != images).any(axis=(1, 2, 3))
+    assert 0 < flipped.sum() < 64
+    np.testing.assert_array_equal(out[flipped], images[flipped][..., ::-1])
+    np.testing.assert_array_equal(out[~flipped], images[~flipped])
 
 
 def test_importing_gpuloader_or_naming_a_data_format_does_not_import_keras():

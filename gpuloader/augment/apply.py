@@ -113,7 +113,9 @@ def output_shape(ops: Any, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(size) for size in input_shape)
 
 
-def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: str) -> list[Any]:
+def check_augment(
+    ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: str, *, warn_layout: bool = True
+) -> list[Any]:
     """Validate an ``augment`` list for one input at construction; return it as a new list.
 
     Args:
@@ -121,6 +123,8 @@ def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: 
         leaf_shape: the whole input's shape, ``(n, H, W)`` or ``(n, H, W, C)``.
         leaf_dtype: its dtype (anything ``numpy.dtype`` takes, or an array-API dtype).
         name: the input's name in messages (e.g. ``"x"`` or ``"x['image']"``).
+        warn_layout: warn when the shape looks like the other data format (the Loader warns itself,
+            naming its own ``data_format``, and passes False).
 
     Raises:
         TypeError: ``ops`` is not a list or tuple, an item is not an op, or the dtype is not numeric.
@@ -162,7 +166,7 @@ def check_augment(ops: Any, leaf_shape: tuple[int, ...], leaf_dtype: Any, name: 
             f"augment needs image arrays, (n, H, W) or {data_format} {layout}; {name} has shape {shape} "
             f"({len(shape)} dimensions). Fix: reshape {name} to images, or give augment only for image inputs."
         )
-    if looks_like_other_format(shape, data_format):
+    if warn_layout and looks_like_other_format(shape, data_format):
         other = CHANNELS_LAST if data_format == CHANNELS_FIRST else CHANNELS_FIRST
         warnings.warn(
             f"augment for {name}: shape {shape} looks {other} but the ops' data_format is {data_format!r}, so "

@@ -121,7 +121,7 @@ def _entry(
         ops = [_with_data_format(op, data_format, shape, names[index]) for op in ops]
         own = _format_of(ops, data_format, names[index])
     _warn_other_format(shape, own, names[index])
-    checked = check_augment(ops, shape, leaves[index].dtype, names[index])
+    checked = check_augment(ops, shape, leaves[index].dtype, names[index], warn_layout=False)
     return AugmentedInput(index, names[index], checked, stream, follows, own)
 
 

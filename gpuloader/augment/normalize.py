@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gpuloader.augment.ops import CHANNELS_FIRST, AugmentOp, image_axes, resolve_data_format
+from gpuloader.augment.ops import CHANNELS_FIRST, AugmentOp, check_data_format_field, format_of, image_axes
 
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -69,7 +69,7 @@ class Normalize(AugmentOp):
         dtype: the batch's dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (NumPy's from ml_dtypes:
             for TensorFlow, JAX and torch; CuPy has no bfloat16).
         data_format: which axis holds the channels: ``"channels_last"`` or ``"channels_first"``; default
-            ``keras.config.image_data_format()``.
+            the Loader's (see RandomCrop).
 
     The float rounding rule is in this module's docstring. Draws no words.
     Cost: fused, none beyond the geometric ops' pass (the store's bytes read
@@ -83,7 +83,7 @@ class Normalize(AugmentOp):
     draws: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_format", resolve_data_format(self.data_format, "Normalize"))
+        object.__setattr__(self, "data_format", check_data_format_field(self.data_format, "Normalize"))
         name = self.dtype if isinstance(self.dtype, str) else getattr(np.dtype(self.dtype), "name", "")
         if name not in OUTPUT_DTYPES:
             raise ValueError(
@@ -131,12 +131,13 @@ class Normalize(AugmentOp):
         return out
 
     def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
-        channels = image_axes(shape, self.data_format)[2]
+        data_format = format_of(self)
+        channels = image_axes(shape, data_format)[2]
         if self.channels() not in (1, channels):
-            axis = "1" if self.data_format == CHANNELS_FIRST else "-1"
+            axis = "1" if data_format == CHANNELS_FIRST else "-1"
             raise ValueError(
                 f"Normalize has {self.channels()} means or stds but {name} has {channels} channels (axis {axis} "
-                f"of shape {tuple(shape)}, {self.data_format}). Fix: one value per channel, one number for all, "
+                f"of shape {tuple(shape)}, {data_format}). Fix: one value per channel, one number for all, "
                 "or the right data_format."
             )
         if self.dtype == "bfloat16":
@@ -144,9 +145,10 @@ class Normalize(AugmentOp):
 
     def apply(self, images: Any, bits: Any, xp: Any) -> Any:
         """The reference path: a float32 cast, ``(x - m) * s`` in float32, then the cast to ``dtype``."""
-        channels = 1 if images.ndim == 3 else image_axes(tuple(images.shape), self.data_format)[2]
+        data_format = format_of(self)
+        channels = 1 if images.ndim == 3 else image_axes(tuple(images.shape), data_format)[2]
         constants = self.constants(channels)
-        view = (1, channels, 1, 1) if self.data_format == CHANNELS_FIRST else (1, 1, 1, channels)
+        view = (1, channels, 1, 1) if data_format == CHANNELS_FIRST else (1, 1, 1, channels)
         if images.ndim == 3:
             view = (1, 1, 1)
         mean = xp.reshape(xp.asarray(constants[:, 0].copy()), view)

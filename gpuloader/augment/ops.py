@@ -29,10 +29,12 @@ def keras_data_format() -> str:
     return str(keras.config.image_data_format())
 
 
-def resolve_data_format(value: Any, op: str) -> str:
-    """``value`` checked (``"channels_last"`` or ``"channels_first"``), or Keras's setting when it is None."""
+def check_data_format_field(value: Any, op: str) -> str | None:
+    """An op's ``data_format`` argument checked: ``"channels_last"``, ``"channels_first"``, or None (kept:
+    the op then follows the Loader's ``data_format``, or Keras's setting where it runs alone; see
+    :func:`format_of`)."""
     if value is None:
-        return keras_data_format()
+        return None
     if value not in DATA_FORMATS:
         raise ValueError(
             f"{op}(data_format=...) must be 'channels_last' (images (n, H, W, C)) or 'channels_first' "
@@ -40,6 +42,14 @@ def resolve_data_format(value: Any, op: str) -> str:
             "out to follow keras.config.image_data_format()."
         )
     return str(value)
+
+
+def format_of(op: Any) -> str:
+    """The layout ``op`` reads: its own ``data_format``, else ``keras.config.image_data_format()`` (read now).
+
+    Inside a Loader an op left without one has already been given the Loader's.
+    """
+    return op.data_format if op.data_format is not None else keras_data_format()
 
 
 def image_axes(shape: tuple[int, ...], data_format: str) -> tuple[int, int, int]:
@@ -73,7 +83,7 @@ def as_planes(images: Any, bits: Any, xp: Any) -> tuple[Any, Any]:
 
 def _geometric(op: Any, images: Any, bits: Any, xp: Any, apply: Any) -> Any:
     """Run ``apply(images, bits)`` (channels-last) on ``images`` in ``op``'s data format."""
-    if op.data_format == CHANNELS_FIRST:
+    if format_of(op) == CHANNELS_FIRST:
         planes, plane_bits = as_planes(images, bits, xp)
         return xp.reshape(apply(planes, plane_bits), images.shape)
     return apply(images, bits)
@@ -163,7 +173,8 @@ class RandomCrop(AugmentOp):
             ``numpy.pad``) or ``"constant"`` (pad with ``fill``).
         fill: the padding value for ``mode="constant"`` (default 0); must fit the images' dtype.
         data_format: ``"channels_last"`` (``(n, H, W, C)``) or ``"channels_first"`` (``(n, C, H, W)``);
-            default ``keras.config.image_data_format()``, read when the op is built.
+            default: the Loader's ``data_format`` (itself ``keras.config.image_data_format()`` unless given),
+            or Keras's setting when the op runs outside a Loader.
 
     Draws two words per sample: ``dy`` from the first, ``dx`` from the second.
     Cost: one pass over the batch (see the module docstring).
@@ -177,7 +188,7 @@ class RandomCrop(AugmentOp):
     geometric: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_format", resolve_data_format(self.data_format, "RandomCrop"))
+        object.__setattr__(self, "data_format", check_data_format_field(self.data_format, "RandomCrop"))
         # Fields are stored as Python ints and floats: a NumPy integer would turn the draws' arithmetic to floats.
         object.__setattr__(self, "padding", _check_int("RandomCrop", "padding", self.padding, "RandomCrop(padding=4)"))
         if self.mode not in ("reflect", "constant"):
@@ -194,15 +205,16 @@ class RandomCrop(AugmentOp):
                 )
 
     def check(self, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
-        height, width, _ = image_axes(shape, self.data_format)
+        data_format = format_of(self)
+        height, width, _ = image_axes(shape, data_format)
         if self.padding >= min(height, width):
             hint = ""
-            if looks_like_other_format(shape, self.data_format):
-                hint = f" (it looks like the other data format; the op's data_format is {self.data_format!r})"
+            if looks_like_other_format(shape, data_format):
+                hint = f" (it looks like the other data format; the op's data_format is {data_format!r})"
             raise ValueError(
                 f"RandomCrop(padding={self.padding}) needs padding < the image height and width, so that a "
                 f"translation keeps part of the image in view and the reflection exists; {name} has images of "
-                f"{height} x {width} (shape {tuple(shape)}, {self.data_format}){hint}. "
+                f"{height} x {width} (shape {tuple(shape)}, {data_format}){hint}. "
                 f"Fix: padding <= {min(height, width) - 1}, or the right data_format."
             )
         if self.mode == "constant":
@@ -259,7 +271,7 @@ class RandomFlip(AugmentOp):
     """Flip horizontally (``x -> W - 1 - x``) with probability 1/2: when the top bit of the sample's word is 1.
 
     Args:
-        data_format: ``"channels_last"`` or ``"channels_first"``; default ``keras.config.image_data_format()``.
+        data_format: ``"channels_last"`` or ``"channels_first"``; default: the Loader's (see RandomCrop).
 
     Cost: the flipped images are reversed once (see the module docstring).
     """
@@ -273,7 +285,7 @@ class RandomFlip(AugmentOp):
         return self
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_format", resolve_data_format(self.data_format, "RandomFlip"))
+        object.__setattr__(self, "data_format", check_data_format_field(self.data_format, "RandomFlip"))
 
     def flips(self, bits: Any, xp: Any) -> Any:
         """The bool mask of the samples to flip."""
@@ -305,7 +317,7 @@ class Cutout(AugmentOp):
     Args:
         size: the side in pixels (>= 0; 0 changes nothing).
         fill: the value written; must fit the images' dtype.
-        data_format: ``"channels_last"`` or ``"channels_first"``; default ``keras.config.image_data_format()``.
+        data_format: ``"channels_last"`` or ``"channels_first"``; default: the Loader's (see RandomCrop).
     """
 
     size: int
@@ -314,7 +326,7 @@ class Cutout(AugmentOp):
     draws: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_format", resolve_data_format(self.data_format, "Cutout"))
+        object.__setattr__(self, "data_format", check_data_format_field(self.data_format, "Cutout"))
         object.__setattr__(self, "size", _check_int("Cutout", "size", self.size, "Cutout(size=8)"))
         if self.size > MAX_CUTOUT:
             raise ValueError(
