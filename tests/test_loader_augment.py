@@ -8,7 +8,6 @@ resumed epoch replays them; evaluation and prediction passes are not augmented.
 from __future__ import annotations
 
 import dataclasses
-
 import warnings
 
 import numpy as np
