@@ -76,7 +76,8 @@ def test_a_wrong_cardinality_is_refused_and_nothing_is_cached(tmp_path):
     [
         (lambda d: d.repeat(), "infinite"),
         (lambda d: d.filter(lambda a, b: b > 0), "unknown"),
-        (lambda d: d.batch(8), r"shape \(None, 4\), not fixed.*unbatch"),
+        (lambda d: d.batch(8), r"elements are batches.*unbatch\(\)"),
+        (lambda d: d.map(lambda a, b: (tf.boolean_mask(a, a > 2.0), b)), r"shape \(None,\), not fixed"),
         (lambda d: tf.data.Dataset.from_tensor_slices(tf.ragged.constant([[1], [2, 3]])), "ragged"),
         (lambda d: tf.data.Dataset.from_tensor_slices(["a", "b"]), "dtype string"),
         (lambda d: d.map(lambda a, b: (a, b, b, b)), "tuples of 4"),
@@ -94,3 +95,59 @@ def test_take_makes_an_infinite_dataset_finite(tmp_path):
     loader = gpuloader.from_tf_dataset(dataset.repeat().take(30), cache_dir=tmp_path, batch_size=30, shuffle=False,
                                        verbose=False)
     np.testing.assert_array_equal(np.asarray(loader[0][0]), np.concatenate([x, x[:10]]))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: d.shuffle(20).batch(4, drop_remainder=True),
+        lambda d: d.batch(4, drop_remainder=True).map(lambda a, b: (a + 1.0, b)),
+        lambda d: d.padded_batch(4, drop_remainder=True),
+        lambda d: tf.data.Dataset.zip((d.batch(2, drop_remainder=True), d.batch(2, drop_remainder=True))),
+    ],
+)
+def test_a_batched_dataset_is_refused_even_with_fixed_shapes(tmp_path, make):
+    dataset, _, _ = pipeline(20)
+    with pytest.raises(ValueError, match=r"elements are batches.*BatchDataset.*unbatch\(\).*allow_batched=True"):
+        gpuloader.from_tf_dataset(make(dataset), cache_dir=tmp_path, verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batches_unbatched_again_are_samples_and_allow_batched_takes_windows(tmp_path):
+    dataset, x, _ = pipeline(20)
+    unbatched = dataset.batch(4).unbatch().apply(tf.data.experimental.assert_cardinality(20))
+    loader = gpuloader.from_tf_dataset(unbatched, cache_dir=tmp_path, batch_size=20,
+                                       shuffle=False, verbose=False)
+    np.testing.assert_array_equal(np.asarray(loader[0][0]), x)
+    series = tf.data.Dataset.range(12).batch(3, drop_remainder=True)  # windows of a series: one sample each
+    windows = gpuloader.from_tf_dataset(series, cache_dir=tmp_path, allow_batched=True, batch_size=4,
+                                        shuffle=False, verbose=False)
+    np.testing.assert_array_equal(np.asarray(windows[0][0]), np.arange(12).reshape(4, 3))
+
+
+@pytest.mark.parametrize("cache_key", [None, "augmented-v1"])
+@pytest.mark.parametrize("random_step", ["tf.random", "keras layer"])
+def test_random_augmentation_in_the_pipeline_is_refused_even_with_a_cache_key(tmp_path, random_step, cache_key):
+    """Read once into the cache, its draws would be replayed every epoch: refused, naming augment=."""
+    import keras
+
+    dataset, _, _ = pipeline(20)
+    noise = keras.layers.GaussianNoise(1.0)
+    if random_step == "tf.random":
+        def step(a, b):
+            return a + tf.random.uniform([4]), b
+    else:
+        def step(a, b):
+            return noise(a, training=True), b
+    with pytest.raises(ValueError, match=r"draws random numbers.*replayed every epoch.*augment=.*allow_random=True"):
+        gpuloader.from_tf_dataset(dataset.map(step), cache_key=cache_key, cache_dir=tmp_path, verbose=False)
+    loader = gpuloader.from_tf_dataset(dataset.map(step), cache_key="one-draw", allow_random=True,
+                                       cache_dir=tmp_path, batch_size=20, verbose=False)
+    assert loader.num_samples == 20
+
+
+def test_a_seeded_stateless_draw_is_the_same_every_run_and_accepted(tmp_path):
+    dataset, x, _ = pipeline(20)
+    noisy = dataset.map(lambda a, b: (a + tf.random.stateless_uniform([4], seed=[1, 2]), b))
+    loader = gpuloader.from_tf_dataset(noisy, cache_dir=tmp_path, batch_size=20, shuffle=False, verbose=False)
+    assert np.asarray(loader[0][0]).shape == x.shape

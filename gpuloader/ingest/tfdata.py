@@ -7,7 +7,15 @@ written into one ``.npy`` per component, then the Loader serves those files by
 the usual tiers. Refused, with the rule and the fix: an infinite dataset
 (``repeat()``), one of unknown cardinality (``filter``, ``from_generator``),
 ragged or sparse components, and components whose shape is not fixed (a
-batched dataset has an unknown batch dimension: ``unbatch()`` it).
+batched dataset has an unknown batch dimension: ``unbatch()`` it). Also refused,
+because the cache would silently change what they mean: a dataset whose
+elements come out of ``batch()`` (even with ``drop_remainder=True``, whose shapes
+are fixed: each batch would become one sample; ``allow_batched=True`` for
+elements that are batches on purpose, such as windows of a series), and a
+pipeline that draws random numbers or changes a variable (random augmentation:
+``tf.random.*``, a Keras random layer), whose draws would be made once and
+replayed every epoch (``allow_random=True`` to cache one draw on purpose; the
+Loader's ``augment=`` draws anew each epoch).
 
 The cache key is the pipeline's serialized graph (what TensorFlow saves for
 it: sources, file names, ops and their constants), its element spec and its
@@ -38,6 +46,8 @@ def from_tf_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     cache_key: str | None = None,
     rebuild: bool = False,
+    allow_batched: bool = False,
+    allow_random: bool = False,
     verbose: bool = True,
     **loader_kwargs: Any,
 ) -> Any:
@@ -49,6 +59,8 @@ def from_tf_dataset(
         cache_key: a string naming this data (and its version); None derives
             the key from the pipeline's serialized graph.
         rebuild: read the pipeline again even if a cache entry exists.
+        allow_batched: accept elements made by ``batch()`` (each one sample, e.g. a window of a series).
+        allow_random: accept random ops or variables in the pipeline, drawn once when the cache is built.
         verbose: progress bar while reading (needs tqdm), and the Loader's own.
         **loader_kwargs: passed to the Loader (``batch_size``, ``shuffle``, ...).
 
@@ -71,6 +83,7 @@ def from_tf_dataset(
         )
     if count == 0:
         raise ValueError("the dataset is empty (cardinality 0); give at least one sample.")
+    _check_graph(tf, dataset, allow_batched, allow_random)
     spec = dataset.element_spec
     components = tf.nest.flatten(spec)
     for path, component in zip(_paths(spec), components):
@@ -116,7 +129,8 @@ def _graph_key(tf: Any, dataset: Any) -> str:
         ).numpy()
     except Exception as error:  # a py_function / from_generator: its data is not in the graph
         raise ValueError(
-            f"this pipeline has state outside its graph (a Python generator or py_function: {type(error).__name__}), "
+            "this pipeline has state outside its graph (a Python generator, a py_function, or the random ops "
+            f"allow_random=True accepted: {type(error).__name__}), "
             "so the cache cannot tell one such pipeline's data from another's; pass cache_key='a name for this "
             "data and its version'."
         ) from error
@@ -129,6 +143,82 @@ def _graph_key(tf: Any, dataset: Any) -> str:
     for position, name in enumerate(names):
         text = text.replace(name.encode(), f"<function {position}>".encode())
     return hashlib.sha256(text).hexdigest()
+
+
+#: Dataset ops whose elements are batches of their input's elements.
+_BATCHING = frozenset({
+    "BatchDataset", "BatchDatasetV2", "PaddedBatchDataset", "PaddedBatchDatasetV2", "ParallelBatchDataset",
+    "MapAndBatchDataset", "ExperimentalMapAndBatchDataset", "RebatchDataset", "RebatchDatasetV2",
+    "DenseToSparseBatchDataset", "ExperimentalDenseToSparseBatchDataset",
+})
+_UNBATCHING = frozenset({"UnbatchDataset", "ExperimentalUnbatchDataset"})
+#: Ops whose values differ from one run of the pipeline to the next: random numbers, or variables
+#: (a Keras random layer's seed generator is one).
+_STATEFUL = frozenset({
+    "RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal",
+    "ParameterizedTruncatedNormal", "RandomGamma", "RandomPoisson", "RandomPoissonV2", "RandomShuffle",
+    "RandomCrop", "Multinomial", "StatefulUniform", "StatefulUniformInt", "StatefulUniformFullInt",
+    "StatefulStandardNormal", "StatefulStandardNormalV2", "StatefulTruncatedNormal", "StatefulRandomBinomial",
+    "RngSkip", "RngReadAndSkip", "RandomDataset", "ExperimentalRandomDataset", "VarHandleOp", "ReadVariableOp",
+    "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
+})
+
+
+def _check_graph(tf: Any, dataset: Any, allow_batched: bool, allow_random: bool) -> None:
+    """Refuse a batched pipeline or one with random draws, unless allowed (see the module docstring).
+
+    Reads the pipeline's graph (what TensorFlow would save for it); costs milliseconds.
+    """
+    from tensorflow.core.framework import graph_pb2
+
+    try:
+        serialized = dataset._as_serialized_graph(
+            external_state_policy=tf.data.experimental.ExternalStatePolicy.IGNORE
+        ).numpy()
+    except Exception:  # noqa: BLE001 -- a graph TensorFlow cannot write is checked by the key's own refusal
+        return
+    graph = graph_pb2.GraphDef.FromString(serialized)
+    nodes = {node.name: node for node in graph.node}
+    if not allow_batched:
+        batching = _batching_op(nodes, next((node for node in graph.node if node.op == "_Retval"), None))
+        if batching is not None:
+            raise ValueError(
+                f"the dataset's elements are batches (its pipeline ends in {batching}, after which nothing "
+                "unbatches): each batch would become one sample, and the Loader would batch the batches. "
+                "Fix: drop the batch() (the Loader batches: Loader(..., batch_size=...)), or dataset.unbatch(); "
+                "if each element is one sample on purpose (e.g. a window of a series), pass allow_batched=True."
+            )
+    if not allow_random:
+        ops = {node.op for node in graph.node} | {
+            node.op for function in graph.library.function for node in function.node_def
+        }
+        stateful = sorted(ops & _STATEFUL)
+        if stateful:
+            raise ValueError(
+                f"the pipeline draws random numbers or changes a variable ({', '.join(stateful)}: random "
+                "augmentation, or a Keras random layer), and is read once into the cache: the draws would be "
+                "made once and the same ones replayed every epoch. Fix: build the dataset without the random "
+                "step and augment with the Loader's augment=[...] (drawn anew each epoch, keyed by seed, epoch "
+                "and sample) or with layers in the model; pass allow_random=True to cache one draw on purpose."
+            )
+
+
+def _batching_op(nodes: dict[str, Any], node: Any) -> str | None:
+    """The batching op whose batches reach ``node`` with no unbatching between, or None."""
+    seen: set[str] = set()
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current is None or current.name in seen or current.op in _UNBATCHING:
+            continue
+        seen.add(current.name)
+        if current.op in _BATCHING:
+            return current.op
+        for name in current.input:
+            parent = nodes.get(name.lstrip("^").split(":")[0])
+            if parent is not None and "Dataset" in parent.op:
+                pending.append(parent)
+    return None
 
 
 def _paths(spec: Any, prefix: str = "element") -> list[str]:
