@@ -250,35 +250,90 @@ def test_fit_trains_on_the_loader_with_class_names(tmp_path):
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
 
 
-def test_parallel_decode_fills_every_row(tmp_path):
-    """Over INLINE_BELOW images the worker processes write the rows; each row is its file's pixels."""
-    folder = tmp_path / "data" / "only"
+def write_numbered(folder, count):
+    """``count`` 4x4 PNGs whose pixels hold their index (mod 251), in one class folder."""
     folder.mkdir(parents=True)
-    count = decode.INLINE_BELOW + 60
     for i in range(count):
         PIL.fromarray(np.full((4, 4, 3), i % 251, np.uint8)).save(folder / f"{i:04d}.png")
-    loader = gpuloader.image_dataset_from_directory(folder.parent, image_size=(4, 4), shuffle=False, dtype="uint8",
-                                                    batch_size=count, cache_dir=tmp_path / "c", verbose=False)
-    pixels = np.asarray(loader[0][0])
-    np.testing.assert_array_equal(pixels[:, 0, 0, 0], np.arange(count) % 251)
 
 
-def test_decode_workers_are_fresh_interpreters_not_forks_of_the_caller(tmp_path, monkeypatch):
-    """The caller may run TensorFlow's threads: a forked child could inherit their locks held, so never fork."""
-    folder = tmp_path / "data" / "only"
-    folder.mkdir(parents=True)
-    count = decode.INLINE_BELOW + 10
-    for i in range(count):
-        PIL.fromarray(np.full((4, 4, 3), i % 251, np.uint8)).save(folder / f"{i:04d}.png")
+def test_the_thread_pool_fills_every_row_and_names_a_bad_file_in_any_chunk(tmp_path, monkeypatch):
+    """Several chunks decoded by the threads: each row holds its file, a bad file is skipped and counted."""
+    count = 2 * decode.CHUNK + 60
+    write_numbered(tmp_path / "data" / "only", count)
+    (tmp_path / "data" / "only" / "0200.png").write_bytes(b"not a png")  # in the second chunk
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a worker process was started for a job the threads should decode")
+
+    monkeypatch.setattr(decode.subprocess, "Popen", no_worker)
+    with pytest.warns(UserWarning, match=f"1 of {count} images could not be decoded"):
+        loader = gpuloader.image_dataset_from_directory(tmp_path / "data", image_size=(4, 4), shuffle=False,
+                                                        dtype="uint8", batch_size=count, cache_dir=tmp_path / "c",
+                                                        verbose=False, on_error="skip")
+    expected = np.delete(np.arange(count) % 251, 200)
+    np.testing.assert_array_equal(np.asarray(loader[0][0])[:, 0, 0, 0], expected)
+    assert str(tmp_path / "data" / "only" / "0200.png") not in loader.file_paths
+
+
+def test_the_progress_bar_counts_every_image_once(tmp_path, monkeypatch):
+    pytest.importorskip("tqdm")
+    from gpuloader.ingest.progress import Progress
+
+    count = 2 * decode.CHUNK + 7
+    write_numbered(tmp_path / "data" / "only", count)
+    advanced = []
+    original = Progress.advance
+    monkeypatch.setattr(Progress, "advance", lambda self, n: (advanced.append(n), original(self, n)))
+    gpuloader.image_dataset_from_directory(tmp_path / "data", image_size=(4, 4), cache_dir=tmp_path / "c",
+                                           verbose=True, seed=1)
+    assert sum(advanced) == count
+
+
+def test_large_jobs_on_many_cores_go_to_fresh_interpreters_not_forks_of_the_caller(tmp_path, monkeypatch):
+    """From PROCESSES_FROM images on more than two cores, worker processes decode; the caller may run
+    TensorFlow's threads, whose locks a forked child could inherit held, so they are never forks."""
+    count = 2 * decode.CHUNK + 10
+    write_numbered(tmp_path / "data" / "only", count)
+    started = []
+    popen = decode.subprocess.Popen
+
+    def record(*args, **kwargs):
+        started.append(args[0])
+        return popen(*args, **kwargs)
 
     def no_fork(*args, **kwargs):
         raise AssertionError("the decode forked the calling process")
 
+    monkeypatch.setattr(decode, "PROCESSES_FROM", count)
+    monkeypatch.setattr(decode.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(decode.subprocess, "Popen", record)
     monkeypatch.setattr(os, "fork", no_fork)
     monkeypatch.setattr(os, "register_at_fork", no_fork)
-    loader = gpuloader.image_dataset_from_directory(folder.parent, image_size=(4, 4), shuffle=False, dtype="uint8",
-                                                    batch_size=count, cache_dir=tmp_path / "c", verbose=False)
+    loader = gpuloader.image_dataset_from_directory(tmp_path / "data", image_size=(4, 4), shuffle=False,
+                                                    dtype="uint8", batch_size=count, cache_dir=tmp_path / "c",
+                                                    verbose=False)
+    assert len(started) == 3 and all("gpuloader.ingest._decode_worker" in command for command in started)
     np.testing.assert_array_equal(np.asarray(loader[0][0])[:, 0, 0, 0], np.arange(count) % 251)
+
+
+def test_the_files_fingerprint_changes_with_a_name_a_size_or_a_time_and_only_then(tmp_path):
+    from gpuloader.ingest.folder import files_fingerprint
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"12345")
+        os.utime(tmp_path / name, ns=(10**9, 10**9))
+    names = ["a.png", "b.png"]
+    paths = [str(tmp_path / name) for name in names]
+    before = files_fingerprint(names, paths)
+    assert files_fingerprint(names, paths) == before
+    assert files_fingerprint(["a.png", "c.png"], paths) != before  # a renamed file, same bytes
+    os.utime(paths[1], ns=(2 * 10**9, 2 * 10**9))
+    touched = files_fingerprint(names, paths)
+    assert touched != before
+    (tmp_path / "b.png").write_bytes(b"123456")
+    os.utime(paths[1], ns=(2 * 10**9, 2 * 10**9))
+    assert files_fingerprint(names, paths) not in (before, touched)
 
 
 def test_a_file_rewritten_at_the_same_size_rebuilds_by_its_mtime(tmp_path):

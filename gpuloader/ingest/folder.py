@@ -247,8 +247,7 @@ def build_cache(
 ) -> cache_lib.Entry:
     """The cache entry of these files under these settings: opened, or decoded now."""
     paths = [directory + os.sep + name for name in files]
-    stats = [os.stat(path) for path in paths]
-    content = [[name, stat.st_size, stat.st_mtime_ns] for name, stat in zip(files, stats)]
+    content = {"files": files_fingerprint(files, paths)}
     source = {"directory": directory, "labels": kind, "class_names": list(class_names) if class_names else None,
               "follow_links": follow_links, "settings": dataclasses.asdict(settings)}
 
@@ -256,6 +255,21 @@ def build_cache(
         return decode_images(paths, paths, settings, folder, f"gpuloader: decoding {len(files)} images", verbose)
 
     return cache_lib.open_or_build(cache_lib.cache_root(cache_dir), "folder", source, content, build)
+
+
+def files_fingerprint(names: Sequence[str], paths: Sequence[str]) -> str:
+    """A hash of every file's name, size and modification time (what decides the cache's bytes).
+
+    Cost: one ``os.stat`` per file (about 6-9 us each here), then one hash
+    over the names and one over the packed numbers, not a JSON text per file.
+    """
+    import hashlib
+
+    numbers = np.fromiter((value for path in paths for stat in (os.stat(path),)
+                           for value in (stat.st_size, stat.st_mtime_ns)), dtype=np.int64, count=2 * len(paths))
+    hashed = hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape"))
+    hashed.update(numbers.tobytes())
+    return hashed.hexdigest()
 
 
 def decode_images(
