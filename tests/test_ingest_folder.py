@@ -213,6 +213,10 @@ def test_jpeg_files_decode_within_a_few_levels_of_keras(tmp_path):
         (lambda root: None, {"batch_size": None}, "batch_size=None"),
         (lambda root: None, {"label_mode": "binary"}, 'label_mode="binary" needs exactly 2 classes; found 3'),
         (lambda root: None, {"class_names": ["class_a", "nope"]}, "class_names must name subfolders"),
+        (lambda root: None, {"labels": None, "class_names": ["class_a"]}, 'class_names can only be given with labels="inferred"'),
+        (lambda root: None, {"labels": [0.5] * 12, "label_mode": "categorical"}, "categorical.*whole-number"),
+        (lambda root: None, {"dtype": "float32", "augment": [gpuloader.augment.Normalize(0, 1, dtype="float16")]},
+         r"dtype='float32' and augment's final Normalize\(dtype='float16'\)"),
     ],
 )
 def test_refused_with_the_rule(tmp_path, arrange, arguments, message):
@@ -365,3 +369,50 @@ def test_an_unshuffled_split_is_a_slice_of_the_cache_with_keras_files_and_pixels
         for path, (image, label) in expected.items():
             np.testing.assert_array_equal(served[path][0], image, err_msg=path)
             assert served[path][1] == label
+
+
+def test_labels_given_as_numbers_are_served_as_given_like_keras(tmp_path):
+    folder = write_folder(tmp_path / "data")
+    values = [0.5, 1.5, 2.5, 3.25, 4.75, 5.5, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]  # one per file, os.walk order
+    loader = gpuloader.image_dataset_from_directory(folder, labels=values, image_size=(12, 10), shuffle=False,
+                                                    batch_size=12, cache_dir=tmp_path / "c", verbose=False)
+    served = np.asarray(loader[0][1])
+    assert served.dtype == np.float32
+    np.testing.assert_array_equal(served, np.asarray(values, np.float32))
+    whole = gpuloader.image_dataset_from_directory(folder, labels=list(range(12)), image_size=(12, 10), shuffle=False,
+                                                   batch_size=12, cache_dir=tmp_path / "c", verbose=False)
+    assert np.asarray(whole[0][1]).dtype == np.int32
+
+
+def test_a_final_normalize_decides_the_batch_dtype(tmp_path):
+    pytest.importorskip("ml_dtypes")
+    folder = write_folder(tmp_path / "data")
+    ops = [gpuloader.augment.RandomFlip(), gpuloader.augment.Normalize(127.5, 64.0, dtype="bfloat16")]
+    loader = gpuloader.image_dataset_from_directory(folder, image_size=(12, 10), batch_size=4, seed=0,
+                                                    cache_dir=tmp_path / "c", verbose=False, augment=ops)
+    assert np.asarray(loader[0][0]).dtype.name == "bfloat16"
+
+
+def test_channels_first_keras_gets_channels_first_batches_and_the_ops_read_the_cache_right(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", per_class=(8, 8, 8))
+    previous = keras.config.image_data_format()
+    try:
+        keras.config.set_image_data_format("channels_first")
+        call = {"image_size": (12, 10), "shuffle": False, "batch_size": 24, "cache_dir": tmp_path / "c",
+                "verbose": False, "dtype": "uint8"}
+        plain = np.asarray(gpuloader.image_dataset_from_directory(folder, **call)[0][0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            flipped = gpuloader.image_dataset_from_directory(folder, augment=[gpuloader.augment.RandomFlip()],
+                                                             **call)
+        out = np.asarray(flipped[0][0])
+        keras_batch = next(iter(keras.utils.image_dataset_from_directory(
+            folder, image_size=(12, 10), shuffle=False, batch_size=24, verbose=False)))[0]
+    finally:
+        keras.config.set_image_data_format(previous)
+    assert plain.shape == tuple(keras_batch.shape) == (24, 3, 12, 10)
+    moved = (out != plain).any(axis=(1, 2, 3))
+    assert 0 < moved.sum() < 24
+    np.testing.assert_array_equal(out[moved], plain[moved][..., ::-1])  # horizontal: the width reversed

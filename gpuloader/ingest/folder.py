@@ -45,7 +45,7 @@ def image_dataset_from_directory(
     follow_links: bool = False,
     crop_to_aspect_ratio: bool = False,
     *,
-    dtype: str = "float32",
+    dtype: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     on_error: str = "raise",
     verbose: bool = True,
@@ -64,11 +64,17 @@ def image_dataset_from_directory(
       ones are resampled by Pillow (``interpolation`` names its filter: area is
       ``BOX``, lanczos3 ``LANCZOS``; Pillow filters antialias when shrinking,
       TensorFlow's ``resize`` does not; values are rounded to uint8), so they
-      differ from Keras's by a few levels. lanczos5, gaussian, mitchellcubic,
-      ``pad_to_aspect_ratio`` and channels-first are not offered.
-    - The cache stores uint8; ``dtype="float32"`` (Keras's type, the default)
-      casts each batch where the data lives, ``dtype="uint8"`` serves the
-      stored bytes (4x less to move; cast in the model).
+      differ from Keras's by a few levels. lanczos5, gaussian, mitchellcubic
+      and ``pad_to_aspect_ratio`` are not offered.
+    - The cache stores uint8, channels-last; ``dtype="float32"`` (Keras's type,
+      the default) casts each batch where the data lives, ``dtype="uint8"``
+      serves the stored bytes (4x less to move; cast in the model), and an
+      ``augment`` list ending in ``Normalize`` decides the dtype itself (leave
+      ``dtype`` out). Under ``keras.config.image_data_format() ==
+      "channels_first"`` the batches are ``(n, C, H, W)`` as Keras's (one copy
+      per batch); the augmentation ops read the channels-last cache either way.
+    - ``labels`` given as a list: whole numbers are class ids (int32), other
+      numbers are served as given (float32), as Keras serves them.
     - The training order is the loader's own keyed permutation of ``seed``
       (a new one every epoch, all samples), not a shuffle buffer.
     - A corrupt or unreadable image raises an error naming it;
@@ -81,7 +87,8 @@ def image_dataset_from_directory(
             image_size, shuffle, seed, validation_split, subset, interpolation,
             follow_links, crop_to_aspect_ratio: as in Keras (``batch_size``
             must be an int here).
-        dtype: "float32" or "uint8", the image dtype of the batches.
+        dtype: "float32" or "uint8", the image dtype of the batches; None (the default): "float32", or the
+            dtype of a final ``Normalize`` in ``augment``.
         cache_dir: where the cache lives (default ``$GPULOADER_CACHE_DIR``, else
             ``$XDG_CACHE_HOME/gpuloader``, else ``~/.cache/gpuloader``).
         on_error: "raise" or "skip" for images that cannot be decoded.
@@ -96,7 +103,7 @@ def image_dataset_from_directory(
     walk the folder and map the cache (no decode). The loaders then place the
     uint8 images as any ``.npy`` input: GPU if they fit, else RAM, else disk.
     """
-    settings, on_error, seed, kind = _check_arguments(
+    settings, on_error, seed, kind, dtype = _check_arguments(
         labels, label_mode, class_names, color_mode, batch_size, image_size, shuffle, seed, validation_split,
         subset, interpolation, crop_to_aspect_ratio, dtype, on_error, loader_kwargs,
     )
@@ -139,7 +146,7 @@ def _check_arguments(
     labels: Any, label_mode: Any, class_names: Any, color_mode: Any, batch_size: Any, image_size: Any,
     shuffle: Any, seed: Any, validation_split: Any, subset: Any, interpolation: Any, crop_to_aspect_ratio: Any,
     dtype: Any, on_error: Any, loader_kwargs: dict[str, Any],
-) -> tuple[decode.DecodeSettings, str, int, str]:
+) -> tuple[decode.DecodeSettings, str, int, str, str | None]:
     """Keras's checks, in Keras's words where it has them, plus this function's own."""
     from gpuloader import inputs
 
@@ -152,6 +159,10 @@ def _check_arguments(
         if class_names:
             raise ValueError('class_names can only be given with labels="inferred"; received '
                              f"class_names={class_names}.")
+    if labels is None and class_names:
+        raise ValueError("class_names can only be given with labels=\"inferred\" (with labels=None every file "
+                         f"of the folder is read, whatever its class); received class_names={list(class_names)}. "
+                         "Fix: labels=\"inferred\" to keep those classes, or drop class_names.")
     if label_mode not in ("int", "categorical", "binary", None):
         raise ValueError(f'label_mode must be "int", "categorical", "binary" or None; received {label_mode!r}.')
     if batch_size is None:
@@ -159,8 +170,7 @@ def _check_arguments(
     if "pad_to_aspect_ratio" in loader_kwargs or "data_format" in loader_kwargs:
         raise ValueError("pad_to_aspect_ratio and data_format are not offered: images are stored channels-last, "
                          "resized (or cropped with crop_to_aspect_ratio=True); transpose in transform= if needed.")
-    if dtype not in ("float32", "uint8"):
-        raise ValueError(f'dtype must be "float32" (as Keras) or "uint8" (the stored bytes); received {dtype!r}.')
+    dtype = _batch_dtype(dtype, loader_kwargs.get("augment"))
     if on_error not in ON_ERROR:
         raise ValueError(f'on_error must be "raise" or "skip"; received {on_error!r}.')
     settings = decode.check_settings(image_size, color_mode, interpolation, crop_to_aspect_ratio)
@@ -178,7 +188,29 @@ def _check_arguments(
                          "subsets of every call are the same files and never overlap; pass seed=... .")
     seed = inputs.check_seed(seed)
     kind = "inferred" if labels == "inferred" else "files"
-    return settings, on_error, seed, kind
+    return settings, on_error, seed, kind, dtype
+
+
+def _batch_dtype(dtype: Any, augment: Any) -> str | None:
+    """The images' batch dtype: ``dtype``; None (the default) is ``"float32"``, or a final ``Normalize``'s own
+    (returned as None: the batches leave the kernel in that dtype and are not cast again)."""
+    from gpuloader.augment import Normalize
+    from gpuloader.augment.apply import ops_and_stream
+
+    ops = augment.get("x") if isinstance(augment, dict) else augment
+    ops = ops_and_stream(ops)[0] if ops is not None else None
+    normalize = ops[-1] if isinstance(ops, (list, tuple)) and ops and type(ops[-1]) is Normalize else None
+    if dtype not in (None, "float32", "uint8"):
+        raise ValueError(f'dtype must be "float32" (as Keras) or "uint8" (the stored bytes); received {dtype!r}.')
+    if normalize is None:
+        return dtype or "float32"
+    if dtype is not None:
+        raise ValueError(
+            f"dtype={dtype!r} and augment's final Normalize(dtype={normalize.dtype!r}) both say what the image "
+            f"batches are: the Normalize writes {normalize.dtype} in the kernel's pass. Fix: leave dtype out "
+            "(the Normalize decides), or change the Normalize's dtype."
+        )
+    return None
 
 
 def index_directory(
@@ -224,7 +256,14 @@ def index_directory(
     if len(labels) != len(files):
         raise ValueError(f"labels has {len(labels)} entries but {directory!r} holds {len(files)} images; give one "
                          "label per image, in the sorted order of os.walk.")
-    return files, np.asarray(labels, dtype=np.int32), [str(label) for label in sorted(set(labels))]
+    values = np.asarray(labels)
+    if values.ndim != 1 or values.dtype.kind not in "biuf":
+        raise ValueError(f"labels must be a list of numbers, one per image file; received an array of shape "
+                         f"{values.shape} and dtype {values.dtype}.")
+    whole = values.dtype.kind != "f" or bool(np.all(np.isfinite(values) & (values == np.round(values))))
+    # Whole numbers are class ids (int32, as Keras's int labels); other numbers are served as given (float32).
+    values = values.astype(np.int32) if whole else values.astype(np.float32)
+    return files, values, [str(label) for label in sorted(set(values.tolist()))]
 
 
 def _walk(folder: str, follow_links: bool) -> list[str]:
@@ -330,7 +369,8 @@ def _split(order: np.ndarray, validation_split: float | None, subset: str | None
 
 def _loader(
     images: np.ndarray, rows: np.ndarray, kept: np.ndarray, files: list[str], file_labels: np.ndarray | None,
-    names: list[str] | None, label_mode: str | None, directory: str, dtype: str, batch_size: int, shuffle: bool,
+    names: list[str] | None, label_mode: str | None, directory: str, dtype: str | None, batch_size: int,
+    shuffle: bool,
     seed: int, verbose: bool, loader_kwargs: dict[str, Any],
 ) -> Any:
     from gpuloader.loader import Loader
@@ -341,27 +381,48 @@ def _loader(
     y = None
     if label_mode is not None:
         label = file_labels[kept[rows]]
+        if label.dtype.kind == "f" and label_mode == "categorical":
+            raise ValueError(
+                'label_mode="categorical" needs whole-number class ids in labels; received non-integer values '
+                f"such as {label[label != np.round(label)][:3].tolist()}. Fix: label_mode=\"int\" (served as "
+                "given, float32) or integer labels."
+            )
         if label_mode == "binary":
             y = label.astype(np.float32)[:, None]
         elif label_mode == "categorical":
             y = np.eye(len(names), dtype=np.float32)[label]
         else:
-            y = label.astype(np.int32)
+            y = label  # int32 class ids, or float32 values as given
     kwargs = dict(loader_kwargs)
-    kwargs["transform"] = _cast(dtype, kwargs.get("transform"))
-    loader = Loader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, verbose=verbose, **kwargs)
+    kwargs["transform"] = _serve(dtype, kwargs.get("transform"))
+    # The cache is channels-last whatever Keras's setting: the augmentation ops read it so, before _serve.
+    loader = Loader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, verbose=verbose,
+                    data_format="channels_last", **kwargs)
     loader.class_names = names
     loader.file_paths = [directory + os.sep + files[row] for row in kept[rows].tolist()]
     return loader
 
 
-def _cast(dtype: str, transform: Callable[..., Any] | None) -> Callable[..., Any] | None:
-    """The batch transform: images cast to float32 (where the data lives), then the user's transform."""
-    if dtype == "uint8":
+def _serve(dtype: str | None, transform: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """The batch transform: the images cast to float32 (``dtype="float32"``, where the data lives) and laid out
+    as ``keras.config.image_data_format()`` asks (the cache is channels-last; channels-first costs one copy
+    of the batch), then the user's transform."""
+    from gpuloader.augment.ops import CHANNELS_FIRST, keras_data_format
+
+    channels_first = keras_data_format() == CHANNELS_FIRST
+    if dtype != "float32" and not channels_first:
         return transform
 
-    def cast(batch: tuple[Any, ...], xp: Any) -> tuple[Any, ...]:
-        batch = (xp.astype(batch[0], xp.float32), *batch[1:])
+    def serve(batch: tuple[Any, ...], xp: Any) -> tuple[Any, ...]:
+        images = batch[0]
+        if channels_first:
+            images = (getattr(xp, "permute_dims", None) or xp.transpose)(images, (0, 3, 1, 2))
+            contiguous = getattr(xp, "ascontiguousarray", None)  # NumPy, CuPy: the copy and the cast in one pass
+            if contiguous is not None:
+                images = contiguous(images, dtype=xp.float32 if dtype == "float32" else images.dtype)
+        if dtype == "float32" and images.dtype != xp.float32:
+            images = xp.astype(images, xp.float32)
+        batch = (images, *batch[1:])
         return batch if transform is None else transform(batch, xp)
 
-    return cast
+    return serve
