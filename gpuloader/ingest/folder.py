@@ -7,7 +7,7 @@ The files, class names, labels and training/validation split are those of
 list shuffled by ``np.random.RandomState(seed)`` when ``shuffle``, the last
 ``int(validation_split * n)`` files for validation. The pixels are decoded by
 Pillow once, into the cache (:mod:`gpuloader.ingest.cache`), keyed by every
-file's path, size and modification time and the decode settings; a later call,
+file's path, size, times and inode and the decode settings; a later call,
 in any process, walks the folder (one ``stat`` per file), finds the entry and
 maps it without decoding (Pillow is not even imported).
 """
@@ -297,15 +297,20 @@ def build_cache(
 
 
 def files_fingerprint(names: Sequence[str], paths: Sequence[str]) -> str:
-    """A hash of every file's name, size and modification time (what decides the cache's bytes).
+    """A hash of every file's name, size, modification time, inode and change time (what decides the cache's bytes).
 
+    The change time (``st_ctime_ns``, set by the kernel on every write, never
+    by ``cp -p``, ``tar`` or ``rsync -t``) and the inode catch a file replaced
+    by one of the same size with its old modification time kept; a ``chmod``
+    also changes it and costs a rebuild, never a stale image.
     Cost: one ``os.stat`` per file (about 6-9 us each here), then one hash
     over the names and one over the packed numbers, not a JSON text per file.
     """
     import hashlib
 
     numbers = np.fromiter((value for path in paths for stat in (os.stat(path),)
-                           for value in (stat.st_size, stat.st_mtime_ns)), dtype=np.int64, count=2 * len(paths))
+                           for value in (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)),
+                          dtype=np.int64, count=4 * len(paths))
     hashed = hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape"))
     hashed.update(numbers.tobytes())
     return hashed.hexdigest()
