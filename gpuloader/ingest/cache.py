@@ -11,9 +11,10 @@ another content hash are removed once the new one is in place.
 
 Atomic: an entry is written into a hidden temporary folder beside it, the
 manifest last, then renamed into place; a build that fails or is killed
-leaves no entry (only a ``.tmp-*`` folder, removed by the next build of the
-same source). Two processes building the same entry at once both succeed;
-the second rename loses and its copy is discarded.
+leaves no entry (only a ``.tmp-*`` folder named after its host and process,
+removed by the next build of the same source once that process has exited).
+Two processes building the same entry at once both succeed: each builds in
+its own folder, the first rename wins and the other's copy is discarded.
 
 Opening an entry reads the manifest and maps the arrays (``np.load(...,
 mmap_mode="r")``): no decode, no copy. Cost: one ``stat`` per array file and a
@@ -93,17 +94,22 @@ def open_or_build(
     opened = _open(final, source, content_hash)
     if opened is not None:
         return opened
-    for stale in root.glob(f".tmp-{kind}-{source_hash}-*"):  # left by a build that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    temporary = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    for stale in root.glob(f".tmp-{kind}-{source_hash}-*"):
+        if _abandoned(stale):  # left by a build that was killed, not one running now
+            shutil.rmtree(stale, ignore_errors=True)
+    temporary = root / f".tmp-{name}-{_owner()}-{uuid.uuid4().hex[:8]}"
     temporary.mkdir()
     try:
         extra = build(temporary)
         manifest = {"format": FORMAT, "kind": kind, "source": dict(source), "content_hash": content_hash, **extra}
         with open(temporary / MANIFEST, "w") as file:
             json.dump(manifest, file, default=str)
-        if final.exists():  # an unreadable entry (e.g. an older format): replace it
-            shutil.rmtree(final, ignore_errors=True)
+        if final.exists():
+            opened = _open(final, source, content_hash)
+            if opened is not None:  # another process finished the same entry first: use it
+                shutil.rmtree(temporary, ignore_errors=True)
+                return opened
+            shutil.rmtree(final, ignore_errors=True)  # an unreadable entry (e.g. an older format): replace it
         try:
             os.rename(temporary, final)
         except OSError:  # another process renamed its copy in first: use that one
@@ -119,6 +125,36 @@ def open_or_build(
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return Entry(final, manifest, built_now=True)
+
+
+#: A temporary folder of another machine (a shared file system) is taken as abandoned after this long.
+ABANDONED_AFTER_S = 24 * 3600
+
+
+def _owner() -> str:
+    """``<host>.<pid>`` of this process, in a temporary folder's name, so another build can tell it is alive."""
+    host = "".join(char if char.isalnum() else "_" for char in os.uname().nodename) or "host"
+    return f"{host}.{os.getpid()}"
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether a ``.tmp-*`` build folder belongs to no running build: its process (on this host) has exited,
+    or, for another host's or an unnamed one, it has not changed for :data:`ABANDONED_AFTER_S`."""
+    import time
+
+    host, _, pid = folder.name.rsplit("-", 2)[-2].rpartition(".")
+    if host == _owner().rpartition(".")[0] and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+    try:
+        return time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S
+    except OSError:
+        return False
 
 
 def _open(folder: Path, source: Mapping[str, Any], content_hash: str) -> Entry | None:

@@ -1,0 +1,67 @@
+"""The decode-once cache: entries built atomically, and two builds of one entry at once both succeed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gpuloader.ingest import cache
+
+BUILD = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from gpuloader.ingest import cache
+
+def build(folder):
+    out = cache.new_array(folder, "values", (1000,), "<i8")
+    time.sleep(float(sys.argv[2]))  # long enough for the other process to start its own build meanwhile
+    out[:] = np.arange(1000)
+    out.flush()
+    return {"arrays": cache.describe({"values": out})}
+
+entry = cache.open_or_build(Path(sys.argv[1]), "test", {"name": "x"}, {"version": 1}, build)
+print(int(entry.array("values").sum()), entry.built_now)
+"""
+
+
+def _build_in(root: Path, seconds: float) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.Popen([sys.executable, "-c", BUILD, str(root), str(seconds)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_two_processes_building_the_same_entry_at_once_both_get_it(tmp_path):
+    first = _build_in(tmp_path, 2.0)
+    second = _build_in(tmp_path, 0.2)
+    results = [process.communicate(timeout=120) for process in (first, second)]
+    assert [process.returncode for process in (first, second)] == [0, 0], [err[-2000:] for _, err in results]
+    assert [out.split()[0] for out, _ in results] == [str(sum(range(1000)))] * 2
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".tmp")] == []
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_build_folder_is_removed_only_once_its_process_has_exited(tmp_path):
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                            text=True, check=True)
+    host = cache._owner().rpartition(".")[0]
+    source_hash = cache.digest({"name": "x"})[:16]
+    dead = tmp_path / f".tmp-test-{source_hash}-0000-{host}.{exited.stdout.strip()}-aaaaaaaa"
+    alive = tmp_path / f".tmp-test-{source_hash}-0000-{host}.{os.getppid()}-bbbbbbbb"  # a running process
+    dead.mkdir()
+    alive.mkdir()
+
+    def build(folder):
+        out = cache.new_array(folder, "values", (3,), "<i8")
+        out[:] = 1
+        out.flush()
+        return {"arrays": cache.describe({"values": out})}
+
+    entry = cache.open_or_build(tmp_path, "test", {"name": "x"}, {"version": 1}, build)
+    assert np.asarray(entry.array("values")).tolist() == [1, 1, 1]
+    assert not dead.exists()
+    assert alive.exists()
