@@ -74,6 +74,37 @@ class _NotCopied:
         )
 
 
+#: tf.data.Dataset methods a Keras tutorial calls next, and what a Loader offers instead.
+_TF_DATA_NAMES = {
+    "cache": "drop it: the loader holds the data (GPU, RAM or disk) and decodes nothing per epoch",
+    "prefetch": "drop it: the loader prepares batches ahead itself (workers=N)",
+    "map": "use Loader(..., transform=fn) for a per-batch function, augment=[...] for random augmentation, "
+           "or a layer in the model",
+    "take": "index it: loader[0] is one batch (a training batch: augmented, and it counts for the epoch), or "
+            "fit(..., steps_per_epoch=k)",
+    "batch": "the loader already batches: Loader(..., batch_size=n)",
+    "unbatch": "index the arrays the loader was built from",
+    "shuffle": "the loader shuffles every epoch: Loader(..., shuffle=True, seed=...)",
+    "repeat": "drop it: the loader serves one epoch per pass, and fit runs the epochs",
+    "cardinality": "len(loader) is the number of batches, loader.num_samples the samples",
+    "element_spec": "look at loader[0] (a training batch), or at the arrays the loader was built from",
+    "as_numpy_iterator": "iterate the loader: for batch in loader (NumPy batches on the host)",
+}
+
+
+class _NotATfDataset:
+    """``loader.cache()``, ``.map(...)`` and the other ``tf.data.Dataset`` methods raise an
+    ``AttributeError`` that names what the loader offers instead (see :data:`_TF_DATA_NAMES`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _TF_DATA_NAMES:
+            raise AttributeError(
+                f"a gpuloader.Loader is a Keras PyDataset, not a tf.data.Dataset, so it has no .{name}(): "
+                f"{_TF_DATA_NAMES[name]}."
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
 class _AsDataAdapter(DataAdapter):
     """The ``DataAdapter`` side of a ``Loader``: Keras's trainers iterate it directly (:mod:`gpuloader.passes`).
 
@@ -117,7 +148,7 @@ class _AsDataAdapter(DataAdapter):
         return super_batches(self._passes.iterate("torch"), super_batch, "torch")
 
 
-class Loader(_NotCopied, _AsDataAdapter, keras.utils.PyDataset):
+class Loader(_NotCopied, _NotATfDataset, _AsDataAdapter, keras.utils.PyDataset):
     """Batches of preloaded arrays for ``model.fit``, shuffled per epoch, zero-copy.
 
     Args:

@@ -358,3 +358,13 @@ def test_bad_input_is_refused_with_rule_value_and_fix(case, kwargs, error, messa
     kwargs.setdefault("verbose", False)
     with pytest.raises(error, match=message):
         Loader(x, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["cache", "prefetch", "map", "take", "cardinality"])
+def test_tf_data_methods_a_keras_tutorial_calls_next_say_what_the_loader_offers(name):
+    loader = Loader(np.zeros((8, 2), np.float32), np.zeros(8), batch_size=4, verbose=False)
+    with pytest.raises(AttributeError, match=rf"not a tf\.data\.Dataset, so it has no \.{name}\(\): \w"):
+        getattr(loader, name)
+    assert not hasattr(loader, name)
+    with pytest.raises(AttributeError, match="'Loader' object has no attribute 'no_such_thing'"):
+        loader.no_such_thing  # noqa: B018
