@@ -432,3 +432,28 @@ def test_channels_first_keras_gets_channels_first_batches_and_the_ops_read_the_c
     moved = (out != plain).any(axis=(1, 2, 3))
     assert 0 < moved.sum() < 24
     np.testing.assert_array_equal(out[moved], plain[moved][..., ::-1])  # horizontal: the width reversed
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_then_filtered_within_a_few_levels(tmp_path, monkeypatch):
+    """libjpeg's reduced-scale decode (Pillow's draft) down to twice the target, then the named filter; not for
+    nearest (which picks pixels) nor with crop_to_aspect_ratio."""
+    from PIL import JpegImagePlugin
+
+    rows, columns = np.mgrid[0:192, 0:256]
+    pixels = np.stack([rows, columns, (rows + columns) // 2], axis=-1).astype(np.uint8)
+    path = tmp_path / "data" / "only" / "photo.jpg"
+    path.parent.mkdir(parents=True)
+    PIL.fromarray(pixels).save(path, quality=92)
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: (drafts.append((self.size, size)), draft(self, mode, size))[1])
+    arguments = {"image_size": (24, 32), "shuffle": False, "dtype": "uint8", "verbose": False}
+    served = np.asarray(gpuloader.image_dataset_from_directory(tmp_path / "data", cache_dir=tmp_path / "c",
+                                                               **arguments)[0][0])[0]
+    assert drafts == [((256, 192), (64, 48))]
+    with PIL.open(path) as image:
+        full = np.asarray(image.convert("RGB").resize((32, 24), PIL.Resampling.BILINEAR)).astype(int)
+    assert np.abs(served - full).max() <= 8 and np.abs(served - full).mean() < 1.5
+    for other in ({"interpolation": "nearest"}, {"crop_to_aspect_ratio": True}):
+        drafts.clear()
+        gpuloader.image_dataset_from_directory(tmp_path / "data", cache_dir=tmp_path / "c", **arguments, **other)
+        assert drafts == [], other

@@ -6,6 +6,9 @@ colour mode (Pillow's ``L``, ``RGB``, ``RGBA``; an animated GIF gives its first
 frame), cropped to the target aspect ratio when asked (the centred window of
 Keras's ``smart_resize``), and resized with the Pillow filter named after
 Keras's interpolation. An image already at the target size is not resampled.
+A JPEG at least twice the target size (both sides) is first decoded by
+libjpeg at 1/2, 1/4 or 1/8 scale, never below twice the target, then filtered
+(not for ``nearest``, which must pick pixels, nor with ``crop_to_aspect_ratio``).
 
 The rows are decoded in chunks, in parallel, straight into the cache file (a
 shared memory map): no pixels are pickled. Small and medium jobs run in a pool
@@ -47,6 +50,8 @@ FILTERS = {"bilinear": "BILINEAR", "nearest": "NEAREST", "bicubic": "BICUBIC", "
 #: From this many images, on more than two cores, decode in worker processes (each starts in ~0.2-0.4 s).
 PROCESSES_FROM = 20000
 CHUNK = 128
+#: A JPEG is decoded at a reduced scale only down to this many times the target size (then filtered).
+DRAFT_GAP = 2
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,11 @@ def decode_one(item: str | bytes, settings: DecodeSettings) -> np.ndarray:
             item = file.read()
     with Image.open(io.BytesIO(item)) as image:
         image.seek(0)  # the first frame of an animation, as Keras
+        if image.format == "JPEG" and _draft_allowed(settings):
+            # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below twice the target (Pillow's thumbnail rule),
+            # and the filter does the rest: about 4x less CPU for a 512x512 JPEG made 64x64, within a few levels.
+            height, width = settings.image_size  # type: ignore[misc]
+            image.draft(image.mode, (width * DRAFT_GAP, height * DRAFT_GAP))
         mode = _PIL_MODE[settings.color_mode]
         if image.mode != mode:
             image = image.convert(mode)
@@ -117,6 +127,11 @@ def decode_one(item: str | bytes, settings: DecodeSettings) -> np.ndarray:
                 image = image.resize((width, height), resample=resample)
         array = np.asarray(image, dtype=np.uint8)
     return array.reshape(array.shape[0], array.shape[1], settings.channels)
+
+
+def _draft_allowed(settings: DecodeSettings) -> bool:
+    """Whether a JPEG may be decoded at a reduced scale: a resize that averages, without a crop window."""
+    return settings.image_size is not None and settings.interpolation != "nearest" and not settings.crop_to_aspect_ratio
 
 
 def _crop_box(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int, int, int]:

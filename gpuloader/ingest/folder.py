@@ -64,8 +64,10 @@ def image_dataset_from_directory(
       ones are resampled by Pillow (``interpolation`` names its filter: area is
       ``BOX``, lanczos3 ``LANCZOS``; Pillow filters antialias when shrinking,
       TensorFlow's ``resize`` does not; values are rounded to uint8), so they
-      differ from Keras's by a few levels. lanczos5, gaussian, mitchellcubic
-      and ``pad_to_aspect_ratio`` are not offered.
+      differ from Keras's by a few levels (a JPEG twice the target size or
+      more is first decoded by libjpeg at a reduced scale, down to twice the
+      target, except for nearest and crop_to_aspect_ratio). lanczos5,
+      gaussian, mitchellcubic and ``pad_to_aspect_ratio`` are not offered.
     - The cache stores uint8, channels-last; ``dtype="float32"`` (Keras's type,
       the default) casts each batch where the data lives, ``dtype="uint8"``
       serves the stored bytes (4x less to move; cast in the model), and an
