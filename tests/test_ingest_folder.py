@@ -457,3 +457,38 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_then_filtered_within_a_few_l
         drafts.clear()
         gpuloader.image_dataset_from_directory(tmp_path / "data", cache_dir=tmp_path / "c", **arguments, **other)
         assert drafts == [], other
+
+
+@pytest.mark.parametrize("color_mode", ["grayscale", "rgb"])
+def test_sixteen_bit_grayscale_pngs_keep_their_range_as_keras_reads_them(tmp_path, color_mode):
+    """X-ray, microscopy and depth PNGs are 16-bit: every value maps to its high byte, as TensorFlow's decoder."""
+    import keras
+
+    for index, name in enumerate(("normal", "pneumonia")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        values = (np.arange(65536, dtype=np.uint32).reshape(256, 256) + index * 97) % 65536
+        PIL.fromarray(values.astype(np.uint16)).save(tmp_path / "data" / name / "scan.png")
+    ours = ours_by_file(gpuloader.image_dataset_from_directory(
+        tmp_path / "data", image_size=(256, 256), shuffle=False, color_mode=color_mode, dtype="uint8",
+        cache_dir=tmp_path / "c", verbose=False))
+    theirs = keras_by_file(keras.utils.image_dataset_from_directory(
+        tmp_path / "data", image_size=(256, 256), shuffle=False, color_mode=color_mode, verbose=False))
+    assert sorted(ours) == sorted(theirs)
+    for path, (image, _) in theirs.items():
+        np.testing.assert_array_equal(ours[path][0], image.astype(np.uint8))
+        assert len(np.unique(ours[path][0])) == 256
+
+
+def test_skipping_that_would_empty_a_class_or_the_whole_folder_is_refused(tmp_path):
+    folder = write_folder(tmp_path / "data", per_class=(2, 2), nested=False)
+    for image in (folder / "class_a").iterdir():
+        image.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    arguments = {"image_size": (12, 10), "cache_dir": tmp_path / "c", "verbose": False, "on_error": "skip"}
+    with pytest.raises(decode.DecodeError, match=r"every image of class \['class_a'\] failed to decode"):
+        gpuloader.image_dataset_from_directory(folder, **arguments)
+    kept = gpuloader.image_dataset_from_directory(folder, class_names=["class_b"], **arguments)
+    assert kept.num_samples == 2
+    for image in (folder / "class_b").iterdir():
+        image.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(decode.DecodeError, match="all 4 images failed to decode"):
+        gpuloader.image_dataset_from_directory(folder, labels=None, **arguments)

@@ -124,6 +124,7 @@ def image_dataset_from_directory(
         raise decode.DecodeError(_listing(skipped, "could not be decoded when the cache was built") +
                                  ' Remove or fix them, or pass on_error="skip" to leave them out.')
     if skipped:
+        _refuse_emptied(skipped, files, file_labels, names, labels)
         warnings.warn(f"{len(skipped)} of {len(files)} images could not be decoded and were skipped "
                       f"(on_error='skip'): {_listing(skipped, '')}", stacklevel=2)
     kept = np.array([row for row in range(len(files)) if row not in skipped], dtype=np.int64)
@@ -355,6 +356,25 @@ def _first_shape(items: Sequence[str | bytes], names: Sequence[str], settings: d
         except Exception:  # reported by the decode pass with the file's name
             continue
     raise decode.DecodeError(f"none of the {len(items)} images can be decoded, e.g. {names[0]!r}.")
+
+
+def _refuse_emptied(skipped: dict[int, str], files: list[str], file_labels: np.ndarray | None,
+                    names: list[str] | None, labels: Any) -> None:
+    """Refuse what skipping left empty: every image, or every image of an inferred class (the empty-folder rule)."""
+    if len(skipped) == len(files):
+        raise decode.DecodeError(
+            f"all {len(files)} images failed to decode (on_error='skip' would leave no data): "
+            f"{_listing(skipped, '')} Check the files (a wrong extension, a truncated copy) or the folder."
+        )
+    if labels == "inferred" and file_labels is not None and names:
+        left = np.bincount(np.delete(file_labels, sorted(skipped)), minlength=len(names))
+        empty = [names[index] for index in np.flatnonzero(left == 0)]
+        if empty:
+            theirs = {row: problem for row, problem in skipped.items() if names[file_labels[row]] in empty}
+            raise decode.DecodeError(
+                f"every image of class {empty} failed to decode, so with on_error='skip' its class would never be "
+                f"seen: {_listing(theirs, '')} Fix the files, or pass class_names=[...] without that class."
+            )
 
 
 def _listing(problems: dict[int, str], what: str) -> str:
