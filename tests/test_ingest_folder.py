@@ -492,3 +492,12 @@ def test_skipping_that_would_empty_a_class_or_the_whole_folder_is_refused(tmp_pa
         image.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(decode.DecodeError, match="all 4 images failed to decode"):
         gpuloader.image_dataset_from_directory(folder, labels=None, **arguments)
+
+
+def test_a_cache_kept_inside_the_image_folder_is_not_taken_for_a_class(tmp_path):
+    folder = write_folder(tmp_path / "data", per_class=(2, 2), nested=False)
+    arguments = {"image_size": (12, 10), "cache_dir": folder / "cache", "verbose": False}
+    first = gpuloader.image_dataset_from_directory(folder, **arguments)
+    again = gpuloader.image_dataset_from_directory(folder, **arguments)
+    assert first.class_names == again.class_names == ["class_a", "class_b"]
+    assert again.num_samples == 4

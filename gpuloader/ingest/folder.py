@@ -112,7 +112,8 @@ def image_dataset_from_directory(
     if labels is None or label_mode is None:
         labels, label_mode = None, None
     directory = os.path.abspath(os.fspath(directory))
-    files, file_labels, names = index_directory(directory, labels, class_names, follow_links)
+    files, file_labels, names = index_directory(directory, labels, class_names, follow_links,
+                                                skip=str(cache_lib.cache_root(cache_dir).resolve()))
     if label_mode == "binary" and len(names or ()) != 2:
         raise ValueError(
             f'label_mode="binary" needs exactly 2 classes; found {len(names or ())}: {names}. Use "int" or '
@@ -217,9 +218,11 @@ def _batch_dtype(dtype: Any, augment: Any) -> str | None:
 
 
 def index_directory(
-    directory: str, labels: Any, class_names: Sequence[str] | None, follow_links: bool
+    directory: str, labels: Any, class_names: Sequence[str] | None, follow_links: bool, skip: str | None = None
 ) -> tuple[list[str], np.ndarray | None, list[str] | None]:
     """The image files (relative to ``directory``), their labels and the class names, in Keras's unshuffled order.
+
+    ``skip``: a folder inside ``directory`` that is not a class (the cache, when it is kept beside the images).
 
     Raises:
         ValueError: no such folder, ``class_names`` that are not its subfolders,
@@ -230,7 +233,8 @@ def index_directory(
                          "per class.")
     if labels == "inferred":
         subdirs = [name for name in sorted(os.listdir(directory))
-                   if os.path.isdir(os.path.join(directory, name)) and not name.startswith(".")]
+                   if os.path.isdir(os.path.join(directory, name)) and not name.startswith(".")
+                   and os.path.realpath(os.path.join(directory, name)) != skip]
         if class_names is not None:
             if not set(class_names).issubset(subdirs):
                 raise ValueError(f"class_names must name subfolders of {directory!r}: {subdirs} (or some of them); "
