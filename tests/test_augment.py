@@ -966,3 +966,26 @@ def test_a_model_fits_on_bfloat16_batches():
     model.compile("sgd", "mse")
     history = model.fit(loader, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_a_normalize_on_the_unit_scale_over_uint8_pixels_is_warned_about_at_the_users_line():
+    from gpuloader import Loader
+
+    images = np.zeros((16, 8, 8, 3), np.uint8)
+    imagenet = Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # torchvision's [0, 1] habit
+    with pytest.warns(UserWarning, match=r"on the \[0, 1\] scale.*uint8.*mean=\(123\.675, 116\.28, 103\.53\)") as seen:
+        Loader(images, None, batch_size=8, augment=[imagenet], verbose=False)
+    assert seen[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Loader(images, None, batch_size=8, augment=[Normalize(127.5, 64.0)], verbose=False)
+        Loader(images.astype(np.float32) / 255, None, batch_size=8, augment=[imagenet], verbose=False)
+
+
+def test_augment_same_inside_a_list_says_it_takes_the_whole_lists_place():
+    from gpuloader import Loader
+
+    images = np.zeros((16, 8, 8, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"inside a list; augment\.Same takes the place of the whole list"):
+        Loader(images, images[..., 0], batch_size=8, verbose=False,
+               augment={"x": [RandomFlip()], "y": [augment.Same("x")]})

@@ -145,6 +145,11 @@ def check_augment(
                 f"Fix: create one, e.g. {op.__name__}(...)."
             )
         if not _is_op(op):
+            if type(op).__name__ == "Same":  # augment.Same (not imported here: targets imports this module's peers)
+                raise TypeError(
+                    f"augment[{position}] for {name} is {op!r} inside a list; augment.Same takes the place of the "
+                    f"whole list. Fix: augment={{..., {name!r}: {op!r}}}, not [{op!r}]."
+                )
             raise TypeError(f"augment[{position}] for {name} is not an op: {op!r}; {_PROTOCOL}.")
         if isinstance(op, AugmentOp) and type(op).apply is AugmentOp.apply:
             raise TypeError(

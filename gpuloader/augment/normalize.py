@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from gpuloader._warn import warn_at_caller
 from gpuloader.augment.ops import CHANNELS_FIRST, AugmentOp, check_data_format_field, format_of, image_axes
 
 OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
@@ -139,6 +140,14 @@ class Normalize(AugmentOp):
                 f"Normalize has {self.channels()} means or stds but {name} has {channels} channels (axis {axis} "
                 f"of shape {tuple(shape)}, {data_format}). Fix: one value per channel, one number for all, "
                 "or the right data_format."
+            )
+        means, stds = _floats(self.mean, "mean"), _floats(self.std, "std")
+        if dtype.kind in "iu" and np.dtype(dtype).itemsize == 1 and max(map(abs, means)) <= 1 and max(stds) <= 1:
+            warn_at_caller(
+                f"Normalize(mean={self.mean!r}, std={self.std!r}) is on the [0, 1] scale, but {name} holds "
+                f"{np.dtype(dtype).name} pixels (0 to 255), so batches would reach hundreds. Fix: scale them to "
+                f"the pixels' range, e.g. Normalize(mean={tuple(round(m * 255, 3) for m in means)}, "
+                f"std={tuple(round(v * 255, 3) for v in stds)})."
             )
         if self.dtype == "bfloat16":
             self.output_dtype  # noqa: B018 -- refuses early when ml_dtypes is missing
