@@ -216,8 +216,8 @@ def test_the_cuda_text_compiles_for_the_host_without_a_warning_under_wall_wextra
 
 # ------------------------------------------------------------------ hardening found by fuzzing
 def test_reflection_arithmetic_is_64_bit_for_images_over_2_to_the_30_rows(tmp_path):
-    # host_trace_axis and the CUDA trace reflect with gl_reflected: with int arithmetic a shifted row past
-    # 2**31 wraps negative and is reflected about the wrong edge.
+    # host_trace_axis (for an axis over 2**30 pixels, trace_crop_wide) and the CUDA trace reflect with
+    # gl_reflected: with int arithmetic a shifted row past 2**31 wraps negative and is reflected about the wrong edge.
     import ctypes
 
     compiler = c_compiler()
@@ -235,6 +235,44 @@ def test_reflection_arithmetic_is_64_bit_for_images_over_2_to_the_30_rows(tmp_pa
     assert reflected(2**30 + 5, 2**30 + 1) == 2**30 - 3
     assert reflected(-(last - 3), last) == last - 3
     assert reflected(5, last) == 5
+
+
+@needs_kernel
+def test_crops_of_axes_over_2_to_the_30_pixels_traced_in_64_bit_give_the_reference_bytes(tmp_path, monkeypatch):
+    # host_trace_axis traces in int arithmetic, whose loops vectorise, up to GL_INT_AXIS (2**30) pixels an axis,
+    # and a crop of a longer axis in 64-bit arithmetic (trace_crop_wide). No image a test can hold has such an
+    # axis: the kernel built with GL_INT_AXIS=0 runs the 64-bit loops on every axis.
+    import importlib.util
+
+    from test_augment import images_of, reference
+
+    compiler = c_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    library = tmp_path / f"_pixels{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-DGL_INT_AXIS=0", f"-I{sysconfig.get_paths()['include']}",
+                    str(PIXELS_C), "-o", str(library)], check=True)
+    spec = importlib.util.spec_from_file_location("_pixels", library)
+    wide = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wide)
+    built = fused.host_kernel()
+    recipes = [
+        [RandomCrop(4, mode="reflect"), RandomFlip(), Cutout(3)],
+        [RandomCrop(6, mode="constant", fill=9), RandomCrop(2)],
+        [RandomFlip(), RandomCrop(4, mode="constant"), Cutout(5, fill=2), RandomCrop(3, mode="reflect")],
+    ]
+    for channels in (None, 3):
+        store = images_of(60, 7, 9, channels)
+        rows = np.random.default_rng(1).permutation(60)[:41].astype(np.int64)
+        for ops in recipes:
+            table = fused.fused_ops(ops, store.dtype, channels or 1)
+            outs = []
+            for kernel in (wide, built):
+                monkeypatch.setattr(fused, "host_kernel", lambda kernel=kernel: kernel)
+                out = np.empty((len(rows), *store.shape[1:]), store.dtype)
+                outs.append(fused.gather_augment_host(table, store, rows, rows * 3 + 1, 11, 2, out))
+            np.testing.assert_array_equal(outs[0], reference(ops, store[rows], rows * 3 + 1, 11, 2))
+            np.testing.assert_array_equal(outs[1], outs[0])
 
 
 def entry_point_arguments(**change):

@@ -142,17 +142,41 @@ static long long column_runs(const int *src_cols, long long width, Run *runs)
     return count;
 }
 
+/* Axes this long or shorter are traced in 32-bit arithmetic: a shifted coordinate (in (-size, 2 * size)) and
+ * 2 * last then fit an int. The 32-bit loops vectorise; 64-bit ones do not (SSE2 has no 64-bit compare), which
+ * cost the CIFAR-sized augmented batch a fifth of the kernel's time. (A test builds the kernel with
+ * -DGL_INT_AXIS=0 to run the 64-bit loops on images of its size.) */
+#ifndef GL_INT_AXIS
+#define GL_INT_AXIS (1LL << 30)
+#endif
+
+/* A crop of an axis longer than GL_INT_AXIS: host_trace_axis's crop loops in 64-bit arithmetic. */
+static void trace_crop_wide(const long long *op, long long last, long long shift, int *src, unsigned int *hits)
+{
+    if (op[0] == GL_CROP_REFLECT) {
+        for (long long i = 0; i <= last; ++i)
+            src[i] = (int)gl_reflected(src[i] + shift, last);
+    } else {
+        const unsigned int bit = 1u << op[3];
+        for (long long i = 0; i <= last; ++i) {
+            const long long c = src[i] + shift;
+            hits[i] |= (c < 0 || c > last) ? bit : 0u;
+            src[i] = (int)(c < 0 ? 0 : (c > last ? last : c));
+        }
+    }
+}
+
 /* The host's traces: the ops' draws of one sample decoded once, then each axis traced a whole op at a time
  * (loops over all coordinates that the compiler vectorises). The same results as gl_sample_traces, which
  * traces one coordinate at a time through every op as a GPU thread does (both checked by the tests). */
 static void host_trace_axis(int axis, long long size, const long long *ops, long long n_ops,
                             const unsigned long long *words, int *src, unsigned int *hits)
 {
-    /* coordinates are in [0, size) with size < 2**31 (checked), so they fit src's ints; the arithmetic on
-       them (a shift, a reflection 2 * last - c) is 64-bit */
-    const long long last = size - 1;
-    for (long long i = 0; i < size; ++i) {
-        src[i] = (int)i;
+    /* coordinates are in [0, size) with size < 2**31 (checked), so they, last - c and a cutout's clipped bounds
+       fit ints; a crop's shifted coordinate and 2 * last do when size <= GL_INT_AXIS (else trace_crop_wide) */
+    const int last = (int)(size - 1);
+    for (int i = 0; i <= last; ++i) {
+        src[i] = i;
         hits[i] = 0;
     }
     for (long long j = n_ops - 1; j >= 0; --j) {
@@ -160,26 +184,32 @@ static void host_trace_axis(int axis, long long size, const long long *ops, long
         const unsigned long long *own = words + op[2];
         if (op[0] == GL_FLIP) {
             if (axis == 1 && (own[0] >> 63))
-                for (long long i = 0; i <= last; ++i)
-                    src[i] = (int)(last - src[i]);
+                for (int i = 0; i <= last; ++i)
+                    src[i] = last - src[i];
         } else if (op[0] == GL_CUTOUT) {
             const long long first = gl_integer(own[axis], size) - op[1] / 2, end = first + op[1];
-            /* the square's rows (or columns) clipped to the image: coordinates are in [0, size) */
-            const long long top = first < 0 ? 0 : first, bottom = end > size ? size : end;
+            /* the square's rows (or columns) clipped to the image: in [0, size] */
+            const int top = (int)(first < 0 ? 0 : first), bottom = (int)(end > size ? size : end);
             const unsigned int bit = 1u << op[3];
-            for (long long i = 0; i <= last; ++i)
+            for (int i = 0; i <= last; ++i)
                 hits[i] |= (src[i] >= top && src[i] < bottom) ? bit : 0u;
+        } else if (size > GL_INT_AXIS) {
+            trace_crop_wide(op, last, gl_integer(own[axis], 2 * op[1] + 1) - op[1], src, hits);
         } else {
-            const long long shift = gl_integer(own[axis], 2 * op[1] + 1) - op[1];
+            const int shift = (int)(gl_integer(own[axis], 2 * op[1] + 1) - op[1]); /* |shift| < size */
             if (op[0] == GL_CROP_REFLECT) {
-                for (long long i = 0; i <= last; ++i)
-                    src[i] = (int)gl_reflected(src[i] + shift, last);
+                for (int i = 0; i <= last; ++i) {
+                    int c = src[i] + shift;
+                    c = c < 0 ? -c : c;
+                    src[i] = c > last ? 2 * last - c : c;
+                }
             } else {
                 const unsigned int bit = 1u << op[3];
-                for (long long i = 0; i <= last; ++i) {
-                    const long long c = src[i] + shift;
-                    hits[i] |= (c < 0 || c > last) ? bit : 0u;
-                    src[i] = (int)(c < 0 ? 0 : (c > last ? last : c));
+                for (int i = 0; i <= last; ++i) {
+                    /* written without branches (a mask, a clamp in two steps) so that it vectorises */
+                    const int c = src[i] + shift, low = c < 0 ? 0 : c;
+                    hits[i] |= bit & (0u - (unsigned int)((c < 0) | (c > last)));
+                    src[i] = low > last ? last : low;
                 }
             }
         }
@@ -201,6 +231,19 @@ typedef struct {
     float *norm;                /* Normalize: (mean, scale) per channel, aligned */
     unsigned char *fill_values; /* the fills, aligned for their values (the bytewise path reads them typed) */
 } Work;
+
+/* The source image of sample b + GL_PREFETCH_AHEAD is requested while sample b is written, its first
+ * GL_PREFETCH_BYTES at most: the samples' rows are scattered over the source, so each image's first reads would
+ * otherwise wait on memory (hardware prefetchers follow a stream within an image, not the jump to the next). */
+#define GL_PREFETCH_AHEAD 2
+#define GL_PREFETCH_BYTES (16 * 1024)
+
+static void prefetch_image(const unsigned char *image, long long image_bytes)
+{
+    const long long bytes = image_bytes < GL_PREFETCH_BYTES ? image_bytes : GL_PREFETCH_BYTES;
+    for (long long offset = 0; offset < bytes; offset += 64)
+        __builtin_prefetch(image + offset);
+}
 
 /* A sample with a long reversed run is first copied here when it is at most this large: one sequential
  * read that the hardware prefetches, where reversed reads of the stored image wait on each cache line. */
@@ -547,6 +590,9 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
     for (long long b = 0; b < n; ++b) {
         const unsigned char *image = (const unsigned char *)source.buf + row_index[b] * image_bytes;
         unsigned char *target = (unsigned char *)out.buf + b * out_image_bytes;
+        if (b + GL_PREFETCH_AHEAD < n)
+            prefetch_image((const unsigned char *)source.buf + row_index[b + GL_PREFETCH_AHEAD] * image_bytes,
+                           image_bytes);
         gl_sample_words(0, 1, sample_ids[b], (const unsigned long long *)keys.buf, n_words, words);
         if (bytewise) {
             gl_sample_traces(0, 1, height, width, (const long long *)ops.buf, n_ops, words, work.src_rows,
