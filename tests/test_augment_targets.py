@@ -331,6 +331,19 @@ def test_an_image_shaped_y_left_without_ops_is_warned_about_once_naming_the_fix(
         pair_loader(x, y)
 
 
+def test_a_y_at_the_images_size_divided_by_an_integer_left_without_ops_is_warned_about_at_the_users_line():
+    x, _ = pairs()  # 12 x 12 images
+    half = np.zeros((N, 6, 6), np.uint8)  # an output-stride-2 mask
+    with pytest.warns(UserWarning, match=r"gives y no ops, and y \(\d+, 6, 6\) is x's height and width divided "
+                      r"by 2.*augment=\{\.\.\., 'y': \[\]\}") as record:
+        Loader(x, half, augment=ops(), verbose=False)
+    assert [w.filename for w in record if "divided by" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Loader(x, half, augment={"x": ops(), "y": []}, verbose=False)
+        Loader(x, np.zeros((N, 5, 6), np.uint8), augment=ops(), verbose=False)  # not a scaled copy of the images
+
+
 def test_channels_first_looking_images_are_warned_about_naming_data_format():
     x, _ = pairs()
     first = np.ascontiguousarray(np.moveaxis(x, 3, 1))  # (n, 3, 12, 12)

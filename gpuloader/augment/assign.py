@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuloader._structure import Structure
+from gpuloader._warn import warn_at_caller
 from gpuloader.augment.apply import check_augment, ops_and_stream
 from gpuloader.augment.targets import Same, follower_ops, moves_pixels
 
@@ -216,20 +217,37 @@ def _warn_left_behind(entries: list[AugmentedInput], leaves: list[Any], names: l
             continue
         size = image_size(tuple(leaves[entry.index].shape), entry.data_format)
         for index, leaf in enumerate(leaves):
-            if index in given or image_size(tuple(leaf.shape), data_format) != size:
+            other = image_size(tuple(leaf.shape), data_format)
+            if index in given or other is None or size is None:
                 continue
-            key = _suggested_key(names[index])
-            warnings.warn(
-                f"augment moves the pixels of {entry.name} ({', '.join(moved)}) but gives {names[index]} no ops, "
-                f"and {names[index]} has the same height and width (shape {tuple(leaf.shape)}): if it is a mask or "
-                f"another image-shaped target, every pair falls out of register. Fix: give it the same draws, "
-                f"augment={{..., {key}: augment.Same({_suggested_key(entry.name)}, fill=255)}} (fill: the "
-                f"value for painted and padded pixels, e.g. an 'ignore' label); if it is not aligned with the "
-                f"images, say so with augment={{..., {key}: []}}.",
-                UserWarning,
-                stacklevel=4,
-            )
+            if other == size:
+                key = _suggested_key(names[index])
+                warn_at_caller(
+                    f"augment moves the pixels of {entry.name} ({', '.join(moved)}) but gives {names[index]} no "
+                    f"ops, and {names[index]} has the same height and width (shape {tuple(leaf.shape)}): if it is "
+                    f"a mask or another image-shaped target, every pair falls out of register. Fix: give it the "
+                    f"same draws, augment={{..., {key}: augment.Same({_suggested_key(entry.name)}, fill=255)}} "
+                    f"(fill: the value for painted and padded pixels, e.g. an 'ignore' label); if it is not "
+                    f"aligned with the images, say so with augment={{..., {key}: []}}."
+                )
+            elif _scaled_down(size, other):
+                warn_at_caller(
+                    f"augment moves the pixels of {entry.name} ({', '.join(moved)}) but gives {names[index]} no "
+                    f"ops, and {names[index]} {tuple(leaf.shape)} is {entry.name}'s height and width divided by "
+                    f"{size[0] // other[0]} (an output-stride mask or heatmap?): if it is aligned with the images, "
+                    f"every pair falls out of register, and augment.Same needs the images' own size. Fix: "
+                    f"serve {names[index]} at the images' size (augment.Same, then downsample in the model), or "
+                    f"say it is not aligned with augment={{..., {_suggested_key(names[index])}: []}}."
+                )
+            else:
+                continue
             given.add(index)
+
+
+def _scaled_down(size: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Whether ``other`` is ``size`` divided by one integer factor of 2 or more on both axes."""
+    factor = size[0] // other[0] if other[0] else 0
+    return factor >= 2 and other[0] * factor == size[0] and other[1] * factor == size[1]
 
 
 def _suggested_key(name: str) -> str:
