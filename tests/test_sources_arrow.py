@@ -116,6 +116,8 @@ def test_a_watched_file_rewritten_in_place_is_a_change(tmp_path):
         file.write(b"y" * 8)
     with pytest.raises(SourceChangedError, match="rewritten in place"):
         watched.check()
+    with pytest.raises(SourceChangedError, match="deleted or moved"):
+        arrow._Watched([str(path), str(tmp_path / "gone.arrow")])
 
 
 @pytest.mark.parametrize(

@@ -226,7 +226,16 @@ class _Watched:
 
     def __init__(self, paths: list[str] | tuple[str, ...]) -> None:
         self.paths = [os.fspath(path) for path in paths]
-        self._fds = [os.open(path, os.O_RDONLY) for path in self.paths]
+        self._fds = []
+        for path in self.paths:
+            try:
+                self._fds.append(os.open(path, os.O_RDONLY))
+            except OSError as error:
+                _close_all(self._fds)
+                raise SourceChangedError(
+                    f"{path!r}, a file under this Arrow column, cannot be opened to be watched ({error}): it was "
+                    "deleted or moved after the dataset was loaded. Load the dataset again (datasets.load_from_disk)."
+                ) from error
         self._opened = [os.fstat(fd) for fd in self._fds]
         weakref.finalize(self, _close_all, list(self._fds))
 
