@@ -1,7 +1,8 @@
-"""The one compiled part: the host kernel of the built-in augmentation ops (gpuloader/augment/_pixels.c).
+"""The compiled parts: the host kernel of the built-in augmentation ops (gpuloader/augment/_pixels.c) and the
+gather of rows by byte offset for Arrow columns (gpuloader/sources/_rows.c).
 
 Everything else is in pyproject.toml. ``optional=True``: without a C compiler the
-install still succeeds and the ops run on their NumPy path (same bytes, slower);
+install still succeeds and the ops (and the Arrow gather) run on their NumPy path (same bytes, slower);
 ``python -m gpuloader info`` says which one is in use.
 """
 
@@ -15,6 +16,12 @@ setup(
             depends=["gpuloader/augment/_pixels.h"],
             extra_compile_args=["-O3"],
             optional=True,
-        )
+        ),
+        Extension(
+            "gpuloader.sources._rows",
+            sources=["gpuloader/sources/_rows.c"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        ),
     ]
 )

@@ -182,7 +182,7 @@ def plan(
                 f"device='gpu' was asked for, but {status.reason}. Install CuPy for your "
                 "CUDA and run on a machine with a GPU, or pass device='auto' to fall back to RAM."
             )
-        return _host_or_disk(f"{status.reason}", bytes_needed, disk_bytes, limit)
+        return _host_or_disk(f"{status.reason}", bytes_needed, disk_bytes, limit, None, host_memory_limit)
     budget = int(status.free_bytes * gpu_memory_fraction)
     numbers = (
         f"needs {format_bytes(bytes_needed)}, budget {format_bytes(budget)} = "
@@ -198,7 +198,7 @@ def plan(
         )
     return _host_or_disk(
         f"the data does not fit on the GPU ({numbers}){tensorflow_note}", bytes_needed, disk_bytes, limit,
-        status.free_bytes,
+        status.free_bytes, host_memory_limit,
     )
 
 
@@ -225,18 +225,28 @@ def fallback_plan(
 ) -> Plan:
     """Host or disk, by the RAM rule, after the GPU was ruled out for ``why_not_gpu``."""
     limit = host_memory_budget(host_memory_limit) if disk_bytes else 0
-    return _host_or_disk(why_not_gpu, bytes_needed, disk_bytes, limit, bytes_free)
+    return _host_or_disk(why_not_gpu, bytes_needed, disk_bytes, limit, bytes_free, host_memory_limit)
 
 
 def _host_or_disk(
-    why_not_gpu: str, bytes_needed: int, disk_bytes: int, limit: int, bytes_free: int | None = None
+    why_not_gpu: str, bytes_needed: int, disk_bytes: int, limit: int, bytes_free: int | None = None,
+    given: int | None = None,
 ) -> Plan:
+    """Host if the on-disk bytes fit ``limit``, else disk; the reason names what decided: the RAM available
+    (``given`` None: half of it) or the ``host_memory_limit`` the caller gave."""
     if disk_bytes == 0:
         return Plan("host", f"host: {why_not_gpu}", bytes_needed, bytes_free)
-    ram = f"{format_bytes(disk_bytes)} on disk vs host_memory_limit {format_bytes(limit)}"
+    if given is None:
+        ram = f"{format_bytes(disk_bytes)} on disk vs host_memory_limit {format_bytes(limit)}, half the available RAM"
+        fits, over = "fit in RAM", "do not fit in RAM"
+    else:
+        ram = f"{format_bytes(disk_bytes)} on disk"
+        fits = f"fit within host_memory_limit={given} ({format_bytes(given)})"
+        over = (f"are kept out of RAM by host_memory_limit={given}" if given == 0 else
+                f"are over host_memory_limit={given} ({format_bytes(given)})")
     if disk_bytes <= limit:
-        return Plan("host", f"host: {why_not_gpu}; the on-disk arrays fit in RAM ({ram})", bytes_needed, bytes_free)
-    return Plan("disk", f"disk: {why_not_gpu}; the on-disk arrays do not fit in RAM ({ram})", bytes_needed, bytes_free)
+        return Plan("host", f"host: {why_not_gpu}; the on-disk arrays {fits} ({ram})", bytes_needed, bytes_free)
+    return Plan("disk", f"disk: {why_not_gpu}; the on-disk arrays {over} ({ram})", bytes_needed, bytes_free)
 
 
 def share_gpu_with_tensorflow(tf: Any) -> str:

@@ -47,10 +47,10 @@ def test_auto_picks_host_when_the_files_fit_the_ram_limit_and_disk_otherwise(fil
     roomy = Loader(x_path, y_path, batch_size=10, host_memory_limit=10 * MB, verbose=False)
     assert roomy.placement == "host"
     assert not any(isinstance(leaf, np.memmap) for leaf in roomy.pipeline.store.leaves)
-    assert "fit in RAM" in str(roomy.plan)
+    assert f"fit within host_memory_limit={10 * MB}" in str(roomy.plan)
     tight = Loader(x_path, y_path, batch_size=10, host_memory_limit=1000, verbose=False)
     assert tight.placement == "disk"
-    assert "do not fit in RAM" in str(tight.plan) and "host_memory_limit 1.0 KB" in str(tight.plan)
+    assert "are over host_memory_limit=1000 (1.0 KB)" in str(tight.plan)
 
 
 def test_auto_picks_the_gpu_first_and_streams_the_upload(files, fake_gpu, monkeypatch):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+from unittest import mock
 
 import numpy as np
 import pytest
 
 import gpuloader
-from gpuloader.ingest import decode, hf
+from gpuloader.ingest import decode
+from gpuloader.sources import SourceChangedError
+from gpuloader.sources.arrow import ArrowSource, arrow_view
 
 datasets = pytest.importorskip("datasets")
 PIL = pytest.importorskip("PIL.Image")
@@ -50,17 +54,116 @@ def arrow_values(dataset, column):
 
 def test_numeric_columns_are_served_from_the_arrow_buffers_without_a_copy(saved):
     dataset, x = saved
-    assert dataset.data.table.column("x").num_chunks > 1  # several record batches: served as shards
+    assert dataset.data.table.column("x").num_chunks > 1  # several record batches
     loader = gpuloader.from_hf_dataset(dataset, x=("x", "v"), y="y", batch_size=100, shuffle=False, verbose=False)
     leaves = loader.pipeline.store.leaves
     for leaf, column in zip(leaves, ("x", "v")):
-        for served, held in zip([part.array for part in leaf.parts], arrow_values(dataset, column)):
-            assert np.shares_memory(served, held)
+        assert isinstance(leaf, ArrowSource) and leaf.on_disk
+        for view, held in zip(leaf._views, arrow_values(dataset, column)):
+            assert np.shares_memory(view, held)  # the rows are read where Arrow holds them
     assert loader.placement == "disk"  # without a GPU: read from the mapped file, no second copy in RAM
+    assert "kept out of RAM by host_memory_limit=0" in str(loader.plan)  # what decided, not "do not fit"
     (xb, vb), yb = loader[3]
     np.testing.assert_array_equal(np.asarray(xb), x[300:400])
     np.testing.assert_array_equal(np.asarray(vb), np.arange(300 * 5, 400 * 5).reshape(100, 5))
     np.testing.assert_array_equal(np.asarray(yb), np.arange(300, 400) % 3)
+
+
+def rows_dataset(tmp_path, n=1000, writer_batch_size=64, num_shards=2, name="rows"):
+    """x[i] = i * 8 + (0..7) as (2, 4) float32, y[i] = i: saved in ``num_shards`` files of small record batches."""
+    x = np.arange(n * 8, dtype=np.float32).reshape(n, 2, 4)
+    features = datasets.Features({"x": datasets.Array2D((2, 4), "float32"), "y": datasets.Value("int64")})
+    built = datasets.Dataset.from_dict({"x": x, "y": np.arange(n)}, features=features)
+    folder = str(tmp_path / name)
+    with mock.patch.object(datasets.config, "DEFAULT_MAX_BATCH_SIZE", writer_batch_size):  # save_to_disk's batches
+        built.save_to_disk(folder, num_shards=num_shards)
+    reopened = datasets.load_from_disk(folder)
+    return reopened, x
+
+
+def assert_epochs_equal_the_numpy_reference(dataset, x_rows, y_rows, epochs=3, **kwargs):
+    """Every batch of ``epochs`` epochs equals the same Loader's over the NumPy rows (same seed: same order)."""
+    ours = gpuloader.from_hf_dataset(dataset, x="x", y="y", batch_size=48, seed=7, verbose=False, **kwargs)
+    reference = gpuloader.Loader(x_rows, y_rows, batch_size=48, seed=7, verbose=False)
+    assert len(ours) == len(reference)
+    for _ in range(epochs):
+        seen = []
+        for (xb, yb), (xr, yr) in zip(ours, reference):
+            np.testing.assert_array_equal(np.asarray(xb), np.asarray(xr))
+            np.testing.assert_array_equal(np.asarray(yb), np.asarray(yr))
+            seen.extend(np.asarray(yb).tolist())
+        assert sorted(seen) == sorted(np.asarray(y_rows).tolist())  # every row once per epoch
+        ours.on_epoch_end()
+        reference.on_epoch_end()
+    return ours
+
+
+def test_a_saved_dataset_of_many_record_batches_and_files_serves_the_numpy_rows_every_epoch(tmp_path):
+    dataset, x = rows_dataset(tmp_path)
+    assert len(dataset.cache_files) == 2 and dataset.data.table.column("x").num_chunks > 10
+    loader = assert_epochs_equal_the_numpy_reference(dataset, x, np.arange(len(x)))
+    assert loader.placement == "disk" and loader.pipeline.store.leaves[0].files == [
+        entry["filename"] for entry in dataset.cache_files]
+
+
+def test_the_compiled_and_numpy_gathers_and_per_chunk_regions_serve_the_same_rows(tmp_path, monkeypatch):
+    from gpuloader.sources import arrow
+
+    dataset, x = rows_dataset(tmp_path)
+    monkeypatch.setattr(arrow, "_rows", None)
+    monkeypatch.setattr(arrow, "_mapped_spans", lambda: [])
+    assert_epochs_equal_the_numpy_reference(dataset, x, np.arange(len(x)), epochs=1)
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        lambda d: d.select(np.random.default_rng(0).permutation(len(d))[:300]),
+        lambda d: d.select(range(130, 870)),  # contiguous: a sliced table, no indices mapping
+        lambda d: d.filter(lambda row: row["y"] % 3 != 1),
+        lambda d: d.shuffle(seed=4),
+        lambda d: d.train_test_split(test_size=0.25, seed=1)["test"],
+        lambda d: d.select(range(130, 870)).shuffle(seed=2).select(range(50, 400)),
+    ],
+    ids=["select", "contiguous select", "filter", "shuffle", "split", "slice then shuffle then select"],
+)
+def test_a_selected_or_filtered_dataset_serves_exactly_its_rows(tmp_path, select):
+    dataset, x = rows_dataset(tmp_path)
+    chosen = select(dataset)
+    ids = np.array(chosen["y"])  # the rows the dataset holds, in its order, as datasets itself reads them
+    assert len(ids) < len(x) or chosen._indices is not None
+    assert_epochs_equal_the_numpy_reference(chosen, x[ids], ids, epochs=2)
+
+
+def test_concatenated_datasets_serve_both_files_rows(tmp_path):
+    first, x = rows_dataset(tmp_path, n=300, num_shards=1, name="a")
+    second, _ = rows_dataset(tmp_path, n=300, num_shards=1, name="b")
+    both = datasets.concatenate_datasets([first, second.select(range(100, 300))])
+    ids = np.array(both["y"])
+    assert len(both.cache_files) == 2
+    assert_epochs_equal_the_numpy_reference(both, x[ids], ids, epochs=2)
+
+
+def test_a_column_with_nulls_in_one_record_batch_is_refused_naming_it(tmp_path):
+    values = [[float(i), float(i)] for i in range(300)]
+    values[250] = None
+    features = datasets.Features({"x": datasets.List(datasets.Value("float32"), length=2)})
+    with mock.patch.object(datasets.config, "DEFAULT_MAX_BATCH_SIZE", 100):
+        datasets.Dataset.from_dict({"x": values}, features=features).save_to_disk(str(tmp_path / "nulls"))
+    with pytest.raises(ValueError, match="column 'x' has 1 null value"):
+        gpuloader.from_hf_dataset(datasets.load_from_disk(str(tmp_path / "nulls")), x="x", verbose=False)
+
+
+def test_a_cache_file_rewritten_in_place_is_detected_before_the_next_batch(tmp_path):
+    dataset, _ = rows_dataset(tmp_path)
+    loader = gpuloader.from_hf_dataset(dataset, x="x", y="y", batch_size=100, verbose=False)
+    loader[0]
+    path = dataset.cache_files[1]["filename"]
+    with open(path, "r+b") as file:  # same inode and size, new bytes: what a rewrite in place looks like
+        file.seek(os.path.getsize(path) - 8)
+        file.write(b"\0" * 8)
+    with pytest.raises(SourceChangedError, match=r"data-00001-of-00002\.arrow.*rewritten in place"):
+        loader[1]
 
 
 def test_a_one_batch_column_is_one_view_the_host_tier_keeps_as_is(tmp_path):
@@ -95,7 +198,6 @@ def test_an_image_column_is_decoded_once_into_the_cache(saved, tmp_path, monkeyp
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
-        (lambda d: d.shuffle(seed=0), ValueError, "indices mapping"),
         (lambda d: datasets.DatasetDict({"train": d}), TypeError, "Pick a split"),
         (lambda d: datasets.Dataset.from_dict({"x": [[1.0], [2.0, 3.0]]}), ValueError, "lists of different lengths"),
         (lambda d: datasets.Dataset.from_dict({"x": [1.0, None]}), ValueError, "null"),
@@ -116,6 +218,31 @@ def test_arrow_view_of_a_sliced_array_starts_at_its_offset():
 
     values = pa.array(np.arange(20, dtype=np.int32))
     nested = pa.FixedSizeListArray.from_arrays(values, 2).slice(3, 4)
-    view = hf.arrow_view(nested, "c")
+    view = arrow_view(nested, "c")
     np.testing.assert_array_equal(view, np.arange(6, 14).reshape(4, 2))
     assert np.shares_memory(view, np.frombuffer(values.buffers()[1], np.int32))
+
+
+def test_images_that_cannot_be_decoded_raise_or_are_skipped_from_every_column(tmp_path):
+    n = 20
+    images = [{"bytes": png(i), "path": None} for i in range(n)]
+    images[3] = {"bytes": b"not a png", "path": None}
+    images[7] = None
+    features = datasets.Features({"image": datasets.Image(), "v": datasets.Value("int32"),
+                                  "y": datasets.Value("int64")})
+    table = {"image": images, "v": np.arange(n, dtype=np.int32) * 10, "y": np.arange(n)}
+    datasets.Dataset.from_dict(table, features=features).save_to_disk(str(tmp_path / "ds"))
+    dataset = datasets.load_from_disk(str(tmp_path / "ds"))
+    cache = tmp_path / "cache"
+    with pytest.raises(decode.DecodeError, match=r"2 image\(s\) of column 'image'.*row 3.*row 7.*on_error=\"skip\""):
+        gpuloader.from_hf_dataset(dataset, x="image", y="y", cache_dir=cache, verbose=False)
+    with pytest.warns(UserWarning, match="2 of 20 rows were left out"):
+        loader = gpuloader.from_hf_dataset(dataset, x=("image", "v"), y="y", batch_size=n, shuffle=False,
+                                           cache_dir=cache, on_error="skip", verbose=False)
+    (pixels, v), y = loader[0]
+    kept = [i for i in range(n) if i not in (3, 7)]
+    assert len(loader) == 1 and np.asarray(y).tolist() == kept
+    np.testing.assert_array_equal(np.asarray(pixels)[:, 0, 0, 0], kept)  # each image beside its own label
+    np.testing.assert_array_equal(np.asarray(v), np.array(kept) * 10)
+    with pytest.raises(ValueError, match='on_error must be "raise" or "skip"'):
+        gpuloader.from_hf_dataset(dataset, x="v", on_error="ignore", verbose=False)

@@ -1,29 +1,31 @@
 """``from_hf_dataset``: a Loader over columns of a Hugging Face ``datasets.Dataset``.
 
-Numeric columns are served from the Arrow buffers themselves, without a
-copy: NumPy views over each record batch's values buffer (a memory map of the
-dataset's ``.arrow`` files after ``load_from_disk``). A column qualifies when
-its Arrow type is a primitive integer or floating type (not bool: Arrow packs
-bools into bits), or fixed-shape lists of one (``Array2D`` ... ``Array5D``,
-``Sequence``/``List`` with a ``length``, or lists whose every row has the same
-length), with no nulls at any level. A dataset with an indices mapping (after
-``shuffle``, ``select``, ``filter``, ``train_test_split``) has no contiguous
-rows to view: call ``dataset.flatten_indices()`` first.
+Numeric columns are served from the Arrow buffers themselves, without a copy,
+through :class:`~gpuloader.sources.arrow.ArrowSource`: each row found by its
+address in the memory the dataset already maps (its ``.arrow`` files after
+``load_from_disk``), a batch gathered in one NumPy call per mapped region. A
+column qualifies when its Arrow type is a primitive integer or floating type
+(not bool: Arrow packs bools into bits), or fixed-shape lists of one
+(``Array2D`` ... ``Array5D``, ``Sequence``/``List`` with a ``length``, or lists
+whose every row has the same length), with no nulls at any level. A dataset
+with an indices mapping (after ``shuffle``, ``select``, ``filter``,
+``train_test_split``) is served through that mapping, row for row.
 
 Image columns (``datasets.Image``) are decoded once, with Pillow, into the
 cache (:mod:`gpuloader.ingest.cache`), keyed by the dataset's fingerprint, its
 cache files (sizes, modification times), the column and the decode settings.
+Images that cannot be decoded raise an error naming the row, or with
+``on_error="skip"`` their rows are left out of every column, with a warning.
 
-What the Loader receives: one record batch gives one NumPy view (an in-RAM
-input: the host tier holds it as is, no copy); several record batches give
-the views as shards, which the tiers treat like ``.npy`` shards, and
-``host_memory_limit`` defaults to 0 here so that without a GPU the batches are
-read from the mapped file (page cache) rather than copied into RAM.
+``host_memory_limit`` defaults to 0 here: without a GPU the batches are read
+from the mapped files (page cache) rather than copied into RAM; the plan's
+reason says so. ``host_memory_limit=None`` copies them into RAM when they fit.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ def from_hf_dataset(
     interpolation: str = "bilinear",
     crop_to_aspect_ratio: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    on_error: str = "raise",
     verbose: bool = True,
     **loader_kwargs: Any,
 ) -> Any:
@@ -52,13 +55,17 @@ def from_hf_dataset(
 
     Args:
         dataset: a ``datasets.Dataset`` (not a ``DatasetDict``: pick a split;
-            not an ``IterableDataset``: rows must be addressable).
+            not an ``IterableDataset``: rows must be addressable). An indices
+            mapping (``select``, ``shuffle``, ``filter``) is honoured.
         x: a column name, a list/tuple of names, or a dict ``{input_name: column}``.
         y, sample_weight: column names (or structures of them), or None.
         image_size, color_mode, interpolation, crop_to_aspect_ratio: for image
             columns, as in :func:`gpuloader.image_dataset_from_directory`
             (``image_size=None`` keeps the images' size, which must be equal).
         cache_dir: where decoded image columns are cached (see that function).
+        on_error: "raise" or "skip" for images that cannot be decoded (or are
+            missing); "skip" leaves their rows out of every column and warns
+            with the count.
         verbose: progress bar while decoding, and the Loader's own.
         **loader_kwargs: passed to the Loader (``batch_size``, ``shuffle``,
             ``seed``, ``device``, ``host_memory_limit`` (default 0 here), ...).
@@ -66,28 +73,27 @@ def from_hf_dataset(
     Raises:
         TypeError: not a ``datasets.Dataset``, or a column of a type that is
             neither a qualifying numeric type nor ``Image`` (the message says why).
-        ValueError: an unknown column, an indices mapping, or nulls.
+        ValueError: an unknown column, nulls, lists of several lengths, or a bad ``on_error``.
+        gpuloader.ingest.decode.DecodeError: an image that cannot be decoded, with ``on_error="raise"``.
 
-    Cost: numeric columns: nothing is read at construction (the GPU tier copies
-    them once to the device). Image columns: one decode per image, the first time.
+    Cost: numeric columns: nothing is read at construction (the chunks' addresses
+    are noted; an indices mapping of several chunks is copied, 8 bytes per row);
+    each batch is gathered from the mapped files; the GPU tier copies them once to
+    the device. Image columns: one decode per image, the first time.
     """
     import datasets
 
     if not isinstance(dataset, datasets.Dataset):
         hint = " Pick a split, e.g. dataset['train']." if isinstance(dataset, datasets.DatasetDict) else ""
         raise TypeError(f"from_hf_dataset takes a datasets.Dataset; received {type(dataset).__name__}.{hint}")
-    if dataset._indices is not None:
-        raise ValueError(
-            "this Dataset has an indices mapping (from shuffle, select, filter or a split), so its rows are not "
-            "contiguous in the Arrow file and cannot be served without a copy. Call dataset = "
-            "dataset.flatten_indices() first (writes the selected rows once); the Loader shuffles by itself."
-        )
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f'on_error must be "raise" or "skip"; received {on_error!r}.')
     settings = decode.check_settings(image_size, color_mode, interpolation, crop_to_aspect_ratio)
-
-    def leaf(column: str) -> Any:
-        return _column(dataset, column, settings, cache_dir, verbose)
-
-    parts = [_map(part, leaf) if part is not None else None for part in (x, y, sample_weight)]
+    columns = _Columns(dataset, settings, cache_dir, on_error, verbose)
+    parts = [_map(part, columns.leaf) if part is not None else None for part in (x, y, sample_weight)]
+    kept = columns.kept_rows()
+    if kept is not None:
+        parts = [_map_leaves(part, lambda leaf: columns.keep(leaf, kept)) for part in parts]
     from gpuloader.loader import Loader
 
     loader_kwargs.setdefault("host_memory_limit", 0)
@@ -104,75 +110,92 @@ def _map(part: Any, leaf: Any) -> Any:
     raise TypeError(f"columns are named by strings (or lists/dicts of them); received {part!r}.")
 
 
-def _column(dataset: Any, column: str, settings: decode.DecodeSettings, cache_dir: Any, verbose: bool) -> Any:
-    import datasets
-
-    if column not in dataset.column_names:
-        raise ValueError(f"no column {column!r} in this Dataset; its columns are {dataset.column_names}.")
-    feature = dataset.features[column]
-    if isinstance(feature, datasets.Image):
-        return _images(dataset, column, settings, cache_dir, verbose)
-    chunks = dataset.data.table.column(column).chunks
-    views = [arrow_view(chunk, column) for chunk in chunks if len(chunk)]
-    if not views:
-        raise ValueError(f"column {column!r} is empty; the Dataset has no rows.")
-    if len(views) == 1:
-        return views[0]
-    from gpuloader.sources import concatenated
-
-    return concatenated(views)  # the record batches' rows in order, each read in place
+def _map_leaves(part: Any, change: Any) -> Any:
+    if part is None:
+        return None
+    if isinstance(part, Mapping):
+        return {key: _map_leaves(value, change) for key, value in part.items()}
+    if isinstance(part, tuple):
+        return tuple(_map_leaves(value, change) for value in part)
+    return change(part)
 
 
-def arrow_view(chunk: Any, column: str) -> np.ndarray:
-    """A read-only NumPy view over one Arrow array's values, shaped ``(rows, *fixed shape)``; no copy.
+class _Columns:
+    """The dataset's columns as Loader inputs; image columns' skipped rows (``on_error="skip"``) collected."""
 
-    Raises:
-        TypeError: the type does not qualify (see the module docstring), with the fix.
-        ValueError: nulls, or lists whose rows have different lengths.
-    """
-    import pyarrow as pa
+    def __init__(self, dataset: Any, settings: decode.DecodeSettings, cache_dir: Any, on_error: str,
+                 verbose: bool) -> None:
+        self.dataset, self.settings, self.cache_dir = dataset, settings, cache_dir
+        self.on_error, self.verbose = on_error, verbose
+        self.skipped: dict[int, str] = {}
+        self.images: dict[int, np.ndarray] = {}  # id(leaf) -> the rows (dataset rows) an image leaf holds
 
-    array = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-    rows, shape = len(array), []
-    while pa.types.is_list(array.type) or pa.types.is_large_list(array.type) or pa.types.is_fixed_size_list(
-            array.type):
-        _refuse_nulls(array, column)
-        if pa.types.is_fixed_size_list(array.type):
-            width = array.type.list_size
-        else:
-            offset_type = np.int64 if pa.types.is_large_list(array.type) else np.int32
-            offsets = np.frombuffer(array.buffers()[1], offset_type)[array.offset:array.offset + len(array) + 1]
-            lengths = np.diff(offsets)
-            if len(lengths) and (lengths != lengths[0]).any():
-                raise ValueError(
-                    f"column {column!r} holds lists of different lengths ({int(lengths.min())} to "
-                    f"{int(lengths.max())}); a batch needs one shape per sample. Pad or cut them to one length "
-                    "(dataset.map), or cast the column to a fixed shape (datasets.Array2D / List(length=...))."
+    def leaf(self, column: str) -> Any:
+        import datasets
+
+        dataset = self.dataset
+        if column not in dataset.column_names:
+            raise ValueError(f"no column {column!r} in this Dataset; its columns are {dataset.column_names}.")
+        if isinstance(dataset.features[column], datasets.Image):
+            images, skipped = _images(dataset, column, self.settings, self.cache_dir, self.verbose)
+            if skipped and self.on_error == "raise":
+                raise decode.DecodeError(
+                    f"{len(skipped)} image(s) of column {column!r} could not be decoded: "
+                    + "; ".join(skipped[row] for row in sorted(skipped)[:5])
+                    + ' Fix or drop these rows (dataset.filter), or pass on_error="skip" to leave them out.'
                 )
-            width = int(lengths[0]) if len(lengths) else 0
-        shape.append(width)
-        array = array.flatten()  # the values of these rows only, zero-copy
-    _refuse_nulls(array, column)
-    kind = array.type
-    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-        raise TypeError(
-            f"column {column!r} has Arrow type {chunk.type}, whose values are {kind}: only integer and floating "
-            "values (fixed-shape lists of them included) are served from the Arrow buffers without a copy; bool "
-            "is bit-packed. Cast it (dataset.cast_column(name, datasets.Value('int8'))) or encode strings as ids."
+            self.skipped.update(skipped)
+            self.images[id(images)] = np.setdiff1d(np.arange(dataset.num_rows), list(skipped))
+            return images
+        return arrow_source(dataset, column)
+
+    def kept_rows(self) -> np.ndarray | None:
+        """The dataset rows every column serves (None: all of them)."""
+        if not self.skipped:
+            return None
+        warnings.warn(
+            f"{len(self.skipped)} of {self.dataset.num_rows} rows were left out: their images could not be "
+            f"decoded (on_error='skip'): " + "; ".join(self.skipped[row] for row in sorted(self.skipped)[:5]),
+            stacklevel=3,
         )
-    dtype = np.dtype(kind.to_pandas_dtype())
-    values = np.frombuffer(array.buffers()[1], dtype, count=len(array), offset=array.offset * dtype.itemsize)
-    return values.reshape(rows, *shape)
+        return np.setdiff1d(np.arange(self.dataset.num_rows), list(self.skipped))
+
+    def keep(self, leaf: Any, kept: np.ndarray) -> Any:
+        """``leaf`` reduced to dataset rows ``kept`` (an image leaf holds its own decoded rows only)."""
+        from gpuloader.sources import open_source
+
+        held = self.images.get(id(leaf))
+        positions = kept if held is None else np.searchsorted(held, kept)
+        return open_source(leaf, "column").subset(positions.astype(np.int64))
 
 
-def _refuse_nulls(array: Any, column: str) -> None:
-    if array.null_count:
-        raise ValueError(f"column {column!r} has {array.null_count} null value(s); a batch cannot hold a missing "
-                         "value. Fill or drop them (dataset.filter / dataset.map) first.")
+def arrow_source(dataset: Any, column: str) -> Any:
+    """The :class:`~gpuloader.sources.arrow.ArrowSource` of a numeric column, through the indices mapping if any."""
+    from gpuloader.sources.arrow import ArrowSource, column_views
+
+    views = column_views(dataset.data.table.column(column).chunks, column)
+    indices = None
+    if dataset._indices is not None:  # after select / shuffle / filter: row i is data row indices[i]
+        chunks = [chunk for chunk in dataset._indices.column("indices").chunks if len(chunk)]
+        parts = [np.frombuffer(chunk.buffers()[1], np.uint64, len(chunk), chunk.offset * 8) for chunk in chunks]
+        indices = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        if len(indices) != dataset.num_rows:
+            raise ValueError(f"this Dataset's indices mapping has {len(indices)} rows for {dataset.num_rows} rows; "
+                             "call dataset = dataset.flatten_indices() first.")
+        if len(indices) and int(indices.max()) >= sum(len(view) for view in views):
+            raise ValueError(f"this Dataset's indices mapping points past the {column!r} column's rows; call "
+                             "dataset = dataset.flatten_indices() first.")
+    if not len(views[0]) or (indices is not None and not len(indices)):
+        raise ValueError(f"column {column!r} is empty; the Dataset has no rows.")
+    files = [entry["filename"] for entry in dataset.cache_files]
+    return ArrowSource(views, indices, files)
 
 
-def _images(dataset: Any, column: str, settings: decode.DecodeSettings, cache_dir: Any, verbose: bool) -> np.ndarray:
-    """An image column decoded once into the cache; the uint8 images as a memory map."""
+def _images(
+    dataset: Any, column: str, settings: decode.DecodeSettings, cache_dir: Any, verbose: bool
+) -> tuple[np.ndarray, dict[int, str]]:
+    """An image column decoded once into the cache: the uint8 images of the rows that decoded (a memory map),
+    and ``{dataset row: problem}`` for the rows that did not (a missing image counts as one)."""
     import dataclasses
 
     files = []
@@ -185,18 +208,20 @@ def _images(dataset: Any, column: str, settings: decode.DecodeSettings, cache_di
     def build(folder: Path) -> dict[str, Any]:
         from gpuloader.ingest.folder import decode_images
 
+        values = dataset.data.table.column(column)
+        if dataset._indices is not None:  # the dataset's rows, in its order
+            values = values.take(dataset._indices.column("indices"))
         items, names = [], []
-        for chunk in dataset.data.table.column(column).chunks:
+        for chunk in values.chunks:
             for value in chunk.to_pylist():
-                if value is None:
-                    raise ValueError(f"column {column!r} row {len(items)} holds no image; fill or drop it first.")
+                row = len(items)
+                if value is None:  # no image: fails to decode, so it is reported (or skipped) with its row
+                    items.append(b"")
+                    names.append(f"column {column!r} row {row} (no image: the value is null)")
+                    continue
                 items.append(value["bytes"] if value.get("bytes") is not None else value["path"])
-                names.append(f"column {column!r} row {len(names)}")
-        extra = decode_images(items, names, settings, folder, f"gpuloader: decoding {len(items)} images", verbose)
-        if extra["skipped"]:
-            raise decode.DecodeError("; ".join(problem for _, problem in extra["skipped"][:5]) +
-                                     " (fix or drop these rows; every row of every column must be served)")
-        return extra
+                names.append(f"column {column!r} row {row}")
+        return decode_images(items, names, settings, folder, f"gpuloader: decoding {len(items)} images", verbose)
 
     entry = cache_lib.open_or_build(cache_lib.cache_root(cache_dir), "hf", source, content, build)
-    return entry.array("images")
+    return entry.array("images"), {int(row): problem for row, problem in entry.manifest["skipped"]}

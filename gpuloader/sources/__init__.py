@@ -14,7 +14,9 @@ The formats, one module each:
 - :mod:`~gpuloader.sources.array`: an array in memory (anything ``np.asarray`` takes);
 - :mod:`~gpuloader.sources.npy`: a ``.npy`` path or an ``np.memmap``, read through the map, watched for changes;
 - :mod:`~gpuloader.sources.shards`: a list of ``.npy`` paths, rows concatenated;
-- :mod:`~gpuloader.sources.subset`: some rows of another source (a worker's shard), read lazily.
+- :mod:`~gpuloader.sources.subset`: some rows of another source (a worker's shard), read lazily;
+- :mod:`~gpuloader.sources.arrow`: a fixed-shape numeric ``pyarrow`` column (a ``datasets.Dataset``'s), read where
+  Arrow holds it (its memory maps), through an index mapping where given, watched for changes.
 
 **Adding a format is one new module plus its tests.** Write
 ``gpuloader/sources/<format>.py`` with a subclass of :class:`Source` (set
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from gpuloader.sources.array import ArraySource, open_array
+from gpuloader.sources.arrow import ArrowSource, open_arrow
 from gpuloader.sources.base import Source, SourceChangedError, check_source_shape, read_rows_sorted
 from gpuloader.sources.npy import NpySource, open_npy
 from gpuloader.sources.shards import ShardedArray, open_shards
@@ -44,6 +47,7 @@ from gpuloader.sources.subset import RowSubset
 __all__ = [
     "OPENERS",
     "ArraySource",
+    "ArrowSource",
     "NpySource",
     "RowSubset",
     "ShardedArray",
@@ -56,7 +60,7 @@ __all__ = [
 ]
 
 #: The formats tried in order, before an array in memory: ``opener(value, name)`` returns a Source or None.
-OPENERS: list[Callable[[Any, str], Source | None]] = [open_npy, open_shards]
+OPENERS: list[Callable[[Any, str], Source | None]] = [open_npy, open_shards, open_arrow]
 
 
 def open_source(value: Any, name: str) -> Source:

@@ -46,6 +46,9 @@ class Source(abc.ABC):
     shape: tuple[int, ...]
     dtype: np.dtype
     on_disk: ClassVar[bool] = True
+    #: True where :meth:`read_sorted` takes rows in any order as fast (rows already in memory or mapped, e.g.
+    #: Arrow): :func:`read_rows_sorted` then hands it the batch's rows as they are, with no sort and put-back.
+    reads_in_any_order: ClassVar[bool] = False
 
     # ------------------------------------------------------------ derived
     def __len__(self) -> int:
@@ -121,8 +124,12 @@ def read_rows_sorted(source: Source, rows: np.ndarray, out: np.ndarray) -> None:
     block), into a scratch buffer of this thread's, and the rows are then put
     back in the order the permutation asked for.
 
-    Cost: one read of the batch's rows plus one in-memory copy of the batch.
+    Cost: one read of the batch's rows plus one in-memory copy of the batch; a source that
+    ``reads_in_any_order`` is read straight into ``out``.
     """
+    if source.reads_in_any_order:
+        source.read_sorted(rows, out)
+        return
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
     staging = _thread_staging(out.shape, out.dtype)

@@ -1,0 +1,136 @@
+"""ArrowSource: a fixed-shape numeric Arrow column read by byte offset where Arrow holds it (issue 19, item 3).
+
+The same rows as the NumPy array it was made from, for every read of the
+interface, whichever gather runs (the compiled one, NumPy's), however the
+chunks lie in memory (one mapped region, or a region per chunk), and through an
+index mapping; registered in ``sources.OPENERS`` for ``pyarrow`` values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuloader import Loader
+from gpuloader.sources import Source, SourceChangedError, arrow, open_source, read_rows_sorted
+
+pa = pytest.importorskip("pyarrow")
+
+ROWS = 103
+
+
+@pytest.fixture
+def data():
+    return np.arange(ROWS * 6, dtype=np.int32).reshape(ROWS, 2, 3)
+
+
+def chunked(data: np.ndarray, sizes=(40, 1, 0, 50, 12)) -> pa.ChunkedArray:
+    """``data`` as a chunked Arrow column of fixed-size lists (an empty chunk included)."""
+    chunks, start = [], 0
+    for size in sizes:
+        part = data[start:start + size]
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), data.shape[2])
+        chunks.append(pa.FixedSizeListArray.from_arrays(inner, data.shape[1]))
+        start += size
+    assert start == len(data)
+    return pa.chunked_array(chunks)
+
+
+def check_reads(source: Source, want: np.ndarray) -> None:
+    """Every read of the interface gives ``want``'s rows."""
+    n = len(want)
+    assert (source.shape, source.dtype) == (want.shape, want.dtype)
+    for rows in (np.arange(n), np.array([0, 0, 2, 2, n - 1]), np.array([n - 1]), np.arange(1, n, 3),
+                 np.random.default_rng(0).permutation(n)):
+        out = np.empty((len(rows), *want.shape[1:]), want.dtype)
+        source.read_sorted(rows.astype(np.int64), out)
+        np.testing.assert_array_equal(out, want[rows])
+        out[:] = 0
+        read_rows_sorted(source, rows.astype(np.int64), out)
+        np.testing.assert_array_equal(out, want[rows])
+    for start, stop in ((0, n), (1, n - 1), (n - 2, n + 5), (3, 3), (0, 40), (41, 45)):
+        np.testing.assert_array_equal(source.read_range(start, stop), want[start:stop])
+    picked = np.array([0, n // 2, n - 1])
+    np.testing.assert_array_equal(source.subset(picked).read_range(0, 3), want[picked])
+    source.check_unchanged()
+
+
+def test_an_arrow_column_is_opened_by_the_registry_and_reads_its_rows(data):
+    source = open_source(chunked(data), "x")
+    assert isinstance(source, arrow.ArrowSource)
+    assert not source.on_disk  # built in memory: no file under it
+    check_reads(source, data)
+
+
+@pytest.mark.parametrize("gather", ["compiled", "numpy"])
+@pytest.mark.parametrize("regions", ["mapped runs", "one per chunk"])
+def test_every_gather_and_region_layout_reads_the_same_rows(data, monkeypatch, gather, regions):
+    if gather == "compiled" and arrow._rows is None:
+        pytest.skip("the compiled gather is not built (no C compiler)")
+    if gather == "numpy":
+        monkeypatch.setattr(arrow, "_rows", None)
+    if regions == "one per chunk":
+        monkeypatch.setattr(arrow, "_mapped_spans", lambda: [])
+    source = open_source(chunked(data), "x")
+    assert (len(source._bytes) == 4) == (regions == "one per chunk")  # 4 non-empty chunks
+    check_reads(source, data)
+
+
+def test_an_index_mapping_is_applied_row_for_row(data):
+    indices = np.array([5, 5, 102, 0, 41, 40, 39, 90], dtype=np.uint64)
+    column = chunked(data)
+    source = arrow.ArrowSource(arrow.column_views(column.chunks, "x"), indices)
+    check_reads(source, data[indices.astype(np.int64)])
+
+
+def test_the_loader_serves_an_arrow_column_as_it_serves_the_array(data):
+    column = chunked(data)
+    ours = Loader(column, np.arange(ROWS), batch_size=16, seed=3, verbose=False)
+    reference = Loader(data, np.arange(ROWS), batch_size=16, seed=3, verbose=False)
+    for i in range(len(reference)):
+        for got, want in zip(ours[i], reference[i]):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_the_compiled_gather_refuses_an_offset_outside_its_region():
+    if arrow._rows is None:
+        pytest.skip("the compiled gather is not built (no C compiler)")
+    region = np.arange(100, dtype=np.uint8)
+    out = np.empty(20, np.uint8)
+    arrow._rows.gather(region, np.array([0, 90], dtype=np.int64), 10, out)
+    np.testing.assert_array_equal(out, np.r_[0:10, 90:100])
+    with pytest.raises(IndexError, match="outside the 100-byte region"):
+        arrow._rows.gather(region, np.array([0, 91], dtype=np.int64), 10, out)
+    with pytest.raises(IndexError):
+        arrow._rows.gather(region, np.array([-1, 0], dtype=np.int64), 10, out)
+    with pytest.raises(ValueError, match="exactly len"):
+        arrow._rows.gather(region, np.array([0], dtype=np.int64), 10, out)
+
+
+def test_a_watched_file_rewritten_in_place_is_a_change(tmp_path):
+    path = tmp_path / "f.arrow"
+    path.write_bytes(b"x" * 64)
+    watched = arrow._Watched([str(path)])
+    watched.check()
+    with open(path, "r+b") as file:  # same inode, same size, new bytes
+        file.write(b"y" * 8)
+    with pytest.raises(SourceChangedError, match="rewritten in place"):
+        watched.check()
+    with pytest.raises(SourceChangedError, match="deleted or moved"):
+        arrow._Watched([str(path), str(tmp_path / "gone.arrow")])
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "message"),
+    [
+        (pa.array([[1.0, 2.0], None]), ValueError, "null"),
+        (pa.array([[1.0, None], [2.0, 3.0]]), ValueError, "null"),
+        (pa.array([1, None, 3]), ValueError, "null"),
+        (pa.array([True, False]), TypeError, "bit-packed"),
+        (pa.array(["a", "b"]), TypeError, "only integer and floating"),
+        (pa.chunked_array([pa.array([[1, 2]]), pa.array([[1, 2, 3]])]), ValueError, "rows of shapes"),
+    ],
+)
+def test_what_does_not_qualify_is_refused_with_the_rule(values, error, message):
+    with pytest.raises(error, match=message):
+        open_source(values, "x")
