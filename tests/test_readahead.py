@@ -119,6 +119,19 @@ def test_the_requested_pages_follow_the_epochs_order(page_rows, monkeypatch, req
     assert rows == [row for batch in expected for row in batch], "each batch's rows, ascending, each once"
 
 
+def test_workers_share_one_read_ahead_that_asks_for_each_page_once(page_rows, monkeypatch, requests):
+    no_sweep(monkeypatch)
+    x, y = page_rows
+    loader = Loader(x, y, batch_size=BATCH, seed=6, device="disk", verbose=False, workers=4, max_queue_size=6)
+    most_threads = 0
+    for _ in loader.get_numpy_iterator():
+        most_threads = max(most_threads, len(readahead_threads()))
+        time.sleep(0.01)  # the workers run ahead
+    assert most_threads == 1, "one read-ahead per pass, whatever the workers"
+    rows = sorted(row for _, first, end in requests for row in range(first, end))
+    assert rows == list(range(ROWS)), "every batch's pages asked for once: no worker asks again"
+
+
 def test_the_window_is_bounded_by_the_batches_started(page_rows, monkeypatch, requests):
     no_sweep(monkeypatch)
     monkeypatch.setattr(readahead, "WINDOW_BATCHES", 3)
