@@ -110,6 +110,15 @@ Runs = list[tuple[MappedFile, np.ndarray, np.ndarray]]
 """Page runs per file: ``(file, first bytes, end bytes)``, ascending."""
 
 
+@dataclass
+class Sweep:
+    """What a pass sweeps: ``runs()`` -> the page runs to read in file order, per file (called on the thread),
+    and the files whose read-around is off (``MADV_RANDOM``) while the pass runs."""
+
+    runs: Callable[[], Runs]
+    quiet: list[MappedFile]
+
+
 def willneed(file: MappedFile, start: int, length: int) -> None:
     """``madvise(MADV_WILLNEED)`` on ``length`` bytes at ``start`` of ``file``'s mapping (page-aligned).
 
@@ -229,10 +238,8 @@ def for_pass(
 
     # A partial sweep brings in exactly the pages the pass needs; the kernel's read-around on a fault (8 MB
     # here) would read pages it never touches, so it is off for the pass (kept off where the layout chose so).
-    quiet = [file for file in files if not file.random] if sweep and not whole else []
-    return PassReadahead(
-        disk_leaves, batch_rows, range(first, steps), window, sweep_runs if sweep else None, quiet
-    )
+    plan = Sweep(sweep_runs, [] if whole else [file for file in files if not file.random]) if sweep else None
+    return PassReadahead(disk_leaves, batch_rows, range(first, steps), window, plan)
 
 
 def sweep_jobs(runs: Runs) -> Runs:
@@ -265,14 +272,14 @@ class PassReadahead:
         rows_of: ``rows_of(position)`` -> the leaf rows of batch ``position``.
         positions: the pass's batches, ``range(first, end)`` (a pass that resumes inside an epoch starts later).
         window: batches requested past the last one started.
-        sweep: ``sweep()`` -> the page runs to read in file order, per file (see :func:`for_pass`); None: no
-            sweep. Called on the thread, after the first window is requested.
-        quiet: files whose read-around is off (``MADV_RANDOM``) from now until :meth:`close` (then ``MADV_NORMAL``).
+        sweep: the pages to read in file order (planned on the thread, after the first window is requested)
+            and the files whose read-around is off from now until :meth:`close` (then ``MADV_NORMAL``); None: no
+            sweep.
     """
 
     def __init__(
         self, leaves: list[_Leaf], rows_of: Callable[[int], np.ndarray], positions: range, window: int,
-        sweep: Callable[[], Runs] | None, quiet: list[MappedFile] | None = None,
+        sweep: Sweep | None,
     ) -> None:
         first = positions.start
         self._leaves = leaves
@@ -280,7 +287,7 @@ class PassReadahead:
         self._first = first
         self._steps = positions.stop
         self.window = window
-        self._plan = sweep
+        self._plan = None if sweep is None else sweep.runs
         self._sweep: Runs | None = None if sweep else []
         self._swept = 0
         self._started = first - 1  # the furthest batch a worker started
@@ -289,7 +296,7 @@ class PassReadahead:
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._quiet = list(quiet or [])
+        self._quiet = [] if sweep is None else list(sweep.quiet)
         for file in self._quiet:
             advise(file, mmap.MADV_RANDOM)
 
