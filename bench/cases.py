@@ -342,7 +342,7 @@ def fit_gpuloader(
 
 
 # ---------------------------------------------------------------- disk mode
-# run_epoch(epoch, batches, after_batch) -> rows: the first ``batches`` batches of
+# run_epoch(epoch, batches, after_batch[, first]) -> rows: the first ``batches`` batches (from ``first``) of
 # epoch ``epoch``'s order, calling ``after_batch()`` once each batch is in hand.
 DiskEpoch = Callable[[int, int, Callable[[], None]], int]
 
@@ -359,9 +359,9 @@ def disk_seed(x_path: Path, y_path: Path) -> tuple[DiskEpoch, dict[str, Any]]:
     x, y = np.load(x_path, mmap_mode="r"), np.load(y_path, mmap_mode="r")
     sequence = SeedSequence(x, y, synthetic.BATCH_SIZE, shuffle=True)
 
-    def run_epoch(epoch: int, batches: int, after_batch: Callable[[], None]) -> int:
+    def run_epoch(epoch: int, batches: int, after_batch: Callable[[], None], first: int = 0) -> int:
         rows = 0
-        for i in range(batches):
+        for i in range(first, first + batches):
             xb, yb = sequence[i]
             xt, yt = tf.convert_to_tensor(xb), tf.convert_to_tensor(yb)
             rows += xt.shape[0]
@@ -483,8 +483,11 @@ def disk_gpuloader(x_path: Path, y_path: Path, workers: int = DISK_WORKERS) -> t
     if loader.placement != "disk":
         raise RuntimeError(f"the loader placed the data on {loader.placement!r}, not 'disk'")
 
-    def run_epoch(epoch: int, batches: int, after_batch: Callable[[], None]) -> int:
-        loader.set_epoch(epoch)
+    def run_epoch(epoch: int, batches: int, after_batch: Callable[[], None], first: int = 0) -> int:
+        if first:  # a pass over the rest of the epoch from batch ``first``, as after a resume there
+            loader.set_state({**loader.get_state(), "epoch": epoch, "position": first})
+        else:
+            loader.set_epoch(epoch)
         iterator = iter(loader.get_tf_dataset())
         rows = 0
         try:

@@ -10,8 +10,16 @@ in the page cache here, as after a reboot or for a first epoch.
 Each case runs in a process of its own (``python bench/cold.py --case NAME``),
 and the cases are interleaved round by round (A B C, B C A, ...), since this
 machine is shared. In its process a case builds its loader, reads a 20-batch
-warm-up, then times a **partial** epoch (the first 40% of a new epoch's
-batches) and a **full** epoch, in the order the round says; before every epoch
+warm-up, then times, in the order the round says:
+
+- a **partial** epoch: the first 40% of a new epoch's batches, the consumer
+  then stops (the loader cannot know it will: its pass is the whole epoch);
+- a **rest** epoch: the last 40% of an epoch's batches, as a pass that starts
+  there (gpuloader: ``set_state`` at that batch, as a resumed epoch; the seed:
+  ``sequence[i]`` for those batches), so the loader knows the pass's batches;
+- a **full** epoch.
+
+Before every epoch
 (warm-up included), outside the timing, the files' pages are evicted from the
 page cache (``pagecache.evict``: ``POSIX_FADV_DONTNEED`` after dropping this
 process's mappings), so every epoch starts cold. Each batch goes through
@@ -30,7 +38,8 @@ Reported: per case and kind, the median seconds over rounds and the spread
 (min-max), the storage bytes read (``/proc/self/io``) and the peak anonymous
 memory above the figure before the epoch; then the ratios seed / case of the
 medians, the targets of issue 19 item 5 (partial >= 2x, full >= 1.5x, 4 workers
-never slower than 1) and, per round, the same ratios (their spread).
+never slower than 1; the partial target shown for both partial kinds) and, per
+round, the same ratios (their spread).
 """
 
 from __future__ import annotations
@@ -55,10 +64,13 @@ PARTIAL_SHARE = 0.4
 WARMUP_BATCHES = 20
 CASES = ("seed", "gpuloader1", "gpuloader", "noahead1", "nosweep1")
 DEFAULT_CASES = ("seed", "gpuloader1", "gpuloader")
+KINDS = ("partial", "rest", "full")
 TARGETS = (  # (kind, case, baseline, at least)
     ("partial", "gpuloader1", "seed", 2.0),
+    ("rest", "gpuloader1", "seed", 2.0),
     ("full", "gpuloader1", "seed", 1.5),
     ("partial", "gpuloader", "gpuloader1", 1.0),
+    ("rest", "gpuloader", "gpuloader1", 1.0),
     ("full", "gpuloader", "gpuloader1", 1.0),
 )
 
@@ -90,7 +102,9 @@ def run_case(case: str, directory: Path, kinds: list[str]) -> dict[str, Any]:
     paths = [directory / name for name in synthetic.DISK_FILES]
     rows = int(np.load(paths[0], mmap_mode="r").shape[0])
     full = -(-rows // synthetic.BATCH_SIZE)
-    batches = {"partial": max(1, round(PARTIAL_SHARE * full)), "full": full}
+    partial = max(1, round(PARTIAL_SHARE * full))
+    batches = {"partial": partial, "rest": partial, "full": full}
+    firsts = {"partial": 0, "rest": full - partial, "full": 0}
     run_epoch = _make_case(case, *paths)
     pagecache.evict(paths)
     run_epoch(0, WARMUP_BATCHES, lambda: None)
@@ -108,10 +122,11 @@ def run_case(case: str, directory: Path, kinds: list[str]) -> dict[str, Any]:
         read_before = pagecache.storage_read_bytes()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
-        served = run_epoch(epoch, batches[kind], after_batch)
+        served = run_epoch(epoch, batches[kind], after_batch, first=firsts[kind])
         seconds = time.perf_counter() - start
         used = resource.getrusage(resource.RUSAGE_SELF)
-        expected = min(batches[kind] * synthetic.BATCH_SIZE, rows)
+        first_row = firsts[kind] * synthetic.BATCH_SIZE
+        expected = min(first_row + batches[kind] * synthetic.BATCH_SIZE, rows) - first_row
         if served != expected:
             raise RuntimeError(f"{case}: a {kind} epoch served {served} rows, expected {expected}")
         results[kind] = {
@@ -159,7 +174,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the data files (reused by the next run)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--kinds", default="partial,full", help=argparse.SUPPRESS)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.dir, args.kinds.split(","))))
@@ -191,7 +206,7 @@ def main() -> None:
     try:
         for round_index in range(rounds):
             order = chosen[round_index % len(chosen):] + chosen[: round_index % len(chosen)]
-            kinds = ["partial", "full"] if round_index % 2 == 0 else ["full", "partial"]
+            kinds = list(KINDS[round_index % len(KINDS):] + KINDS[: round_index % len(KINDS)])
             this_round = {}
             for case in order:
                 result = _child(case, args.dir, kinds)
@@ -214,9 +229,11 @@ def main() -> None:
         seconds = [r["seconds"] for r in records]
         read = statistics.median(r["storage_read_bytes"] for r in records)
         anon = max(r["peak_rss_anon_delta_bytes"] for r in records)
+        cpu = statistics.median(r["cpu_s"] for r in records)
         print(
             f"  {kind:7s} {case:11s} {medians[(kind, case)]:.3f} s ({min(seconds):.3f}-{max(seconds):.3f})  "
-            f"read {read / 1e6:.0f} MB  peak anon +{anon / 1e6:.0f} MB  batches {records[0]['batches']}"
+            f"read {read / 1e6:.0f} MB  peak anon +{anon / 1e6:.0f} MB  cpu {cpu:.2f} s  "
+            f"batches {records[0]['batches']}"
         )
     print("ratios of the medians:")
     print("\n".join(_ratio_rows(medians)))

@@ -9,11 +9,17 @@ leaves runs, one background thread per pass asks the kernel
   worker started, each batch's row ranges coalesced and page-aligned, batch by
   batch in the pass's order. Many reads are then in flight together instead of
   one synchronous fault at a time, and only the pages the rows span are read.
-- **the sweep**, where the files fit in the page cache (at most
-  :data:`SWEEP_SHARE` of the available memory): every file read front to back
-  in :data:`SWEEP_CHUNK_BYTES` requests, between window requests. Over a full
-  epoch every page is needed anyway, and large sequential reads are what the
-  disk does fastest; the pages stay cached until their rows come up.
+- **the sweep**, where the pages the pass will read fit in the page cache (at
+  most :data:`SWEEP_SHARE` of the available memory): those pages requested in
+  file order, in requests of about :data:`SWEEP_CHUNK_BYTES`, between window
+  requests. A pass over every row of its files (a whole epoch) reads every
+  file front to back in large requests, which the disk does fastest. A pass
+  over some of the rows (the rest of an epoch resumed inside it, a worker's
+  shard) requests only the pages its remaining batches' rows span, ascending
+  and coalesced: no page the pass will never touch. The pages stay cached
+  until their rows come up. During such a pass the maps' read-around is off
+  (``MADV_RANDOM``, back to ``MADV_NORMAL`` when the pass closes), since a
+  fault would otherwise read 8 MB around a row, mostly pages the pass skips.
 
 Nothing is requested for data in RAM or on a GPU, for files whose pages are all
 cached already (checked with ``mincore`` when the pass starts), or where the
@@ -47,7 +53,7 @@ import numpy as np
 
 from gpuloader import placement as placement_lib
 from gpuloader.sources import is_disk_leaf
-from gpuloader.sources.npy import coalesced_pages
+from gpuloader.sources.npy import page_runs, reads_at_random
 
 WINDOW_BATCHES = 8
 """At most this many batches past the last one started have their pages requested."""
@@ -56,10 +62,10 @@ WINDOW_BYTES = 64 * 1024 * 1024
 """... and at most this many bytes of their rows (the window shrinks for large batches, never below one)."""
 
 SWEEP_SHARE = 0.5
-"""Files sweep only when their bytes are at most this share of the available memory."""
+"""A pass sweeps only when the bytes it will read are at most this share of the available memory."""
 
 SWEEP_CHUNK_BYTES = 8 * 1024 * 1024
-"""Bytes per sweep request."""
+"""Bytes per sweep job: one request of a file read front to back, or a group of a partial pass's page runs."""
 
 IDLE_S = 1.0
 """Seconds the thread waits for the next batch to be started before it ends."""
@@ -96,7 +102,21 @@ class MappedFile:
     stride: int  # bytes between rows
     row_bytes: int
     pin: np.ndarray  # a view of the mapping's bytes: the map cannot be closed under the requests
+    random: bool = False  # the layout advised the map random access for good (files larger than memory)
     swept: int = 0  # the sweep has requested every byte before this offset (read and written by the thread)
+
+
+Runs = list[tuple[MappedFile, np.ndarray, np.ndarray]]
+"""Page runs per file: ``(file, first bytes, end bytes)``, ascending."""
+
+
+@dataclass
+class Sweep:
+    """What a pass sweeps: ``runs()`` -> the page runs to read in file order, per file (called on the thread),
+    and the files whose read-around is off (``MADV_RANDOM``) while the pass runs."""
+
+    runs: Callable[[], Runs]
+    quiet: list[MappedFile]
 
 
 def willneed(file: MappedFile, start: int, length: int) -> None:
@@ -107,6 +127,14 @@ def willneed(file: MappedFile, start: int, length: int) -> None:
     ignored: the gather's own check reports a changed file.
     """
     _LIBC.madvise(file.base + start, length, mmap.MADV_WILLNEED)
+
+
+def advise(file: MappedFile, advice: int) -> None:
+    """``madvise(advice)`` on all of ``file``'s mapping: ``MADV_RANDOM`` while a partial pass sweeps, then back.
+
+    Every change of the maps' read-around goes through here (tests record them).
+    """
+    _LIBC.madvise(file.base, file.length, advice)
 
 
 def all_cached(file: MappedFile) -> bool:
@@ -128,15 +156,21 @@ class _Leaf:
 
     def ranges(self, rows: np.ndarray) -> list[tuple[MappedFile, int, int]]:
         """``(file, start, length)``: the pages ``rows`` (leaf rows) span, ascending and coalesced per file."""
+        return [
+            (file, a, b - a) for file, firsts, ends in self.runs(rows) for a, b in zip(firsts.tolist(), ends.tolist())
+        ]
+
+    def runs(self, rows: np.ndarray) -> Runs:
+        """``(file, first bytes, end bytes)``: :meth:`ranges` as arrays per file (16 bytes a run)."""
         base_rows = np.sort(rows if self.rows is None else self.rows[rows])
         bounds = np.searchsorted(base_rows, np.append(self.firsts[1:], np.iinfo(np.int64).max))
-        requests, low = [], 0
+        runs, low = [], 0
         for file, first, high in zip(self.files, self.firsts.tolist(), bounds.tolist()):
             if file is not None and low < high:
                 starts = file.row0 + (base_rows[low:high] - first) * file.stride
-                requests.extend((file, a, b - a) for a, b in coalesced_pages(starts, file.row_bytes))
+                runs.append((file, *page_runs(starts, file.row_bytes)))
             low = high
-        return requests
+        return runs
 
     def nbytes_per_row(self) -> int:
         return max((file.row_bytes for file in self.files if file is not None), default=0)
@@ -151,7 +185,7 @@ def _mapped_file(mapped: np.ndarray) -> MappedFile | None:
     row_bytes = int(np.prod(mapped.shape[1:], dtype=np.int64)) * mapped.dtype.itemsize
     return MappedFile(
         str(getattr(mapped, "filename", "")), base, len(mapping), mapped.ctypes.data - base,
-        int(mapped.strides[0]) if mapped.ndim else row_bytes, row_bytes, pin,
+        int(mapped.strides[0]) if mapped.ndim else row_bytes, row_bytes, pin, random=reads_at_random(mapping),
     )
 
 
@@ -160,14 +194,13 @@ def for_pass(
 ) -> PassReadahead | None:
     """The read-ahead of batches ``first .. steps - 1`` of ``leaves`` in ``order`` (None: the input order).
 
-    None when not needed.
-
     None when no leaf is on disk, the platform has no ``madvise``, or every
-    page of the files is cached already. The sweep is on when the files take
-    at most :data:`SWEEP_SHARE` of the available memory and every leaf reads
-    all rows of its files (not a worker's shard of them).
+    page of the files is cached already. The sweep is on when the bytes the
+    pass reads take at most :data:`SWEEP_SHARE` of the available memory: the
+    files' bytes for a pass over all their rows, else at most the pass's rows
+    plus a page each.
 
-    Cost: one ``mincore`` per file when they fit in memory (a byte per page).
+    Cost: one ``mincore`` per file when the pass sweeps (a byte per page).
     """
     disk = [leaf for leaf in leaves if is_disk_leaf(leaf)]
     if _LIBC is None or not disk or steps <= 0:
@@ -178,20 +211,57 @@ def for_pass(
     files = list({file.base: file for leaf in disk_leaves for file in leaf.files if file is not None}.values())
     if not files:
         return None
-    # A leaf of some of its files' rows (a worker's shard) would read the rest too: no sweep there.
-    whole = all(leaf.rows is None for leaf in disk_leaves)
-    sweep = whole and sum(file.length for file in files) <= SWEEP_SHARE * placement_lib.available_host_memory()
+    n = int(disk[0].shape[0])
+    start_row, stop_row = min(first * batch_size, n), min(steps * batch_size, n)
+    # Every row of every file (a whole epoch): the files front to back. Else only the pages of the pass's rows.
+    whole = start_row == 0 and stop_row == n and all(leaf.rows is None for leaf in disk_leaves)
+    files_bytes = sum(file.length for file in files)
+    pass_bytes = (stop_row - start_row) * sum(leaf.nbytes_per_row() + _PAGE for leaf in disk_leaves)
+    sweep_bytes = files_bytes if whole else min(files_bytes, pass_bytes)
+    sweep = sweep_bytes <= SWEEP_SHARE * placement_lib.available_host_memory()
     if sweep and all(all_cached(file) for file in files):
         return None
     batch_bytes = batch_size * sum(leaf.nbytes_per_row() for leaf in disk_leaves)
     window = max(1, min(WINDOW_BATCHES, WINDOW_BYTES // max(batch_bytes, 1)))
-    n = int(disk[0].shape[0])
 
-    def rows_of(position: int) -> np.ndarray:
-        start, stop = position * batch_size, min((position + 1) * batch_size, n)
+    def rows_of(start: int, stop: int) -> np.ndarray:
         return np.arange(start, stop, dtype=np.int64) if order is None else np.asarray(order[start:stop])
 
-    return PassReadahead(disk_leaves, rows_of, range(first, steps), window, files if sweep else [])
+    def batch_rows(position: int) -> np.ndarray:
+        return rows_of(position * batch_size, min((position + 1) * batch_size, n))
+
+    def sweep_runs() -> Runs:
+        if whole:
+            return [(file, np.zeros(1, np.int64), np.full(1, file.length, np.int64)) for file in files]
+        rows = rows_of(start_row, stop_row)
+        return [run for leaf in disk_leaves for run in leaf.runs(rows)]
+
+    # A partial sweep brings in exactly the pages the pass needs; the kernel's read-around on a fault (8 MB
+    # here) would read pages it never touches, so it is off for the pass (kept off where the layout chose so).
+    plan = Sweep(sweep_runs, [] if whole else [file for file in files if not file.random]) if sweep else None
+    return PassReadahead(disk_leaves, batch_rows, range(first, steps), window, plan)
+
+
+def sweep_jobs(runs: Runs) -> Runs:
+    """The sweep's jobs: ``(file, first bytes, end bytes)`` of about :data:`SWEEP_CHUNK_BYTES` each.
+
+    Files smallest first (labels, weights: their few pages then need no
+    per-row requests), each in file order; a run longer than a chunk is split
+    at chunk boundaries, short runs are grouped until a job holds a chunk.
+    """
+    chunk = SWEEP_CHUNK_BYTES
+    jobs = []
+    for file, firsts, ends in sorted(runs, key=lambda run: run[0].length):
+        lengths = ends - firsts
+        pieces = np.maximum(1, -(-lengths // chunk))
+        index = np.repeat(np.arange(len(firsts)), pieces)
+        starts = firsts[index] + (np.arange(len(index)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * chunk
+        stops = np.minimum(starts + chunk, ends[index])
+        sizes = stops - starts
+        groups = (np.cumsum(sizes) - sizes) // chunk
+        cuts = np.flatnonzero(np.diff(groups)) + 1
+        jobs.extend((file, a, b) for a, b in zip(np.split(starts, cuts), np.split(stops, cuts)))
+    return jobs
 
 
 class PassReadahead:
@@ -202,21 +272,23 @@ class PassReadahead:
         rows_of: ``rows_of(position)`` -> the leaf rows of batch ``position``.
         positions: the pass's batches, ``range(first, end)`` (a pass that resumes inside an epoch starts later).
         window: batches requested past the last one started.
-        sweep: the files to read front to back (empty: no sweep).
+        sweep: the pages to read in file order (planned on the thread, after the first window is requested)
+            and the files whose read-around is off from now until :meth:`close` (then ``MADV_NORMAL``); None: no
+            sweep.
     """
 
     def __init__(
         self, leaves: list[_Leaf], rows_of: Callable[[int], np.ndarray], positions: range, window: int,
-        sweep: list[MappedFile],
+        sweep: Sweep | None,
     ) -> None:
         first = positions.start
         self._leaves = leaves
         self._rows_of = rows_of
+        self._first = first
         self._steps = positions.stop
         self.window = window
-        # Smallest files first (labels, weights): their few pages then need no per-row requests.
-        ordered = sorted(sweep, key=lambda file: file.length)
-        self._sweep = [(file, start) for file in ordered for start in range(0, file.length, SWEEP_CHUNK_BYTES)]
+        self._plan = None if sweep is None else sweep.runs
+        self._sweep: Runs | None = None if sweep else []
         self._swept = 0
         self._started = first - 1  # the furthest batch a worker started
         self._requested = first  # the next batch whose pages are to be requested
@@ -224,10 +296,14 @@ class PassReadahead:
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._quiet = [] if sweep is None else list(sweep.quiet)
+        for file in self._quiet:
+            advise(file, mmap.MADV_RANDOM)
 
     @property
     def sweeps(self) -> bool:
-        return bool(self._sweep)
+        """Whether this pass sweeps the pages it will read in file order."""
+        return self._plan is not None
 
     def advance(self, position: int) -> None:
         """A worker starts batch ``position``: request up to ``position + window`` (starting the thread if idle)."""
@@ -250,20 +326,29 @@ class PassReadahead:
             self._condition.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(JOIN_S)
+        quiet, self._quiet = self._quiet, []
+        for file in quiet:
+            advise(file, mmap.MADV_NORMAL)
+
+    def _sweep_left(self) -> bool:
+        return self._sweep is None or self._swept < len(self._sweep)
 
     def _next_job(self) -> tuple[str, Any] | None:
         """Under the lock: the next request to make, or None when there is nothing to do now.
 
         The pass's first ``window`` batches first (the first batch waits for
-        them), then the sweep while batches are being started, then the window
-        ahead of the last batch started (pages the sweep asked for skipped).
+        them), then the sweep while batches are being started (its first job
+        plans it), then the window ahead of the last batch started (pages the
+        sweep asked for skipped).
         """
         window_open = self._requested < self._steps and self._requested <= self._started + self.window
-        sweeping = self._swept < len(self._sweep) and time.monotonic() - self._last_advance < IDLE_S
-        if window_open and (self._requested < self.window or not sweeping):
+        sweeping = self._sweep_left() and time.monotonic() - self._last_advance < IDLE_S
+        if window_open and (self._requested < self._first + self.window or not sweeping):
             self._requested += 1
             return "batch", self._requested - 1
         if sweeping:
+            if self._sweep is None:
+                return "plan", None
             self._swept += 1
             return "sweep", self._sweep[self._swept - 1]
         return None
@@ -273,7 +358,7 @@ class PassReadahead:
             with self._condition:
                 job = None if self._closed else self._next_job()
                 while job is None and not self._closed:
-                    if self._requested >= self._steps and self._swept >= len(self._sweep):
+                    if self._requested >= self._steps and not self._sweep_left():
                         break  # everything requested
                     idle = IDLE_S - (time.monotonic() - self._last_advance)
                     if idle <= 0:
@@ -292,8 +377,13 @@ class PassReadahead:
                         if end > file.swept:  # pages the sweep asked for are not asked for again
                             start = max(start, file.swept)
                             willneed(file, start, end - start)
+            elif kind == "plan":
+                assert self._plan is not None
+                jobs = sweep_jobs(self._plan())  # outside the lock: a sort of the pass's rows
+                with self._condition:
+                    self._sweep = jobs
             else:
-                file, start = what
-                length = min(SWEEP_CHUNK_BYTES, file.length - start)
-                willneed(file, start, length)
-                file.swept = start + length
+                file, starts, ends = what
+                for start, end in zip(starts.tolist(), ends.tolist()):
+                    willneed(file, start, min(end, file.length) - start)
+                file.swept = int(ends[-1])

@@ -119,6 +119,19 @@ def test_the_requested_pages_follow_the_epochs_order(page_rows, monkeypatch, req
     assert rows == [row for batch in expected for row in batch], "each batch's rows, ascending, each once"
 
 
+def test_workers_share_one_read_ahead_that_asks_for_each_page_once(page_rows, monkeypatch, requests):
+    no_sweep(monkeypatch)
+    x, y = page_rows
+    loader = Loader(x, y, batch_size=BATCH, seed=6, device="disk", verbose=False, workers=4, max_queue_size=6)
+    most_threads = 0
+    for _ in loader.get_numpy_iterator():
+        most_threads = max(most_threads, len(readahead_threads()))
+        time.sleep(0.01)  # the workers run ahead
+    assert most_threads == 1, "one read-ahead per pass, whatever the workers"
+    rows = sorted(row for _, first, end in requests for row in range(first, end))
+    assert rows == list(range(ROWS)), "every batch's pages asked for once: no worker asks again"
+
+
 def test_the_window_is_bounded_by_the_batches_started(page_rows, monkeypatch, requests):
     no_sweep(monkeypatch)
     monkeypatch.setattr(readahead, "WINDOW_BATCHES", 3)
@@ -253,10 +266,13 @@ def test_the_first_window_goes_first_then_the_sweep_smallest_file_first_then_the
     jobs = []
     while (job := ahead._next_job()) is not None:
         kind, what = job
-        jobs.append((kind, what) if kind == "batch" else (kind, os.path.basename(what[0].path), what[1] // PAGE))
+        if kind == "plan":  # what the thread does with this job
+            ahead._sweep = readahead.sweep_jobs(ahead._plan())
+        jobs.append((kind, what) if kind != "sweep" else (kind, os.path.basename(what[0].path), what[1][0] // PAGE))
     x_pages = -(-(ROWS * PAGE + 128) // PAGE)
     assert jobs == [
         *(("batch", position) for position in range(window)),
+        ("plan", None),
         ("sweep", "y.npy", 0),
         *(("sweep", "x.npy", first) for first in range(0, x_pages, 64)),
         ("batch", window),  # the window past batch 0, after the sweep
@@ -273,16 +289,120 @@ def test_files_larger_than_the_page_cache_are_not_swept(tmp_path, monkeypatch, r
     ahead.close()
 
 
-def test_a_workers_shard_of_the_rows_is_not_swept(tmp_path, monkeypatch, requests):
+def test_a_workers_shard_sweeps_only_its_own_rows_pages(tmp_path, monkeypatch, requests):
+    x, y = id_data(ROWS, features=PAGE // 4)
+    x.tofile(tmp_path / "x.raw")  # headerless: page p is row p
+    mapped = np.memmap(tmp_path / "x.raw", dtype=np.float32, mode="r", shape=x.shape)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    shard = Loader(mapped, y, batch_size=BATCH, seed=0, device="disk", verbose=False, num_shards=4, shard_index=1)
+    ahead = shard.pipeline.readahead(0, True, 0, len(shard))
+    assert ahead is not None and ahead.sweeps
+    swept = sweep_pages(ahead)
+    own = {int(row) for xb, _ in shard.get_numpy_iterator() for row in sample_ids(xb)}
+    assert swept == sorted(own), "a quarter of the rows: only their pages, in file order, each once"
+    ahead.close()
+
+
+def sweep_pages(ahead) -> list[int]:
+    """The pages the sweep of ``ahead`` requests, in request order (its plan, as the thread makes it)."""
+    pages = []
+    for file, starts, ends in readahead.sweep_jobs(ahead._plan()):
+        assert file.row0 == 0 and file.row_bytes == PAGE
+        pages.extend(page for start, end in zip(starts.tolist(), ends.tolist()) for page in range(start // PAGE,
+                                                                                                  end // PAGE))
+    return pages
+
+
+@pytest.mark.parametrize("first, end", [(12, STEPS), (0, 8), (5, 9)])
+def test_a_pass_over_part_of_an_epoch_sweeps_only_the_pages_of_its_batches(page_rows, monkeypatch, first, end):
+    monkeypatch.setattr(readahead, "all_cached", lambda file: False)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    order = np.asarray(permutation(np, ROWS, 7, 3))
+    ahead = readahead.for_pass([open_source(page_rows[0], "x")], order, BATCH, end, first)
+    assert ahead.sweeps
+    assert sweep_pages(ahead) == sorted(order[first * BATCH : end * BATCH].tolist()), (
+        "the rows of batches first .. end - 1, ascending, each page once; no page of another batch"
+    )
+
+
+def test_a_pass_over_the_whole_epoch_sweeps_the_files_front_to_back(page_rows, monkeypatch):
+    monkeypatch.setattr(readahead, "all_cached", lambda file: False)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", 3 * PAGE)
+    order = np.asarray(permutation(np, ROWS, 7, 3))
+    ahead = readahead.for_pass([open_source(page_rows[0], "x")], order, BATCH, STEPS)
+    jobs = [(a.tolist(), b.tolist()) for _, a, b in readahead.sweep_jobs(ahead._plan())]
+    assert jobs == [([start * PAGE], [min(start + 3, ROWS) * PAGE]) for start in range(0, ROWS, 3)]
+
+
+def test_a_resumed_pass_sweeps_after_its_own_first_window(page_rows, monkeypatch, requests):
+    monkeypatch.setattr(readahead, "WINDOW_BATCHES", 2)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    x, y = page_rows
+    loader = Loader(x, y, batch_size=BATCH, seed=4, device="disk", verbose=False)
+    loader.set_state({**loader.get_state(), "epoch": 1, "position": 12})
+    order = np.asarray(permutation(np, ROWS, 4, 1))
+    iterator = loader.get_numpy_iterator()
+    assert sample_ids(next(iterator)[0]) == order[12 * BATCH : 13 * BATCH].tolist()
+    wait_until(lambda: not readahead_threads())  # the first window, the sweep, then nothing left
+    iterator.close()
+    rows = [row for _, first, end in requests for row in range(first, end)]
+    window = [sorted(order[p * BATCH : (p + 1) * BATCH].tolist()) for p in (12, 13)]
+    assert rows[: 2 * BATCH] == window[0] + window[1], "batches 12 and 13 first, before the sweep"
+    assert rows[2 * BATCH :] == sorted(order[12 * BATCH :].tolist()), "then the rest of the epoch's rows only"
+
+
+@pytest.fixture
+def advice(monkeypatch):
+    """Every change of a map's read-around as ``(path, advice)``; the real call is made too."""
+    made: list[tuple[str, int]] = []
+    real = readahead.advise
+
+    def record(file, value):
+        made.append((os.path.basename(file.path), value))
+        real(file, value)
+
+    monkeypatch.setattr(readahead, "advise", record)
+    return made
+
+
+def test_read_around_is_off_only_while_a_partial_pass_sweeps(tmp_path, monkeypatch, advice):
+    import mmap
+
+    monkeypatch.setattr(readahead, "all_cached", lambda file: False)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
     x, y = id_data(ROWS, features=PAGE // 4)
     np.save(tmp_path / "x.npy", x)
-    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
-    whole = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)
-    shard = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False, num_shards=4,
-                   shard_index=1)
-    assert whole.pipeline.readahead(0, True, 0, len(whole)).sweeps
-    ahead = shard.pipeline.readahead(0, True, 0, len(shard))
-    assert ahead is not None and not ahead.sweeps, "a quarter of the rows: sweeping would read the whole file"
+    np.save(tmp_path / "y.npy", y)
+    loader = Loader(tmp_path / "x.npy", tmp_path / "y.npy", batch_size=BATCH, seed=0, device="disk", verbose=False)
+    whole = loader.pipeline.readahead(0, True, 0, STEPS)
+    whole.close()
+    assert advice == [], "a whole epoch keeps the read-around: every page is needed"
+    rest = loader.pipeline.readahead(0, True, 12, STEPS)
+    assert sorted(advice) == [("x.npy", mmap.MADV_RANDOM), ("y.npy", mmap.MADV_RANDOM)]
+    rest.close()
+    assert sorted(advice[2:]) == [("x.npy", mmap.MADV_NORMAL), ("y.npy", mmap.MADV_NORMAL)], "back on close"
+    rest.close()
+    assert len(advice) == 4, "closing twice advises once"
+
+    advice.clear()  # files larger than memory: the layout turned the read-around off for good
+    monkeypatch.setattr(placement, "available_host_memory", lambda: ROWS * PAGE // 2)
+    big = Loader(tmp_path / "x.npy", y, batch_size=BATCH, seed=0, device="disk", verbose=False)
+    partial = big.pipeline.readahead(0, True, 18, STEPS)  # 2 batches: their pages fit, so they sweep
+    assert partial.sweeps
+    partial.close()
+    assert advice == [], "a map the layout made random stays random"
+
+
+def test_sweep_jobs_split_long_runs_and_group_short_ones_in_file_order(page_rows):
+    file = readahead._Leaf(open_source(page_rows[0], "x")).files[0]
+    chunk = 4 * PAGE
+    runs = [(file, np.array([0, 12, 14, 16, 30]) * PAGE, np.array([10, 13, 15, 17, 31]) * PAGE)]
+    with pytest.MonkeyPatch().context() as patch:
+        patch.setattr(readahead, "SWEEP_CHUNK_BYTES", chunk)
+        jobs = [(a // PAGE).tolist() + (b // PAGE).tolist() for _, a, b in readahead.sweep_jobs(runs)]
+    # starts then ends of each job: 0-4, 4-8, then 8-10 with the next short runs until a chunk is held
+    assert jobs == [[0, 4], [4, 8], [8, 12, 14, 10, 13, 15], [16, 30, 17, 31]]
 
 
 def test_a_file_changed_mid_epoch_still_raises(tmp_path, monkeypatch, requests):

@@ -209,6 +209,11 @@ def load_npy(path: Any, name: str) -> np.ndarray:
 _RANDOM_ACCESS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
 
 
+def reads_at_random(mapping: mmap.mmap) -> bool:
+    """Whether ``mapping`` was advised random access for good (:meth:`NpySource.advise_random_access`)."""
+    return mapping in _RANDOM_ACCESS
+
+
 def _madvise(mapping: mmap.mmap, advice: int, start: int = 0, length: int | None = None) -> None:
     """``mapping.madvise``: every piece of advice the loader gives goes through here (tests record it)."""
     if length is None:
@@ -253,16 +258,18 @@ def prefetch_rows(mapped: np.ndarray, sorted_rows: np.ndarray) -> int:
 
 def coalesced_pages(starts: np.ndarray, row_bytes: int) -> list[tuple[int, int]]:
     """``[(first byte, end byte)]`` of the pages that rows at ascending byte offsets ``starts`` span, merged."""
+    firsts, ends = page_runs(starts, row_bytes)
+    return list(zip(firsts.tolist(), ends.tolist()))
+
+
+def page_runs(starts: np.ndarray, row_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`coalesced_pages` as two int64 arrays, ``(first bytes, end bytes)``: 16 bytes a run, no tuples."""
     if not len(starts) or row_bytes <= 0:
-        return []
-    first_page = starts // mmap.PAGESIZE
-    last_page = (starts + row_bytes - 1) // mmap.PAGESIZE
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    first_page = np.asarray(starts, dtype=np.int64) // mmap.PAGESIZE
+    last_page = (np.asarray(starts, dtype=np.int64) + row_bytes - 1) // mmap.PAGESIZE
     opens = np.ones(len(first_page), dtype=bool)
     opens[1:] = first_page[1:] > last_page[:-1] + 1
     heads = np.flatnonzero(opens)
     tails = np.append(heads[1:] - 1, len(first_page) - 1)
-    return [
-        (first * mmap.PAGESIZE, (last + 1) * mmap.PAGESIZE)
-        for first, last in zip(first_page[heads].tolist(), last_page[tails].tolist())
-    ]
-
+    return first_page[heads] * mmap.PAGESIZE, (last_page[tails] + 1) * mmap.PAGESIZE
