@@ -204,6 +204,8 @@ def test_an_image_column_is_decoded_once_into_the_cache(saved, tmp_path, monkeyp
         (lambda d: datasets.Dataset.from_dict({"x": ["a", "b"]}), TypeError, "only integer and floating"),
         (lambda d: datasets.Dataset.from_dict({"x": [True, False]}), TypeError, "bit-packed"),
         (lambda d: d, ValueError, "no column 'nope'"),
+        (lambda d: d.with_transform(lambda batch: {"x": [[v * 100 for v in row] for row in batch["x"]]}),
+         ValueError, r"has a transform.*would be skipped.*map\(fn, batched=True\)"),
     ],
 )
 def test_refused_with_the_rule(make, error, message):
@@ -246,3 +248,21 @@ def test_images_that_cannot_be_decoded_raise_or_are_skipped_from_every_column(tm
     np.testing.assert_array_equal(np.asarray(v), np.array(kept) * 10)
     with pytest.raises(ValueError, match='on_error must be "raise" or "skip"'):
         gpuloader.from_hf_dataset(dataset, x="v", on_error="ignore", verbose=False)
+
+
+def test_an_image_column_of_paths_rebuilds_when_a_referenced_file_changes(tmp_path):
+    """An Image column built from local files holds only their paths: the files decide the pixels too."""
+    paths = []
+    for value in range(4):
+        paths.append(str(tmp_path / f"{value}.png"))
+        (tmp_path / f"{value}.png").write_bytes(png(value))
+
+    def served():
+        dataset = datasets.Dataset.from_dict({"img": paths}).cast_column("img", datasets.Image())
+        loader = gpuloader.from_hf_dataset(dataset, x="img", batch_size=4, shuffle=False,
+                                           cache_dir=tmp_path / "cache", verbose=False)
+        return np.asarray(loader[0][0])[:, 0, 0, 0].tolist()
+
+    assert served() == [0, 1, 2, 3]
+    (tmp_path / "0.png").write_bytes(png(99))
+    assert served() == [99, 1, 2, 3]

@@ -88,6 +88,13 @@ def from_hf_dataset(
         raise TypeError(f"from_hf_dataset takes a datasets.Dataset; received {type(dataset).__name__}.{hint}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip"; received {on_error!r}.')
+    if dataset.format.get("type") == "custom":
+        raise ValueError(
+            "the dataset has a transform (set_transform / with_transform), which runs when rows are read in "
+            "Python; from_hf_dataset reads the stored columns, so the transform would be skipped. Fix: apply it "
+            "once, dataset = dataset.with_format(None).map(fn, batched=True), and pass that; move random "
+            "augmentation to augment=[...] (drawn anew each epoch), or into the model."
+        )
     settings = decode.check_settings(image_size, color_mode, interpolation, crop_to_aspect_ratio)
     columns = _Columns(dataset, settings, cache_dir, on_error, verbose)
     parts = [_map(part, columns.leaf) if part is not None else None for part in (x, y, sample_weight)]
@@ -191,6 +198,22 @@ def arrow_source(dataset: Any, column: str) -> Any:
     return ArrowSource(views, indices, files)
 
 
+def _referenced_files(values: Any) -> list[str]:
+    """The files an ``Image`` column refers to by path (rows without embedded bytes), in row order.
+
+    Cost: reads the column's ``bytes`` validity and ``path`` fields (no image bytes)."""
+    paths: list[str] = []
+    for chunk in values.chunks:
+        if chunk.type.num_fields == 0 or chunk.type.get_field_index("path") < 0:
+            continue
+        stored = chunk.field("bytes").is_valid() if chunk.type.get_field_index("bytes") >= 0 else None
+        path = chunk.field("path")
+        for keep, value in zip(stored.to_pylist() if stored is not None else [False] * len(path), path.to_pylist()):
+            if not keep and value is not None:
+                paths.append(value)
+    return paths
+
+
 def _images(
     dataset: Any, column: str, settings: decode.DecodeSettings, cache_dir: Any, verbose: bool
 ) -> tuple[np.ndarray, dict[int, str]]:
@@ -202,15 +225,19 @@ def _images(
     for entry in dataset.cache_files:
         stat = os.stat(entry["filename"])
         files.append([entry["filename"], stat.st_size, stat.st_mtime_ns])
+    from gpuloader.ingest.folder import files_fingerprint
+
+    values = dataset.data.table.column(column)
+    if dataset._indices is not None:  # the dataset's rows, in its order
+        values = values.take(dataset._indices.column("indices"))
+    referenced = _referenced_files(values)  # images stored as paths: their files decide the bytes too
     source = {"fingerprint": dataset._fingerprint, "column": column, "settings": dataclasses.asdict(settings)}
-    content = {"files": files, "rows": dataset.num_rows}
+    content = {"files": files, "rows": dataset.num_rows,
+               "referenced": files_fingerprint(referenced, referenced) if referenced else None}
 
     def build(folder: Path) -> dict[str, Any]:
         from gpuloader.ingest.folder import decode_images
 
-        values = dataset.data.table.column(column)
-        if dataset._indices is not None:  # the dataset's rows, in its order
-            values = values.take(dataset._indices.column("indices"))
         items, names = [], []
         for chunk in values.chunks:
             for value in chunk.to_pylist():
