@@ -266,3 +266,35 @@ def test_an_image_column_of_paths_rebuilds_when_a_referenced_file_changes(tmp_pa
     assert served() == [0, 1, 2, 3]
     (tmp_path / "0.png").write_bytes(png(99))
     assert served() == [99, 1, 2, 3]
+
+
+def test_a_palette_mask_column_keeps_its_class_ids_beside_an_rgb_image_column(tmp_path):
+    """VOC-style masks: palette PNGs whose stored values are the class ids (what np.asarray gives HF's users)."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4, (6, 8, 8)).astype(np.uint8)
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * (256 * 3 - 12)
+
+    def mask(values):
+        image = PIL.fromarray(values, mode="P")
+        image.putpalette(palette)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    table = {"image": [{"bytes": png(i * 10, size=(8, 8)), "path": None} for i in range(6)],
+             "mask": [mask(values) for values in ids]}
+    datasets.Dataset.from_dict(table, features=features).save_to_disk(str(tmp_path / "seg"))
+    dataset = datasets.load_from_disk(str(tmp_path / "seg"))
+    loader = gpuloader.from_hf_dataset(dataset, x="image", y="mask", batch_size=6, shuffle=False,
+                                       color_mode={"mask": "index"}, interpolation={"mask": "nearest"},
+                                       image_size=(16, 16), cache_dir=tmp_path / "c", verbose=False)
+    images, masks = (np.asarray(part) for part in loader[0])
+    assert images.shape == (6, 16, 16, 3)
+    np.testing.assert_array_equal(masks[..., 0], ids.repeat(2, axis=1).repeat(2, axis=2))  # nearest 2x: ids kept
+    with pytest.raises(ValueError, match=r'color_mode="index" keeps stored values.*interpolation="nearest"'):
+        gpuloader.from_hf_dataset(dataset, x="image", y="mask", color_mode={"mask": "index"}, image_size=(16, 16),
+                                  cache_dir=tmp_path / "c", verbose=False)
+    with pytest.raises(ValueError, match=r"names \['masks'\], which are not Image columns"):
+        gpuloader.from_hf_dataset(dataset, x="image", y="mask", color_mode={"masks": "index"},
+                                  cache_dir=tmp_path / "c", verbose=False)

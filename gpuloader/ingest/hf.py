@@ -43,8 +43,8 @@ def from_hf_dataset(
     sample_weight: str | None = None,
     *,
     image_size: tuple[int, int] | int | None = None,
-    color_mode: str = "rgb",
-    interpolation: str = "bilinear",
+    color_mode: str | Mapping[str, str] = "rgb",
+    interpolation: str | Mapping[str, str] = "bilinear",
     crop_to_aspect_ratio: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     on_error: str = "raise",
@@ -62,6 +62,11 @@ def from_hf_dataset(
         image_size, color_mode, interpolation, crop_to_aspect_ratio: for image
             columns, as in :func:`gpuloader.image_dataset_from_directory`
             (``image_size=None`` keeps the images' size, which must be equal).
+            ``color_mode`` and ``interpolation`` may be dicts ``{column: value}``
+            (columns left out: "rgb", "bilinear"), and ``color_mode="index"``
+            keeps a palette or grayscale image's stored values (a segmentation
+            mask's class ids; resized with "nearest" only), e.g.
+            ``color_mode={"mask": "index"}, interpolation={"mask": "nearest"}``.
         cache_dir: where decoded image columns are cached (see that function).
         on_error: "raise" or "skip" for images that cannot be decoded (or are
             missing); "skip" leaves their rows out of every column and warns
@@ -95,7 +100,7 @@ def from_hf_dataset(
             "once, dataset = dataset.with_format(None).map(fn, batched=True), and pass that; move random "
             "augmentation to augment=[...] (drawn anew each epoch), or into the model."
         )
-    settings = decode.check_settings(image_size, color_mode, interpolation, crop_to_aspect_ratio)
+    settings = _per_column_settings(dataset, image_size, color_mode, interpolation, crop_to_aspect_ratio)
     columns = _Columns(dataset, settings, cache_dir, on_error, verbose)
     parts = [_map(part, columns.leaf) if part is not None else None for part in (x, y, sample_weight)]
     kept = columns.kept_rows()
@@ -127,10 +132,33 @@ def _map_leaves(part: Any, change: Any) -> Any:
     return change(part)
 
 
+def _per_column_settings(dataset: Any, image_size: Any, color_mode: Any, interpolation: Any,
+                         crop_to_aspect_ratio: Any) -> dict[str, decode.DecodeSettings]:
+    """Each image column's decode settings; a dict ``color_mode`` / ``interpolation`` names columns."""
+    import datasets
+
+    images = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+    for argument, value in (("color_mode", color_mode), ("interpolation", interpolation)):
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(images))
+            if unknown:
+                raise ValueError(f"{argument} names {unknown}, which are not Image columns of this Dataset "
+                                 f"(its Image columns: {images}). Fix: name Image columns only.")
+
+    def pick(value: Any, column: str, default: str) -> Any:
+        return value.get(column, default) if isinstance(value, Mapping) else value
+
+    return {column: decode.check_settings(image_size, pick(color_mode, column, "rgb"),
+                                          pick(interpolation, column, "bilinear"), crop_to_aspect_ratio)
+            for column in images} or {"": decode.check_settings(image_size, pick(color_mode, "", "rgb"),
+                                                                 pick(interpolation, "", "bilinear"),
+                                                                 crop_to_aspect_ratio)}
+
+
 class _Columns:
     """The dataset's columns as Loader inputs; image columns' skipped rows (``on_error="skip"``) collected."""
 
-    def __init__(self, dataset: Any, settings: decode.DecodeSettings, cache_dir: Any, on_error: str,
+    def __init__(self, dataset: Any, settings: dict[str, decode.DecodeSettings], cache_dir: Any, on_error: str,
                  verbose: bool) -> None:
         self.dataset, self.settings, self.cache_dir = dataset, settings, cache_dir
         self.on_error, self.verbose = on_error, verbose
@@ -144,7 +172,7 @@ class _Columns:
         if column not in dataset.column_names:
             raise ValueError(f"no column {column!r} in this Dataset; its columns are {dataset.column_names}.")
         if isinstance(dataset.features[column], datasets.Image):
-            images, skipped = _images(dataset, column, self.settings, self.cache_dir, self.verbose)
+            images, skipped = _images(dataset, column, self.settings[column], self.cache_dir, self.verbose)
             if skipped and self.on_error == "raise":
                 raise decode.DecodeError(
                     f"{len(skipped)} image(s) of column {column!r} could not be decoded: "
