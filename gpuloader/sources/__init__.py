@@ -35,8 +35,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from gpuloader.sources.array import ArraySource, open_array
 from gpuloader.sources.arrow import ArrowSource, open_arrow
 from gpuloader.sources.base import Source, SourceChangedError, check_source_shape, read_rows_sorted
@@ -53,7 +51,6 @@ __all__ = [
     "ShardedArray",
     "Source",
     "SourceChangedError",
-    "concatenated",
     "is_disk_leaf",
     "open_source",
     "read_rows_sorted",
@@ -86,11 +83,6 @@ def open_source(value: Any, name: str) -> Source:
         if source is not None:
             return source
     return open_array(value, name)
-
-
-def concatenated(arrays: list[np.ndarray]) -> Source:
-    """The rows of ``arrays`` (same sample shape and dtype) concatenated in order, each read in place: no copy."""
-    return ShardedArray([ArraySource(array) for array in arrays])
 
 
 def is_disk_leaf(leaf: Any) -> bool:
