@@ -431,3 +431,22 @@ def test_one_pass_writes_the_images_and_their_masks_with_the_reference_bytes(
     want = reference(mask_ops, masks, ids, 7, 0)
     np.testing.assert_array_equal(np.concatenate(got_y), want)
     assert np.any(want == fill) and np.concatenate(got_y).dtype == mask_dtype
+
+
+def test_a_mask_whose_images_run_op_by_op_keeps_a_pass_of_its_own_and_the_plan_says_why():
+    from test_augment import reference
+
+    if fused.host_kernel() is None:
+        pytest.skip(fused.host_kernel_missing())
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((32, 16, 16, 3)).astype(np.float16)  # Normalize reads no float16 in the kernel
+    masks = rng.integers(0, 100, size=(32, 16, 16)).astype(np.uint8)
+    moves = [augment.RandomCrop(padding=2, mode="constant"), augment.RandomFlip()]
+    loader = Loader(images, masks, batch_size=8, seed=7, shuffle=False, verbose=False,
+                    augment={"x": [*moves, augment.Normalize(0.5, 2.0)], "y": augment.Same("x", fill=255)})
+    assert [a.path for a in loader.pipeline.augmentations] == [plan_lib.NUMPY, plan_lib.FROM_STORE]
+    assert ("y (x's draws): the host kernel, reading the stored images, in a pass of its own (its draws traced "
+            "again) since x runs op by op on the NumPy path") in loader.plan.reason
+    got = np.concatenate([np.asarray(prepared(loader, i, 0)[1][1]) for i in range(len(loader))])
+    by_hand = [augment.RandomCrop(padding=2, mode="constant", fill=255), augment.RandomFlip()]
+    np.testing.assert_array_equal(got, reference(by_hand, masks, np.arange(32, dtype=np.int64), 7, 0))

@@ -6,7 +6,10 @@ pixel or to a fill value (``_pixels.h``, one C text compiled for the host and,
 by NVRTC, for the GPU). Per sample the kernel computes its words, traces its
 ``H`` rows and ``W`` columns, then copies its bytes: on the host whole runs of
 columns with ``memcpy`` (``_pixels.c``, without the GIL), on the GPU one block
-per sample (``gpuloader._cuda.GatherAugment``). The bytes are those of applying
+per sample (``gpuloader._cuda.GatherAugment``). Inputs that follow the images'
+draws (``augment.Same``: a mask) are written in the same call from the same
+words and traces (``followers``: each its own pixel size, dtype, fills and
+output). The bytes are those of applying
 the ops one by one (``tests/test_augment.py`` checks the host kernel, and its
 CUDA byte loop, against the array-API reference for orders of the ops, odd
 sizes and dtypes; ``tests/test_augment_fused.py`` runs the CUDA kernel's text
