@@ -322,17 +322,19 @@ def namespace() -> Any:
 
 # The built-in augmentation ops fused with the read of the stored images (gpuloader/augment/fused.py):
 # one block per sample, grid-stride over the batch. The block's threads compute the sample's words,
-# trace its rows and columns into shared memory, then write its bytes; the functions are those of
-# gpuloader/augment/_pixels.h, which the host kernel runs too (tests run this byte loop on the host).
+# trace its rows and columns into shared memory, then write the bytes of every target (the images and the
+# inputs that follow their draws, augment.Same) from that one trace; the functions are those of
+# gpuloader/augment/_pixels.h, which the host kernel runs too (tests run this text on the host).
 _AUGMENT_PREFIX = "#define GL_FUNCTION __device__ __forceinline__\n#define GL_TOP_BIT(m) (31 - __clz((int)(m)))\n"
-_AUGMENT_KERNEL = r"""
+#: One row of the kernel's table of targets (uint64 each; the addresses are device pointers).
+AUGMENT_TARGET_FIELDS = (
+    "source", "out", "fills", "norm", "or_slots", "and_slots", "planes", "pixel_bytes", "in_kind", "out_kind",
+)
+_AUGMENT_KERNEL = f"#define GL_TARGET_FIELDS {len(AUGMENT_TARGET_FIELDS)}\n" + r"""
 extern "C" __global__ void gpuloader_gather_augment(
-    const unsigned char* source, const long long* rows, const long long first_row, const long long* id_table,
-    const unsigned long long* keys,
-    const long long n_words, const long long* ops, const long long n_ops, const unsigned char* fills,
-    const unsigned int or_slots, const unsigned int and_slots, const long long n, const long long height,
-    const long long width, const long long planes, const long long pixel_bytes, const int in_kind,
-    const int out_kind, const float* norm, unsigned char* out)
+    const long long* rows, const long long first_row, const long long* id_table, const unsigned long long* keys,
+    const long long n_words, const long long* ops, const long long n_ops, const long long n, const long long height,
+    const long long width, const unsigned long long* targets, const long long n_targets)
 {
     extern __shared__ unsigned long long shared[];
     unsigned long long* words = shared;
@@ -340,10 +342,6 @@ extern "C" __global__ void gpuloader_gather_augment(
     int* src_cols = src_rows + height;
     unsigned int* row_hits = (unsigned int*)(src_cols + width);
     unsigned int* col_hits = row_hits + height;
-    const long long image_bytes = planes * height * width * pixel_bytes;
-    const long long pixel_values = out_kind ? pixel_bytes / gl_value_size(in_kind) : pixel_bytes;
-    const long long out_image_bytes = out_kind ? planes * height * width * pixel_values * gl_value_size(out_kind)
-                                               : image_bytes;
     for (long long b = blockIdx.x; b < n; b += gridDim.x) {
         const long long row = rows ? rows[b] : first_row + b;
         gl_sample_words(threadIdx.x, blockDim.x, (unsigned long long)id_table[row], keys, n_words, words);
@@ -351,14 +349,28 @@ extern "C" __global__ void gpuloader_gather_augment(
         gl_sample_traces(threadIdx.x, blockDim.x, height, width, ops, n_ops, words, src_rows, row_hits,
                          src_cols, col_hits);
         __syncthreads();
-        if (out_kind)  /* a final Normalize: each value read, normalized and written as out_kind */
-            gl_sample_values(threadIdx.x, blockDim.x, height, width, planes, pixel_values, in_kind, out_kind,
-                             source + row * image_bytes, fills, norm, or_slots, and_slots, src_rows, row_hits,
-                             src_cols, col_hits, out + b * out_image_bytes);
-        else
-            gl_sample_bytes(threadIdx.x, blockDim.x, height, width, planes, pixel_bytes, source + row * image_bytes,
-                            fills, or_slots, and_slots, src_rows, row_hits, src_cols, col_hits,
-                            out + b * out_image_bytes);
+        for (long long t = 0; t < n_targets; ++t) {  /* every target's pixels from the one trace */
+            const unsigned long long* target = targets + GL_TARGET_FIELDS * t;
+            const unsigned char* source = (const unsigned char*)target[0];
+            unsigned char* out = (unsigned char*)target[1];
+            const unsigned char* fills = (const unsigned char*)target[2];
+            const float* norm = (const float*)target[3];
+            const unsigned int or_slots = (unsigned int)target[4], and_slots = (unsigned int)target[5];
+            const long long planes = (long long)target[6], pixel_bytes = (long long)target[7];
+            const int in_kind = (int)target[8], out_kind = (int)target[9];
+            const long long image_bytes = planes * height * width * pixel_bytes;
+            const long long pixel_values = out_kind ? pixel_bytes / gl_value_size(in_kind) : pixel_bytes;
+            const long long out_image_bytes = out_kind ? planes * height * width * pixel_values *
+                                                         gl_value_size(out_kind) : image_bytes;
+            if (out_kind)  /* a final Normalize: each value read, normalized and written as out_kind */
+                gl_sample_values(threadIdx.x, blockDim.x, height, width, planes, pixel_values, in_kind, out_kind,
+                                 source + row * image_bytes, fills, norm, or_slots, and_slots, src_rows, row_hits,
+                                 src_cols, col_hits, out + b * out_image_bytes);
+            else
+                gl_sample_bytes(threadIdx.x, blockDim.x, height, width, planes, pixel_bytes,
+                                source + row * image_bytes, fills, or_slots, and_slots, src_rows, row_hits,
+                                src_cols, col_hits, out + b * out_image_bytes);
+        }
         __syncthreads();
     }
 }
@@ -390,33 +402,57 @@ class GatherAugment:
     """The built-in augmentation ops of one stored image array, fused with the read of its rows.
 
     One launch per batch writes the augmented images of ``leaf[rows]`` into a
-    fresh array: the same bytes as the host (``gpuloader.augment.fused``).
-    Cost: per sample ``sum(draws)`` hashes and ``H + W`` traces, then its bytes
-    read and written once; a batch's keys are uploaded once per (seed, epoch).
+    fresh array: the same bytes as the host (``gpuloader.augment.fused``); with
+    ``followers``, the same launch also writes each follower's ``rows`` with the
+    same draws (``augment.Same``: a mask), from the one trace per sample.
+    Cost: per sample ``sum(draws)`` hashes and ``H + W`` traces, then the bytes of
+    every target read and written once; a batch's keys are uploaded once per
+    (seed, epoch), and its targets' table (``10 x 8`` bytes a target) once per batch.
 
     Args:
         table: the ops' :class:`gpuloader.augment.fused.FusedOps` for the leaf's dtype and channels.
-        leaf: the stored C-contiguous CuPy images, ``(N, H, W, C)`` or ``(N, H, W)``.
+        leaf: the stored C-contiguous CuPy images, ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``.
+        followers: ``(table, leaf)`` of each input following the leaf's draws: its table must trace as
+            ``table`` does (``fused.shares_draws``), its leaf have the leaf's rows, height and width.
     """
 
-    def __init__(self, table: Any, leaf: Any) -> None:
+    def __init__(self, table: Any, leaf: Any, followers: Any = ()) -> None:
+        from gpuloader.augment.fused import shares_draws
+
         cupy = import_cupy()
         self._cupy, self._table, self._leaf = cupy, table, leaf
         self._height, self._width = _augment_image_size(table, leaf)
-        if table.output_dtype is not None and table.output_dtype.kind == "V":
-            raise TypeError(
-                "augment: Normalize(dtype='bfloat16') on the GPU: CuPy has no bfloat16 arrays to write it into. "
-                "Fix: Normalize(..., dtype='float16') or 'float32' for a loader on the GPU."
-            )
-        self._dtype = leaf.dtype if table.output_dtype is None else table.output_dtype
-        self.output_dtype = self._dtype
+        self._followers = list(followers)
+        targets = [(table, leaf), *self._followers]
+        for target_table, target_leaf in targets:
+            if target_table.output_dtype is not None and target_table.output_dtype.kind == "V":
+                raise TypeError(
+                    "augment: Normalize(dtype='bfloat16') on the GPU: CuPy has no bfloat16 arrays to write it into. "
+                    "Fix: Normalize(..., dtype='float16') or 'float32' for a loader on the GPU."
+                )
+            if not shares_draws(table, target_table) or _augment_image_size(target_table, target_leaf) != (
+                self._height, self._width
+            ) or target_leaf.shape[0] != leaf.shape[0]:
+                raise ValueError("GatherAugment: a follower must trace as the leader (fused.shares_draws) and have "
+                                 "its rows, height and width.")
+        self._dtypes = [target_leaf.dtype if target_table.output_dtype is None else target_table.output_dtype
+                        for target_table, target_leaf in targets]
+        self._dtype = self.output_dtype = self._dtypes[0]
         self._n_words = np.int64(sum(table.draws))
         self.shared_bytes = _augment_shared_bytes(table, leaf)
         with leaf.device:
             self._kernel = cupy.RawKernel(augment_kernel_source(), "gpuloader_gather_augment")
             self._ops = cupy.asarray(table.table)
-            self._fills = cupy.asarray(np.frombuffer(table.fills or b"\0" * 8, dtype=np.uint8))
-            self._norm = cupy.asarray(np.frombuffer(table.norm or b"\0" * 8, dtype=np.float32))
+            self._buffers = []  # each target's fills and norm on the device, kept alive for the table's addresses
+            rows = []
+            for target_table, target_leaf in targets:
+                fills = cupy.asarray(np.frombuffer(target_table.fills or b"\0" * 8, dtype=np.uint8))
+                norm = cupy.asarray(np.frombuffer(target_table.norm or b"\0" * 8, dtype=np.float32))
+                self._buffers += [fills, norm]
+                rows.append([target_leaf.data.ptr, 0, fills.data.ptr, norm.data.ptr, target_table.or_slots,
+                             target_table.and_slots, target_table.planes, target_table.pixel_bytes,
+                             target_table.in_kind, target_table.out_kind])
+            self._targets = np.asarray(rows, dtype=np.uint64).reshape(len(targets), len(AUGMENT_TARGET_FIELDS))
             self._max_blocks = leaf.device.attributes["MultiProcessorCount"] * 32
         self._keys: tuple[tuple[int, int, int], Any] | None = None
 
@@ -427,10 +463,17 @@ class GatherAugment:
             rows: a slice, or an int64 CuPy array of the leaf's rows.
             id_table: int64 CuPy array, the dataset index of every row of the leaf (the draws' key).
             seed, epoch: the draws' keys.
-            out: a C-contiguous CuPy array for the ``len(rows)`` images, or None.
+            out: a C-contiguous CuPy array for the ``len(rows)`` images, or None. Built with followers: a list
+                with one such entry (or None) per target, the leader's first; the call then returns that list,
+                filled.
             stream: the list's stream of random words (``augment.Stream``).
         """
         cupy, leaf = self._cupy, self._leaf
+        outs = list(out) if self._followers else [out]
+        if len(outs) != len(self._dtypes):
+            raise ValueError(
+                f"GatherAugment: out must be a list of {len(self._dtypes)} arrays (or None), one a target."
+            )
         with leaf.device:
             if isinstance(rows, slice):
                 start, stop, _ = rows.indices(leaf.shape[0])
@@ -440,26 +483,31 @@ class GatherAugment:
                 n, first = int(rows.shape[0]), _ZERO
             if self._keys is None or self._keys[0] != (seed, epoch, stream):
                 self._keys = ((seed, epoch, stream), cupy.asarray(self._table.keys(seed, epoch, stream)))
-            if out is None:
-                out = cupy.empty((n, *leaf.shape[1:]), dtype=self._dtype)
-            elif out.shape != (n, *leaf.shape[1:]) or out.dtype != self._dtype or not out.flags.c_contiguous:
-                raise ValueError(f"GatherAugment: out must be C-contiguous {(n, *leaf.shape[1:])} {self._dtype}.")
+            targets = [(leaf, None), *self._followers]
+            for position, ((_, target_leaf), dtype) in enumerate(zip(targets, self._dtypes)):
+                shape = (n, *target_leaf.shape[1:])
+                given = outs[position]
+                if given is None:
+                    outs[position] = cupy.empty(shape, dtype=dtype)
+                elif given.shape != shape or given.dtype != dtype or not given.flags.c_contiguous:
+                    raise ValueError(f"GatherAugment: out must be C-contiguous {shape} {dtype}.")
             if n:
-                table = self._table
+                table = self._targets.copy()
+                table[:, 1] = [target_out.data.ptr for target_out in outs]
                 self._kernel(
                     (min(n, self._max_blocks),), (_THREADS,),
-                    (leaf, index, first, id_table, self._keys[1], self._n_words, self._ops,
-                     np.int64(len(table.table)), self._fills, np.uint32(table.or_slots), np.uint32(table.and_slots),
-                     np.int64(n), np.int64(self._height), np.int64(self._width), np.int64(table.planes),
-                     np.int64(table.pixel_bytes), np.int32(table.in_kind), np.int32(table.out_kind), self._norm, out),
+                    (index, first, id_table, self._keys[1], self._n_words, self._ops, np.int64(len(self._table.table)),
+                     np.int64(n), np.int64(self._height), np.int64(self._width), cupy.asarray(table),
+                     np.int64(len(outs))),
                     shared_mem=self.shared_bytes,
                 )
-        return out
+        return outs if self._followers else outs[0]
 
 
-def gather_augment(table: Any, leaf: Any) -> GatherAugment | None:
-    """The fused augmentation kernel of a stored image array, or None when a block's shared memory
-    would exceed 48 KB (images over about 3000 pixels on a side: the ops then run one by one)."""
+def gather_augment(table: Any, leaf: Any, followers: Any = ()) -> GatherAugment | None:
+    """The fused augmentation kernel of a stored image array (and of the ``(table, leaf)`` of each input that
+    follows its draws, written in the same launch), or None when a block's shared memory would exceed 48 KB
+    (images over about 3000 pixels on a side: the ops then run one by one)."""
     if _augment_shared_bytes(table, leaf) > _AUGMENT_SHARED_LIMIT:
         return None
-    return GatherAugment(table, leaf)
+    return GatherAugment(table, leaf, followers)

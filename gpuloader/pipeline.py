@@ -31,7 +31,7 @@ from gpuloader import sharding
 from gpuloader import store as store_lib
 from gpuloader._structure import Structure
 from gpuloader.augment.assign import AugmentedInput
-from gpuloader.augment.plan import BatchDraws, InputAugmentation
+from gpuloader.augment.plan import BatchDraws, InputAugmentation, input_augmentations
 from gpuloader.config import LoaderConfig
 from gpuloader.handoff import check_transform_output, hand_off, keras_backend
 from gpuloader.layout import Layout
@@ -66,9 +66,8 @@ class BatchPipeline:
         self._config = config
         self._orders = orders
         stores, ordinals = ([self.store], None) if replicas is None else (replicas.stores, replicas.ordinals)
-        self._augment = [
-            InputAugmentation(spec, stores, self.on_gpu, ordinals) for spec in augment or [] if spec.ops
-        ]
+        self._augment = input_augmentations(augment or [], stores, self.on_gpu, ordinals)
+        self._passes = [augmentation for augmentation in self._augment if augmentation.leader is None]
         self._sample_ids: dict[int, Any] = {}  # store index -> its rows' dataset indices, in its namespace
         self._backend: str | None = None
 
@@ -183,27 +182,30 @@ class BatchPipeline:
         return structure, leaves
 
     def _take_augmented(self, rows: slice | Any, epoch: int, replica: int, store: store_lib.Store) -> list[Any]:
-        """The batch's leaves, its augmented inputs each through its own path (:mod:`gpuloader.augment.plan`).
+        """The batch's leaves, its augmented inputs each through its path (:mod:`gpuloader.augment.plan`).
 
         Inputs whose kernel reads the store write into their place in the batch's block (the gather copies the
-        other leaves only); the others are gathered, then augmented.
+        other leaves only; an input of another output dtype gets a buffer of its own); the others are gathered,
+        then augmented. An input with joined followers (``augment.Same``) writes them in the same pass.
         """
         draws = self._draws(rows, epoch, replica, store)
-        make, later = {}, {}  # later: kernels writing another dtype than the store's (a final Normalize)
-        for augmentation in self._augment:
+        writes, make = [], {}
+        for augmentation in self._passes:
             write = augmentation.writer(draws, store, replica)
-            if write is None:
-                continue
-            if augmentation.in_place:
-                make[augmentation.index] = write
-            else:
-                make[augmentation.index], later[augmentation.index] = _skip, write
+            if write is not None:
+                writes.append((augmentation, write))
+                make.update(dict.fromkeys(augmentation.indices, _skip))  # the gather leaves their places alone
         leaves = store.take(rows, make)
-        for index, write in later.items():
-            leaves[index] = write()  # a buffer of the augmentation's dtype replaces the input's place
-        for augmentation in self._augment:
-            if augmentation.index not in make:
-                leaves[augmentation.index] = augmentation.apply(leaves[augmentation.index], draws, store.xp)
+        for augmentation, write in writes:
+            targets = [augmentation, *augmentation.followers]
+            outs = write([leaves[target.index] if target.in_place else None for target in targets])
+            for target, out in zip(targets, outs):
+                leaves[target.index] = out  # in its place in the block, or a buffer of its dtype (a Normalize)
+        written = {augmentation for augmentation, _ in writes}
+        for augmentation in self._passes:
+            if augmentation not in written:
+                for index, out in zip(augmentation.indices, augmentation.apply(leaves, draws, store.xp)):
+                    leaves[index] = out
         return leaves
 
     def _draws(self, rows: slice | Any, epoch: int, replica: int, store: store_lib.Store) -> BatchDraws:

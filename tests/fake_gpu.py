@@ -144,25 +144,38 @@ def make_runtime(gpus: int = 1, free_bytes: int = 1 << 30) -> FakeGpuRuntime:
         gather.accepts_make = True
         return gather
 
-    def gather_augment(table, leaf):
+    def gather_augment(table, leaf, followers=()):
         """``_cuda.gather_augment``'s contract: a kernel writing the augmented ``leaf[rows]`` into a fresh
-        array on the leaf's device; here the host kernel (None where it is not built: the ops then run
-        one by one through the array API, as on a GPU whose kernel does not fit)."""
+        array on the leaf's device (and, built with ``followers``, each follower's ``(table, leaf)`` in the
+        same call: ``out`` is then a list, one entry a target, and so is the result); here the host kernel
+        (None where it is not built: the ops then run one by one through the array API, as on a GPU whose
+        kernel does not fit)."""
         if fused.host_kernel() is None:
             return None
+        targets = [(table, leaf), *followers]
 
         def kernel(rows, id_table, seed, epoch, out=None, stream=0):
             state.augment_kernels += 1
-            source = np.from_dlpack(leaf)
-            rows = np.arange(*rows.indices(source.shape[0])) if isinstance(rows, slice) else np.from_dlpack(rows)
+            outs = list(out) if followers else [out]
+            assert len(outs) == len(targets), "one out (or None) a target"
+            first = np.from_dlpack(leaf)
+            rows = np.arange(*rows.indices(first.shape[0])) if isinstance(rows, slice) else np.from_dlpack(rows)
             sample_ids = np.from_dlpack(id_table)[rows]
-            dtype = source.dtype if table.output_dtype is None else table.output_dtype
-            target = aligned_empty((rows.shape[0], *source.shape[1:]), dtype, alignment=GATHER_ALIGNMENT)
-            if out is not None:  # its place in the batch's block, written in place as the real kernel does
-                target = np.from_dlpack(out)
-                target.flags.writeable or target.setflags(write=True)
-            fused.gather_augment_host(table, source, rows, sample_ids, seed, epoch, target, stream=stream)
-            return out if out is not None else xps.asarray(target, device=leaf.device, copy=False)
+            written = []
+            for (target_table, target_leaf), given in zip(targets, outs):
+                source = np.from_dlpack(target_leaf)
+                dtype = source.dtype if target_table.output_dtype is None else target_table.output_dtype
+                target = aligned_empty((rows.shape[0], *source.shape[1:]), dtype, alignment=GATHER_ALIGNMENT)
+                if given is not None:  # its place in the batch's block, written in place as the real kernel does
+                    target = np.from_dlpack(given)
+                    target.flags.writeable or target.setflags(write=True)
+                written.append(target)
+            follower_args = [(t, np.from_dlpack(f), out) for (t, f), out in zip(followers, written[1:])]
+            fused.gather_augment_host(table, first, rows, sample_ids, seed, epoch, written[0], stream=stream,
+                                      followers=follower_args)
+            results = [given if given is not None else xps.asarray(target, device=leaf.device, copy=False)
+                       for given, target in zip(outs, written)]
+            return results if followers else results[0]
 
         return kernel
 

@@ -135,12 +135,28 @@ def cuda_text_on_the_host(tmp_path):
     library = tmp_path / "kernel.so"
     subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
     kernel = ctypes.CDLL(str(library)).gpuloader_gather_augment
-    pointer, i64, u32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_uint
-    i32 = ctypes.c_int
-    kernel.argtypes = [pointer, pointer, i64, pointer, pointer, i64, pointer, i64, pointer, u32, u32, i64, i64, i64,
-                       i64, i64, i32, i32, pointer, pointer]
+    pointer, i64 = ctypes.c_void_p, ctypes.c_longlong
+    kernel.argtypes = [pointer, i64, pointer, pointer, i64, pointer, i64, i64, i64, i64, pointer, i64]
     kernel.restype = None
     return kernel
+
+
+def cuda_targets(*targets):
+    """The CUDA kernel's table of targets (``_cuda.AUGMENT_TARGET_FIELDS``), from ``(table, source, out)`` each;
+    the fills and norm arrays it points to are returned too, to be kept alive."""
+    from gpuloader import _cuda
+
+    rows, alive = [], []
+    for table, source, out in targets:
+        fills = np.frombuffer(table.fills or b"\0" * 8, np.uint8)
+        norm = np.frombuffer(table.norm or b"\0" * 8, np.float32)
+        alive += [fills, norm]
+        fields = {"source": source.ctypes.data, "out": out.ctypes.data, "fills": fills.ctypes.data,
+                  "norm": norm.ctypes.data, "or_slots": table.or_slots, "and_slots": table.and_slots,
+                  "planes": table.planes, "pixel_bytes": table.pixel_bytes, "in_kind": table.in_kind,
+                  "out_kind": table.out_kind}
+        rows.append([fields[name] for name in _cuda.AUGMENT_TARGET_FIELDS])
+    return np.asarray(rows, dtype=np.uint64), alive
 
 
 def test_the_cuda_kernel_text_run_on_the_host_gives_the_reference_bytes(tmp_path):
@@ -162,12 +178,41 @@ def test_the_cuda_kernel_text_run_on_the_host_gives_the_reference_bytes(tmp_path
             for ops in recipes:
                 table = fused.fused_ops(ops, store.dtype, channels or 1)
                 keys = np.ascontiguousarray(table.keys(11, 2))
-                fills = np.frombuffer(table.fills or b"\0", np.uint8)
                 out = np.zeros((len(chosen), *store.shape[1:]), store.dtype)
-                kernel(store.ctypes.data, index, first, id_table.ctypes.data, keys.ctypes.data, sum(table.draws),
-                       table.table.ctypes.data, len(table.table), fills.ctypes.data, table.or_slots,
-                       table.and_slots, len(chosen), 7, 9, 1, table.pixel_bytes, 0, 0, None, out.ctypes.data)
+                targets, _alive = cuda_targets((table, store, out))
+                kernel(index, first, id_table.ctypes.data, keys.ctypes.data, sum(table.draws),
+                       table.table.ctypes.data, len(table.table), len(chosen), 7, 9, targets.ctypes.data, 1)
                 np.testing.assert_array_equal(out, reference(ops, store[chosen], id_table[chosen], 11, 2))
+
+
+def test_the_cuda_kernel_text_writes_the_images_and_their_followers_in_one_launch(tmp_path):
+    # augment.Same: one launch writes the images and each follower (its own pixel size, dtype and fills) from the
+    # one trace per sample; every target equals the per-sample reference of its own ops.
+    from test_augment import images_of, reference
+
+    from gpuloader.augment.targets import follower_ops
+
+    kernel = cuda_text_on_the_host(tmp_path)
+    ops = [RandomCrop(3, mode="constant", fill=9), RandomFlip(), Cutout(4, fill=2), RandomCrop(1)]
+    id_table = np.arange(40, dtype=np.int64) * 5 + 1
+    images = images_of(40, 7, 9, 3)
+    followers = [(images_of(40, 7, 9, None, seed=1), 255), (images_of(40, 7, 9, 2, np.float32, seed=2), -1.0)]
+    rows = np.random.default_rng(4).permutation(40)[:23].astype(np.int64)
+    table = fused.fused_ops(ops, images.dtype, 3)
+    keys = np.ascontiguousarray(table.keys(11, 2))
+    targets = [(table, images, np.zeros((len(rows), *images.shape[1:]), images.dtype))]
+    for follower, fill in followers:
+        follower_table = fused.table_for(follower_ops(ops, fill), follower)
+        assert fused.shares_draws(table, follower_table)
+        targets.append((follower_table, follower, np.zeros((len(rows), *follower.shape[1:]), follower.dtype)))
+    rows_table, _alive = cuda_targets(*targets)
+    kernel(rows.ctypes.data, 0, id_table.ctypes.data, keys.ctypes.data, sum(table.draws), table.table.ctypes.data,
+           len(table.table), len(rows), 7, 9, rows_table.ctypes.data, len(targets))
+    np.testing.assert_array_equal(targets[0][2], reference(ops, images[rows], id_table[rows], 11, 2))
+    for (follower, fill), (_, _, out) in zip(followers, targets[1:]):
+        want = reference(follower_ops(ops, fill), follower[rows], id_table[rows], 11, 2)
+        np.testing.assert_array_equal(out, want)
+        assert np.any(want == fill)
 
 
 # ------------------------------------------------------------------ one place for the codes, warning-free C
@@ -342,3 +387,40 @@ def test_a_fill_that_does_not_fit_a_float_is_a_value_error_at_construction():
 
     with pytest.raises(ValueError, match=r"fill=Fraction.*Fix"):
         Cutout(4, fill=Fraction(10**400, 3))
+
+
+def follower_arguments(**change):
+    """A follower of ``entry_point_arguments()``'s images for the private entry point: a 4 x 4 uint8 mask."""
+    table = fused.fused_ops([RandomCrop(2), RandomFlip(), Cutout(2, fill=255)], np.uint8, 1)
+    arguments = {"source": np.zeros((10, 4, 4), np.uint8), "out": np.empty((2, 4, 4), np.uint8),
+                 "fills": table.fills, "or_slots": table.or_slots, "and_slots": table.and_slots, "planes": 1,
+                 "pixel_bytes": 1, "in_kind": 0, "out_kind": 0, "norm": b""}
+    arguments.update(change)
+    return tuple(arguments.values())
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("follower", "error", "message"),
+    [
+        (None, None, None),  # the valid call
+        ([1, 2], TypeError, "follower 0 must be a tuple"),
+        (follower_arguments()[:5], TypeError, "a follower is"),
+        (follower_arguments(out=np.empty((2, 4, 5), np.uint8)), ValueError, "follower 0: out does not hold"),
+        (follower_arguments(source=np.zeros((5, 4, 4), np.uint8)), ValueError, "row index is outside"),
+        (follower_arguments(source=np.zeros((10, 4, 3), np.uint8)), ValueError, "follower 0: source is not"),
+        (follower_arguments(fills=b""), ValueError, "follower 0: a fill slot lies outside the fills"),
+        (follower_arguments(fills=bytes(33)), ValueError, "follower 0: fills must be whole pixels, at most 32"),
+        (follower_arguments(planes=2**40, pixel_bytes=2**20), ValueError, "follower 0: an image of height"),
+        (follower_arguments(out_kind=9, in_kind=1, norm=bytes(4)), ValueError, "follower 0: norm must hold"),
+    ],
+)
+def test_the_private_entry_point_checks_each_followers_arguments_before_reading(follower, error, message):
+    arguments = entry_point_arguments()
+    valid = follower_arguments()
+    if error is None:
+        fused.host_kernel().gather_augment(*arguments, [valid])
+        assert valid[1].shape == (2, 4, 4)
+        return
+    with pytest.raises(error, match=message):
+        fused.host_kernel().gather_augment(*arguments, [valid, follower] if message == "a follower is" else [follower])

@@ -10,6 +10,7 @@ checked batch by batch through the iterators ``fit`` uses, on every tier and pat
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from typing import ClassVar
 
@@ -136,7 +137,7 @@ def test_a_mask_on_the_stand_in_gpu_stays_in_register(fake_gpu, monkeypatch, ker
     if kernel == "fused kernel" and fused.host_kernel() is None:
         pytest.skip(fused.host_kernel_missing())
     if kernel == "array API":
-        monkeypatch.setattr(fake_gpu, "gather_augment", lambda table, leaf: None)
+        monkeypatch.setattr(fake_gpu, "gather_augment", lambda table, leaf, followers=(): None)
     x, y = pairs()
     loader = pair_loader(x, y, device="gpu")
     assert loader.placement == "gpu"
@@ -145,7 +146,8 @@ def test_a_mask_on_the_stand_in_gpu_stays_in_register(fake_gpu, monkeypatch, ker
     batches = [[np.from_dlpack(part) for part in prepared(loader, i)[1]] for i in range(len(loader))]
     samples, painted = check_pass(batches)
     assert samples == N and painted > 0
-    assert fake_gpu.state.augment_kernels == (2 * len(loader) if kernel == "fused kernel" else 0)
+    # one launch a batch writes the images and their masks (one trace per sample)
+    assert fake_gpu.state.augment_kernels == (len(loader) if kernel == "fused kernel" else 0)
 
 
 @pytest.mark.parametrize("layout", ["replicated", "sharded"])
@@ -182,7 +184,7 @@ def test_a_mask_on_gpus_under_a_strategy_stays_in_register(monkeypatch, layout):
             for i, im, m in zip(np.asarray(xb["id"]), np.asarray(xb["image"]), np.asarray(yb))}
     assert len(got) == len(on_gpus) * 16 and all(got[i] == want[i] for i in got)  # each sample's own pair
     if fused.host_kernel() is not None:
-        assert runtime.state.augment_kernels == 2 * len(parts)  # image and mask, each replica's own kernel
+        assert runtime.state.augment_kernels == len(parts)  # image and mask in one launch, each replica's own
 
 
 def test_masks_with_worker_shards_stay_in_register_and_together_make_one_process_masks():
@@ -384,3 +386,80 @@ def test_an_op_without_data_format_is_refused_for_channels_first_images():
     first = np.ascontiguousarray(np.moveaxis(x, 3, 1))
     with pytest.raises(ValueError, match=r"reads channels_last images only"):
         Loader(first, y, augment=[VerticalFlip()], data_format="channels_first", verbose=False)
+
+
+# ------------------------------------------------------------------ one pass writes the images and their masks
+def one_pass_case(data_format, mask_dtype, n=40, size=16):
+    """Images and a mask each (values never equal to a fill), the ops, the mask's fill and the mask's ops written
+    by hand (what ``augment.Same`` gives it); ``size`` 16: a uint8 mask's rows are one 16-byte chunk."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(1, 255, size=(n, size, size, 3), dtype=np.uint8)
+    masks = rng.integers(0, 100, size=(n, size, size)).astype(mask_dtype)
+    if data_format == "channels_first":
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        masks = np.ascontiguousarray(masks[:, None])  # (n, 1, H, W)
+    fill = 255 if mask_dtype == np.uint8 else -1  # an "ignore" label
+
+    def made(fill_value):
+        return [augment.RandomCrop(padding=3, mode="constant", fill=fill_value, data_format=data_format),
+                augment.RandomFlip(data_format=data_format),
+                augment.Cutout(size=5, fill=fill_value, data_format=data_format)]
+
+    return images, masks, made(0), fill, made(fill)
+
+
+@pytest.mark.parametrize("tier", ["host", "disk", "stand-in GPU"])
+@pytest.mark.parametrize("mask_dtype", [np.uint8, np.int16])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_one_pass_writes_the_images_and_their_masks_with_the_reference_bytes(
+    tmp_path, request, tier, mask_dtype, data_format
+):
+    from test_augment import reference
+
+    if fused.host_kernel() is None:
+        pytest.skip(fused.host_kernel_missing())
+    images, masks, image_ops, fill, mask_ops = one_pass_case(data_format, mask_dtype)
+    device = {"host": "host", "disk": "disk", "stand-in GPU": "gpu"}[tier]
+    x, y = images, masks
+    if tier == "disk":
+        np.save(tmp_path / "x.npy", images)
+        np.save(tmp_path / "y.npy", masks)
+        x, y = str(tmp_path / "x.npy"), str(tmp_path / "y.npy")
+    if tier == "stand-in GPU":
+        request.getfixturevalue("fake_gpu")
+    loader = Loader(x, y, batch_size=16, seed=7, shuffle=False, device=device, data_format=data_format,
+                    augment={"x": image_ops, "y": augment.Same("x", fill=fill)}, verbose=False)
+    assert loader.placement == device
+    path = {"host": plan_lib.FROM_STORE, "disk": plan_lib.ON_BATCH, "stand-in GPU": plan_lib.CUDA}[tier]
+    # loader.plan says the mask is written in its images' pass (one trace per sample for both)
+    follower = re.escape(path) + r", in x( \('[^']*'\))?'s pass \(one trace per sample writes both\)"
+    assert re.search(r"; y( \('[^']*'\))? \(x[^;]*'s draws\): " + follower, loader.plan.reason), loader.plan.reason
+    got_x, got_y = [], []
+    for position in range(len(loader)):
+        batch_x, batch_y = prepared(loader, position, 0)[1]
+        got_x.append(np.from_dlpack(batch_x))
+        got_y.append(np.from_dlpack(batch_y))
+    ids = np.arange(len(images), dtype=np.int64)  # unshuffled: batch rows in order, each keyed by its index
+    np.testing.assert_array_equal(np.concatenate(got_x), reference(image_ops, images, ids, 7, 0))
+    want = reference(mask_ops, masks, ids, 7, 0)
+    np.testing.assert_array_equal(np.concatenate(got_y), want)
+    assert np.any(want == fill) and np.concatenate(got_y).dtype == mask_dtype
+
+
+def test_a_mask_whose_images_run_op_by_op_keeps_a_pass_of_its_own_and_the_plan_says_why():
+    from test_augment import reference
+
+    if fused.host_kernel() is None:
+        pytest.skip(fused.host_kernel_missing())
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((32, 16, 16, 3)).astype(np.float16)  # Normalize reads no float16 in the kernel
+    masks = rng.integers(0, 100, size=(32, 16, 16)).astype(np.uint8)
+    moves = [augment.RandomCrop(padding=2, mode="constant"), augment.RandomFlip()]
+    loader = Loader(images, masks, batch_size=8, seed=7, shuffle=False, verbose=False,
+                    augment={"x": [*moves, augment.Normalize(0.5, 2.0)], "y": augment.Same("x", fill=255)})
+    assert [a.path for a in loader.pipeline.augmentations] == [plan_lib.NUMPY, plan_lib.FROM_STORE]
+    assert ("y (x's draws): the host kernel, reading the stored images, in a pass of its own (its draws traced "
+            "again) since x runs op by op on the NumPy path") in loader.plan.reason
+    got = np.concatenate([np.asarray(prepared(loader, i, 0)[1][1]) for i in range(len(loader))])
+    by_hand = [augment.RandomCrop(padding=2, mode="constant", fill=255), augment.RandomFlip()]
+    np.testing.assert_array_equal(got, reference(by_hand, masks, np.arange(32, dtype=np.int64), 7, 0))

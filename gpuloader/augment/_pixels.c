@@ -250,6 +250,56 @@ static void prefetch_image(const unsigned char *image, long long image_bytes)
 #define GL_IMAGE_COPY_BYTES (64 * 1024)
 #define GL_SLACK 16
 
+/* The painted pixels of one sample (whose other pixels are written), their columns listed once per distinct
+ * row slots; with `hit_rows_only`, only the rows that meet a slot (a row meeting none is written whole). */
+static void paint_rows(long long height, long long width, long long pixel_bytes, unsigned int or_slots,
+                       unsigned int and_slots, const Work *work, unsigned char *out, int hit_rows_only)
+{
+    const unsigned int *row_hits = work->row_hits, *col_hits = work->col_hits;
+    const long long row_bytes = width * pixel_bytes;
+    if ((or_slots | and_slots) == 0)
+        return;
+    unsigned int col_or = 0, col_and = 0, row_or = 0, row_and = 0, listed_for = 0;
+    for (long long col = 0; col < width; ++col) {
+        col_or |= col_hits[col] & or_slots;
+        col_and |= col_hits[col] & and_slots;
+    }
+    for (long long row = 0; row < height; ++row) {
+        row_or |= row_hits[row] & or_slots;
+        row_and |= row_hits[row] & and_slots;
+    }
+    if (!(col_or || row_or || (col_and & row_and)))
+        return; /* nothing painted in this sample */
+    long long listed = -1; /* painted spans of the row slots `listed_for`; -1: none listed yet */
+    for (long long row = 0; row < height; ++row) {
+        const unsigned int hits = row_hits[row];
+        if (!((hits & or_slots) || col_or || (hits & col_and)) || (hit_rows_only && hits == 0))
+            continue;
+        if (listed < 0 || hits != listed_for) {
+            listed = 0;
+            listed_for = hits;
+            int previous = -1;
+            for (long long col = 0; col < width; ++col) {
+                const unsigned int painted = gl_paint(hits, col_hits[col], or_slots, and_slots);
+                const int slot = painted ? GL_TOP_BIT(painted) : -1;
+                if (slot >= 0 && slot == previous) {
+                    work->spans[listed - 1].length++;
+                } else if (slot >= 0) {
+                    Run span = {col, 1, slot, 0};
+                    work->spans[listed++] = span;
+                }
+                previous = slot;
+            }
+        }
+        unsigned char *dst = out + row * row_bytes;
+        for (long long i = 0; i < listed; ++i) {
+            const Run span = work->spans[i];
+            memcpy(dst + span.start * pixel_bytes, work->fill_rows + span.source * row_bytes,
+                   span.length * pixel_bytes);
+        }
+    }
+}
+
 /* One sample's bytes, row by row. The longest forward run of columns is copied for a block of rows with
  * consecutive source rows at once (one memcpy spanning the rows: the bytes it lays between the rows' runs are
  * the other runs' places, written next); the other runs row by row; then the painted pixels, their columns
@@ -259,7 +309,6 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
                         unsigned char *out)
 {
     const int *src_rows = work->src_rows, *src_cols = work->src_cols;
-    const unsigned int *row_hits = work->row_hits, *col_hits = work->col_hits;
     Run *runs = work->runs;
     const long long n_runs = column_runs(src_cols, width, runs), row_bytes = width * pixel_bytes;
     long long longest = -1;
@@ -318,47 +367,7 @@ static void sample_rows(long long height, long long width, long long pixel_bytes
         for (long long k = 0; k < narrow_runs[r].length; ++k)
             copy_column(out, source, src_rows, height, row_bytes, (narrow_runs[r].start + k) * pixel_bytes,
                         (narrow_runs[r].source + narrow_runs[r].step * k) * pixel_bytes, pixel_bytes);
-    if ((or_slots | and_slots) == 0)
-        return;
-    unsigned int col_or = 0, col_and = 0, row_or = 0, row_and = 0, listed_for = 0;
-    for (long long col = 0; col < width; ++col) {
-        col_or |= col_hits[col] & or_slots;
-        col_and |= col_hits[col] & and_slots;
-    }
-    for (long long row = 0; row < height; ++row) {
-        row_or |= row_hits[row] & or_slots;
-        row_and |= row_hits[row] & and_slots;
-    }
-    if (!(col_or || row_or || (col_and & row_and)))
-        return; /* nothing painted in this sample */
-    long long listed = -1; /* painted spans of the row slots `listed_for`; -1: none listed yet */
-    for (long long row = 0; row < height; ++row) {
-        const unsigned int hits = row_hits[row];
-        if (!((hits & or_slots) || col_or || (hits & col_and)))
-            continue;
-        if (listed < 0 || hits != listed_for) {
-            listed = 0;
-            listed_for = hits;
-            int previous = -1;
-            for (long long col = 0; col < width; ++col) {
-                const unsigned int painted = gl_paint(hits, col_hits[col], or_slots, and_slots);
-                const int slot = painted ? GL_TOP_BIT(painted) : -1;
-                if (slot >= 0 && slot == previous) {
-                    work->spans[listed - 1].length++;
-                } else if (slot >= 0) {
-                    Run span = {col, 1, slot, 0};
-                    work->spans[listed++] = span;
-                }
-                previous = slot;
-            }
-        }
-        unsigned char *dst = out + row * row_bytes;
-        for (long long i = 0; i < listed; ++i) {
-            const Run span = work->spans[i];
-            memcpy(dst + span.start * pixel_bytes, work->fill_rows + span.source * row_bytes,
-                   span.length * pixel_bytes);
-        }
-    }
+    paint_rows(height, width, pixel_bytes, or_slots, and_slots, work, out, 0);
 }
 
 /* A row of `count` values of `in_kind` normalized into float32 (gpuloader/augment/normalize.py's rule). */
@@ -458,29 +467,130 @@ static int aligned(const Py_buffer *buffer, long long alignment)
     return alignment <= 1 || (unsigned long long)(size_t)buffer->buf % (unsigned long long)alignment == 0;
 }
 
-/* The checks of the arguments' sizes, alignments and kinds, before anything is allocated or read. */
-static const char *check_arguments(const Py_buffer *source, const Py_buffer *rows, const Py_buffer *ids,
-                                   const Py_buffer *keys, const Py_buffer *ops, const Py_buffer *fills,
-                                   const Py_buffer *out, const Py_buffer *norm, long long height, long long width,
-                                   long long planes, long long pixel_bytes, int in_kind, int out_kind,
-                                   long long *image_bytes, long long *out_image_bytes)
+#ifdef GL_SHUFFLE
+/* Rows of a multiple of 16 bytes, at most GL_SHUFFLED_ROW_BYTES, can be written 16 bytes at a time by byte
+ * shuffles: per sample, each 16-byte chunk of an output row that meets no slot lists the 16-byte chunks it
+ * draws from (of the source row, or of a slot's fill row for the columns a constant crop paints in every row)
+ * with a shuffle each; every row is then a few loads, shuffles and ORs a chunk, with no call per run. The rows
+ * that meet a slot (a crop's border rows, a cutout's) get their painted spans after (paint_rows). */
+#define GL_SHUFFLED_ROW_BYTES 256
+#define GL_CHUNK_SOURCES 6 /* chunks an output chunk may draw from; a sample needing more takes sample_rows */
+
+typedef struct {
+    int count;
+    long long base[GL_CHUNK_SOURCES]; /* >= 0: offset in the source row; < 0: -1 - offset in fill_rows */
+    unsigned char index[GL_CHUNK_SOURCES][16];
+} ChunkPlan;
+
+/* The chunks of a row that meets no slot; 0 when a chunk draws from more than GL_CHUNK_SOURCES chunks. */
+static int plan_row(ChunkPlan *chunks, long long width, long long pixel_bytes, unsigned int or_slots,
+                    const Work *work)
 {
-    long long plane_bytes, values;
+    const long long row_bytes = width * pixel_bytes;
+    ChunkPlan *chunk = chunks;
+    int source = 0;
+    for (long long col = 0, byte = 0; col < width; ++col) {
+        const unsigned int painted = work->col_hits[col] & or_slots; /* gl_paint with no row slots */
+        const long long first = painted ? GL_TOP_BIT(painted) * row_bytes + byte
+                                        : (long long)work->src_cols[col] * pixel_bytes;
+        for (long long within = 0; within < pixel_bytes; ++within, ++byte) {
+            const long long offset = first + within, i = byte & 15;
+            const long long base = painted ? -1 - (offset & ~15LL) : (offset & ~15LL);
+            if (i == 0) {
+                chunk = chunks + (byte >> 4);
+                chunk->count = source = 0;
+            }
+            if (source >= chunk->count || chunk->base[source] != base) {
+                source = 0;
+                while (source < chunk->count && chunk->base[source] != base)
+                    source++;
+                if (source == chunk->count) {
+                    if (chunk->count == GL_CHUNK_SOURCES)
+                        return 0;
+                    chunk->base[source] = base;
+                    memset(chunk->index[source], 0x80, 16); /* 0x80: a zero byte, ORed with the others' */
+                    chunk->count++;
+                }
+            }
+            chunk->index[source][i] = (unsigned char)(offset & 15);
+        }
+    }
+    return 1;
+}
+
+/* One plane of one sample by byte shuffles (see GL_SHUFFLED_ROW_BYTES); 0, with nothing written, when a chunk
+ * draws from too many chunks (the caller then takes sample_rows). */
+__attribute__((target("ssse3"))) static int shuffle_rows(long long height, long long width, long long pixel_bytes,
+                                                         const unsigned char *source, unsigned int or_slots,
+                                                         unsigned int and_slots, const Work *work,
+                                                         unsigned char *out)
+{
+    ChunkPlan chunks[GL_SHUFFLED_ROW_BYTES / 16];
+    if (!plan_row(chunks, width, pixel_bytes, or_slots, work))
+        return 0;
+    const long long row_bytes = width * pixel_bytes, n_chunks = row_bytes / 16;
+    for (long long row = 0; row < height; ++row) {
+        const unsigned char *src = source + (long long)work->src_rows[row] * row_bytes;
+        unsigned char *dst = out + row * row_bytes;
+        for (long long k = 0; k < n_chunks; ++k) {
+            const ChunkPlan *chunk = chunks + k;
+            __m128i value = _mm_setzero_si128();
+            for (int s = 0; s < chunk->count; ++s) {
+                const long long base = chunk->base[s];
+                const unsigned char *from = base >= 0 ? src + base : work->fill_rows + (-1 - base);
+                value = _mm_or_si128(value, _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)from),
+                                                             _mm_loadu_si128((const __m128i *)chunk->index[s])));
+            }
+            _mm_storeu_si128((__m128i *)(dst + 16 * k), value);
+        }
+    }
+    paint_rows(height, width, pixel_bytes, or_slots, and_slots, work, out, 1);
+    return 1;
+}
+#endif
+
+/* One image array a call writes: the leader's (the call's own arguments) or a follower's (the same draws and
+ * traces, its own pixels, fills and output). */
+typedef struct {
+    Py_buffer source, out, fills, norm;
+    unsigned int or_slots, and_slots;
+    Py_ssize_t planes, pixel_bytes;
+    int in_kind, out_kind;
+    long long image_bytes, out_image_bytes, n_images;
+    unsigned char order[16]; /* the byte shuffle reversing 16 / pixel_bytes pixels */
+    int shuffled;            /* its rows can be written by byte shuffles (shuffle_rows) */
+    Work work;               /* the shared traces and runs, and this target's fills, staging and copy */
+} Target;
+
+/* The checks of the arguments every target shares, before anything is allocated or read. */
+static const char *check_shared(const Py_buffer *rows, const Py_buffer *ids, const Py_buffer *keys,
+                                const Py_buffer *ops)
+{
+    if (rows->len % 8 || ids->len != rows->len || keys->len % 16 || ops->len % (8 * GL_OP_FIELDS))
+        return "rows, ids (int64), keys (2 uint64 per word) or ops (4 int64 per op) have a bad size";
+    if (!aligned(rows, 8) || !aligned(ids, 8) || !aligned(keys, 8) || !aligned(ops, 8))
+        return "rows, ids, keys and ops must be 8-byte aligned (int64 and uint64 arrays)";
+    return NULL;
+}
+
+/* The checks of one target's sizes, alignments and kinds for `n` rows of images of the shared height and width,
+ * before anything is allocated or read (every product checked for overflow before it is used); sets its sizes. */
+static const char *check_target(Target *target, long long height, long long width, long long n)
+{
+    long long plane_bytes, values, image_bytes;
+    const long long planes = target->planes, pixel_bytes = target->pixel_bytes;
+    const int in_kind = target->in_kind, out_kind = target->out_kind;
     if (height < 1 || width < 1 || planes < 1 || pixel_bytes < 1 || height > INT_MAX || width > INT_MAX)
         return "height, width, planes and pixel_bytes must be >= 1 (and height, width < 2**31)";
     if (!product(height, width, &plane_bytes) || !product(plane_bytes, pixel_bytes, &plane_bytes) ||
-        !product(plane_bytes, planes, image_bytes) || *image_bytes > (1LL << 48))
+        !product(plane_bytes, planes, &image_bytes) || image_bytes > (1LL << 48))
         return "an image of height x width x planes x pixel_bytes must be at most 2**48 bytes";
-    if (source->len % *image_bytes)
+    if (target->source.len % image_bytes)
         return "source is not a whole number of images";
-    if (rows->len % 8 || ids->len != rows->len || keys->len % 16 || ops->len % (8 * GL_OP_FIELDS) ||
-        fills->len % pixel_bytes || fills->len / pixel_bytes > 32)
-        return "rows, ids (int64), keys (2 uint64 per word), ops (4 int64 per op) or fills (at most 32 pixels) "
-               "have a bad size";
-    if (!aligned(rows, 8) || !aligned(ids, 8) || !aligned(keys, 8) || !aligned(ops, 8))
-        return "rows, ids, keys and ops must be 8-byte aligned (int64 and uint64 arrays)";
-    *out_image_bytes = *image_bytes;
-    if (out_kind != 0 || norm->len != 0) {
+    if (target->fills.len % pixel_bytes || target->fills.len / pixel_bytes > 32)
+        return "fills must be whole pixels, at most 32 pixels (they have a bad size)";
+    target->image_bytes = target->out_image_bytes = image_bytes;
+    if (out_kind != 0 || target->norm.len != 0) {
         const long long in_size = gl_value_size(in_kind);
         if (in_kind < GL_VALUE_U8 || in_kind > GL_VALUE_F64 ||
             (out_kind != GL_VALUE_F32 && out_kind != GL_VALUE_F16 && out_kind != GL_VALUE_BF16))
@@ -488,168 +598,289 @@ static const char *check_arguments(const Py_buffer *source, const Py_buffer *row
         if (pixel_bytes % in_size || (planes > 1 && pixel_bytes != in_size))
             return "pixel_bytes must be a whole number of in_kind values (one value when planes > 1)";
         const long long channels = planes > 1 ? planes : pixel_bytes / in_size;
-        if (norm->len != 8 * channels)
+        if (target->norm.len != 8 * channels)
             return "norm must hold a float32 (mean, scale) per channel";
-        if (!aligned(source, in_size) || !aligned(out, gl_value_size(out_kind)))
+        if (!aligned(&target->source, in_size) || !aligned(&target->out, gl_value_size(out_kind)))
             return "source and out must be aligned for their values";
-        if (!product(*image_bytes / in_size, gl_value_size(out_kind), &values))
+        if (!product(image_bytes / in_size, gl_value_size(out_kind), &values))
             return "out's image size overflows";
-        *out_image_bytes = values;
+        target->out_image_bytes = values;
     }
-    const long long n = rows->len / 8;
-    if (out->len % *out_image_bytes || out->len / *out_image_bytes != n)
+    if (target->out.len % target->out_image_bytes || target->out.len / target->out_image_bytes != n)
         return "out does not hold one image per row";
+    target->n_images = target->source.len / image_bytes;
     return NULL;
 }
 
-static PyObject *gather_augment(PyObject *module, PyObject *args)
+/* A target's own work space (its fills, staging and copy; the traces and runs are `shared`'s); 0: no memory. */
+static int target_work(Target *target, const Work *shared, long long width)
 {
-    Py_buffer source, rows, ids, keys, ops, fills, out, norm;
-    unsigned int or_slots, and_slots;
-    Py_ssize_t height, width, planes, pixel_bytes;
-    int bytewise, in_kind, out_kind;
-    (void)module;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*IInnnnw*piiy*", &source, &rows, &ids, &keys, &ops, &fills, &or_slots,
-                          &and_slots, &height, &width, &planes, &pixel_bytes, &out, &bytewise, &in_kind, &out_kind,
-                          &norm))
-        return NULL;
-    PyObject *result = NULL;
-    Work work;
-    memset(&work, 0, sizeof(work));
-    unsigned long long *words = NULL;
-    long long image_bytes = 0, out_image_bytes = 0;
-    const char *problem = check_arguments(&source, &rows, &ids, &keys, &ops, &fills, &out, &norm, height, width,
-                                          planes, pixel_bytes, in_kind, out_kind, &image_bytes, &out_image_bytes);
-    if (problem == NULL)
-        problem = check_ops((const long long *)ops.buf, ops.len / (8 * GL_OP_FIELDS), keys.len / 16, height, width,
-                            fills.len / pixel_bytes, or_slots, and_slots);
-    const long long n = rows.len / 8, n_images = problem == NULL ? source.len / image_bytes : 0;
-    const long long *row_index = (const long long *)rows.buf;
-    for (long long b = 0; problem == NULL && b < n; ++b)
-        if (row_index[b] < 0 || row_index[b] >= n_images)
-            problem = "a row index is outside the source";
-    if (problem != NULL) {
-        PyErr_Format(PyExc_ValueError, "gather_augment: %s.", problem);
-        goto done;
+    Work *work = &target->work;
+    const long long planes = target->planes, pixel_bytes = target->pixel_bytes;
+    const long long plane_bytes = target->image_bytes / planes, fill_bytes = target->fills.len;
+    *work = *shared;
+    work->fill_rows = malloc(fill_bytes * width + 1);
+    work->fill_values = malloc(fill_bytes + 8);
+    work->end = (const unsigned char *)target->source.buf + target->source.len;
+    work->image = plane_bytes <= GL_IMAGE_COPY_BYTES ? malloc(plane_bytes + GL_SLACK) : NULL;
+    if (!work->fill_rows || !work->fill_values)
+        return 0;
+    memcpy(work->fill_values, target->fills.buf, fill_bytes);
+    for (long long slot = 0; slot < fill_bytes / pixel_bytes; ++slot)
+        for (long long col = 0; col < width; ++col)
+            memcpy(work->fill_rows + (slot * width + col) * pixel_bytes,
+                   (const unsigned char *)target->fills.buf + slot * pixel_bytes, pixel_bytes);
+    if (target->out_kind != 0) {
+        const long long in_size = gl_value_size(target->in_kind), pixel_values = pixel_bytes / in_size;
+        const long long row_values = width * pixel_values;
+        work->staged = malloc(target->image_bytes);
+        work->means = malloc(sizeof(float) * planes * row_values);
+        work->scales = malloc(sizeof(float) * planes * row_values);
+        work->row = malloc(sizeof(float) * row_values);
+        work->norm = malloc(target->norm.len);
+        if (!work->staged || !work->means || !work->scales || !work->row || !work->norm)
+            return 0;
+        memcpy(work->norm, target->norm.buf, target->norm.len);
+        for (long long plane = 0; plane < planes; ++plane)
+            for (long long k = 0; k < row_values; ++k) {
+                const long long channel = planes > 1 ? plane : k % pixel_values;
+                work->means[plane * row_values + k] = work->norm[2 * channel];
+                work->scales[plane * row_values + k] = work->norm[2 * channel + 1];
+            }
     }
-    const int normalize = out_kind != 0;
-    const long long in_size = normalize ? gl_value_size(in_kind) : 1, pixel_values = pixel_bytes / in_size;
-    const long long plane_bytes = image_bytes / planes, row_values = width * pixel_values;
-    const long long n_words = keys.len / 16, n_ops = ops.len / (8 * GL_OP_FIELDS);
-    work.src_rows = malloc(sizeof(int) * height);
-    work.row_hits = malloc(sizeof(unsigned int) * height);
-    work.src_cols = malloc(sizeof(int) * width);
-    work.col_hits = malloc(sizeof(unsigned int) * width);
-    work.runs = malloc(sizeof(Run) * width);
-    work.spans = malloc(sizeof(Run) * width);
-    work.fill_rows = malloc(fills.len * width + 1);
-    work.fill_values = malloc(fills.len + 8);
-    work.end = (const unsigned char *)source.buf + source.len;
-    work.image = plane_bytes <= GL_IMAGE_COPY_BYTES ? malloc(plane_bytes + GL_SLACK) : NULL;
-    int normalize_ok = 1;
-    if (normalize) {
-        work.staged = malloc(image_bytes);
-        work.means = malloc(sizeof(float) * planes * row_values);
-        work.scales = malloc(sizeof(float) * planes * row_values);
-        work.row = malloc(sizeof(float) * row_values);
-        work.norm = malloc(norm.len);
-        normalize_ok = work.staged && work.means && work.scales && work.row && work.norm;
-    }
-    unsigned char order[16];
 #ifdef GL_SHUFFLE
     if (pixel_bytes <= 8 && __builtin_cpu_supports("ssse3")) {
         const long long m = 16 / pixel_bytes;
         for (long long i = 0; i < 16; ++i)
-            order[i] = (unsigned char)(i < m * pixel_bytes ? (m - 1 - i / pixel_bytes) * pixel_bytes + i % pixel_bytes
-                                                           : i);
-        work.order = order;
+            target->order[i] = (unsigned char)(i < m * pixel_bytes ? (m - 1 - i / pixel_bytes) * pixel_bytes +
+                                                                         i % pixel_bytes
+                                                                   : i);
+        work->order = target->order;
     }
+    /* one-byte pixels (a uint8 mask, a plane of a channels-first uint8 image): per-run calls cost the most there;
+       on wider pixels sample_rows measured as fast or faster */
+    target->shuffled = pixel_bytes == 1 && width % 16 == 0 && width <= GL_SHUFFLED_ROW_BYTES &&
+                       __builtin_cpu_supports("ssse3");
 #endif
-    words = malloc(sizeof(unsigned long long) * (n_words ? n_words : 1));
-    if (!work.src_rows || !work.row_hits || !work.src_cols || !work.col_hits || !work.runs || !work.spans ||
-        !work.fill_rows || !work.fill_values || !normalize_ok || !words) {
+    return 1;
+}
+
+static void free_target_work(Target *target)
+{
+    Work *work = &target->work;
+    free(work->fill_rows);
+    free(work->fill_values);
+    free(work->image);
+    free(work->staged);
+    free(work->means);
+    free(work->scales);
+    free(work->row);
+    free(work->norm);
+}
+
+static void release_target(Target *target)
+{
+    PyBuffer_Release(&target->source);
+    PyBuffer_Release(&target->out);
+    PyBuffer_Release(&target->fills);
+    PyBuffer_Release(&target->norm);
+}
+
+/* One sample's image of one target, from its source image `image` into `target_out`, with the shared traces. */
+static void sample_target(const Target *target, long long height, long long width, int bytewise,
+                          const unsigned char *image, unsigned char *target_out)
+{
+    const Work *work = &target->work;
+    const long long planes = target->planes, pixel_bytes = target->pixel_bytes;
+    const int normalize = target->out_kind != 0;
+    const long long in_size = normalize ? gl_value_size(target->in_kind) : 1, pixel_values = pixel_bytes / in_size;
+    if (bytewise) {
+        if (normalize)
+            gl_sample_values(0, 1, height, width, planes, pixel_values, target->in_kind, target->out_kind, image,
+                             work->fill_values, work->norm, target->or_slots, target->and_slots, work->src_rows,
+                             work->row_hits, work->src_cols, work->col_hits, target_out);
+        else
+            gl_sample_bytes(0, 1, height, width, planes, pixel_bytes, image, work->fill_values, target->or_slots,
+                            target->and_slots, work->src_rows, work->row_hits, work->src_cols, work->col_hits,
+                            target_out);
+        return;
+    }
+    const long long plane_bytes = target->image_bytes / planes;
+    unsigned char *traced = normalize ? work->staged : target_out;
+    for (long long plane = 0; plane < planes; ++plane) {
+#ifdef GL_SHUFFLE
+        if (target->shuffled && shuffle_rows(height, width, pixel_bytes, image + plane * plane_bytes,
+                                             target->or_slots, target->and_slots, work, traced + plane * plane_bytes))
+            continue;
+#endif
+        sample_rows(height, width, pixel_bytes, image + plane * plane_bytes, target->or_slots, target->and_slots,
+                    work, traced + plane * plane_bytes);
+    }
+    if (normalize)
+        normalize_image(work, target->in_kind, target->out_kind, planes, height, width * pixel_values, in_size,
+                        target_out);
+}
+
+/* The followers' arguments into targets[1:]; returns how many targets hold buffers (to release), -1 on an
+ * error (set). */
+static Py_ssize_t parse_followers(PyObject *sequence, Target *targets, Py_ssize_t count)
+{
+    for (Py_ssize_t i = 0; i < count; ++i) {
+        PyObject *item = PySequence_Fast_GET_ITEM(sequence, i);
+        Target *target = targets + 1 + i;
+        if (!PyTuple_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "gather_augment: follower %zd must be a tuple (source, out, fills, "
+                         "or_slots, and_slots, planes, pixel_bytes, in_kind, out_kind, norm), not %.80s.", i,
+                         Py_TYPE(item)->tp_name);
+            return -(1 + i);
+        }
+        if (!PyArg_ParseTuple(item, "y*w*y*IInniiy*;gather_augment: a follower is (source, out, fills, or_slots, "
+                              "and_slots, planes, pixel_bytes, in_kind, out_kind, norm)", &target->source,
+                              &target->out, &target->fills, &target->or_slots, &target->and_slots, &target->planes,
+                              &target->pixel_bytes, &target->in_kind, &target->out_kind, &target->norm))
+            return -(1 + i);
+    }
+    return 1 + count;
+}
+
+static PyObject *gather_augment(PyObject *module, PyObject *args)
+{
+    Py_buffer rows, ids, keys, ops;
+    Py_ssize_t height, width;
+    int bytewise;
+    PyObject *followers = NULL, *sequence = NULL, *result = NULL;
+    Target lead;
+    memset(&lead, 0, sizeof(lead));
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*IInnnnw*piiy*|O", &lead.source, &rows, &ids, &keys, &ops, &lead.fills,
+                          &lead.or_slots, &lead.and_slots, &height, &width, &lead.planes, &lead.pixel_bytes,
+                          &lead.out, &bytewise, &lead.in_kind, &lead.out_kind, &lead.norm, &followers))
+        return NULL;
+    Work shared;
+    memset(&shared, 0, sizeof(shared));
+    unsigned long long *words = NULL;
+    Py_ssize_t n_followers = 0, held = 1, prepared = 0;
+    Target *targets = NULL;
+    if (followers != NULL && followers != Py_None) {
+        sequence = PySequence_Fast(followers, "gather_augment: followers must be a sequence of tuples");
+        if (sequence == NULL)
+            goto release_lead;
+        n_followers = PySequence_Fast_GET_SIZE(sequence);
+    }
+    targets = calloc((size_t)n_followers + 1, sizeof(Target));
+    if (targets == NULL) {
         PyErr_NoMemory();
+        goto release_lead;
+    }
+    targets[0] = lead; /* its buffers are released through targets[0] from here on */
+    held = parse_followers(sequence, targets, n_followers);
+    if (held < 0) {
+        held = -held;
         goto done;
     }
-    memcpy(work.fill_values, fills.buf, fills.len);
-    for (long long slot = 0; slot < fills.len / pixel_bytes; ++slot)
-        for (long long col = 0; col < width; ++col)
-            memcpy(work.fill_rows + (slot * width + col) * pixel_bytes, (const unsigned char *)fills.buf + slot * pixel_bytes,
-                   pixel_bytes);
-    if (normalize) {
-        memcpy(work.norm, norm.buf, norm.len);
-        for (long long plane = 0; plane < planes; ++plane)
-            for (long long k = 0; k < row_values; ++k) {
-                const long long channel = planes > 1 ? plane : k % pixel_values;
-                work.means[plane * row_values + k] = work.norm[2 * channel];
-                work.scales[plane * row_values + k] = work.norm[2 * channel + 1];
-            }
+    const long long n = rows.len / 8, n_words = keys.len / 16, n_ops = ops.len / (8 * GL_OP_FIELDS);
+    const long long *row_index = (const long long *)rows.buf;
+    const char *problem = check_shared(&rows, &ids, &keys, &ops);
+    Py_ssize_t failed = 0; /* the target a problem is about (0: the leader, or every target) */
+    long long n_images = -1; /* the fewest images of any target's source */
+    for (Py_ssize_t t = 0; problem == NULL && t < held; ++t) {
+        Target *target = targets + t;
+        problem = check_target(target, height, width, n);
+        if (problem == NULL)
+            problem = check_ops((const long long *)ops.buf, n_ops, n_words, height, width,
+                                target->fills.len / target->pixel_bytes, target->or_slots, target->and_slots);
+        if (problem != NULL)
+            failed = t;
+        else if (n_images < 0 || target->n_images < n_images)
+            n_images = target->n_images;
+    }
+    for (long long b = 0; problem == NULL && b < n; ++b)
+        if (row_index[b] < 0 || row_index[b] >= n_images)
+            problem = "a row index is outside the source";
+    if (problem != NULL) {
+        if (failed > 0)
+            PyErr_Format(PyExc_ValueError, "gather_augment: follower %zd: %s.", failed - 1, problem);
+        else
+            PyErr_Format(PyExc_ValueError, "gather_augment: %s.", problem);
+        goto done;
+    }
+    shared.src_rows = malloc(sizeof(int) * height);
+    shared.row_hits = malloc(sizeof(unsigned int) * height);
+    shared.src_cols = malloc(sizeof(int) * width);
+    shared.col_hits = malloc(sizeof(unsigned int) * width);
+    shared.runs = malloc(sizeof(Run) * width);
+    shared.spans = malloc(sizeof(Run) * width);
+    words = malloc(sizeof(unsigned long long) * (n_words ? n_words : 1));
+    int ready = shared.src_rows && shared.row_hits && shared.src_cols && shared.col_hits && shared.runs &&
+                shared.spans && words;
+    for (; ready && prepared < held; ++prepared)
+        ready = target_work(targets + prepared, &shared, width);
+    if (!ready) {
+        PyErr_NoMemory();
+        goto done;
     }
     Py_BEGIN_ALLOW_THREADS
     const unsigned long long *sample_ids = (const unsigned long long *)ids.buf;
     for (long long b = 0; b < n; ++b) {
-        const unsigned char *image = (const unsigned char *)source.buf + row_index[b] * image_bytes;
-        unsigned char *target = (unsigned char *)out.buf + b * out_image_bytes;
-        if (b + GL_PREFETCH_AHEAD < n)
-            prefetch_image((const unsigned char *)source.buf + row_index[b + GL_PREFETCH_AHEAD] * image_bytes,
-                           image_bytes);
+        /* the sample's words and traces once, then every target's pixels from them */
         gl_sample_words(0, 1, sample_ids[b], (const unsigned long long *)keys.buf, n_words, words);
         if (bytewise) {
-            gl_sample_traces(0, 1, height, width, (const long long *)ops.buf, n_ops, words, work.src_rows,
-                             work.row_hits, work.src_cols, work.col_hits);
-            if (normalize)
-                gl_sample_values(0, 1, height, width, planes, pixel_values, in_kind, out_kind, image,
-                                 work.fill_values, work.norm, or_slots, and_slots, work.src_rows, work.row_hits,
-                                 work.src_cols, work.col_hits, target);
-            else
-                gl_sample_bytes(0, 1, height, width, planes, pixel_bytes, image, work.fill_values, or_slots,
-                                and_slots, work.src_rows, work.row_hits, work.src_cols, work.col_hits, target);
+            gl_sample_traces(0, 1, height, width, (const long long *)ops.buf, n_ops, words, shared.src_rows,
+                             shared.row_hits, shared.src_cols, shared.col_hits);
         } else {
-            host_trace_axis(0, height, (const long long *)ops.buf, n_ops, words, work.src_rows, work.row_hits);
-            host_trace_axis(1, width, (const long long *)ops.buf, n_ops, words, work.src_cols, work.col_hits);
-            unsigned char *traced = normalize ? work.staged : target;
-            for (long long plane = 0; plane < planes; ++plane)
-                sample_rows(height, width, pixel_bytes, image + plane * plane_bytes, or_slots, and_slots, &work,
-                            traced + plane * plane_bytes);
-            if (normalize)
-                normalize_image(&work, in_kind, out_kind, planes, height, row_values, in_size, target);
+            host_trace_axis(0, height, (const long long *)ops.buf, n_ops, words, shared.src_rows, shared.row_hits);
+            host_trace_axis(1, width, (const long long *)ops.buf, n_ops, words, shared.src_cols, shared.col_hits);
+        }
+        if (b + GL_PREFETCH_AHEAD < n) /* later samples' images on their way while this one is written */
+            for (Py_ssize_t t = 0; t < held; ++t)
+                prefetch_image((const unsigned char *)targets[t].source.buf +
+                                   row_index[b + GL_PREFETCH_AHEAD] * targets[t].image_bytes,
+                               targets[t].image_bytes);
+        for (Py_ssize_t t = 0; t < held; ++t) {
+            const Target *target = targets + t;
+            sample_target(target, height, width, bytewise,
+                          (const unsigned char *)target->source.buf + row_index[b] * target->image_bytes,
+                          (unsigned char *)target->out.buf + b * target->out_image_bytes);
         }
     }
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
-    free(work.src_rows);
-    free(work.row_hits);
-    free(work.src_cols);
-    free(work.col_hits);
-    free(work.spans);
-    free(work.fill_rows);
-    free(work.fill_values);
-    free(work.image);
-    free(work.runs);
-    free(work.staged);
-    free(work.means);
-    free(work.scales);
-    free(work.row);
-    free(work.norm);
+    for (Py_ssize_t t = 0; t < prepared; ++t)
+        free_target_work(targets + t);
+    for (Py_ssize_t t = 0; t < held; ++t)
+        release_target(targets + t);
+    free(targets);
+    free(shared.src_rows);
+    free(shared.row_hits);
+    free(shared.src_cols);
+    free(shared.col_hits);
+    free(shared.runs);
+    free(shared.spans);
     free(words);
-    PyBuffer_Release(&source);
+    Py_XDECREF(sequence);
     PyBuffer_Release(&rows);
     PyBuffer_Release(&ids);
     PyBuffer_Release(&keys);
     PyBuffer_Release(&ops);
-    PyBuffer_Release(&fills);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&norm);
     return result;
+release_lead:
+    release_target(&lead);
+    Py_XDECREF(sequence);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&ops);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"gather_augment", gather_augment, METH_VARARGS,
      "gather_augment(source, rows, ids, keys, ops, fills, or_slots, and_slots, height, width, planes, pixel_bytes, "
-     "out, bytewise, in_kind, out_kind, norm): the augmented images of source[rows] into out; see "
-     "gpuloader/augment/fused.py."},
+     "out, bytewise, in_kind, out_kind, norm, followers=()): the augmented images of source[rows] into out, and "
+     "of each follower's (source, out, fills, or_slots, and_slots, planes, pixel_bytes, in_kind, out_kind, norm) "
+     "with the same draws and traces, in one pass; see gpuloader/augment/fused.py."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,7 +6,10 @@ pixel or to a fill value (``_pixels.h``, one C text compiled for the host and,
 by NVRTC, for the GPU). Per sample the kernel computes its words, traces its
 ``H`` rows and ``W`` columns, then copies its bytes: on the host whole runs of
 columns with ``memcpy`` (``_pixels.c``, without the GIL), on the GPU one block
-per sample (``gpuloader._cuda.GatherAugment``). The bytes are those of applying
+per sample (``gpuloader._cuda.GatherAugment``). Inputs that follow the images'
+draws (``augment.Same``: a mask) are written in the same call from the same
+words and traces (``followers``: each its own pixel size, dtype, fills and
+output). The bytes are those of applying
 the ops one by one (``tests/test_augment.py`` checks the host kernel, and its
 CUDA byte loop, against the array-API reference for orders of the ops, odd
 sizes and dtypes; ``tests/test_augment_fused.py`` runs the CUDA kernel's text
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,36 +239,49 @@ def gather_augment_host(
     out: np.ndarray,
     *,
     stream: int = 0,
+    followers: Sequence[tuple[FusedOps, np.ndarray, np.ndarray]] = (),
 ) -> np.ndarray:
     """Write the augmented images ``source[rows]`` into ``out`` with the host kernel; return ``out``.
 
     Args:
         fused: the ops' table for ``source``'s dtype and channels.
-        source: ``(N, H, W, C)`` or ``(N, H, W)`` C-contiguous images (the store's leaf, or a gathered batch).
+        source: ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)`` C-contiguous images (the store's leaf, or a
+            gathered batch).
         rows: int64 indices into ``source``, one per output image.
         sample_ids: int64 dataset index of each output image (the key of its draws).
         seed, epoch: the keys of the draws (and ``stream``, the list's stream: see ``augment.Stream``).
         out: a writable C-contiguous array of ``len(rows)`` images of ``source``'s shape and the table's
             output dtype (``fused.output_dtype``: the source's, or a final ``Normalize``'s), not overlapping
             ``source``.
+        followers: ``(table, source, out)`` of each input that follows ``source``'s draws (``augment.Same``),
+            written in the same pass from the same rows: each sample's words and traces are computed once for
+            all of them. Each table must trace as ``fused`` does (:func:`shares_draws`) and each source have
+            ``source``'s height and width; its pixels, dtype, fills and data format are its own.
 
     Raises:
         RuntimeError: the host kernel is not built (see :func:`host_kernel_missing`).
-        ValueError: shapes, dtypes or indices that do not fit (checked before any byte is read).
+        ValueError: shapes, dtypes, tables or indices that do not fit (checked before any byte is read).
     """
     kernel = host_kernel()
     if kernel is None:
         raise RuntimeError(host_kernel_missing() or "the host kernel is switched off")
-    expected = source.dtype if fused.output_dtype is None else fused.output_dtype
-    if out.shape != (len(rows), *source.shape[1:]) or out.dtype != expected:
-        raise ValueError(
-            f"gather_augment_host: out has shape {out.shape} and dtype {out.dtype}; it must hold {len(rows)} images "
-            f"of shape {source.shape[1:]} and dtype {expected}."
-        )
-    if np.may_share_memory(source, out):
-        raise ValueError("gather_augment_host: out overlaps source; pass a fresh buffer.")
-    spatial = source.shape[2:4] if fused.channels_first and source.ndim == 4 else source.shape[1:3]
-    height, width = int(spatial[0]), int(spatial[1])
+    height, width = _checked_target(fused, source, out, len(rows), "")
+    sources = [source]
+    targets = []
+    for position, (table, follower_source, follower_out) in enumerate(followers):
+        where = f" (follower {position})"
+        if not shares_draws(fused, table):
+            raise ValueError(f"gather_augment_host{where}: its ops do not trace as the leader's (another table or "
+                             "other draws); it needs a pass of its own.")
+        if _checked_target(table, follower_source, follower_out, len(rows), where) != (height, width):
+            raise ValueError(f"gather_augment_host{where}: its images are not {height} x {width} as the leader's.")
+        sources.append(follower_source)
+        targets.append((follower_source, follower_out, table.fills, table.or_slots, table.and_slots, table.planes,
+                        table.pixel_bytes, table.in_kind, table.out_kind, table.norm))
+    outs = [out, *(target[1] for target in targets)]
+    for position, written in enumerate(outs):
+        if any(np.may_share_memory(written, other) for other in [*sources, *outs[:position]]):
+            raise ValueError("gather_augment_host: an out overlaps a source or another out; pass fresh buffers.")
     kernel.gather_augment(
         source,
         np.ascontiguousarray(rows, dtype=np.int64),
@@ -283,5 +300,29 @@ def gather_augment_host(
         fused.in_kind,
         fused.out_kind,
         fused.norm,
+        targets,
     )
     return out
+
+
+def shares_draws(leader: FusedOps, follower: FusedOps) -> bool:
+    """Whether ``follower``'s table traces every sample as ``leader``'s: the same op rows (kinds, parameters,
+    words, fill slots and how they paint) and its words a prefix of the leader's. Its pixels, fills and output
+    may differ: one pass can then write both from one trace."""
+    return (
+        np.array_equal(leader.table, follower.table)
+        and leader.draws[: len(follower.draws)] == follower.draws
+        and (leader.or_slots, leader.and_slots) == (follower.or_slots, follower.and_slots)
+    )
+
+
+def _checked_target(fused: FusedOps, source: np.ndarray, out: np.ndarray, count: int, where: str) -> tuple[int, int]:
+    """``(height, width)`` of ``source``'s images, once ``out`` is checked to hold ``count`` of them augmented."""
+    expected = source.dtype if fused.output_dtype is None else fused.output_dtype
+    if out.shape != (count, *source.shape[1:]) or out.dtype != expected:
+        raise ValueError(
+            f"gather_augment_host{where}: out has shape {out.shape} and dtype {out.dtype}; it must hold {count} "
+            f"images of shape {source.shape[1:]} and dtype {expected}."
+        )
+    spatial = source.shape[2:4] if fused.channels_first and source.ndim == 4 else source.shape[1:3]
+    return int(spatial[0]), int(spatial[1])

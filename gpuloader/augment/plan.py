@@ -60,6 +60,10 @@ class BatchDraws:
 class InputAugmentation:
     """The ops of one input and how they run: built once, called once per batch.
 
+    An input that follows this one's draws (``augment.Same``: a mask) on the same kernel path joins its pass
+    (:meth:`join`): one kernel call then computes each sample's words and traces once and writes this input's
+    images and every follower's (each its own pixel size, dtype, fill and format).
+
     Args:
         spec: the input's checked ops (:class:`~gpuloader.augment.assign.AugmentedInput`).
         stores: the store of each replica (one on a single device), each holding the input at ``spec.index``.
@@ -71,6 +75,7 @@ class InputAugmentation:
         self, spec: AugmentedInput, stores: list[Any], on_gpu: bool, ordinals: list[int] | None = None
     ) -> None:
         self.spec = spec
+        self._stores, self._ordinals = stores, ordinals
         store = stores[0]
         leaf = store.leaves[spec.index]
         self._table = fused_lib.table_for(spec.ops, leaf)
@@ -78,15 +83,14 @@ class InputAugmentation:
         self.output_dtype = output_dtype(spec.ops, leaf.dtype)
         #: Whether a kernel's output can take the input's place in the gather's block (same dtype).
         self.in_place = self.output_dtype == output_dtype((), leaf.dtype)
+        #: The inputs written in this one's pass (joined followers), and the input whose pass writes this one.
+        self.followers: list[InputAugmentation] = []
+        self.leader: InputAugmentation | None = None
         self._kernels: list[Any] = []
         self._why = ""
+        self._apart = ""  # why a follower on a kernel path runs a pass of its own
         if on_gpu:
-            runtime = placement_lib.gpu_runtime()
-            for replica, replica_store in enumerate(stores):
-                device = contextlib.nullcontext() if ordinals is None else runtime.on_device(ordinals[replica])
-                with device:
-                    leaf = replica_store.leaves[spec.index]
-                    self._kernels.append(None if self._table is None else runtime.gather_augment(self._table, leaf))
+            self._kernels = self._gpu_kernels()
             self.path = CUDA if all(kernel is not None for kernel in self._kernels) else ARRAY_API
             if self.path == ARRAY_API:
                 self._kernels = []
@@ -99,48 +103,110 @@ class InputAugmentation:
             self.path = NUMPY
             self._why = _own_op if self._table is None else (fused_lib.host_kernel_missing() or "the kernel is off")
 
+    def _gpu_kernels(self) -> list[Any]:
+        """Each replica's ``GatherAugment`` of this input and its followers (None where the kernel does not fit)."""
+        runtime = placement_lib.gpu_runtime()
+        kernels = []
+        for replica, store in enumerate(self._stores):
+            device = contextlib.nullcontext() if self._ordinals is None else runtime.on_device(self._ordinals[replica])
+            with device:
+                leaf = store.leaves[self.index]
+                if self._table is None:
+                    kernels.append(None)
+                elif self.followers:
+                    followers = [(f._table, store.leaves[f.index]) for f in self.followers]
+                    kernels.append(runtime.gather_augment(self._table, leaf, followers))
+                else:
+                    kernels.append(runtime.gather_augment(self._table, leaf))
+        return kernels
+
+    def join(self, follower: InputAugmentation) -> bool:
+        """Write ``follower`` (an input following this one's draws) in this input's pass when both run a kernel
+        and its table traces as this one's; else it keeps a pass of its own, and its :meth:`describe` says why."""
+        if follower.path not in _KERNEL_PATHS:
+            return False
+        if self.path != follower.path:
+            follower._apart = f"{self.spec.name} runs {self.path}"
+        elif not fused_lib.shares_draws(self._table, follower._table):
+            follower._apart = f"its ops do not trace as {self.spec.name}'s"
+        else:
+            self.followers.append(follower)
+            if self.path == CUDA:
+                kernels = self._gpu_kernels()
+                if any(kernel is None for kernel in kernels):
+                    self.followers.pop()
+                    follower._apart = "the kernel of both does not fit"
+                    return False
+                self._kernels, follower._kernels = kernels, []
+            follower.leader = self
+            return True
+        return False
+
     @property
     def index(self) -> int:
         """The input's leaf index in the batch."""
         return self.spec.index
 
+    @property
+    def indices(self) -> list[int]:
+        """The leaf indices this input's pass writes: its own, then its joined followers'."""
+        return [self.index, *(follower.index for follower in self.followers)]
+
     def describe(self) -> str:
         """How this input is augmented, for ``loader.plan``: e.g. ``"y (x's draws): the host kernel, ..."``."""
         name = self.spec.name if self.spec.follows is None else f"{self.spec.name} ({self.spec.follows}'s draws)"
-        return f"{name}: {self.path}" + (f", since {self._why}" if self._why else "")
+        text = f"{name}: {self.path}" + (f", since {self._why}" if self._why else "")
+        if self.leader is not None:
+            text += f", in {self.leader.spec.name}'s pass (one trace per sample writes both)"
+        elif self._apart:
+            text += f", in a pass of its own (its draws traced again) since {self._apart}"
+        return text
 
-    def writer(self, draws: BatchDraws, store: Any, replica: int = 0) -> Callable[..., Any] | None:
-        """``write(out)``: the augmented batch read from the store, written into ``out`` (this input's place in
-        the batch's block when :attr:`in_place`) or, with ``out=None``, into a new buffer of
-        :attr:`output_dtype`; None: this path augments the gathered batch (:meth:`apply`)."""
+    def writer(self, draws: BatchDraws, store: Any, replica: int = 0) -> Callable[[list[Any]], list[Any]] | None:
+        """``write(outs)``: the augmented batches of :attr:`indices` read from the store, each written into its
+        entry of ``outs`` (that input's place in the batch's block when it is :attr:`in_place`) or, for None, into
+        a new buffer of its :attr:`output_dtype`; returns them. None: this path augments the gathered batch
+        (:meth:`apply`)."""
         if self.path == FROM_STORE:
             rows = draws.rows
             indices = np.arange(rows.start, rows.stop, dtype=np.int64) if isinstance(rows, slice) else rows
-            source = store.leaves[self.index]
-            write = functools.partial(
-                fused_lib.gather_augment_host, self._table, source, indices, draws.ids(), draws.seed, draws.epoch,
-                stream=self.spec.stream,
-            )
-            return functools.partial(_into_new, write, (len(indices), *source.shape[1:]), self.output_dtype)
+            return functools.partial(self._write_host, store.leaves, indices, draws.ids(), draws)
         if self.path == CUDA:  # the kernel reads its rows' dataset indices from the store's table itself
-            return functools.partial(
-                self._kernels[replica], draws.rows, draws.id_table(), draws.seed, draws.epoch, stream=self.spec.stream
-            )
+            kernel = self._kernels[replica]
+            call = functools.partial(kernel, draws.rows, draws.id_table(), draws.seed, draws.epoch,
+                                     stream=self.spec.stream)
+            return call if self.followers else lambda outs: [call(outs[0])]
         return None
 
-    def apply(self, images: Any, draws: BatchDraws, xp: Any) -> Any:
-        """The augmented batch of this input from its gathered ``images`` (a fresh batch it may write into)."""
+    def apply(self, leaves: list[Any], draws: BatchDraws, xp: Any) -> list[Any]:
+        """The augmented batches of :attr:`indices` from the batch's gathered ``leaves`` (fresh batches it may
+        write into)."""
         if self.path == ON_BATCH:
-            from gpuloader.gather import aligned_empty
+            first = leaves[self.index]
+            rows = np.arange(first.shape[0], dtype=np.int64)
+            return self._write_host(leaves, rows, draws.ids(), draws, [None] * len(self.indices))
+        return [apply_augment(
+            self.spec.ops, leaves[self.index], draws.ids(), draws.seed, draws.epoch, xp, overwrite=True,
+            stream=self.spec.stream,
+        )]
 
-            out = aligned_empty(images.shape, self.output_dtype)
-            rows = np.arange(images.shape[0], dtype=np.int64)
-            return fused_lib.gather_augment_host(
-                self._table, images, rows, draws.ids(), draws.seed, draws.epoch, out, stream=self.spec.stream
-            )
-        return apply_augment(
-            self.spec.ops, images, draws.ids(), draws.seed, draws.epoch, xp, overwrite=True, stream=self.spec.stream
+    def _write_host(
+        self, sources: list[Any], rows: np.ndarray, ids: np.ndarray, draws: BatchDraws, outs: list[Any]
+    ) -> list[Any]:
+        """The host kernel's one pass over ``rows`` of ``sources`` (leaves by index) into ``outs`` (None: new)."""
+        from gpuloader.gather import aligned_empty
+
+        targets = [self, *self.followers]
+        made = [
+            aligned_empty((len(rows), *sources[target.index].shape[1:]), target.output_dtype) if out is None else out
+            for target, out in zip(targets, outs)
+        ]
+        followers = [(f._table, sources[f.index], out) for f, out in zip(self.followers, made[1:])]
+        fused_lib.gather_augment_host(
+            self._table, sources[self.index], rows, ids, draws.seed, draws.epoch, made[0], stream=self.spec.stream,
+            followers=followers,
         )
+        return made
 
     @property
     def normalize(self) -> Normalize | None:
@@ -157,13 +223,21 @@ class InputAugmentation:
         return apply_augment([normalize], images, draws.ids(), draws.seed, draws.epoch, xp, overwrite=True)
 
 
+def input_augmentations(
+    specs: list[AugmentedInput], stores: list[Any], on_gpu: bool, ordinals: list[int] | None = None
+) -> list[InputAugmentation]:
+    """An :class:`InputAugmentation` for each input with ops, each follower joined to its input's pass where
+    both can share it (:meth:`InputAugmentation.join`). Cost: construction only."""
+    made = [InputAugmentation(spec, stores, on_gpu, ordinals) for spec in specs if spec.ops]
+    by_name = {augmentation.spec.name: augmentation for augmentation in made}
+    for augmentation in made:
+        leader = by_name.get(augmentation.spec.follows)
+        while leader is not None and leader.spec.follows in by_name:  # a follower's follower: the first input's
+            leader = by_name[leader.spec.follows]
+        if leader is not None:
+            leader.join(augmentation)
+    return made
+
+
 _own_op = "the list has an op of your own"
-
-
-def _into_new(write: Callable[[Any], Any], shape: tuple[int, ...], dtype: np.dtype, out: Any = None) -> Any:
-    """``write(out)``, into a new 64-byte aligned host buffer of ``shape`` and ``dtype`` when ``out`` is None."""
-    if out is None:
-        from gpuloader.gather import aligned_empty
-
-        out = aligned_empty(shape, dtype)
-    return write(out)
+_KERNEL_PATHS = (FROM_STORE, CUDA, ON_BATCH)

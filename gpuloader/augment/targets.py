@@ -14,8 +14,12 @@ The follower draws from the same words as its input: same seed, epoch, sample,
 stream and op positions (an op it skips keeps its place), with the same image
 height and width (a cutout's centre depends on them).
 
-Cost: the follower's own pass of the same kind as its input's (its bytes, and
-the per-sample words and traces once more).
+Cost: on a kernel path (the host kernel, the CUDA kernel) the follower is
+written in its input's pass (``plan.InputAugmentation.join``): each sample's
+words and traces are computed once for both, and the follower adds its own
+bytes read and written. Op by op (a list with an op of your own) it is a pass
+of its own, its words drawn again. ``loader.plan`` says which, and why a
+follower on a kernel path keeps a pass of its own.
 """
 
 from __future__ import annotations
