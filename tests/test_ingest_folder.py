@@ -341,8 +341,10 @@ def test_the_files_fingerprint_changes_with_a_name_a_size_or_a_time_and_only_the
     assert files_fingerprint(names, paths) not in (before, touched)
 
 
-def test_a_file_replaced_keeping_its_size_and_mtime_rebuilds_by_its_change_time(tmp_path):
-    """What cp -p, tar x or rsync -t of a new version of a file do: same size, old mtime, new contents."""
+@pytest.mark.parametrize("mtime", ["kept", "changed"])
+def test_a_file_rewritten_at_the_same_size_rebuilds(tmp_path, mtime):
+    """A new version of a file at the same size, its mtime changed, or kept as cp -p, tar x or rsync -t keep it
+    (then its change time tells)."""
     folder = write_folder(tmp_path / "data", ext="bmp", per_class=(2, 2), nested=False)  # BMP size: dimensions only
     arguments = {"image_size": (12, 10), "shuffle": False, "cache_dir": tmp_path / "c", "verbose": False,
                  "dtype": "uint8"}
@@ -350,24 +352,11 @@ def test_a_file_replaced_keeping_its_size_and_mtime_rebuilds_by_its_change_time(
     target = folder / "class_a" / "img_00.bmp"
     old = target.stat()
     PIL.fromarray(np.full((12, 10, 3), 7, np.uint8)).save(target)
-    os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns))
-    assert (target.stat().st_size, target.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns) if mtime == "kept" else (10**9, 10**9))
+    assert target.stat().st_size == old.st_size
+    assert (target.stat().st_mtime_ns == old.st_mtime_ns) == (mtime == "kept")
     after = gpuloader.image_dataset_from_directory(folder, **arguments)
     assert np.all(np.asarray(after[0][0])[after.file_paths.index(str(target))] == 7)
-
-
-def test_a_file_rewritten_at_the_same_size_rebuilds_by_its_mtime(tmp_path):
-    folder = write_folder(tmp_path / "data", ext="bmp", per_class=(2, 2), nested=False)  # BMP size: dimensions only
-    arguments = {"image_size": (12, 10), "shuffle": False, "cache_dir": tmp_path / "c", "verbose": False,
-                 "dtype": "uint8"}
-    gpuloader.image_dataset_from_directory(folder, **arguments)
-    target = folder / "class_a" / "img_00.bmp"
-    size = target.stat().st_size
-    PIL.fromarray(np.full((12, 10, 3), 5, np.uint8)).save(target)
-    os.utime(target, ns=(10**9, 10**9))
-    assert target.stat().st_size == size
-    after = gpuloader.image_dataset_from_directory(folder, **arguments)
-    assert np.all(np.asarray(after[0][0])[after.file_paths.index(str(target))] == 5)
 
 
 def test_an_unshuffled_split_is_a_slice_of_the_cache_with_keras_files_and_pixels(tmp_path):
