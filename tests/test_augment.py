@@ -989,3 +989,16 @@ def test_augment_same_inside_a_list_says_it_takes_the_whole_lists_place():
     with pytest.raises(TypeError, match=r"inside a list; augment\.Same takes the place of the whole list"):
         Loader(images, images[..., 0], batch_size=8, verbose=False,
                augment={"x": [RandomFlip()], "y": [augment.Same("x")]})
+
+
+def test_bool_masks_take_true_or_false_as_their_fill():
+    from gpuloader import Loader
+
+    images = np.random.default_rng(5).integers(0, 256, size=(16, 8, 8, 3), dtype=np.uint8)
+    masks = images[..., 0] > 127
+    loader = Loader(images, masks, batch_size=16, seed=0, shuffle=False, verbose=False,
+                    augment={"x": [Cutout(size=4)], "y": augment.Same("x", fill=False)})
+    x_batch, y_batch = (np.asarray(part) for part in loader[0])
+    painted = (x_batch == 0).all(axis=-1) & (images != 0).any(axis=-1)
+    assert painted.any() and not y_batch[painted].any()
+    assert Cutout(size=2, fill=True).fill == 1

@@ -201,8 +201,9 @@ def test_an_image_column_is_decoded_once_into_the_cache(saved, tmp_path, monkeyp
         (lambda d: datasets.DatasetDict({"train": d}), TypeError, "Pick a split"),
         (lambda d: datasets.Dataset.from_dict({"x": [[1.0], [2.0, 3.0]]}), ValueError, "lists of different lengths"),
         (lambda d: datasets.Dataset.from_dict({"x": [1.0, None]}), ValueError, "null"),
-        (lambda d: datasets.Dataset.from_dict({"x": ["a", "b"]}), TypeError, "only integer and floating"),
-        (lambda d: datasets.Dataset.from_dict({"x": [True, False]}), TypeError, "bit-packed"),
+        (lambda d: datasets.Dataset.from_dict({"x": ["a", "b"]}), TypeError, r"text and bytes.*class_encode_column"),
+        (lambda d: datasets.Dataset.from_dict({"x": [True, False]}), TypeError, r"one bit a value.*Value\('int8'\)"),
+        (lambda d: d.to_iterable_dataset(), TypeError, r"IterableDataset.*without streaming=True"),
         (lambda d: d, ValueError, "no column 'nope'"),
         (lambda d: d.with_transform(lambda batch: {"x": [[v * 100 for v in row] for row in batch["x"]]}),
          ValueError, r"has a transform.*would be skipped.*map\(fn, batched=True\)"),
@@ -298,3 +299,10 @@ def test_a_palette_mask_column_keeps_its_class_ids_beside_an_rgb_image_column(tm
     with pytest.raises(ValueError, match=r"names \['masks'\], which are not Image columns"):
         gpuloader.from_hf_dataset(dataset, x="image", y="mask", color_mode={"masks": "index"},
                                   cache_dir=tmp_path / "c", verbose=False)
+
+
+def test_a_class_label_y_gives_the_loader_its_class_names(saved):
+    dataset, _ = saved
+    loader = gpuloader.from_hf_dataset(dataset, x="x", y="y", batch_size=100, verbose=False)
+    assert loader.class_names == dataset.features["y"].names
+    assert gpuloader.from_hf_dataset(dataset, x="x", y="v", batch_size=100, verbose=False).class_names is None

@@ -125,8 +125,10 @@ def _check_int(op: str, field: str, value: Any, example: str) -> int:
 
 
 def _check_fill(op: str, fill: Any) -> int | float:
-    """The fill as a Python int or float (NumPy scalars too), or TypeError."""
-    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
+    """The fill as a Python int or float (NumPy scalars too; True/False as 1/0, for bool masks), or TypeError."""
+    if isinstance(fill, (bool, np.bool_)):
+        return int(fill)
+    if not isinstance(fill, numbers.Real):
         raise TypeError(f"{op}(fill=...) must be a real number (a pixel value); received {fill!r}. Fix: e.g. fill=0.")
     if isinstance(fill, numbers.Integral):
         return int(fill)

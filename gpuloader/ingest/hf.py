@@ -75,6 +75,11 @@ def from_hf_dataset(
         **loader_kwargs: passed to the Loader (``batch_size``, ``shuffle``,
             ``seed``, ``device``, ``host_memory_limit`` (default 0 here), ...).
 
+    Returns:
+        A :class:`gpuloader.Loader`; its ``class_names`` are the names of a
+        ``ClassLabel`` column given as ``y`` (label ``i`` is ``class_names[i]``),
+        else None.
+
     Raises:
         TypeError: not a ``datasets.Dataset``, or a column of a type that is
             neither a qualifying numeric type nor ``Image`` (the message says why).
@@ -90,6 +95,10 @@ def from_hf_dataset(
 
     if not isinstance(dataset, datasets.Dataset):
         hint = " Pick a split, e.g. dataset['train']." if isinstance(dataset, datasets.DatasetDict) else ""
+        if isinstance(dataset, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+            hint = (" An IterableDataset (streaming=True) has no addressable rows to shuffle. Fix: load it without "
+                    "streaming=True, or materialise it: datasets.Dataset.from_generator(lambda: (yield from "
+                    "dataset), features=dataset.features).")
         raise TypeError(f"from_hf_dataset takes a datasets.Dataset; received {type(dataset).__name__}.{hint}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip"; received {on_error!r}.')
@@ -109,7 +118,11 @@ def from_hf_dataset(
     from gpuloader.loader import Loader
 
     loader_kwargs.setdefault("host_memory_limit", 0)
-    return Loader(*parts, verbose=verbose, **loader_kwargs)
+    loader = Loader(*parts, verbose=verbose, **loader_kwargs)
+    label = dataset.features.get(y) if isinstance(y, str) else None
+    # As the folder loaders: the names of a ClassLabel y, index i naming label i (None otherwise).
+    loader.class_names = list(label.names) if isinstance(label, datasets.ClassLabel) else None
+    return loader
 
 
 def _map(part: Any, leaf: Any) -> Any:

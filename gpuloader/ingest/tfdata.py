@@ -249,6 +249,24 @@ def _check_component(tf: Any, path: str, component: Any) -> None:
                          "Decode strings in a map (e.g. tf.io.decode_image) or turn them into integer ids.")
 
 
+def _batches(tf: Any, dataset: Any, count: int) -> Any:
+    """The pipeline's elements in batches of :data:`READ_BATCH`; a wrong ``assert_cardinality`` named."""
+    iterator = dataset.batch(READ_BATCH).prefetch(2).as_numpy_iterator()
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except (tf.errors.FailedPreconditionError, tf.errors.InvalidArgumentError) as error:
+            if "expected to contain" not in str(error):
+                raise
+            raise ValueError(
+                f"the dataset does not hold the {count} samples its cardinality states (TensorFlow: "
+                f"{str(error).splitlines()[0][:200]}). Fix the count given to "
+                "tf.data.experimental.assert_cardinality(n)."
+            ) from None
+
+
 def _materialise(tf: Any, dataset: Any, folder: Path, shapes: list[list[int]], dtypes: list[str],
                  verbose: bool) -> dict[str, Any]:
     """Run the pipeline once, writing its elements into ``c<i>.npy``; the manifest's fields."""
@@ -257,7 +275,7 @@ def _materialise(tf: Any, dataset: Any, folder: Path, shapes: list[list[int]], d
     count = shapes[0][0]
     row = 0
     with Progress(count, f"gpuloader: reading {count} samples", verbose) as progress:
-        for batch in dataset.batch(READ_BATCH).prefetch(2).as_numpy_iterator():
+        for batch in _batches(tf, dataset, count):
             parts = tf.nest.flatten(batch)
             size = len(parts[0])
             if row + size > count:

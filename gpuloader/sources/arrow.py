@@ -357,10 +357,17 @@ def arrow_view(chunk: Any, column: str) -> np.ndarray:
     _refuse_nulls(array, column)
     kind = array.type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        if pa.types.is_boolean(kind):
+            why = ("bool is stored one bit a value, so no row is a run of bytes. Fix: "
+                   "dataset = dataset.cast_column(name, datasets.Value('int8')).")
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+            why = ("text and bytes have no fixed size. Fix: encode them as integer ids (e.g. "
+                   "dataset.class_encode_column(name)), or decode them in a dataset.map.")
+        else:
+            why = "Fix: cast it to a numeric type, e.g. dataset.cast_column(name, datasets.Value('float32'))."
         raise TypeError(
             f"column {column!r} has Arrow type {chunk.type}, whose values are {kind}: only integer and floating "
-            "values (fixed-shape lists of them included) are served from the Arrow buffers without a copy; bool "
-            "is bit-packed. Cast it (dataset.cast_column(name, datasets.Value('int8'))) or encode strings as ids."
+            f"values (fixed-shape lists of them included) are served from the Arrow buffers without a copy; {why}"
         )
     dtype = np.dtype(kind.to_pandas_dtype())
     if dtype.itemsize * 8 != kind.bit_width:
