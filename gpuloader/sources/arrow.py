@@ -358,7 +358,7 @@ def arrow_view(chunk: Any, column: str) -> np.ndarray:
     kind = array.type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         if pa.types.is_boolean(kind):
-            why = ("bool is stored one bit a value, so no row is a run of bytes. Fix: "
+            why = ("bool is bit-packed (one bit a value), so no row is a run of bytes. Fix: "
                    "dataset = dataset.cast_column(name, datasets.Value('int8')).")
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
             why = ("text and bytes have no fixed size. Fix: encode them as integer ids (e.g. "
