@@ -16,7 +16,6 @@ Cost: construction only.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -199,12 +198,10 @@ def _warn_other_format(shape: tuple[int, ...], data_format: str, name: str) -> N
             "(n, C, H, W)"
     else:
         return
-    warnings.warn(  # stacklevel: this, _entry, assign (or _follower, assign), Loader.__init__, the caller
+    warn_at_caller(
         f"{name} has shape {shape}, which looks {looks} ({axis}), but its augmentation reads it as "
         f"{data_format}: a horizontal flip would then reverse another axis. Fix: pass "
-        f"Loader(..., data_format={looks!r}) (or set it on the ops), or transpose {name} to {fix}.",
-        UserWarning,
-        stacklevel=5,
+        f"Loader(..., data_format={looks!r}) (or set it on the ops), or transpose {name} to {fix}."
     )
 
 
@@ -270,13 +267,11 @@ def _warn_shared_draws(entries: list[AugmentedInput], leaves: list[Any]) -> None
         for other in own[first + 1 :]:
             a, b = leaves[entry.index], leaves[other.index]
             if a.shape == b.shape and a.dtype == b.dtype and entry.stream == other.stream and entry.ops == other.ops:
-                warnings.warn(
+                warn_at_caller(
                     f"augment gives {entry.name} and {other.name} equal ops from the same stream, so each "
                     "sample gets the same crop, flip and cutout in both (two views of the same images come out "
                     f"identical). For draws of their own, give one of them another stream: "
-                    f"augment.Stream(ops, 1) for {other.name}; for a mask that follows an image, augment.Same.",
-                    UserWarning,
-                    stacklevel=4,
+                    f"augment.Stream(ops, 1) for {other.name}; for a mask that follows an image, augment.Same."
                 )
 
 

@@ -268,10 +268,9 @@ def _images(
         files.append([entry["filename"], stat.st_size, stat.st_mtime_ns])
     from gpuloader.ingest.folder import files_fingerprint
 
-    values = dataset.data.table.column(column)
-    if dataset._indices is not None:  # the dataset's rows, in its order
-        values = values.take(dataset._indices.column("indices"))
-    referenced = _referenced_files(values)  # images stored as paths: their files decide the bytes too
+    stored = dataset.data.table.column(column)
+    # Images stored as paths: their files decide the bytes too (every stored row's: no copy of the column here).
+    referenced = _referenced_files(stored)
     source = {"fingerprint": dataset._fingerprint, "column": column, "settings": dataclasses.asdict(settings)}
     content = {"files": files, "rows": dataset.num_rows,
                "referenced": files_fingerprint(referenced, referenced) if referenced else None}
@@ -279,6 +278,9 @@ def _images(
     def build(folder: Path) -> dict[str, Any]:
         from gpuloader.ingest.folder import decode_images
 
+        values = stored
+        if dataset._indices is not None:  # the dataset's rows, in its order
+            values = values.take(dataset._indices.column("indices"))
         items, names = [], []
         for chunk in values.chunks:
             for value in chunk.to_pylist():

@@ -83,7 +83,12 @@ def from_tf_dataset(
         )
     if count == 0:
         raise ValueError("the dataset is empty (cardinality 0); give at least one sample.")
-    _check_graph(tf, dataset, allow_batched, allow_random)
+    # The graph is written once: strictly (refused for state outside it, which the key needs), else leniently
+    # for the checks alone; a pipeline's constants can be large (from_tensor_slices embeds its arrays).
+    strict, outside = _serialized_graph(tf, dataset, strict=True)
+    graph = strict if strict is not None else _serialized_graph(tf, dataset, strict=False)[0]
+    if graph is not None:
+        _check_graph(graph, allow_batched, allow_random)
     spec = dataset.element_spec
     components = tf.nest.flatten(spec)
     for path, component in zip(_paths(spec), components):
@@ -95,7 +100,13 @@ def from_tf_dataset(
     shapes = [[count, *component.shape.as_list()] for component in components]
     dtypes = [np.dtype(component.dtype.as_numpy_dtype).str for component in components]
     if cache_key is None:
-        cache_key = _graph_key(tf, dataset)
+        if strict is None:
+            raise ValueError(
+                "this pipeline has state outside its graph (a Python generator, a py_function, or the random ops "
+                f"allow_random=True accepted: {type(outside).__name__}), so the cache cannot tell one such "
+                "pipeline's data from another's; pass cache_key='a name for this data and its version'."
+            ) from outside
+        cache_key = _graph_key(strict)
     content = {"key": cache_key, "shapes": shapes, "dtypes": dtypes, "rebuild": os.urandom(8).hex() if rebuild else 0}
     source = {"key": cache_key}
 
@@ -111,30 +122,26 @@ def from_tf_dataset(
     return Loader(*parts, verbose=verbose, **loader_kwargs)
 
 
-def _graph_key(tf: Any, dataset: Any) -> str:
+def _serialized_graph(tf: Any, dataset: Any, strict: bool) -> tuple[Any, Exception | None]:
+    """The pipeline's ``GraphDef`` as TensorFlow writes it, and None with TensorFlow's error where it refuses:
+    ``strict`` refuses state outside the graph (a Python generator, ``py_function``, random ops)."""
+    from tensorflow.core.framework import graph_pb2
+
+    policy = tf.data.experimental.ExternalStatePolicy
+    try:
+        serialized = dataset._as_serialized_graph(external_state_policy=policy.FAIL if strict else policy.IGNORE)
+    except Exception as error:
+        return None, error
+    return graph_pb2.GraphDef.FromString(serialized.numpy()), None
+
+
+def _graph_key(graph: Any) -> str:
     """A hash of the pipeline's graph, the same for the same pipeline built again, in this process or another.
 
     Function names and the datasets' debug names carry a per-process counter
     (``__inference_..._11``, ``MapDataset:3``); the names are replaced by their
-    position in the graph's function library, the debug names left out.
-    Pipelines with external state (a Python generator or ``py_function``,
-    whose data the graph does not show) are refused: their key would be the
-    same for different data.
+    position in the graph's function library, the debug names left out (``graph`` is changed).
     """
-    from tensorflow.core.framework import graph_pb2
-
-    try:
-        serialized = dataset._as_serialized_graph(
-            external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL
-        ).numpy()
-    except Exception as error:  # a py_function / from_generator: its data is not in the graph
-        raise ValueError(
-            "this pipeline has state outside its graph (a Python generator, a py_function, or the random ops "
-            f"allow_random=True accepted: {type(error).__name__}), "
-            "so the cache cannot tell one such pipeline's data from another's; pass cache_key='a name for this "
-            "data and its version'."
-        ) from error
-    graph = graph_pb2.GraphDef.FromString(serialized)
     for node in [*graph.node, *(node for function in graph.library.function for node in function.node_def)]:
         if "metadata" in node.attr:  # the dataset's debug name, numbered per process ("MapDataset:3")
             del node.attr["metadata"]
@@ -164,20 +171,8 @@ _STATEFUL = frozenset({
 })
 
 
-def _check_graph(tf: Any, dataset: Any, allow_batched: bool, allow_random: bool) -> None:
-    """Refuse a batched pipeline or one with random draws, unless allowed (see the module docstring).
-
-    Reads the pipeline's graph (what TensorFlow would save for it); costs milliseconds.
-    """
-    from tensorflow.core.framework import graph_pb2
-
-    try:
-        serialized = dataset._as_serialized_graph(
-            external_state_policy=tf.data.experimental.ExternalStatePolicy.IGNORE
-        ).numpy()
-    except Exception:
-        return
-    graph = graph_pb2.GraphDef.FromString(serialized)
+def _check_graph(graph: Any, allow_batched: bool, allow_random: bool) -> None:
+    """Refuse a batched pipeline or one with random draws, unless allowed (see the module docstring)."""
     nodes = {node.name: node for node in graph.node}
     if not allow_batched:
         batching = _batching_op(nodes, next((node for node in graph.node if node.op == "_Retval"), None))
