@@ -45,15 +45,17 @@ def test_two_processes_building_the_same_entry_at_once_both_get_it(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
-def test_a_build_folder_is_removed_only_once_its_process_has_exited(tmp_path):
+def test_a_build_folder_is_removed_only_once_its_process_on_this_host_has_exited(tmp_path):
     exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                             text=True, check=True)
     host = cache._owner().rpartition(".")[0]
     source_hash = cache.digest({"name": "x"})[:16]
     dead = tmp_path / f".tmp-test-{source_hash}-0000-{host}.{exited.stdout.strip()}-aaaaaaaa"
     alive = tmp_path / f".tmp-test-{source_hash}-0000-{host}.{os.getppid()}-bbbbbbbb"  # a running process
-    dead.mkdir()
-    alive.mkdir()
+    elsewhere = tmp_path / f".tmp-test-{source_hash}-0000-otherhost.{exited.stdout.strip()}-cccccccc"
+    for folder in (dead, alive, elsewhere):
+        folder.mkdir()
+    os.utime(elsewhere, (1, 1))  # untouched for decades: still not provably dead (a long build on a shared disk)
 
     def build(folder):
         out = cache.new_array(folder, "values", (3,), "<i8")
@@ -64,4 +66,4 @@ def test_a_build_folder_is_removed_only_once_its_process_has_exited(tmp_path):
     entry = cache.open_or_build(tmp_path, "test", {"name": "x"}, {"version": 1}, build)
     assert np.asarray(entry.array("values")).tolist() == [1, 1, 1]
     assert not dead.exists()
-    assert alive.exists()
+    assert alive.exists() and elsewhere.exists()

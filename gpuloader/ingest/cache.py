@@ -12,7 +12,8 @@ another content hash are removed once the new one is in place.
 Atomic: an entry is written into a hidden temporary folder beside it, the
 manifest last, then renamed into place; a build that fails or is killed
 leaves no entry (only a ``.tmp-*`` folder named after its host and process,
-removed by the next build of the same source once that process has exited).
+removed by the next build of the same source once that process has exited;
+another host's is left, for the user to delete).
 Two processes building the same entry at once both succeed: each builds in
 its own folder, the first rename wins and the other's copy is discarded.
 
@@ -127,10 +128,6 @@ def open_or_build(
     return Entry(final, manifest, built_now=True)
 
 
-#: A temporary folder of another machine (a shared file system) is taken as abandoned after this long.
-ABANDONED_AFTER_S = 24 * 3600
-
-
 def _owner() -> str:
     """``<host>.<pid>`` of this process, in a temporary folder's name, so another build can tell it is alive."""
     host = "".join(char if char.isalnum() else "_" for char in os.uname().nodename) or "host"
@@ -138,23 +135,19 @@ def _owner() -> str:
 
 
 def _abandoned(folder: Path) -> bool:
-    """Whether a ``.tmp-*`` build folder belongs to no running build: its process (on this host) has exited,
-    or, for another host's or an unnamed one, it has not changed for :data:`ABANDONED_AFTER_S`."""
-    import time
-
+    """Whether a ``.tmp-*`` build folder provably belongs to no running build: it is this host's and its process
+    has exited. Another host's (a shared file system) or an unnamed one is never taken for abandoned: its age
+    cannot tell (a long decode writes into its files, not the folder), so it is left for the user to delete."""
     host, _, pid = folder.name.rsplit("-", 2)[-2].rpartition(".")
-    if host == _owner().rpartition(".")[0] and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, another user's
-            return False
+    if host != _owner().rpartition(".")[0] or not pid.isdigit():
         return False
     try:
-        return time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S
-    except OSError:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
         return False
+    return False
 
 
 def _open(folder: Path, source: Mapping[str, Any], content_hash: str) -> Entry | None:
