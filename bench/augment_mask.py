@@ -146,3 +146,48 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------ as a suite of bench/run.py (bench/suite.py)
+#: (rounds, timed epochs, rows) of each profile: quick (make bench) 2 rounds, full (make bench-full) the 5
+#: rounds the README quotes, smoke a check of the machinery on 2048 rows.
+SUITE_ROUNDS = {"quick": (2, 3, None), "full": (5, 3, None), "smoke": (1, 1, 2048)}
+
+
+def plan(run_args: argparse.Namespace) -> Any:
+    """The three case processes of one round (each ``python bench/augment_mask.py --case NAME``)."""
+    from suite import Case, Plan
+
+    if run_args.profile not in SUITE_ROUNDS:
+        return Plan("augment_mask", [], 0, skipped=f"{run_args.profile} profile")
+    rounds, epochs, rows = SUITE_ROUNDS[run_args.profile]
+    argv = ("--epochs", str(epochs), *(("--rows", str(rows)) if rows else ()))
+    found = [Case(name, "augment_mask.py", ("--case", name, *argv), label=f"mask   {name}") for name in CASES]
+    about = [f"cifar 32x32x3 with a 32x32 uint8 mask, batch {BATCH_SIZE}: {', '.join(CASES)}; "
+             f"{epochs} timed epochs a process"]
+    return Plan("augment_mask", found, run_args.rounds or rounds, about=about)
+
+
+def report(plan: Any, results: dict[str, list[dict[str, Any]]]) -> Any:
+    """The median epoch of each case over rounds; the target image_mask / image <= 1.3 (MISSING: a case failed)."""
+    from suite import Report, Target
+
+    medians = {name: statistics.median(r["median_s"] for r in rounds)
+               for name, rounds in results.items() if rounds and all("median_s" in r for r in rounds)}
+    lines = [f"{'case':<18} {'epoch (median)':>15} {'min':>9} {'max':>9}"]
+    for name in CASES:
+        if name in medians:
+            every = [r["median_s"] * 1e3 for r in results[name]]
+            lines.append(f"{name:<18} {medians[name] * 1e3:12.1f} ms {min(every):6.1f} ms {max(every):6.1f} ms")
+        else:
+            lines.append(f"{name:<18} {'FAILED':>15}")
+    numerator, denominator, bound = TARGET
+    what = f"{numerator} / {denominator}"
+    if {numerator, denominator} <= set(medians):
+        ratio = medians[numerator] / medians[denominator]
+        target = Target("augment_mask", "epoch", what, f"{ratio:.2f}x", f"<= {bound}",
+                        "met" if ratio <= bound else "MISSED")
+    else:
+        ratio, target = None, Target("augment_mask", "epoch", what, "n/a", f"<= {bound}", "MISSING")
+    data = {"medians_s": medians, "ratio": ratio, "target": bound, "raw": results}
+    return Report("\n".join(lines), [target], data)

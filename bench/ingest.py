@@ -1,7 +1,8 @@
 """Decode once, then serve: gpuloader's input kinds against keras.utils.image_dataset_from_directory.
 
 Run: ``python bench/ingest.py`` (5000 images, 3 rounds) or ``--quick`` (2000 images, 1 round, about a minute on
-an idle 2-core machine). Not part of ``bench/run.py``.
+an idle 2-core machine). Also a suite of ``bench/run.py``: ``make bench`` runs 2000 images and 20000 rows in 2
+rounds, ``make bench-full`` the 5000 images and 60000 rows of 3 rounds that docs/performance.md quotes.
 
 The data: scikit-learn's handwritten digits (shipped inside its wheel, nothing downloaded), 8x8 upscaled to
 28x28 with Pillow, written as grayscale PNGs into one folder per class, copies shifted by a pixel until there
@@ -33,10 +34,12 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -111,7 +114,7 @@ def run_case(case: str, work: Path, round_index: int) -> dict:
         epoch(dataset)
         return {"seconds": statistics.median(epoch(dataset) for _ in range(STEADY_EPOCHS))}
     if case == "convert":
-        cache = work / f"cache-convert-{round_index}"
+        cache = work / f"cache-convert-{round_index}-{os.getpid()}"
         start = time.perf_counter()
         gpuloader.image_dataset_from_directory(folder, cache_dir=cache, **ours_args)
         seconds = time.perf_counter() - start
@@ -127,10 +130,10 @@ def run_case(case: str, work: Path, round_index: int) -> dict:
         loader = gpuloader.image_dataset_from_directory(folder, cache_dir=work / "cache", **ours_args)
         epoch(loader)
         return {"seconds": statistics.median(epoch(loader) for _ in range(STEADY_EPOCHS))}
+    import datasets  # in every numeric case, before the baseline: its import (pyarrow, pandas) is not data
+
     before = rss_anon()
     if case == "hf":
-        import datasets
-
         loader = gpuloader.from_hf_dataset(datasets.load_from_disk(str(work / "hf")), x="x", y="y",
                                            batch_size=256, verbose=False)
     else:
@@ -169,43 +172,21 @@ def forked(case: str, work: Path, round_index: int) -> dict:
 CASES = ["keras_epoch", "convert", "cached_first", "keras_cached_steady", "steady", "hf", "npy", "npy_disk"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2000 images, 20000 rows, 1 round")
-    parser.add_argument("--images", type=int)
-    parser.add_argument("--rows", type=int)
-    parser.add_argument("--rounds", type=int)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    images = args.images or (2000 if args.quick else 5000)
-    rows = args.rows or (20000 if args.quick else 60000)
-    rounds = args.rounds or (1 if args.quick else 3)
+def prepare(work: Path, images: int, rows: int) -> None:
+    """Write the images and rows, warm the PNGs' pages for every case alike, and build the cache cached_first opens."""
+    import gpuloader as gl
 
-    import datasets  # noqa: F401  (imported once here, before the forks, as TensorFlow and Keras are)
-    import keras  # noqa: F401
-    import PIL.Image  # noqa: F401
-    import tensorflow  # noqa: F401
+    write_images(work / "images", images)
+    write_rows(work, rows)
+    forked("convert", work, -1)
+    gl.image_dataset_from_directory(work / "images", image_size=SIZE, color_mode="grayscale",
+                                    cache_dir=work / "cache", verbose=False)
 
-    import gpuloader.ingest.folder
-    import gpuloader.loader
 
-    work = Path(tempfile.mkdtemp(prefix="gpuloader-bench-ingest-"))
-    try:
-        write_images(work / "images", images)
-        write_rows(work, rows)
-        forked("convert", work, -1)  # warm the page cache of the PNGs for every case alike
-        run = {case: [] for case in CASES}
-        import gpuloader as gl
-
-        gl.image_dataset_from_directory(work / "images", image_size=SIZE, color_mode="grayscale",
-                                        cache_dir=work / "cache", verbose=False)  # the cache cached_first opens
-        for round_index in range(rounds):
-            for case in CASES:
-                run[case].append(forked(case, work, round_index))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def summarise(run: dict[str, list[dict]], images: int, rows: int, rounds: int) -> dict:
+    """Medians over rounds of every case, and the four targets' ratios."""
     median = {case: statistics.median(r["seconds"] for r in results) for case, results in run.items()}
-    report = {
+    return {
         "images": images, "rows": rows, "rounds": rounds, "cores": os.cpu_count(),
         "seconds": median,
         "a_convert_vs_keras_epoch": median["keras_epoch"] / median["convert"],
@@ -219,19 +200,119 @@ def main(argv: list[str] | None = None) -> int:
         "data_mb": round(rows * 785 * 4 / 1e6, 1),
         "placements": {case: run[case][0].get("placement") for case in ("cached_first", "hf", "npy", "npy_disk")},
     }
-    print(f"{images} PNGs 28x28, {rows} rows x 784 float32, {rounds} round(s), {os.cpu_count()} cores")
-    for case in CASES:
-        print(f"  {case:<20} {median[case] * 1000:9.1f} ms")
-    print(f"(a) conversion vs one uncached Keras epoch: {report['a_convert_vs_keras_epoch']:.2f}x (target >= 1)")
-    print(f"(b) cached first epoch (new process) vs Keras epoch: {report['b_cached_first_epoch_vs_keras_epoch']:.1f}x "
-          f"(target >= 10; the call alone {report['b_open_seconds'] * 1000:.0f} ms)")
-    print(f"(c) steady epochs vs Keras with .cache(): {report['c_steady_vs_keras_cache']:.2f}x (target >= 2)")
-    print(f"(d) HF numeric epochs vs .npy in RAM: {report['d_hf_vs_npy']:.2f}x, vs .npy from the file: "
-          f"{report['d_hf_vs_npy_disk']:.2f}x (target >= 0.9); anonymous MB gained {report['d_anon_mb']} "
-          f"(data {report['data_mb']} MB); placements {report['placements']}")
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['images']} PNGs 28x28, {report['rows']} rows x 784 float32, {report['rounds']} round(s), "
+             f"{report['cores']} cores"]
+    lines += [f"  {case:<20} {seconds * 1000:9.1f} ms" for case, seconds in report["seconds"].items()]
+    lines += [
+        f"(a) conversion vs one uncached Keras epoch: {report['a_convert_vs_keras_epoch']:.2f}x (target >= 1)",
+        f"(b) cached first epoch (new process) vs Keras epoch: {report['b_cached_first_epoch_vs_keras_epoch']:.1f}x "
+        f"(target >= 10; the call alone {report['b_open_seconds'] * 1000:.0f} ms)",
+        f"(c) steady epochs vs Keras with .cache(): {report['c_steady_vs_keras_cache']:.2f}x (target >= 2)",
+        f"(d) HF numeric epochs vs .npy in RAM: {report['d_hf_vs_npy']:.2f}x, vs .npy from the file: "
+        f"{report['d_hf_vs_npy_disk']:.2f}x (target >= 0.9); anonymous MB gained {report['d_anon_mb']} "
+        f"(data {report['data_mb']} MB); placements {report['placements']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2000 images, 20000 rows, 1 round")
+    parser.add_argument("--images", type=int)
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # bench/run.py: one case, --work's data
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)  # bench/run.py: write --work
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    images = args.images or (2000 if args.quick else 5000)
+    rows = args.rows or (20000 if args.quick else 60000)
+    rounds = args.rounds or (1 if args.quick else 3)
+    if args.case:
+        print(json.dumps(run_case(args.case, args.work, 0)))
+        return 0
+
+    import datasets  # noqa: F401  (imported once here, before the forks, as TensorFlow and Keras are)
+    import keras  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    import gpuloader.ingest.folder
+    import gpuloader.loader  # noqa: F401
+
+    if args.prepare:
+        prepare(args.work, images, rows)
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="gpuloader-bench-ingest-"))
+    try:
+        prepare(work, images, rows)
+        run = {case: [] for case in CASES}
+        for round_index in range(rounds):
+            for case in CASES:
+                run[case].append(forked(case, work, round_index))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = summarise(run, images, rows, rounds)
+    print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps({"runs": run, **report}, indent=1))
     return 0
+
+
+# ------------------------------------------------------------------ as a suite of bench/run.py (bench/suite.py)
+#: (images, rows, rounds) of each profile.
+SUITE_SIZES = {"quick": (2000, 20000, 2), "full": (5000, 60000, 3), "smoke": (200, 2000, 1)}
+#: The targets of issue 19: (what, figure key, bound).
+SUITE_TARGETS = (
+    ("conversion vs keras_epoch", "a_convert_vs_keras_epoch", 1.0),
+    ("cached_first (new process) vs keras_epoch", "b_cached_first_epoch_vs_keras_epoch", 10.0),
+    ("steady vs keras .cache()", "c_steady_vs_keras_cache", 2.0),
+    ("hf numeric vs npy in RAM", "d_hf_vs_npy", 0.9),
+)
+
+
+def plan(run_args: argparse.Namespace) -> Any:
+    """The eight case processes of one round; setup writes the folder, the rows and the cache once."""
+    from suite import Case, Plan
+
+    images, rows, rounds = SUITE_SIZES[run_args.profile]
+    work = Path(tempfile.mkdtemp(prefix="gpuloader-bench-ingest-"))
+
+    def setup() -> dict[str, Any]:
+        command = [sys.executable, str(Path(__file__).resolve()), "--prepare", "--work", str(work),
+                   "--images", str(images), "--rows", str(rows)]
+        subprocess.run(command, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        return {}
+
+    found = [Case(case, "ingest.py", ("--case", case, "--work", str(work)), label=f"ingest {case}", forkable=True)
+             for case in CASES]
+    about = [f"{images} grayscale PNGs 28x28 (scikit-learn's digits) against keras.utils.image_dataset_from_directory;"
+             f" {rows} rows x 784 float32 as a datasets.Dataset and as .npy"]
+    return Plan("ingest", found, run_args.rounds or rounds, about=about, setup=setup,
+                cleanup=lambda: shutil.rmtree(work, ignore_errors=True), options=(images, rows))
+
+
+def progress_figure(case: Any, result: dict[str, Any]) -> str:
+    return f"{result['seconds'] * 1e3:.1f} ms"
+
+
+def report(plan: Any, results: dict[str, list[dict[str, Any]]]) -> Any:
+    """The cases' medians and the four targets (MISSING where a case failed)."""
+    from suite import Report, Target
+
+    failed = [case for case, rounds in results.items() if not rounds or any("error" in r for r in rounds)]
+    if failed:
+        targets = [Target("ingest", "", what, "n/a", f">= {bound:g}x", "MISSING") for what, _, bound in SUITE_TARGETS]
+        return Report(f"failed: {', '.join(failed)}", targets, {"raw": results})
+    images, rows = plan.options
+    summary = summarise(results, images, rows, plan.rounds)
+    targets = [Target("ingest", "", what, f"{summary[key]:.2f}x", f">= {bound:g}x",
+                      "met" if summary[key] >= bound else "MISSED") for what, key, bound in SUITE_TARGETS]
+    return Report(format_report(summary), targets, {**summary, "raw": results})
 
 
 if __name__ == "__main__":
