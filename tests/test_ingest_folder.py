@@ -218,6 +218,10 @@ def test_jpeg_files_decode_within_a_few_levels_of_keras(tmp_path):
         (lambda root: None, {"labels": [0.5] * 12, "label_mode": "categorical"}, "categorical.*whole-number"),
         (lambda root: None, {"dtype": "float32", "augment": [gpuloader.augment.Normalize(0, 1, dtype="float16")]},
          r"dtype='float32' and augment's final Normalize\(dtype='float16'\)"),
+        # The cache is channels-last: a channels-first flip reversed the colours (RGB to BGR), with only a warning
+        # whose fix (Loader(data_format=...)) this function refuses.
+        (lambda root: None, {"augment": [gpuloader.augment.RandomFlip(data_format="channels_first")]},
+         r"decoded channels-last.*RGB to BGR.*leave data_format out"),
     ],
 )
 def test_refused_with_the_rule(tmp_path, arrange, arguments, message):

@@ -176,6 +176,7 @@ def _check_arguments(
         raise ValueError("pad_to_aspect_ratio and data_format are not offered: images are stored channels-last, "
                          "resized (or cropped with crop_to_aspect_ratio=True); transpose in transform= if needed.")
     dtype = _batch_dtype(dtype, loader_kwargs.get("augment"))
+    decode.refuse_channels_first(loader_kwargs, "the folder's images")
     if on_error not in ON_ERROR:
         raise ValueError(f'on_error must be "raise" or "skip"; received {on_error!r}.')
     settings = decode.check_settings(image_size, color_mode, interpolation, crop_to_aspect_ratio)
