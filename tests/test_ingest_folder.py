@@ -218,6 +218,10 @@ def test_jpeg_files_decode_within_a_few_levels_of_keras(tmp_path):
         (lambda root: None, {"labels": [0.5] * 12, "label_mode": "categorical"}, "categorical.*whole-number"),
         (lambda root: None, {"dtype": "float32", "augment": [gpuloader.augment.Normalize(0, 1, dtype="float16")]},
          r"dtype='float32' and augment's final Normalize\(dtype='float16'\)"),
+        # The cache is channels-last: a channels-first flip reversed the colours (RGB to BGR), with only a warning
+        # whose fix (Loader(data_format=...)) this function refuses.
+        (lambda root: None, {"augment": [gpuloader.augment.RandomFlip(data_format="channels_first")]},
+         r"decoded channels-last.*RGB to BGR.*leave data_format out"),
     ],
 )
 def test_refused_with_the_rule(tmp_path, arrange, arguments, message):
@@ -490,3 +494,33 @@ def test_a_cache_kept_inside_the_image_folder_is_not_taken_for_a_class(tmp_path)
     again = gpuloader.image_dataset_from_directory(folder, **arguments)
     assert first.class_names == again.class_names == ["class_a", "class_b"]
     assert again.num_samples == 4
+
+
+@pytest.mark.parametrize(
+    ("labels", "label_mode", "message"),
+    [
+        ([-1, 0, 1] * 4, "categorical", r"class ids 0 to 2; labels holds \[-1\]"),  # np.eye would wrap -1 to class 2
+        ([0, 1, 5] * 4, "categorical", r"class ids 0 to 2; labels holds \[5\]"),  # was a bare IndexError
+        ([3, 4] * 6, "binary", r"0 to 1; labels holds \[3, 4\].*label_mode=\"int\""),
+    ],
+)
+def test_labels_a_label_mode_cannot_encode_are_refused_before_decoding(tmp_path, labels, label_mode, message):
+    folder = write_folder(tmp_path / "data")
+    with pytest.raises(ValueError, match=message):
+        gpuloader.image_dataset_from_directory(folder, labels=labels, label_mode=label_mode, image_size=(12, 10),
+                                               cache_dir=tmp_path / "c", verbose=False)
+    assert not (tmp_path / "c").exists() or list((tmp_path / "c").iterdir()) == []  # nothing decoded
+
+
+def test_label_values_keep_their_meaning_arrays_large_ids_and_soft_binary_targets(tmp_path):
+    folder = write_folder(tmp_path / "data")
+    call = {"image_size": (12, 10), "shuffle": False, "batch_size": 12, "cache_dir": tmp_path / "c", "verbose": False}
+    large = [0, 10**10, 2] * 4  # int32 would wrap 10**10 to 1410065408
+    served = np.asarray(gpuloader.image_dataset_from_directory(folder, labels=large, **call)[0][1])
+    np.testing.assert_array_equal(served, large)
+    as_array = gpuloader.image_dataset_from_directory(folder, labels=np.arange(12) % 3, **call)  # a 1-d array
+    np.testing.assert_array_equal(np.asarray(as_array[0][1]), np.arange(12) % 3)
+    soft = gpuloader.image_dataset_from_directory(folder, labels=[0.25, 1.0] * 6, label_mode="binary", **call)
+    np.testing.assert_array_equal(np.asarray(soft[0][1])[:, 0], [0.25, 1.0] * 6)
+    with pytest.raises(ValueError, match=r"class_names names \['class_a'\] more than once"):
+        gpuloader.image_dataset_from_directory(folder, class_names=["class_a", "class_a", "class_b"], **call)

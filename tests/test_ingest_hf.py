@@ -306,3 +306,30 @@ def test_a_class_label_y_gives_the_loader_its_class_names(saved):
     loader = gpuloader.from_hf_dataset(dataset, x="x", y="y", batch_size=100, verbose=False)
     assert loader.class_names == dataset.features["y"].names
     assert gpuloader.from_hf_dataset(dataset, x="x", y="v", batch_size=100, verbose=False).class_names is None
+
+
+def test_image_columns_are_augmented_as_the_channels_last_cache_they_are(tmp_path):
+    """Under Keras's channels_first a RandomFlip read the channels-last cache as channels-first: RGB became BGR."""
+    import keras
+
+    pixels = np.zeros((8, 10, 3), np.uint8)
+    pixels[:, :5, 0] = 255  # the left half red
+    buffer = io.BytesIO()
+    PIL.fromarray(pixels).save(buffer, format="PNG")
+    dataset = datasets.Dataset.from_dict({"image": [{"bytes": buffer.getvalue(), "path": None}] * 16},
+                                         features=datasets.Features({"image": datasets.Image()}))
+    call = {"x": "image", "batch_size": 16, "shuffle": False, "cache_dir": tmp_path / "c", "verbose": False}
+    previous = keras.config.image_data_format()
+    try:
+        keras.config.set_image_data_format("channels_first")
+        out = np.asarray(gpuloader.from_hf_dataset(dataset, augment=[gpuloader.augment.RandomFlip()], seed=1,
+                                                   **call)[0][0])
+    finally:
+        keras.config.set_image_data_format(previous)
+    mirrored = (out[:, 0, 9, 0] == 255).sum()
+    assert 0 < mirrored < 16 and (out[:, 0, 0, 0] == 255).sum() == 16 - mirrored  # mirrored or as stored
+    assert (out[..., 1:] == 0).all()  # never a colour moved to another channel
+    for arguments in ({"augment": [gpuloader.augment.RandomFlip(data_format="channels_first")]},
+                      {"augment": [gpuloader.augment.RandomFlip()], "data_format": "channels_first"}):
+        with pytest.raises(ValueError, match=r"image columns are decoded channels-last.*leave data_format out"):
+            gpuloader.from_hf_dataset(dataset, **arguments, **call)

@@ -82,6 +82,8 @@ def test_a_wrong_cardinality_is_refused_and_nothing_is_cached(tmp_path):
         (lambda d: tf.data.Dataset.from_tensor_slices(["a", "b"]), "dtype string"),
         (lambda d: d.map(lambda a, b: (a, b, b, b)), "tuples of 4"),
         (lambda d: d.take(0), "empty"),
+        # bfloat16 would be written to .npy as raw 'V2' bytes: was NumPy's bare "No cast function available."
+        (lambda d: d.map(lambda a, b: (tf.cast(a, tf.bfloat16), b)), r"dtype bfloat16.*cannot hold.*tf\.cast"),
     ],
 )
 def test_refused_with_the_rule_and_the_fix(tmp_path, make, message):
@@ -151,3 +153,32 @@ def test_a_seeded_stateless_draw_is_the_same_every_run_and_accepted(tmp_path):
     noisy = dataset.map(lambda a, b: (a + tf.random.stateless_uniform([4], seed=[1, 2]), b))
     loader = gpuloader.from_tf_dataset(noisy, cache_dir=tmp_path, batch_size=20, shuffle=False, verbose=False)
     assert np.asarray(loader[0][0]).shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: d.shuffle(20),
+        # A split of one unseeded order: each part cached by another run would overlap the other (17 of 30 rows
+        # of a validation part were training rows, in a process that found the training part cached).
+        lambda d: d.shuffle(20, reshuffle_each_iteration=False).take(15),
+        lambda d: tf.data.Dataset.zip((d, tf.data.Dataset.random().take(20))),
+    ],
+)
+def test_an_unseeded_shuffle_or_random_source_is_refused_naming_the_seed(tmp_path, make):
+    dataset, _, _ = pipeline(20)
+    with pytest.raises(ValueError, match=r"without a seed.*differs from run to run.*shuffle\(n, seed=0\)"):
+        gpuloader.from_tf_dataset(make(dataset), cache_dir=tmp_path, verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_seeded_shuffle_or_random_source_is_the_same_every_run_and_accepted(tmp_path):
+    dataset, x, _ = pipeline(20)
+    split = dataset.shuffle(20, seed=3, reshuffle_each_iteration=False)
+    train = gpuloader.from_tf_dataset(split.take(15), cache_dir=tmp_path, batch_size=15, shuffle=False, verbose=False)
+    rest = gpuloader.from_tf_dataset(split.skip(15), cache_dir=tmp_path, batch_size=5, shuffle=False, verbose=False)
+    rows = np.concatenate([np.asarray(train[0][0]), np.asarray(rest[0][0])])
+    np.testing.assert_array_equal(np.sort(rows[:, 0]), np.sort(x[:, 0]))  # a split: every row once
+    numbers = tf.data.Dataset.random(seed=4).take(6)  # seeded: the same numbers every run, not a random step
+    loader = gpuloader.from_tf_dataset(numbers, cache_dir=tmp_path, batch_size=6, shuffle=False, verbose=False)
+    np.testing.assert_array_equal(np.asarray(loader[0][0]), list(numbers.as_numpy_iterator()))

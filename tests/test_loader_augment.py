@@ -379,3 +379,15 @@ def test_the_plan_says_how_each_input_is_augmented(monkeypatch, tmp_path):
     monkeypatch.setattr(fused, "host_kernel_missing", lambda: "the C extension is not built (for this test)")
     assert "x: op by op on the NumPy path, since the C extension is not built" in make(x, y).plan.reason
     assert "augment" not in Loader(x, y, batch_size=16, verbose=False).plan.reason
+
+
+def test_the_plan_says_why_built_in_ops_run_op_by_op():
+    """It said "the list has an op of your own" of a list of built-in ops whose Normalize reads float16 images."""
+    x, _ = images()
+    halves = Loader(x.astype(np.float16), batch_size=16, augment=[augment.RandomFlip(), augment.Normalize(1.0, 2.0)],
+                    verbose=False)
+    assert "op by op on the NumPy path, since the kernel's Normalize reads bool, integer, float32 and float64 " \
+           "pixels, not float16" in halves.plan.reason
+    many = Loader(x, batch_size=16, augment=[augment.Cutout(2)] * (fused.MAX_FILL_SLOTS + 1), verbose=False)
+    assert f"since more than {fused.MAX_FILL_SLOTS} of its ops paint a fill" in many.plan.reason
+    assert "op of your own" not in halves.plan.reason + many.plan.reason

@@ -133,6 +133,18 @@ def _exact(op: Any) -> tuple[Any, ...]:
     )
 
 
+def why_not_fused(ops: Any, dtype: Any) -> str:
+    """Why :func:`fused_ops` gives no table for ``ops`` on images of ``dtype``, in words for ``loader.plan``."""
+    ops = tuple(ops)
+    if not all(type(op) in _ENCODERS for op in ops):
+        return "the list has an op of your own"
+    name = _numpy_dtype(dtype).name
+    if ops and type(ops[-1]) is Normalize and name not in _INPUT_KINDS:
+        return (f"the kernel's Normalize reads bool, integer, float32 and float64 pixels, not {name} (store the "
+                "images as float32 or uint8 for the kernel)")
+    return f"more than {MAX_FILL_SLOTS} of its ops paint a fill"
+
+
 def table_for(ops: Any, images: Any) -> FusedOps | None:
     """:func:`fused_ops` for an image array, ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``, of any namespace."""
     from gpuloader.augment.apply import data_format_of

@@ -94,14 +94,18 @@ class InputAugmentation:
             self.path = CUDA if all(kernel is not None for kernel in self._kernels) else ARRAY_API
             if self.path == ARRAY_API:
                 self._kernels = []
-                self._why = _own_op if self._table is None else "its images are too large for the kernel"
+                self._why = self._no_table() if self._table is None else "its images are too large for the kernel"
         elif store.xp is not np:
             self.path = ARRAY_API
         elif self._table is not None and fused_lib.host_kernel() is not None:
             self.path = FROM_STORE if store.in_ram_on_host else ON_BATCH
         else:
             self.path = NUMPY
-            self._why = _own_op if self._table is None else (fused_lib.host_kernel_missing() or "the kernel is off")
+            self._why = self._no_table() if self._table is None else (
+                fused_lib.host_kernel_missing() or "the kernel is off")
+
+    def _no_table(self) -> str:
+        return fused_lib.why_not_fused(self.spec.ops, self._stores[0].leaves[self.spec.index].dtype)
 
     def _gpu_kernels(self) -> list[Any]:
         """Each replica's ``GatherAugment`` of this input and its followers (None where the kernel does not fit)."""
@@ -239,5 +243,4 @@ def input_augmentations(
     return made
 
 
-_own_op = "the list has an op of your own"
 _KERNEL_PATHS = (FROM_STORE, CUDA, ON_BATCH)

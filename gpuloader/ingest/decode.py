@@ -74,6 +74,33 @@ class DecodeError(ValueError):
     """An image could not be decoded (or has another size than the others); the message names it."""
 
 
+def refuse_channels_first(loader_kwargs: dict[str, Any], what: str) -> None:
+    """Decoded images are cached channels-last, and the augmentation ops read the cache: an op, or the Loader's
+    ``data_format``, that says channels-first would take the width for the channels (a "horizontal" flip would
+    turn RGB into BGR). ``what`` names the images, for the message.
+
+    Raises:
+        ValueError: ``data_format="channels_first"`` in ``loader_kwargs``, or an op of ``augment`` with it.
+    """
+    from gpuloader.augment.apply import ops_and_stream
+    from gpuloader.augment.ops import CHANNELS_FIRST
+
+    fix = ("Fix: leave data_format out (of the ops and the call): the ops then read the cache as it is laid "
+           "out, whatever keras.config.image_data_format() says.")
+    if loader_kwargs.get("data_format") == CHANNELS_FIRST:
+        raise ValueError(f"{what} are decoded channels-last, (n, H, W, C), and the augmentation ops read them so; "
+                         f"data_format='channels_first' would have them read the width as the channels. {fix}")
+    augment = loader_kwargs.get("augment")
+    values = augment.values() if isinstance(augment, dict) else [augment] if augment is not None else []
+    for value in values:
+        ops = ops_and_stream(value)[0]
+        for op in ops if isinstance(ops, (list, tuple)) else ():
+            if getattr(op, "data_format", None) == CHANNELS_FIRST:
+                raise ValueError(f"{what} are decoded channels-last, (n, H, W, C), and the augmentation ops read "
+                                 f"them so; {op!r} would take the width for the channels (a horizontal flip would "
+                                 f"reverse the colours, RGB to BGR). {fix}")
+
+
 def check_settings(
     image_size: Any, color_mode: Any, interpolation: Any, crop_to_aspect_ratio: Any
 ) -> DecodeSettings:

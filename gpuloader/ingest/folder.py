@@ -112,13 +112,9 @@ def image_dataset_from_directory(
     if labels is None or label_mode is None:
         labels, label_mode = None, None
     directory = os.path.abspath(os.fspath(directory))
-    files, file_labels, names = index_directory(directory, labels, class_names, follow_links,
+    files, file_labels, names = index_directory(directory, _as_list(labels), class_names, follow_links,
                                                 skip=str(cache_lib.cache_root(cache_dir).resolve()))
-    if label_mode == "binary" and len(names or ()) != 2:
-        raise ValueError(
-            f'label_mode="binary" needs exactly 2 classes; found {len(names or ())}: {names}. Use "int" or '
-            '"categorical", or pass class_names with two of them.'
-        )
+    _check_label_mode(label_mode, file_labels, names)
     entry = build_cache(directory, files, settings, kind, class_names, follow_links, cache_dir, verbose)
     skipped = {int(row): problem for row, problem in entry.manifest["skipped"]}
     if skipped and on_error == "raise":
@@ -154,7 +150,8 @@ def _check_arguments(
     """Keras's checks, in Keras's words where it has them, plus this function's own."""
     from gpuloader import inputs
 
-    if labels not in ("inferred", None):
+    labels = _as_list(labels)
+    if not (labels is None or (isinstance(labels, str) and labels == "inferred")):
         if not isinstance(labels, (list, tuple)):
             raise ValueError(
                 "labels must be \"inferred\", None, or a list/tuple of integer labels, one per image file in "
@@ -167,6 +164,10 @@ def _check_arguments(
         raise ValueError("class_names can only be given with labels=\"inferred\" (with labels=None every file "
                          f"of the folder is read, whatever its class); received class_names={list(class_names)}. "
                          "Fix: labels=\"inferred\" to keep those classes, or drop class_names.")
+    if class_names is not None and len(set(class_names)) != len(class_names):
+        repeated = sorted({name for name in class_names if list(class_names).count(name) > 1})
+        raise ValueError(f"class_names names {repeated} more than once: each class folder is one class, read once. "
+                         f"Fix: list each name once; received class_names={list(class_names)}.")
     if label_mode not in ("int", "categorical", "binary", None):
         raise ValueError(f'label_mode must be "int", "categorical", "binary" or None; received {label_mode!r}.')
     if batch_size is None:
@@ -175,6 +176,7 @@ def _check_arguments(
         raise ValueError("pad_to_aspect_ratio and data_format are not offered: images are stored channels-last, "
                          "resized (or cropped with crop_to_aspect_ratio=True); transpose in transform= if needed.")
     dtype = _batch_dtype(dtype, loader_kwargs.get("augment"))
+    decode.refuse_channels_first(loader_kwargs, "the folder's images")
     if on_error not in ON_ERROR:
         raise ValueError(f'on_error must be "raise" or "skip"; received {on_error!r}.')
     settings = decode.check_settings(image_size, color_mode, interpolation, crop_to_aspect_ratio)
@@ -191,8 +193,56 @@ def _check_arguments(
         raise ValueError("validation_split with shuffle=True needs a seed, so that the training and validation "
                          "subsets of every call are the same files and never overlap; pass seed=... .")
     seed = inputs.check_seed(seed)
-    kind = "inferred" if labels == "inferred" else "files"
+    kind = "inferred" if isinstance(labels, str) else "files"
     return settings, on_error, seed, kind, dtype
+
+
+def _as_list(labels: Any) -> Any:
+    """``labels`` given as a 1-d NumPy array, as a list (Keras takes lists and tuples; an array's ``==`` with
+    "inferred" would compare element by element)."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be one number per image file; received an array of shape {labels.shape}.")
+        return labels.tolist()
+    return labels
+
+
+def _check_label_mode(label_mode: str | None, file_labels: np.ndarray | None, names: list[str] | None) -> None:
+    """What ``label_mode`` needs of the labels, checked before any image is decoded.
+
+    Raises:
+        ValueError: "binary" without exactly 2 classes, or values outside [0, 1]; "categorical" with labels
+            that are not the class ids 0 ... k-1 (a one-hot row of k columns has no place for another value).
+    """
+    if label_mode == "binary":
+        if len(names or ()) != 2:
+            raise ValueError(
+                f'label_mode="binary" needs exactly 2 classes; found {len(names or ())}: {names}. Use "int" or '
+                '"categorical", or pass class_names with two of them.'
+            )
+        outside = np.unique(file_labels[(file_labels < 0) | (file_labels > 1)]) if file_labels is not None else []
+        if len(outside):
+            raise ValueError(
+                f'label_mode="binary" serves each label as a float32 target of a binary loss, 0 to 1; labels holds '
+                f"{outside[:5].tolist()}. Fix: give labels 0 and 1 (e.g. [int(v == {outside.tolist()[0]!r}) for v in "
+                'labels]), or label_mode="int".'
+            )
+    if label_mode != "categorical" or file_labels is None or names is None:
+        return
+    if file_labels.dtype.kind == "f":
+        raise ValueError(
+            'label_mode="categorical" needs whole-number class ids in labels; received non-integer values '
+            f"such as {file_labels[file_labels != np.round(file_labels)][:3].tolist()}. Fix: label_mode=\"int\" "
+            "(served as given, float32) or integer labels."
+        )
+    outside = np.unique(file_labels[(file_labels < 0) | (file_labels >= len(names))])
+    if len(outside):
+        raise ValueError(
+            f'label_mode="categorical" makes a one-hot row of {len(names)} columns (one per distinct label: '
+            f"{names}), so the labels must be the class ids 0 to {len(names) - 1}; labels holds "
+            f"{outside[:5].tolist()}, which no column would mark. Fix: number the classes 0 to {len(names) - 1} "
+            '(e.g. [sorted(set(labels)).index(v) for v in labels]), or label_mode="int".'
+        )
 
 
 def _batch_dtype(dtype: Any, augment: Any) -> str | None:
@@ -268,8 +318,17 @@ def index_directory(
         raise ValueError(f"labels must be a list of numbers, one per image file; received an array of shape "
                          f"{values.shape} and dtype {values.dtype}.")
     whole = values.dtype.kind != "f" or bool(np.all(np.isfinite(values) & (values == np.round(values))))
-    # Whole numbers are class ids (int32, as Keras's int labels); other numbers are served as given (float32).
-    values = values.astype(np.int32) if whole else values.astype(np.float32)
+    # Whole numbers are class ids (int32, as Keras's int labels; int64 beyond int32's range, as Keras serves
+    # them); other numbers are served as given (float32).
+    int32 = np.iinfo(np.int32)
+    if whole and values.min() >= int32.min and values.max() <= int32.max:
+        values = values.astype(np.int32)
+    elif values.dtype.kind in "iu":
+        if values.dtype == np.uint64 and values.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"labels holds {values.max()}, beyond int64's range; give labels that int64 holds.")
+        values = values.astype(np.int64)
+    else:
+        values = values.astype(np.float32)
     return files, values, [str(label) for label in sorted(set(values.tolist()))]
 
 
@@ -412,12 +471,6 @@ def _loader(
     y = None
     if label_mode is not None:
         label = file_labels[kept[rows]]
-        if label.dtype.kind == "f" and label_mode == "categorical":
-            raise ValueError(
-                'label_mode="categorical" needs whole-number class ids in labels; received non-integer values '
-                f"such as {label[label != np.round(label)][:3].tolist()}. Fix: label_mode=\"int\" (served as "
-                "given, float32) or integer labels."
-            )
         if label_mode == "binary":
             y = label.astype(np.float32)[:, None]
         elif label_mode == "categorical":

@@ -118,6 +118,9 @@ def from_hf_dataset(
     from gpuloader.loader import Loader
 
     loader_kwargs.setdefault("host_memory_limit", 0)
+    if columns.images:  # decoded channels-last: the ops read them so, whatever Keras's image_data_format
+        decode.refuse_channels_first(loader_kwargs, "image columns")
+        loader_kwargs.setdefault("data_format", "channels_last")
     loader = Loader(*parts, verbose=verbose, **loader_kwargs)
     label = dataset.features.get(y) if isinstance(y, str) else None
     # As the folder loaders: the names of a ClassLabel y, index i naming label i (None otherwise).

@@ -15,7 +15,9 @@ elements that are batches on purpose, such as windows of a series), and a
 pipeline that draws random numbers or changes a variable (random augmentation:
 ``tf.random.*``, a Keras random layer), whose draws would be made once and
 replayed every epoch (``allow_random=True`` to cache one draw on purpose; the
-Loader's ``augment=`` draws anew each epoch).
+Loader's ``augment=`` draws anew each epoch). A ``shuffle()`` or ``Dataset.random()``
+given no seed counts as such a step: its order differs from run to run. bfloat16
+components are refused (a ``.npy`` file cannot hold them).
 
 The cache key is the pipeline's serialized graph (what TensorFlow saves for
 it: sources, file names, ops and their constants), its element spec and its
@@ -166,9 +168,17 @@ _STATEFUL = frozenset({
     "ParameterizedTruncatedNormal", "RandomGamma", "RandomPoisson", "RandomPoissonV2", "RandomShuffle",
     "RandomCrop", "Multinomial", "StatefulUniform", "StatefulUniformInt", "StatefulUniformFullInt",
     "StatefulStandardNormal", "StatefulStandardNormalV2", "StatefulTruncatedNormal", "StatefulRandomBinomial",
-    "RngSkip", "RngReadAndSkip", "RandomDataset", "ExperimentalRandomDataset", "VarHandleOp", "ReadVariableOp",
-    "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
+    "RngSkip", "RngReadAndSkip", "VarHandleOp", "ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp",
+    "AssignSubVariableOp",
 })
+#: Dataset ops that draw an order or numbers from their ``seed`` and ``seed2`` inputs (their positions): both 0
+#: means no seed was given (nor a global one), so TensorFlow draws one anew on every run. ShuffleDatasetV2
+#: takes only a seed generator: unseeded.
+_SEEDED = {
+    "ShuffleDataset": (2, 3), "ShuffleDatasetV3": (2, 3), "ShuffleAndRepeatDataset": (2, 3),
+    "ShuffleAndRepeatDatasetV2": (2, 3), "ShuffleDatasetV2": None, "RandomDataset": (0, 1),
+    "RandomDatasetV2": (0, 1), "ExperimentalRandomDataset": (0, 1),
+}
 
 
 def _check_graph(graph: Any, allow_batched: bool, allow_random: bool) -> None:
@@ -184,18 +194,46 @@ def _check_graph(graph: Any, allow_batched: bool, allow_random: bool) -> None:
                 "if each element is one sample on purpose (e.g. a window of a series), pass allow_batched=True."
             )
     if not allow_random:
-        ops = {node.op for node in graph.node} | {
-            node.op for function in graph.library.function for node in function.node_def
-        }
-        stateful = sorted(ops & _STATEFUL)
+        scopes = [list(graph.node), *(list(function.node_def) for function in graph.library.function)]
+        ops = {node.op for scope in scopes for node in scope}
+        stateful = sorted(ops & _STATEFUL) + sorted({
+            f"{node.op} without a seed" for scope in scopes for node in scope if _unseeded(node, scope)
+        })
         if stateful:
             raise ValueError(
                 f"the pipeline draws random numbers or changes a variable ({', '.join(stateful)}: random "
-                "augmentation, or a Keras random layer), and is read once into the cache: the draws would be "
-                "made once and the same ones replayed every epoch. Fix: build the dataset without the random "
-                "step and augment with the Loader's augment=[...] (drawn anew each epoch, keyed by seed, epoch "
-                "and sample) or with layers in the model; pass allow_random=True to cache one draw on purpose."
+                "augmentation, a Keras random layer, or a shuffle()/sample_from_datasets() given no seed), and is "
+                "read once into the cache: the draws would be made once and the same ones replayed every epoch, "
+                "and an unseeded order differs from run to run (a take()/skip() split of it, one part cached by "
+                "an earlier process, overlaps the other). Fix: build the dataset without the random step and "
+                "augment with the Loader's augment=[...] (drawn anew each epoch, keyed by seed, epoch and sample) "
+                "or with layers in the model; give shuffle() a seed (shuffle(n, seed=0)), or drop it: the Loader "
+                "shuffles every epoch; pass allow_random=True to cache one draw on purpose."
             )
+
+
+def _unseeded(node: Any, scope: list[Any]) -> bool:
+    """Whether ``node`` is a dataset op that draws from a seed (:data:`_SEEDED`) and was given none.
+
+    Given a seed (its own, or ``tf.random.set_seed``'s), TensorFlow writes a nonzero constant in ``seed`` or
+    ``seed2``; without one both are 0 (inside a function ``seed2`` is computed from 0), and a seed is drawn anew
+    on every run. An input that is no constant gives no evidence of a seed either.
+    """
+    if node.op not in _SEEDED:
+        return False
+    positions = _SEEDED[node.op]
+    if positions is None or len(node.input) <= max(positions):
+        return True
+    constants = {other.name: other for other in scope if other.op == "Const"}
+    for position in positions:
+        source = constants.get(node.input[position].lstrip("^").split(":")[0])
+        if source is None:
+            continue
+        tensor = source.attr["value"].tensor
+        values = list(tensor.int64_val) or np.frombuffer(tensor.tensor_content, np.int64).tolist()
+        if any(values):
+            return False
+    return True
 
 
 def _batching_op(nodes: dict[str, Any], node: Any) -> str | None:
@@ -242,6 +280,12 @@ def _check_component(tf: Any, path: str, component: Any) -> None:
                                             or component.dtype.is_bool):
         raise ValueError(f"{path} has dtype {component.dtype.name}; only numeric and bool tensors can be batched. "
                          "Decode strings in a map (e.g. tf.io.decode_image) or turn them into integer ids.")
+    if np.dtype(component.dtype.as_numpy_dtype).kind not in "biuf":  # bfloat16: ml_dtypes' type, no .npy type
+        raise ValueError(
+            f"{path} has dtype {component.dtype.name}, which the cache's .npy files cannot hold (NumPy writes it as "
+            "raw bytes, 'V2'). Fix: cast it in the pipeline, dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)); "
+            "for bfloat16 batches cast in the model, or end augment=[...] with Normalize(..., dtype='bfloat16')."
+        )
 
 
 def _batches(tf: Any, dataset: Any, count: int) -> Any:
