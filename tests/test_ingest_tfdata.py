@@ -155,6 +155,17 @@ def test_a_seeded_stateless_draw_is_the_same_every_run_and_accepted(tmp_path):
     assert np.asarray(loader[0][0]).shape == x.shape
 
 
+@pytest.fixture
+def no_global_seed():
+    """No tf.random.set_seed in force (another test may have set one): shuffle() without a seed is then unseeded."""
+    from tensorflow.python.eager import context
+
+    previous = context.global_seed()
+    tf.random.set_seed(None)
+    yield
+    tf.random.set_seed(previous)
+
+
 def loose_order():
     options = tf.data.Options()
     options.deterministic = False
@@ -175,7 +186,7 @@ def loose_order():
         .apply(tf.data.experimental.assert_cardinality(40)).take(30),
     ],
 )
-def test_a_split_of_an_order_that_changes_from_run_to_run_is_refused_naming_the_seed(tmp_path, make):
+def test_a_split_of_an_order_that_changes_from_run_to_run_is_refused_naming_the_seed(tmp_path, make, no_global_seed):
     dataset, _, _ = pipeline(20)
     with pytest.raises(ValueError, match=r"selects samples by position.*differs from run to run.*overlap.*"
                                          r"shuffle\(n, seed=0\)"):
