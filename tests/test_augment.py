@@ -852,6 +852,9 @@ def test_output_dtype_and_shape_tell_the_pipeline_what_to_allocate():
         (lambda: Normalize("a", 1), TypeError, ["mean", "'a'", "Fix"]),
         (lambda: Normalize(float("nan"), 1), ValueError, ["finite", "Fix"]),
         (lambda: Normalize(0, 1e-40), ValueError, ["overflows float32", "Fix"]),
+        # These gave all-zero and all-infinite batches without a word:
+        (lambda: Normalize(0, (1, 1e300, 1)), ValueError, ["rounds to 0 in float32", "every pixel", "Fix"]),
+        (lambda: Normalize((0, 1e40, 0), 1), ValueError, ["beyond float32's range", "1e+40", "Fix"]),
     ],
 )
 def test_bad_normalize_arguments_are_refused_naming_the_rule_the_value_and_the_fix(make, error, words):

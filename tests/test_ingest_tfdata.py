@@ -155,21 +155,54 @@ def test_a_seeded_stateless_draw_is_the_same_every_run_and_accepted(tmp_path):
     assert np.asarray(loader[0][0]).shape == x.shape
 
 
+@pytest.fixture
+def no_global_seed():
+    """No tf.random.set_seed in force (another test may have set one): shuffle() without a seed is then unseeded."""
+    from tensorflow.python.eager import context
+
+    previous = context.global_seed()
+    tf.random.set_seed(None)
+    yield
+    tf.random.set_seed(previous)
+
+
+def loose_order():
+    options = tf.data.Options()
+    options.deterministic = False
+    return options
+
+
 @pytest.mark.parametrize(
     "make",
     [
-        lambda d: d.shuffle(20),
         # A split of one unseeded order: each part cached by another run would overlap the other (17 of 30 rows
         # of a validation part were training rows, in a process that found the training part cached).
         lambda d: d.shuffle(20, reshuffle_each_iteration=False).take(15),
-        lambda d: tf.data.Dataset.zip((d, tf.data.Dataset.random().take(20))),
+        lambda d: d.shuffle(20).map(lambda a, b: (a + 1.0, b)).skip(5),
+        lambda d: d.map(lambda a, b: (a + 1.0, b), num_parallel_calls=2, deterministic=False).take(15),
+        lambda d: d.shuffle(20).shard(2, 0),
+        lambda d: d.map(lambda a, b: (a + 1.0, b), num_parallel_calls=2).with_options(loose_order()).skip(5),
+        lambda d: tf.data.Dataset.range(2).interleave(lambda i: d.shuffle(20))
+        .apply(tf.data.experimental.assert_cardinality(40)).take(30),
     ],
 )
-def test_an_unseeded_shuffle_or_random_source_is_refused_naming_the_seed(tmp_path, make):
+def test_a_split_of_an_order_that_changes_from_run_to_run_is_refused_naming_the_seed(tmp_path, make, no_global_seed):
     dataset, _, _ = pipeline(20)
-    with pytest.raises(ValueError, match=r"without a seed.*differs from run to run.*shuffle\(n, seed=0\)"):
+    with pytest.raises(ValueError, match=r"selects samples by position.*differs from run to run.*overlap.*"
+                                         r"shuffle\(n, seed=0\)"):
         gpuloader.from_tf_dataset(make(dataset), cache_dir=tmp_path, verbose=False)
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"RandomDataset without a seed.*replayed every epoch"):
+        gpuloader.from_tf_dataset(tf.data.Dataset.zip((dataset, tf.data.Dataset.random().take(20))),
+                                  cache_dir=tmp_path, verbose=False)
+
+
+def test_an_unseeded_shuffle_that_nothing_splits_is_accepted(tmp_path):
+    """Every sample once whatever the order (the Loader reshuffles), also after a take made before it."""
+    dataset, x, _ = pipeline(20)
+    for shuffled, rows in ((dataset.shuffle(20), x), (dataset.take(15).shuffle(15), x[:15])):
+        loader = gpuloader.from_tf_dataset(shuffled, cache_dir=tmp_path, batch_size=len(rows), verbose=False)
+        np.testing.assert_array_equal(np.sort(np.asarray(loader[0][0])[:, 0]), rows[:, 0])
 
 
 def test_a_seeded_shuffle_or_random_source_is_the_same_every_run_and_accepted(tmp_path):

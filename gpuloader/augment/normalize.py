@@ -96,10 +96,20 @@ class Normalize(AugmentOp):
         if min(std) <= 0:
             raise ValueError(f"Normalize(std=...) must be > 0; received {self.std!r}. Fix: e.g. std=255.0.")
         scales = np.float32(1.0) / np.asarray(std, dtype=np.float64)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             if not np.all(np.isfinite(scales.astype(np.float32))):
                 raise ValueError(
                     f"Normalize(std={self.std!r}): 1 / std overflows float32. Fix: a std of at least 3e-38."
+                )
+            if not np.all(scales.astype(np.float32) > 0):  # every pixel would become 0
+                raise ValueError(
+                    f"Normalize(std={self.std!r}): 1 / std rounds to 0 in float32, so every pixel would become 0. "
+                    "Fix: a std of at most 1e44."
+                )
+            if not np.all(np.isfinite(np.asarray(mean, dtype=np.float64).astype(np.float32))):
+                raise ValueError(  # float32(mean) is infinite: every pixel would become -inf or inf
+                    f"Normalize(mean={self.mean!r}) is beyond float32's range (about 3.4e38), in which the rule "
+                    "subtracts it. Fix: a mean float32 holds."
                 )
         object.__setattr__(self, "mean", mean if len(mean) > 1 else mean[0])
         object.__setattr__(self, "std", std if len(std) > 1 else std[0])

@@ -15,8 +15,11 @@ elements that are batches on purpose, such as windows of a series), and a
 pipeline that draws random numbers or changes a variable (random augmentation:
 ``tf.random.*``, a Keras random layer), whose draws would be made once and
 replayed every epoch (``allow_random=True`` to cache one draw on purpose; the
-Loader's ``augment=`` draws anew each epoch). A ``shuffle()`` or ``Dataset.random()``
-given no seed counts as such a step: its order differs from run to run. bfloat16
+Loader's ``augment=`` draws anew each epoch); ``Dataset.random()`` given no seed
+counts as such a step. So does a ``take``/``skip``/``shard`` of an order that
+changes from run to run (a ``shuffle()`` given no seed, ``deterministic=False``):
+each part of such a split, cached by another run, would overlap the other. An
+unseeded shuffle alone is accepted (the Loader reshuffles anyway). bfloat16
 components are refused (a ``.npy`` file cannot hold them).
 
 The cache key is the pipeline's serialized graph (what TensorFlow saves for
@@ -171,6 +174,10 @@ _STATEFUL = frozenset({
     "RngSkip", "RngReadAndSkip", "VarHandleOp", "ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp",
     "AssignSubVariableOp",
 })
+#: Dataset ops whose elements are random numbers (refused without a seed: the cache would replay one draw).
+_RANDOM_DATA = frozenset({"RandomDataset", "RandomDatasetV2", "ExperimentalRandomDataset"})
+#: Dataset ops that select elements by their position (a split: take/skip, or shard).
+_SELECTING = frozenset({"TakeDataset", "SkipDataset", "ShardDataset"})
 #: Dataset ops that draw an order or numbers from their ``seed`` and ``seed2`` inputs (their positions): both 0
 #: means no seed was given (nor a global one), so TensorFlow draws one anew on every run. ShuffleDatasetV2
 #: takes only a seed generator: unseeded.
@@ -196,20 +203,69 @@ def _check_graph(graph: Any, allow_batched: bool, allow_random: bool) -> None:
     if not allow_random:
         scopes = [list(graph.node), *(list(function.node_def) for function in graph.library.function)]
         ops = {node.op for scope in scopes for node in scope}
-        stateful = sorted(ops & _STATEFUL) + sorted({
-            f"{node.op} without a seed" for scope in scopes for node in scope if _unseeded(node, scope)
+        stateful = sorted(ops & _STATEFUL) + sorted({  # random numbers as data: replayed every epoch
+            f"{node.op} without a seed" for scope in scopes for node in scope
+            if node.op in _RANDOM_DATA and _unseeded(node, scope)
         })
         if stateful:
             raise ValueError(
                 f"the pipeline draws random numbers or changes a variable ({', '.join(stateful)}: random "
-                "augmentation, a Keras random layer, or a shuffle()/sample_from_datasets() given no seed), and is "
-                "read once into the cache: the draws would be made once and the same ones replayed every epoch, "
-                "and an unseeded order differs from run to run (a take()/skip() split of it, one part cached by "
-                "an earlier process, overlaps the other). Fix: build the dataset without the random step and "
-                "augment with the Loader's augment=[...] (drawn anew each epoch, keyed by seed, epoch and sample) "
-                "or with layers in the model; give shuffle() a seed (shuffle(n, seed=0)), or drop it: the Loader "
-                "shuffles every epoch; pass allow_random=True to cache one draw on purpose."
+                "augmentation, a Keras random layer, or Dataset.random()/sample_from_datasets() given no seed), and "
+                "is read once into "
+                "the cache: the draws would be made once and the same ones replayed every epoch. Fix: build the "
+                "dataset without the random step and augment with the Loader's augment=[...] (drawn anew each "
+                "epoch, keyed by seed, epoch and sample) or with layers in the model; pass allow_random=True to "
+                "cache one draw on purpose."
             )
+        selection = _selection_of_a_changing_order(graph, nodes, scopes)
+        if selection is not None:
+            raise ValueError(
+                f"the pipeline selects samples by position ({selection}) from an order that differs from run "
+                "to run (a shuffle() given no seed, or deterministic=False): the cache "
+                "keeps one run's selection, so the other part of a take()/skip() or shard() split, cached by "
+                "another run (a later process), would overlap it: training rows in the validation set. Fix: "
+                "give it a seed, shuffle(n, seed=0) (without one it is not needed here: the Loader shuffles "
+                "every epoch), or keep the order deterministic; allow_random=True caches one run's selection on "
+                "purpose."
+            )
+
+
+def _selection_of_a_changing_order(graph: Any, nodes: dict[str, Any], scopes: list[list[Any]]) -> str | None:
+    """``"<take/skip/shard op> after <op>"`` where a position-selecting op reads an order that changes from run
+    to run (an unseeded shuffle upstream, a parallel op with ``deterministic=False``, or such a shuffle inside a
+    function of the pipeline, whose place the walk does not follow); None otherwise."""
+    options = [node for node in graph.node if node.op == "OptionsDataset"]
+    loose = any(not _options_deterministic(node) for node in options)
+
+    def changing(node: Any) -> bool:
+        mode = node.attr["deterministic"].s if "deterministic" in node.attr else b""
+        return (node.op in _SEEDED and _unseeded(node, graph.node)) or mode == b"false" or (
+            loose and mode == b"default")
+
+    inside = next((node.op for scope in scopes[1:] for node in scope
+                   if node.op in _SEEDED and _unseeded(node, scope)), None)
+    for selector in (node for node in graph.node if node.op in _SELECTING):
+        seen: set[str] = set()
+        pending = [nodes.get(name.lstrip("^").split(":")[0]) for name in selector.input[:1]]
+        while pending:
+            current = pending.pop()
+            if current is None or current.name in seen or "Dataset" not in current.op:
+                continue
+            seen.add(current.name)
+            if changing(current):
+                return f"{selector.op} after {current.op}"
+            pending += [nodes.get(name.lstrip("^").split(":")[0]) for name in current.input]
+        if inside is not None:
+            return f"{selector.op} after a {inside} inside a function of the pipeline"
+    return None
+
+
+def _options_deterministic(node: Any) -> bool:
+    """Whether an ``OptionsDataset``'s options leave the order deterministic (TensorFlow's default)."""
+    from tensorflow.core.framework import dataset_options_pb2
+
+    options = dataset_options_pb2.Options.FromString(node.attr["serialized_options"].s)
+    return not options.HasField("deterministic") or options.deterministic
 
 
 def _unseeded(node: Any, scope: list[Any]) -> bool:
