@@ -584,22 +584,41 @@ static void plan_lookup_sources(LookupRow *sources, long long width, long long p
 }
 
 /* The template of the rows whose slots are `hits`: the source places, with index 0x80 (a zero byte) and the fill
- * at the bytes of the pixels that gl_paint paints, a span of columns with the same column slots at a time. */
-static void plan_lookup_row(LookupRow *plan, const LookupRow *sources, unsigned int hits, const Run *spans,
-                            long long n_spans, long long row_bytes, long long pixel_bytes, long long chunks,
-                            unsigned int or_slots, unsigned int and_slots, const Work *work)
+ * at the bytes of the pixels that gl_paint paints, a span of columns with the same column slots at a time (each
+ * span's bytes picked in a chunk by two byte compares: rows are at most 64 bytes, so places fit a signed byte). */
+__attribute__((target("ssse3"), always_inline)) static inline void plan_lookup_row(
+    LookupRow *plan, const LookupRow *sources, unsigned int hits, const Run *spans, long long n_spans,
+    long long row_bytes, long long pixel_bytes, unsigned int or_slots, unsigned int and_slots, const Work *work,
+    const int chunks)
 {
+    const __m128i places = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m128i index[GL_LOOKUP_CHUNKS][GL_LOOKUP_CHUNKS], fill[GL_LOOKUP_CHUNKS];
     plan->hits = hits;
-    memcpy(plan->index, sources->index, sizeof(plan->index));
-    memset(plan->fill, 0, sizeof(plan->fill));
+    for (int k = 0; k < chunks; ++k) {
+        fill[k] = _mm_setzero_si128();
+        for (int j = 0; j < chunks; ++j)
+            index[j][k] = _mm_loadu_si128((const __m128i *)(sources->index[j] + 16 * k));
+    }
     for (long long i = 0; i < n_spans; ++i) {
         const unsigned int painted = gl_paint(hits, (unsigned int)spans[i].source, or_slots, and_slots);
         if (!painted)
             continue;
-        const long long at = spans[i].start * pixel_bytes, bytes = spans[i].length * pixel_bytes;
-        memcpy(plan->fill + at, work->fill_rows + GL_TOP_BIT(painted) * row_bytes + at, bytes);
-        for (long long j = 0; j < chunks; ++j)
-            memset(plan->index[j] + at, 0x80, bytes);
+        const long long at = spans[i].start * pixel_bytes, end = at + spans[i].length * pixel_bytes;
+        const unsigned char *fill_row = work->fill_rows + GL_TOP_BIT(painted) * row_bytes;
+        for (int k = 0; k < chunks; ++k) {
+            const __m128i place = _mm_add_epi8(places, _mm_set1_epi8((char)(16 * k)));
+            const __m128i in = _mm_and_si128(_mm_cmpgt_epi8(place, _mm_set1_epi8((char)(at - 1))),
+                                             _mm_cmpgt_epi8(_mm_set1_epi8((char)end), place));
+            const __m128i fills = _mm_loadu_si128((const __m128i *)(fill_row + 16 * k));
+            fill[k] = _mm_or_si128(_mm_andnot_si128(in, fill[k]), _mm_and_si128(in, fills));
+            for (int j = 0; j < chunks; ++j)
+                index[j][k] = _mm_or_si128(index[j][k], in);
+        }
+    }
+    for (int k = 0; k < chunks; ++k) {
+        _mm_storeu_si128((__m128i *)(plan->fill + 16 * k), fill[k]);
+        for (int j = 0; j < chunks; ++j)
+            _mm_storeu_si128((__m128i *)(plan->index[j] + 16 * k), index[j][k]);
     }
 }
 
@@ -652,8 +671,8 @@ __attribute__((target("ssse3"), always_inline)) static inline void lookup_rows_o
                     t = replaced;
                     replaced = (replaced + 1) % GL_LOOKUP_TEMPLATES;
                 }
-                plan_lookup_row(templates + t, &sources, hits, spans, n_spans, row_bytes, pixel_bytes, chunks,
-                                or_slots, and_slots, work);
+                plan_lookup_row(templates + t, &sources, hits, spans, n_spans, row_bytes, pixel_bytes, or_slots,
+                                and_slots, work, chunks);
             }
         }
         const unsigned char *src = source + (long long)work->src_rows[row] * row_bytes;
