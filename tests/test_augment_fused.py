@@ -424,3 +424,83 @@ def test_the_private_entry_point_checks_each_followers_arguments_before_reading(
         return
     with pytest.raises(error, match=message):
         fused.host_kernel().gather_augment(*arguments, [valid, follower] if message == "a follower is" else [follower])
+
+
+# ------------------------------------------------------------------ rows of 16 to 64 bytes: written by table lookups
+# The host kernel writes rows of 16, 32, 48 or 64 bytes whole by byte shuffles from a template per distinct row
+# slots (_pixels.c, lookup_rows): masks, int16 masks, small images, channels-first planes, odd widths of wide
+# pixels. Each shape meets every draw over its samples: flipped or not, crop borders on either side (rows wholly
+# in the border), cutouts clipped at every edge, and more distinct row slots than the templates kept.
+LOOKUP_SHAPES = [  # (height, width, channels or None, dtype): rows of 16, 32, 48 and 64 bytes
+    (6, 16, None, np.uint8), (5, 32, None, np.uint8), (7, 48, None, np.uint8), (9, 64, None, np.uint8),
+    (6, 8, None, np.int16), (5, 24, None, np.int16), (6, 32, None, np.int16),
+    (6, 16, 1, np.uint8), (7, 16, 3, np.uint8), (6, 4, 4, np.uint8), (5, 16, 4, np.uint8),
+    (5, 3, 4, np.float32),  # an odd width: 3 pixels of 16 bytes, flipped as whole pixels
+]
+
+
+def lookup_recipes(height, width):
+    """Ops for images of height x width: constant crops that leave rows wholly in the border, a flip, a reflect
+    crop, cutouts touching the edges, and five painting ops (more distinct row slots than templates kept)."""
+    pad = min(4, height - 1, width - 1)
+    return [
+        [RandomCrop(pad, mode="constant", fill=7), RandomFlip(), Cutout(3, fill=9)],
+        [RandomFlip(), RandomCrop(pad, mode="reflect"), Cutout(width, fill=0)],
+        [RandomCrop(pad, mode="constant", fill=5), Cutout(2, fill=6), Cutout(3, fill=8), Cutout(4, fill=10),
+         Cutout(5, fill=12), RandomFlip()],
+        [Cutout(3, fill=4), RandomCrop(pad, mode="constant", fill=11), RandomFlip(), RandomCrop(1)],
+    ]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", LOOKUP_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}x{s[2]}-{np.dtype(s[3]).name}")
+def test_rows_written_by_table_lookups_give_the_reference_bytes(shape):
+    from test_augment import images_of, reference, run
+
+    height, width, channels, dtype = shape
+    images = images_of(300, height, width, channels, dtype)
+    ids = np.random.default_rng(5).permutation(10**5)[:300].astype(np.int64)
+    for ops in lookup_recipes(height, width):
+        want = reference(ops, images, ids, 21, 4)
+        np.testing.assert_array_equal(run(ops, images, ids, "kernel", seed=21, epoch=4), want)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("channels", "dtype"), [(3, np.uint8), (2, np.int16)])
+def test_channels_first_planes_written_by_table_lookups_give_the_reference_bytes(channels, dtype):
+    from test_augment import images_of, reference, run
+
+    width = 16 // np.dtype(dtype).itemsize  # each plane's rows are one 16-byte chunk
+    images = np.ascontiguousarray(images_of(300, 6, width, channels, dtype).transpose(0, 3, 1, 2))
+    ids = np.arange(300, dtype=np.int64) * 3
+    for ops in lookup_recipes(6, width):
+        first = [type(op)(**{**vars(op), "data_format": "channels_first"}) for op in ops]
+        want = reference(first, images, ids, 21, 4)
+        np.testing.assert_array_equal(run(first, images, ids, "kernel", seed=21, epoch=4), want)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("image_shape", "mask_dtype"), [((32, 32, 3), np.uint8), ((16, 16, 3), np.uint8),
+                                                         ((16, 16, 3), np.int16), ((12, 32, None), np.int16)])
+def test_followers_written_by_table_lookups_give_the_reference_bytes(image_shape, mask_dtype):
+    # a mask following images whose rows take the other path (32 x 32 x 3: 96-byte rows) or the same one
+    from test_augment import images_of, reference
+
+    from gpuloader.augment.targets import follower_ops
+    from gpuloader.gather import aligned_empty
+
+    height, width, channels = image_shape
+    images = images_of(300, height, width, channels)
+    masks = images_of(300, height, width, None, mask_dtype, seed=1)
+    fill = 255 if mask_dtype == np.uint8 else -1
+    rows = np.random.default_rng(6).permutation(300)[:200].astype(np.int64)
+    ids = rows * 7 + 1
+    for ops in lookup_recipes(height, width):
+        table, mask_table = fused.table_for(ops, images), fused.table_for(follower_ops(ops, fill), masks)
+        out = aligned_empty((len(rows), *images.shape[1:]), images.dtype)
+        mask_out = aligned_empty((len(rows), *masks.shape[1:]), masks.dtype)
+        fused.gather_augment_host(table, images, rows, ids, 21, 4, out, followers=[(mask_table, masks, mask_out)])
+        np.testing.assert_array_equal(out, reference(ops, images[rows], ids, 21, 4))
+        want = reference(follower_ops(ops, fill), masks[rows], ids, 21, 4)
+        np.testing.assert_array_equal(mask_out, want)
+        assert np.any(want == fill)

@@ -11,7 +11,8 @@
  * source row of each output row and column (gl_sample_traces), then its bytes
  * from source image rows[b]: whole runs of columns with memcpy (the trace of a
  * row of pixels is runs of +1 or -1 steps), the reversed runs of a flip pixel by
- * pixel, and the painted pixels last. With bytewise=True step 3 is
+ * pixel, and the painted pixels last; rows of 16 to 64 bytes (masks, small images)
+ * whole by table lookups from a template per distinct row slots (lookup_rows). With bytewise=True step 3 is
  * gl_sample_bytes, the byte-at-a-time loop the CUDA kernel runs (for tests).
  *
  * Every size, index and op parameter is checked before any byte is read; the
@@ -547,6 +548,152 @@ __attribute__((target("ssse3"))) static int shuffle_rows(long long height, long 
     paint_rows(height, width, pixel_bytes, or_slots, and_slots, work, out, 1);
     return 1;
 }
+
+/* Rows of 16 to GL_LOOKUP_ROW_BYTES bytes, a multiple of 16 (a uint8 mask up to 64 pixels wide, an int16 one up
+ * to 32, a plane of a channels-first image, a 16 x 16 x 3 uint8 image), are written whole, painted pixels
+ * included, by table lookups: a row's source chunks (16 bytes each) are loaded once, and each output chunk is its
+ * fill bytes ORed with one byte shuffle of each source chunk (index 0x80 gives a zero byte). Which byte comes
+ * from where depends on the row's slots only, so a row template (LookupRow) is built once per distinct row slots
+ * in a sample (most samples have 2 to 4: no slot, a crop's border, a cutout's rows) and serves every row and
+ * plane with those slots: no per-run calls, no paint pass, and every read inside the row's source row. */
+#define GL_LOOKUP_ROW_BYTES 64
+#define GL_LOOKUP_CHUNKS (GL_LOOKUP_ROW_BYTES / 16)
+#define GL_LOOKUP_TEMPLATES 4 /* templates kept per sample; a fifth distinct row slots replaces one in turn */
+
+typedef struct {
+    unsigned int hits;                                          /* the row slots it is for */
+    unsigned char index[GL_LOOKUP_CHUNKS][GL_LOOKUP_ROW_BYTES]; /* per source chunk: each output byte's place in it */
+    unsigned char fill[GL_LOOKUP_ROW_BYTES];                    /* each painted byte's fill; 0 elsewhere */
+} LookupRow;
+
+/* The sample's source places (the template of a row meeting no slot, before painting): per source chunk j and
+ * output byte, its source byte's place in chunk j, or 0x80 when that byte is in another chunk. */
+static void plan_lookup_sources(LookupRow *sources, long long width, long long pixel_bytes, const Work *work)
+{
+    memset(sources->index, 0x80, sizeof(sources->index));
+    if (pixel_bytes == 1) {
+        for (long long col = 0; col < width; ++col)
+            sources->index[work->src_cols[col] >> 4][col] = (unsigned char)(work->src_cols[col] & 15);
+        return;
+    }
+    for (long long col = 0; col < width; ++col) {
+        const long long first = (long long)work->src_cols[col] * pixel_bytes;
+        for (long long within = 0; within < pixel_bytes; ++within)
+            sources->index[(first + within) >> 4][col * pixel_bytes + within] = (unsigned char)((first + within) & 15);
+    }
+}
+
+/* The template of the rows whose slots are `hits`: the source places, with index 0x80 (a zero byte) and the fill
+ * at the bytes of the pixels that gl_paint paints, a span of columns with the same column slots at a time (each
+ * span's bytes picked in a chunk by two byte compares: rows are at most 64 bytes, so places fit a signed byte). */
+__attribute__((target("ssse3"), always_inline)) static inline void plan_lookup_row(
+    LookupRow *plan, const LookupRow *sources, unsigned int hits, const Run *spans, long long n_spans,
+    long long row_bytes, long long pixel_bytes, unsigned int or_slots, unsigned int and_slots, const Work *work,
+    const int chunks)
+{
+    const __m128i places = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m128i index[GL_LOOKUP_CHUNKS][GL_LOOKUP_CHUNKS], fill[GL_LOOKUP_CHUNKS];
+    plan->hits = hits;
+    for (int k = 0; k < chunks; ++k) {
+        fill[k] = _mm_setzero_si128();
+        for (int j = 0; j < chunks; ++j)
+            index[j][k] = _mm_loadu_si128((const __m128i *)(sources->index[j] + 16 * k));
+    }
+    for (long long i = 0; i < n_spans; ++i) {
+        const unsigned int painted = gl_paint(hits, (unsigned int)spans[i].source, or_slots, and_slots);
+        if (!painted)
+            continue;
+        const long long at = spans[i].start * pixel_bytes, end = at + spans[i].length * pixel_bytes;
+        const unsigned char *fill_row = work->fill_rows + GL_TOP_BIT(painted) * row_bytes;
+        for (int k = 0; k < chunks; ++k) {
+            const __m128i place = _mm_add_epi8(places, _mm_set1_epi8((char)(16 * k)));
+            const __m128i in = _mm_and_si128(_mm_cmpgt_epi8(place, _mm_set1_epi8((char)(at - 1))),
+                                             _mm_cmpgt_epi8(_mm_set1_epi8((char)end), place));
+            const __m128i fills = _mm_loadu_si128((const __m128i *)(fill_row + 16 * k));
+            fill[k] = _mm_or_si128(_mm_andnot_si128(in, fill[k]), _mm_and_si128(in, fills));
+            for (int j = 0; j < chunks; ++j)
+                index[j][k] = _mm_or_si128(index[j][k], in);
+        }
+    }
+    for (int k = 0; k < chunks; ++k) {
+        _mm_storeu_si128((__m128i *)(plan->fill + 16 * k), fill[k]);
+        for (int j = 0; j < chunks; ++j)
+            _mm_storeu_si128((__m128i *)(plan->index[j] + 16 * k), index[j][k]);
+    }
+}
+
+/* One row of `chunks` chunks from its template (a constant `chunks` lets the compiler unroll it). */
+__attribute__((target("ssse3"), always_inline)) static inline void lookup_row(const LookupRow *plan,
+                                                                               const unsigned char *src,
+                                                                               unsigned char *dst, const int chunks)
+{
+    __m128i from[GL_LOOKUP_CHUNKS];
+    for (int j = 0; j < chunks; ++j)
+        from[j] = _mm_loadu_si128((const __m128i *)(src + 16 * j));
+    for (int k = 0; k < chunks; ++k) {
+        __m128i value = _mm_loadu_si128((const __m128i *)(plan->fill + 16 * k));
+        for (int j = 0; j < chunks; ++j)
+            value = _mm_or_si128(value, _mm_shuffle_epi8(from[j], _mm_loadu_si128((const __m128i *)(plan->index[j] +
+                                                                                                   16 * k))));
+        _mm_storeu_si128((__m128i *)(dst + 16 * k), value);
+    }
+}
+
+/* Every plane of one sample by table lookups (see GL_LOOKUP_ROW_BYTES), rows of `chunks` chunks. */
+__attribute__((target("ssse3"), always_inline)) static inline void lookup_rows_of(
+    long long height, long long width, long long pixel_bytes, long long planes, const unsigned char *source,
+    unsigned int or_slots, unsigned int and_slots, const Work *work, unsigned char *out, const int chunks)
+{
+    LookupRow sources, templates[GL_LOOKUP_TEMPLATES];
+    Run *spans = work->spans; /* the runs of columns with the same column slots (source: the slots) */
+    long long n_spans = 0;
+    int made = 0, replaced = 0, t = 0; /* templates built; the next one to replace when all are in use; the row's */
+    const long long row_bytes = width * pixel_bytes, plane_bytes = height * row_bytes;
+    plan_lookup_sources(&sources, width, pixel_bytes, work);
+    for (long long col = 0; col < width; ++col) {
+        if (n_spans > 0 && (unsigned int)spans[n_spans - 1].source == work->col_hits[col]) {
+            spans[n_spans - 1].length++;
+        } else {
+            Run span = {col, 1, work->col_hits[col], 0};
+            spans[n_spans++] = span;
+        }
+    }
+    for (long long row = 0; row < height; ++row) {
+        const unsigned int hits = work->row_hits[row];
+        if (made == 0 || templates[t].hits != hits) { /* not the previous row's template */
+            t = 0;
+            while (t < made && templates[t].hits != hits)
+                t++;
+            if (t == made) {
+                if (made < GL_LOOKUP_TEMPLATES) {
+                    made++;
+                } else {
+                    t = replaced;
+                    replaced = (replaced + 1) % GL_LOOKUP_TEMPLATES;
+                }
+                plan_lookup_row(templates + t, &sources, hits, spans, n_spans, row_bytes, pixel_bytes, or_slots,
+                                and_slots, work, chunks);
+            }
+        }
+        const unsigned char *src = source + (long long)work->src_rows[row] * row_bytes;
+        unsigned char *dst = out + row * row_bytes;
+        for (long long plane = 0; plane < planes; ++plane)
+            lookup_row(templates + t, src + plane * plane_bytes, dst + plane * plane_bytes, chunks);
+    }
+}
+
+__attribute__((target("ssse3"))) static void lookup_rows(long long height, long long width, long long pixel_bytes,
+                                                        long long planes, const unsigned char *source,
+                                                        unsigned int or_slots, unsigned int and_slots,
+                                                        const Work *work, unsigned char *out)
+{
+    switch (width * pixel_bytes / 16) {
+    case 1: lookup_rows_of(height, width, pixel_bytes, planes, source, or_slots, and_slots, work, out, 1); break;
+    case 2: lookup_rows_of(height, width, pixel_bytes, planes, source, or_slots, and_slots, work, out, 2); break;
+    case 3: lookup_rows_of(height, width, pixel_bytes, planes, source, or_slots, and_slots, work, out, 3); break;
+    default: lookup_rows_of(height, width, pixel_bytes, planes, source, or_slots, and_slots, work, out, 4); break;
+    }
+}
 #endif
 
 /* One image array a call writes: the leader's (the call's own arguments) or a follower's (the same draws and
@@ -559,6 +706,7 @@ typedef struct {
     long long image_bytes, out_image_bytes, n_images;
     unsigned char order[16]; /* the byte shuffle reversing 16 / pixel_bytes pixels */
     int shuffled;            /* its rows can be written by byte shuffles (shuffle_rows) */
+    int lookup;              /* its rows are written by table lookups (lookup_rows) */
     Work work;               /* the shared traces and runs, and this target's fills, staging and copy */
 } Target;
 
@@ -661,6 +809,8 @@ static int target_work(Target *target, const Work *shared, long long width)
        on wider pixels sample_rows measured as fast or faster */
     target->shuffled = pixel_bytes == 1 && width % 16 == 0 && width <= GL_SHUFFLED_ROW_BYTES &&
                        __builtin_cpu_supports("ssse3");
+    target->lookup = (width * pixel_bytes) % 16 == 0 && width * pixel_bytes <= GL_LOOKUP_ROW_BYTES &&
+                     __builtin_cpu_supports("ssse3");
 #endif
     return 1;
 }
@@ -707,7 +857,11 @@ static void sample_target(const Target *target, long long height, long long widt
     }
     const long long plane_bytes = target->image_bytes / planes;
     unsigned char *traced = normalize ? work->staged : target_out;
-    for (long long plane = 0; plane < planes; ++plane) {
+#ifdef GL_SHUFFLE
+    if (target->lookup)
+        lookup_rows(height, width, pixel_bytes, planes, image, target->or_slots, target->and_slots, work, traced);
+#endif
+    for (long long plane = 0; !target->lookup && plane < planes; ++plane) {
 #ifdef GL_SHUFFLE
         if (target->shuffled && shuffle_rows(height, width, pixel_bytes, image + plane * plane_bytes,
                                              target->or_slots, target->and_slots, work, traced + plane * plane_bytes))
@@ -831,13 +985,12 @@ static PyObject *gather_augment(PyObject *module, PyObject *args)
             host_trace_axis(0, height, (const long long *)ops.buf, n_ops, words, shared.src_rows, shared.row_hits);
             host_trace_axis(1, width, (const long long *)ops.buf, n_ops, words, shared.src_cols, shared.col_hits);
         }
-        if (b + GL_PREFETCH_AHEAD < n) /* later samples' images on their way while this one is written */
-            for (Py_ssize_t t = 0; t < held; ++t)
-                prefetch_image((const unsigned char *)targets[t].source.buf +
-                                   row_index[b + GL_PREFETCH_AHEAD] * targets[t].image_bytes,
-                               targets[t].image_bytes);
         for (Py_ssize_t t = 0; t < held; ++t) {
             const Target *target = targets + t;
+            if (b + GL_PREFETCH_AHEAD < n) /* a later sample's image on its way while this one is written */
+                prefetch_image((const unsigned char *)target->source.buf +
+                                   row_index[b + GL_PREFETCH_AHEAD] * target->image_bytes,
+                               target->image_bytes);
             sample_target(target, height, width, bytewise,
                           (const unsigned char *)target->source.buf + row_index[b] * target->image_bytes,
                           (unsigned char *)target->out.buf + b * target->out_image_bytes);
