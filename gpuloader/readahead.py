@@ -21,6 +21,11 @@ leaves runs, one background thread per pass asks the kernel
   (``MADV_RANDOM``, back to ``MADV_NORMAL`` when the pass closes), since a
   fault would otherwise read 8 MB around a row, mostly pages the pass skips.
 
+**Request size.** Linux reads at most a device's limit of one request (8 MB on
+the machine measured, as little as 128 KB on many disks) and silently drops the
+rest, so :func:`request` checks a long request with ``mincore``, asks again for
+what was not read, and cuts later requests to what the kernel read.
+
 Nothing is requested for data in RAM or on a GPU, for files whose pages are all
 cached already (checked with ``mincore`` when the pass starts), or where the
 platform has no ``madvise``. The pages asked for are page cache, not anonymous
@@ -70,6 +75,15 @@ SWEEP_CHUNK_BYTES = 8 * 1024 * 1024
 IDLE_S = 1.0
 """Seconds the thread waits for the next batch to be started before it ends."""
 
+UNCHECKED_BYTES = 128 * 1024
+"""Requests of at most this many bytes are taken as read whole (Linux's default read-ahead; see ``request``)."""
+
+SETTLE_S = 0.1
+"""Seconds :func:`request` waits at most for the pages of a checked request to appear in the page cache."""
+
+SETTLE_POLL_S = 0.005
+"""... reading what is cached every this many seconds until it stops growing."""
+
 JOIN_S = 2.0
 """Seconds closing a pass waits for a request in progress."""
 
@@ -104,6 +118,8 @@ class MappedFile:
     pin: np.ndarray  # a view of the mapping's bytes: the map cannot be closed under the requests
     random: bool = False  # the layout advised the map random access for good (files larger than memory)
     swept: int = 0  # the sweep has requested every byte before this offset (read and written by the thread)
+    honoured: int = 0  # the longest request the kernel was seen to read whole (see ``request``)
+    limit: int = 0  # the kernel read only this much of a longer request: the file's request size (0: none seen)
 
 
 Runs = list[tuple[MappedFile, np.ndarray, np.ndarray]]
@@ -122,11 +138,69 @@ class Sweep:
 def willneed(file: MappedFile, start: int, length: int) -> None:
     """``madvise(MADV_WILLNEED)`` on ``length`` bytes at ``start`` of ``file``'s mapping (page-aligned).
 
-    Every request of this module goes through here (tests record them). The
-    GIL is released for the call; errors (a range past a file that shrank) are
-    ignored: the gather's own check reports a changed file.
+    Every request of this module goes through here (tests record them), by way of
+    :func:`request`. The GIL is released for the call; errors (a range past a file
+    that shrank) are ignored: the gather's own check reports a changed file.
     """
     _LIBC.madvise(file.base + start, length, mmap.MADV_WILLNEED)
+
+
+def request(file: MappedFile, start: int, end: int) -> None:
+    """Have bytes ``start .. end`` of ``file`` read into the page cache: :func:`willneed` in requests the kernel
+    reads whole.
+
+    The kernel reads at most a device's limit of one request (Linux's
+    ``force_page_cache_ra``: the larger of the device's read-ahead, ``read_ahead_kb``,
+    and its largest transfer, ``max_sectors_kb``; 8 MB on the machine measured, 128 KB
+    to a few MB on many disks) and drops the rest without an error. So a request
+    longer than the longest seen read whole is checked: the bytes cached from
+    ``start`` on (``mincore``, read until they stop growing, since the kernel adds
+    the pages of a request for a few ms after the call returns) are what it read.
+    The rest is asked for again from there, and that length becomes the file's
+    request size (``limit``): later requests are cut to it and made unchecked.
+    Requests of at most :data:`UNCHECKED_BYTES` (a batch's rows, mostly) are
+    never checked.
+
+    Cost: one ``madvise`` per request; until a file's request size is known, per
+    request longer than any read whole, a few ``mincore`` (a byte per page) over
+    at most :data:`SETTLE_S`, while the disk reads what was asked for.
+    """
+    while start < end:
+        length = min(end - start, file.limit) if file.limit else end - start
+        willneed(file, start, length)
+        if not file.limit and length > max(file.honoured, UNCHECKED_BYTES):
+            read = settled_prefix(file, start, length)
+            if read == 0:
+                return  # nothing read (memory pressure, a file that shrank): the faults read the rest
+            if read < length:
+                file.limit = read
+            else:
+                file.honoured = length
+            length = read
+        start += length
+
+
+def settled_prefix(file: MappedFile, start: int, length: int) -> int:
+    """:func:`cached_prefix` once it has stopped growing for :data:`SETTLE_POLL_S` (at most :data:`SETTLE_S`)."""
+    deadline = time.monotonic() + SETTLE_S
+    read = cached_prefix(file, start, length)
+    while read < length and time.monotonic() < deadline:
+        time.sleep(SETTLE_POLL_S)
+        now = cached_prefix(file, start, length)
+        if now == read:
+            break
+        read = now
+    return read
+
+
+def cached_prefix(file: MappedFile, start: int, length: int) -> int:
+    """Bytes from ``start`` (page-aligned) of ``file``'s mapping, at most ``length``, that are in the page cache."""
+    pages = -(-length // _PAGE)
+    vector = np.zeros(pages, dtype=np.uint8)
+    if _LIBC.mincore(file.base + start, length, vector.ctypes.data) != 0:
+        return 0
+    missing = np.flatnonzero((vector & 1) == 0)
+    return length if not len(missing) else int(missing[0]) * _PAGE
 
 
 def advise(file: MappedFile, advice: int) -> None:
@@ -375,8 +449,7 @@ class PassReadahead:
                     for file, start, length in leaf.ranges(rows):
                         end = start + length
                         if end > file.swept:  # pages the sweep asked for are not asked for again
-                            start = max(start, file.swept)
-                            willneed(file, start, end - start)
+                            request(file, max(start, file.swept), end)
             elif kind == "plan":
                 assert self._plan is not None
                 jobs = sweep_jobs(self._plan())  # outside the lock: a sort of the pass's rows
@@ -385,5 +458,5 @@ class PassReadahead:
             else:
                 file, starts, ends = what
                 for start, end in zip(starts.tolist(), ends.tolist()):
-                    willneed(file, start, min(end, file.length) - start)
+                    request(file, start, min(end, file.length))
                 file.swept = int(ends[-1])
