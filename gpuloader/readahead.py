@@ -407,15 +407,23 @@ class PassReadahead:
     def _sweep_left(self) -> bool:
         return self._sweep is None or self._swept < len(self._sweep)
 
+    def _swept_all(self) -> bool:
+        """The sweep has asked for every page the pass reads: a window past it would ask for nothing."""
+        return self._plan is not None and self._sweep is not None and self._swept >= len(self._sweep)
+
     def _next_job(self) -> tuple[str, Any] | None:
         """Under the lock: the next request to make, or None when there is nothing to do now.
 
         The pass's first ``window`` batches first (the first batch waits for
         them), then the sweep while batches are being started (its first job
         plans it), then the window ahead of the last batch started (pages the
-        sweep asked for skipped).
+        sweep asked for skipped), unless the sweep asked for every page: its
+        batches would ask for nothing, at the cost of sorting their rows
+        (about 0.1 s of CPU per epoch of 391 batches of 256 rows).
         """
-        window_open = self._requested < self._steps and self._requested <= self._started + self.window
+        window_open = (
+            self._requested < self._steps and self._requested <= self._started + self.window and not self._swept_all()
+        )
         sweeping = self._sweep_left() and time.monotonic() - self._last_advance < IDLE_S
         if window_open and (self._requested < self._first + self.window or not sweeping):
             self._requested += 1
@@ -432,7 +440,7 @@ class PassReadahead:
             with self._condition:
                 job = None if self._closed else self._next_job()
                 while job is None and not self._closed:
-                    if self._requested >= self._steps and not self._sweep_left():
+                    if (self._requested >= self._steps or self._swept_all()) and not self._sweep_left():
                         break  # everything requested
                     idle = IDLE_S - (time.monotonic() - self._last_advance)
                     if idle <= 0:
