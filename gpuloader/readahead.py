@@ -380,13 +380,14 @@ class PassReadahead:
         return self._plan is not None
 
     def advance(self, position: int) -> None:
-        """A worker starts batch ``position``: request up to ``position + window`` (starting the thread if idle)."""
+        """A worker starts batch ``position``: request up to ``position + window`` (starting the thread if idle and
+        anything is left to ask for)."""
         with self._condition:
             if self._closed:
                 return
             self._started = max(self._started, position)
             self._last_advance = time.monotonic()
-            if self._thread is None:
+            if self._thread is None and not self._all_requested():
                 self._thread = threading.Thread(target=self._run, name="gpuloader-readahead", daemon=True)
                 self._thread.start()
             else:
@@ -406,6 +407,10 @@ class PassReadahead:
 
     def _sweep_left(self) -> bool:
         return self._sweep is None or self._swept < len(self._sweep)
+
+    def _all_requested(self) -> bool:
+        """Nothing is left to ask for: no thread is started again (one per batch would cost more than the batch)."""
+        return (self._requested >= self._steps or self._swept_all()) and not self._sweep_left()
 
     def _swept_all(self) -> bool:
         """The sweep has asked for every page the pass reads: a window past it would ask for nothing."""
@@ -440,8 +445,8 @@ class PassReadahead:
             with self._condition:
                 job = None if self._closed else self._next_job()
                 while job is None and not self._closed:
-                    if (self._requested >= self._steps or self._swept_all()) and not self._sweep_left():
-                        break  # everything requested
+                    if self._all_requested():
+                        break
                     idle = IDLE_S - (time.monotonic() - self._last_advance)
                     if idle <= 0:
                         break

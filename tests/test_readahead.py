@@ -523,9 +523,10 @@ def test_once_the_sweep_has_asked_for_every_page_the_window_stops(page_rows, mon
     order = np.asarray(permutation(np, ROWS, 7, 3))
     ahead = readahead.for_pass([open_source(page_rows[0], "x")], order, BATCH, STEPS)
     assert ahead.sweeps
-    ranges = []
-    real = readahead._Leaf.ranges
+    ranges, runs = [], []
+    real, real_run = readahead._Leaf.ranges, readahead.PassReadahead._run
     monkeypatch.setattr(readahead._Leaf, "ranges", lambda leaf, rows: ranges.append(1) or real(leaf, rows))
+    monkeypatch.setattr(readahead.PassReadahead, "_run", lambda ahead: runs.append(1) or real_run(ahead))
     ahead.advance(0)
     wait_until(lambda: not readahead_threads())  # the first window, then the sweep, then nothing left
     assert len(ranges) == 2, "the first window's two batches"
@@ -534,6 +535,7 @@ def test_once_the_sweep_has_asked_for_every_page_the_window_stops(page_rows, mon
     wait_until(lambda: not readahead_threads())
     ahead.close()
     assert len(ranges) == 2, "no batch's pages were looked up after the sweep asked for all of them"
+    assert len(runs) == 1, "and no thread was started again for the later batches (one per batch before)"
     assert sorted(row for _, first, end in requests for row in range(first, end)) == sorted(
         [*order[: 2 * BATCH].tolist(), *range(ROWS)]
     ), "every page asked for: the first window's, then the whole file"
