@@ -9,6 +9,7 @@ leaves runs, one background thread per pass asks the kernel
   worker started, each batch's row ranges coalesced and page-aligned, batch by
   batch in the pass's order. Many reads are then in flight together instead of
   one synchronous fault at a time, and only the pages the rows span are read.
+  It stops once the sweep has asked for every page the pass reads.
 - **the sweep**, where the pages the pass will read fit in the page cache (at
   most :data:`SWEEP_SHARE` of the available memory): those pages requested in
   file order, in requests of about :data:`SWEEP_CHUNK_BYTES`, between window
