@@ -10,6 +10,7 @@ name its rows exactly.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -252,7 +253,7 @@ def test_files_that_fit_are_swept_front_to_back_after_the_first_window(tmp_path,
     assert after_sweep == [], "the window's batch after the sweep asks for nothing: its pages were swept"
 
 
-def test_the_first_window_goes_first_then_the_sweep_smallest_file_first_then_the_window(tmp_path, monkeypatch):
+def test_the_first_window_goes_first_then_the_sweep_smallest_file_first(tmp_path, monkeypatch):
     x, y = id_data(ROWS, features=PAGE // 4)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
@@ -275,8 +276,7 @@ def test_the_first_window_goes_first_then_the_sweep_smallest_file_first_then_the
         ("plan", None),
         ("sweep", "y.npy", 0),
         *(("sweep", "x.npy", first) for first in range(0, x_pages, 64)),
-        ("batch", window),  # the window past batch 0, after the sweep
-    ]
+    ]  # then nothing: the window past batch 0 would ask for pages the sweep asked for
 
 
 def test_files_larger_than_the_page_cache_are_not_swept(tmp_path, monkeypatch, requests):
@@ -427,3 +427,115 @@ def test_a_file_changed_mid_epoch_still_raises(tmp_path, monkeypatch, requests):
     wait_until(lambda: len(requests) > count + 1, limit_s=5.0)
     ahead.close()
     assert len(requests) > count + 1
+
+
+class CappedKernel:
+    """A page cache whose kernel reads at most ``cap`` bytes of one request and drops the rest, as Linux does."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.cached: set[int] = set()
+        self.requests: list[tuple[int, int]] = []
+
+    def willneed(self, file, start, length):
+        self.requests.append((start, length))
+        self.cached.update(range(start // PAGE, -(-(start + min(length, self.cap)) // PAGE)))
+
+    def cached_prefix(self, file, start, length):
+        pages = -(-length // PAGE)
+        read = next((k for k in range(pages) if start // PAGE + k not in self.cached), pages)
+        return min(length, read * PAGE)
+
+
+def big_file(tmp_path, pages: int):
+    path = tmp_path / "big.raw"
+    np.zeros(pages * PAGE, dtype=np.uint8).tofile(path)
+    return readahead._mapped_file(np.memmap(path, dtype=np.uint8, mode="r", shape=(pages, PAGE)))
+
+
+def test_a_request_longer_than_the_kernel_reads_is_asked_for_again_from_where_it_stopped(tmp_path, monkeypatch):
+    file = big_file(tmp_path, 512)  # 2 MB
+    cap = 48 * PAGE  # 192 KB: the kernel reads this much of any one request
+    kernel = CappedKernel(cap)
+    monkeypatch.setattr(readahead, "willneed", kernel.willneed)
+    monkeypatch.setattr(readahead, "cached_prefix", kernel.cached_prefix)
+    readahead.request(file, 0, 300 * PAGE)
+    assert kernel.cached == set(range(300)), "every page asked for is read, not only the first request's"
+    assert file.limit == cap
+    readahead.request(file, 300 * PAGE, 512 * PAGE)
+    assert kernel.cached == set(range(512))
+    assert all(length <= cap for _, length in kernel.requests[1:]), "once the size is known, requests fit it"
+
+
+def test_a_sweep_on_a_disk_that_reads_less_per_request_still_reads_every_page(page_rows, monkeypatch):
+    """A whole epoch's sweep through the thread, on a kernel reading 40 KB per request: all 640 pages come in."""
+    kernel = CappedKernel(10 * PAGE)
+    monkeypatch.setattr(readahead, "willneed", kernel.willneed)
+    monkeypatch.setattr(readahead, "cached_prefix", kernel.cached_prefix)
+    monkeypatch.setattr(readahead, "UNCHECKED_BYTES", 4 * PAGE)
+    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", 64 * PAGE)
+    monkeypatch.setattr(readahead, "all_cached", lambda file: False)
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    ahead = readahead.for_pass([open_source(page_rows[0], "x")], None, BATCH, STEPS)
+    assert ahead.sweeps
+    ahead.advance(0)
+    wait_until(lambda: not readahead_threads())
+    ahead.close()
+    assert kernel.cached == set(range(ROWS))
+
+
+def test_the_check_waits_until_the_kernel_has_added_the_pages_of_a_request(tmp_path, monkeypatch):
+    """The pages of a request appear over a few ms after the call: the first reading of the cache is too low."""
+    file = big_file(tmp_path, 64)
+    readings = iter([4 * PAGE, 16 * PAGE, 32 * PAGE, 32 * PAGE, 64 * PAGE])
+    monkeypatch.setattr(readahead, "cached_prefix", lambda file, start, length: next(readings))
+    assert readahead.settled_prefix(file, 0, 64 * PAGE) == 32 * PAGE, "read until two readings agree"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the page cache is read with Linux's mincore")
+def test_a_whole_file_request_reads_every_page_on_this_machines_disk(tmp_path):
+    """On the real kernel: 24 MB asked for in one request (Linux reads at most the device's limit of it, 8 MB
+    on the machine measured) are all cached afterwards."""
+    path = tmp_path / "cold.raw"
+    size = 24 << 20
+    with open(path, "wb") as handle:
+        handle.write(np.random.default_rng(0).bytes(size))
+        handle.flush()
+        os.fsync(handle.fileno())
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=(size // PAGE, PAGE))
+    file = readahead._mapped_file(mapped)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if readahead.cached_prefix(file, 0, size) == size:
+        pytest.skip("this filesystem keeps the file's pages cached (tmpfs?): nothing to read")
+    readahead.request(file, 0, size)
+    wait_until(lambda: readahead.cached_prefix(file, 0, size) == size)
+    assert readahead.cached_prefix(file, 0, size) == size
+
+
+def test_once_the_sweep_has_asked_for_every_page_the_window_stops(page_rows, monkeypatch, requests):
+    """A window past a finished sweep would only sort its batches' rows to ask for nothing (0.1 s of CPU an epoch)."""
+    monkeypatch.setattr(placement, "available_host_memory", lambda: 1 << 40)
+    monkeypatch.setattr(readahead, "WINDOW_BATCHES", 2)
+    order = np.asarray(permutation(np, ROWS, 7, 3))
+    ahead = readahead.for_pass([open_source(page_rows[0], "x")], order, BATCH, STEPS)
+    assert ahead.sweeps
+    ranges, runs = [], []
+    real, real_run = readahead._Leaf.ranges, readahead.PassReadahead._run
+    monkeypatch.setattr(readahead._Leaf, "ranges", lambda leaf, rows: ranges.append(1) or real(leaf, rows))
+    monkeypatch.setattr(readahead.PassReadahead, "_run", lambda ahead: runs.append(1) or real_run(ahead))
+    ahead.advance(0)
+    wait_until(lambda: not readahead_threads())  # the first window, then the sweep, then nothing left
+    assert len(ranges) == 2, "the first window's two batches"
+    for position in range(1, STEPS):
+        ahead.advance(position)
+    wait_until(lambda: not readahead_threads())
+    ahead.close()
+    assert len(ranges) == 2, "no batch's pages were looked up after the sweep asked for all of them"
+    assert len(runs) == 1, "and no thread was started again for the later batches (one per batch before)"
+    assert sorted(row for _, first, end in requests for row in range(first, end)) == sorted(
+        [*order[: 2 * BATCH].tolist(), *range(ROWS)]
+    ), "every page asked for: the first window's, then the whole file"
