@@ -1,6 +1,7 @@
 """Cold epochs from disk: gpuloader's read-ahead in the epoch's order against the seed Sequence over a memory map.
 
-Usage: ``python bench/cold.py [--quick] [--rounds N] [--rows N] [--dir DIR] [--cases a,b,...] [--keep]``
+Usage: ``python bench/cold.py [--quick] [--rounds N] [--rows N] [--dir DIR] [--cases a,b,...] [--keep]``; also
+the ``cold`` suite of ``make bench-full`` (seed, gpuloader1, gpuloader; 3 rounds; each case process alone).
 
 Data: ``x.npy`` (float32 rows of 3072 values, 12 KiB a row) and ``y.npy`` written
 once into ``--dir`` (default ``/tmp/gpuloader_cold``; 100 000 rows, 1.23 GB) by
@@ -258,6 +259,68 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f} s; load {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(json.dumps({f"{kind}/{case}": records for (kind, case), records in figures.items()}))
+
+
+# ------------------------------------------------------------------ as a suite of bench/run.py (bench/suite.py)
+def plan(run_args: argparse.Namespace) -> Any:
+    """make bench-full only (about 3 minutes a round): seed, gpuloader1, gpuloader, 3 rounds, each case alone.
+
+    A case process runs the three kinds in one order every round (the standalone run rotates them).
+    """
+    from suite import Case, Plan
+
+    if run_args.profile != "full":
+        return Plan("cold", [], 0, skipped=f"{run_args.profile} profile: cold epochs of a 1.23 GB file take minutes; "
+                    "make bench-full or python bench/cold.py")
+    import synthetic
+
+    directory = DEFAULT_DIR
+
+    def setup() -> dict[str, Any]:
+        needed = synthetic.disk_nbytes(DEFAULT_ROWS)
+        directory.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(directory).free < needed + (1 << 30):
+            raise RuntimeError(f"{directory} has too little free space for {needed / 1e9:.2f} GB of data plus 1 GB")
+        synthetic.write_npy(directory, DEFAULT_ROWS)
+        return {}
+
+    def cleanup() -> None:
+        for name in synthetic.DISK_FILES:
+            (directory / name).unlink(missing_ok=True)
+
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCH_DIR)])}
+    found = [Case(case, "cold.py", ("--case", case, "--dir", str(directory), "--kinds", ",".join(KINDS)),
+                  label=f"cold   {case}", alone=True, env=env) for case in DEFAULT_CASES]
+    about = [f"{DEFAULT_ROWS} rows x 3072 float32 (1.23 GB) in {directory}, page cache evicted before each epoch: "
+             f"{', '.join(KINDS)} epochs of {', '.join(DEFAULT_CASES)}"]
+    return Plan("cold", found, run_args.rounds or 3, about=about, setup=setup, cleanup=cleanup)
+
+
+def progress_figure(case: Any, result: dict[str, Any]) -> str:
+    return "  ".join(f"{kind} {record['seconds']:.2f} s" for kind, record in result["kinds"].items())
+
+
+def report(plan: Any, results: dict[str, list[dict[str, Any]]]) -> Any:
+    """Median seconds per kind and case, and the targets of TARGETS (MISSING where a case failed)."""
+    from suite import Report, Target
+
+    medians = {
+        (kind, case): statistics.median(r["kinds"][kind]["seconds"] for r in rounds)
+        for case, rounds in results.items() if rounds and all("kinds" in r for r in rounds)
+        for kind in KINDS
+    }
+    lines = [f"  {kind:7s} {case:11s} {seconds:.3f} s" for (kind, case), seconds in sorted(medians.items())]
+    targets = []
+    for kind, case, baseline, bound in TARGETS:
+        what = f"{kind}: {baseline} / {case}"
+        if (kind, case) in medians and (kind, baseline) in medians:
+            ratio = medians[(kind, baseline)] / medians[(kind, case)]
+            targets.append(Target("cold", kind, what, f"{ratio:.2f}x", f">= {bound:g}x",
+                                  "met" if ratio >= bound else "MISSED"))
+        else:
+            targets.append(Target("cold", kind, what, "n/a", f">= {bound:g}x", "MISSING"))
+    data = {"medians_s": {f"{kind}/{case}": value for (kind, case), value in medians.items()}, "raw": results}
+    return Report("\n".join(lines), targets, data)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from suite import Case, Plan, Result
 
 #: The suites, in the order their cases run within a round. To add one, write a module with
 #: ``plan(args)`` and ``report(plan, results)`` (bench/README.md) and add its name here.
-SUITES = ("host", "augment", "augment_mask", "ingest", "device_rows")
+SUITES = ("host", "augment", "augment_mask", "ingest", "cold", "device_rows")
 
 PROFILES = {
     "quick": "make bench: about 3 minutes on a quiet 2-core machine, case processes forked after the imports",
