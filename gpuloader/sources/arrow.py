@@ -63,7 +63,12 @@ class ArrowSource(Source):
         lengths = [len(view) for view in views]
         self._firsts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # column row of each chunk
         self._column_rows = int(self._firsts[-1])
-        self._indices = indices
+        self._indices = None if indices is None else _as_int64(indices)
+        if self._indices is not None and len(self._indices) and not (
+                0 <= self._indices.min() and self._indices.max() < self._column_rows):
+            raise ValueError(f"an index mapping must hold column rows 0 to {self._column_rows - 1}; this one holds "
+                             f"{int(self._indices.min())} to {int(self._indices.max())}. Fix: "
+                             "dataset = dataset.flatten_indices().")
         rows = self._column_rows if indices is None else len(indices)
         self.shape = (rows, *(int(size) for size in first.shape[1:]))
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
@@ -88,20 +93,28 @@ class ArrowSource(Source):
         """The column's rows (int64) that rows ``rows`` of this source are (the index mapping applied)."""
         if self._indices is None:
             return rows
-        return self._indices[rows].astype(np.int64, copy=False)
+        return self._indices[rows]
 
     def read_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
         """``out[i] = self[rows[i]]``, rows in any order: each row copied from its byte offset in its region.
 
-        Cost: per batch, a ``searchsorted`` over the chunks' first rows, then one
-        ``memcpy`` per row (``_rows.gather``, without the GIL), one call per region
-        touched. Without the compiled part, NumPy's fancy index (one call per
-        region; ``np.take`` would first copy the whole strided view), which copies
-        the batch's bytes twice: into a new array, then into ``out``.
+        Cost: where the chunks lie in one mapped region (the usual case), one call
+        of the compiled ``_rows.take`` per batch: it applies the index mapping,
+        finds each row's chunk (a binary search over the chunks' first rows) and
+        byte offset, checks them all, then copies one ``memcpy`` per row, without
+        the GIL. Otherwise a ``searchsorted`` in NumPy, then ``_rows.gather`` once
+        per region touched. Without the compiled part, NumPy's fancy index (one
+        call per region; ``np.take`` would first copy the whole strided view),
+        which copies the batch's bytes twice: into a new array, then into ``out``.
         """
         if not len(rows):
             return
-        column_rows = self.column_rows(np.asarray(rows, dtype=np.int64))
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._one_region and _rows is not None and out.flags.c_contiguous:
+            _rows.take(self._bytes[0], self._firsts, self._starts, self._indices, np.ascontiguousarray(rows),
+                       self.row_bytes, out)
+            return
+        column_rows = self.column_rows(rows)
         chunk = np.searchsorted(self._firsts, column_rows, side="right") - 1
         offsets = self._starts[chunk] + (column_rows - self._firsts[chunk]) * self.row_bytes
         flat = out.reshape(-1).view(np.uint8)  # the rows' bytes, in order
@@ -143,6 +156,18 @@ class ArrowSource(Source):
         Cost: one ``os.fstat`` per file (a dataset has few), a few microseconds each.
         """
         self._files.check()
+
+
+def _as_int64(indices: np.ndarray) -> np.ndarray:
+    """An index mapping as C-contiguous int64, without a copy where it already is 8-byte integers.
+
+    A ``uint64`` mapping (what ``datasets`` writes) is viewed as ``int64``: a value of 2**63 or more
+    reads as negative, which every read refuses as outside the column, as it is.
+    """
+    indices = np.ascontiguousarray(indices)
+    if indices.dtype == np.uint64:
+        return indices.view(np.int64)
+    return indices.astype(np.int64, copy=False)
 
 
 def _regions(views: list[np.ndarray], row_bytes: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
