@@ -37,8 +37,19 @@ from gpuloader.sources.base import Source, SourceChangedError
 
 try:  # the compiled gather (setup.py builds it where a C compiler is found); else NumPy's fancy index
     from gpuloader.sources import _rows
-except ImportError:  # pragma: no cover - depends on the build
+    _ROWS_ERROR = ""
+except ImportError as _error:  # pragma: no cover - depends on the build
     _rows = None
+    _ROWS_ERROR = str(_error)
+
+
+def compiled_gather_missing() -> str | None:
+    """Why the compiled row gather (``_rows``) is not in use, with the fix; None when it is."""
+    if _rows is not None:
+        return None
+    return (f"the C extension gpuloader.sources._rows is not built ({_ROWS_ERROR or 'not imported'}); Arrow columns "
+            "(Hugging Face datasets) are gathered by NumPy's fancy index (same rows, the batch's bytes copied twice). "
+            "Fix: install a C compiler and reinstall gpuloader.")
 
 
 class ArrowSource(Source):
