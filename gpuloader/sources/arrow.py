@@ -113,7 +113,10 @@ class ArrowSource(Source):
         of the compiled ``_rows.take`` per batch: it applies the index mapping,
         finds each row's chunk (a binary search over the chunks' first rows) and
         byte offset, checks them all, then copies one ``memcpy`` per row, without
-        the GIL. Otherwise a ``searchsorted`` in NumPy, then ``_rows.gather`` once
+        the GIL, prefetching the pages of the row 4 rows ahead (a file map has
+        4 KB pages, so nearly every row of a shuffled batch costs a page walk;
+        overlapped with the copies, the epoch runs as fast as NumPy's ``take``
+        from a RAM array on 2 MB pages). Otherwise a ``searchsorted`` in NumPy, then ``_rows.gather`` once
         per region touched. Without the compiled part, NumPy's fancy index (one
         call per region; ``np.take`` would first copy the whole strided view),
         which copies the batch's bytes twice: into a new array, then into ``out``.
