@@ -8,6 +8,8 @@ index mapping; registered in ``sources.OPENERS`` for ``pyarrow`` values.
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 
@@ -194,6 +196,27 @@ def test_an_index_mapping_outside_the_column_is_refused_at_construction(data):
     for bad in (np.array([0, ROWS], dtype=np.uint64), np.array([2**63 + 1], dtype=np.uint64), np.array([-1])):
         with pytest.raises(ValueError, match="index mapping must hold column rows 0 to 102"):
             arrow.ArrowSource(views, bad)
+
+
+def test_the_read_aheads_maps_hold_each_chunks_rows_where_its_file_holds_them(tmp_path):
+    """mapped_files: a view of the source's own map of each file at the chunk's byte offset in it, found from a map
+    that starts past the file's beginning; a chunk in RAM gets no map."""
+    data = np.arange(3 * 1024, dtype=np.float32).reshape(3, 1024)
+    path = tmp_path / "rows.bin"
+    path.write_bytes(b"\xff" * 8192 + data.tobytes())
+    with open(path, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ, offset=8192)
+    view = np.frombuffer(mapped, np.float32).reshape(3, 1024)
+    in_ram = data[:2] + 1
+    source = arrow.ArrowSource([view[:1], view[1:], in_ram], files=[str(path)])
+    rows, maps = source.mapped_files()
+    assert rows is None and [first for first, _ in maps] == [0, 1, 3]
+    for (_, chunk), want, offset in zip(maps, (data[:1], data[1:]), (8192, 8192 + 4096)):
+        assert isinstance(chunk, np.memmap) and (chunk.filename, chunk.offset) == (str(path), offset)
+        np.testing.assert_array_equal(chunk, want)
+    assert getattr(maps[2][1], "_mmap", None) is None  # in RAM: nothing to ask the kernel for
+    assert source.mapped_files()[1] is maps  # mapped once
+    assert arrow.ArrowSource([in_ram]).mapped_files() == (None, [])
 
 
 def test_a_watched_file_rewritten_in_place_is_a_change(tmp_path):

@@ -22,6 +22,11 @@ descriptor each, nothing mapped) and ``fstat``-ed before every batch: a file
 rewritten or truncated in place (which would crash a memory map with SIGBUS)
 raises :class:`~gpuloader.sources.base.SourceChangedError`. A file replaced by a
 rename is not a change: the maps hold the data that was opened.
+
+The disk tier's read-ahead (:mod:`gpuloader.readahead`) asks the kernel for
+the pages of the batches ahead through :meth:`ArrowSource.mapped_files`: the
+source's own read-only map of each file (made on first use), in which each
+chunk's rows lie at their byte offset in the file.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ class ArrowSource(Source):
         self._one_region = len(self._bytes) == 1
         self._files = _Watched(files)
         self.on_disk = bool(files)  # type: ignore[misc]  # mapped files: counted against host_memory_limit
+        self._maps: list[tuple[int, np.ndarray]] | None = None  # mapped_files(), made on first use
 
     @property
     def files(self) -> list[str]:
@@ -98,6 +104,53 @@ class ArrowSource(Source):
             return name
         more = f" and {len(files) - 1} more" if len(files) > 1 else ""
         return f"{name} (Arrow column in {files[0]!r}{more})"
+
+    def mapped_files(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+        """The chunks as rows of maps of their files, for the disk tier's page requests (:mod:`gpuloader.readahead`).
+
+        ``(index mapping, [(first column row of the chunk, rows), ...])``: each
+        watched file is mapped once more, read-only, by this source (address
+        space only; made on first use), and a chunk's rows are a ``np.memmap``
+        view of that map at the chunk's byte offset in its file (found from the
+        dataset's own map in ``/proc/self/maps``). The page cache is shared, so
+        the pages the read-ahead requests through this map are the ones the rows
+        are read from. A chunk outside the watched files is a plain view (no
+        requests for it); no files, no maps.
+
+        The dataset's map is the one the rows are copied from, so advice on this
+        map's read-around (``MADV_RANDOM`` during a partial pass) does not reach
+        those reads: they keep the kernel's read-around.
+        """
+        if self._maps is None:
+            self._maps = self._chunk_maps()
+        return self._indices, self._maps
+
+    def _chunk_maps(self) -> list[tuple[int, np.ndarray]]:
+        import mmap
+
+        places = _file_places(self._views)
+        mapped: dict[str, mmap.mmap] = {}
+        maps: list[tuple[int, np.ndarray]] = []
+        for view, first, place in zip(self._views, self._firsts.tolist(), places):
+            path, offset = place if place is not None else ("", -1)
+            fd = self._files.fd_of(path)
+            if fd is None:
+                maps.append((first, view))
+                continue
+            if path not in mapped:
+                try:
+                    mapped[path] = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError):  # cannot be mapped (an empty file): no requests for its rows
+                    maps.append((first, view))
+                    continue
+            mapping = mapped[path]
+            if offset + view.nbytes > len(mapping):
+                maps.append((first, view))  # not where the dataset's map says (a file changed): no requests
+                continue
+            rows = np.ndarray.__new__(np.memmap, view.shape, view.dtype, buffer=mapping, offset=offset)
+            rows._mmap, rows.filename, rows.offset, rows.mode = mapping, path, offset, "r"
+            maps.append((first, rows))
+        return maps if mapped else []
 
     # ------------------------------------------------------------ reading
     def column_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -278,6 +331,10 @@ class _Watched:
         self._opened = [os.fstat(fd) for fd in self._fds]
         weakref.finalize(self, _close_all, list(self._fds))
 
+    def fd_of(self, path: str) -> int | None:
+        """The descriptor this watcher holds for ``path`` (None if it watches no such file)."""
+        return self._fds[self.paths.index(path)] if path in self.paths else None
+
     def check(self) -> None:
         for path, fd, opened in zip(self.paths, self._fds, self._opened):
             now = os.fstat(fd)
@@ -337,6 +394,31 @@ def column_views(chunks: list[Any], name: str) -> list[np.ndarray]:
             "List(length=...))."
         )
     return views
+
+
+def _file_places(views: list[np.ndarray]) -> list[tuple[str, int] | None]:
+    """Each view's first byte as ``(file, byte offset in it)`` from ``/proc/self/maps``; None where not in a file."""
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = maps.read().splitlines()
+    except OSError:
+        return [None] * len(views)
+    table = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            low, _, high = fields[0].partition("-")
+            table.append((int(low, 16), int(high, 16), int(fields[2], 16), fields[5].removesuffix(" (deleted)")))
+    places: list[tuple[str, int] | None] = []
+    for view in views:
+        address = view.ctypes.data
+        place = None
+        for start, end, offset, path in table:
+            if start <= address < end:
+                place = (path, address - start + offset)
+                break
+        places.append(place)
+    return places
 
 
 def mapped_files_of(views: list[np.ndarray]) -> list[str]:
