@@ -198,9 +198,9 @@ def test_an_index_mapping_outside_the_column_is_refused_at_construction(data):
             arrow.ArrowSource(views, bad)
 
 
-def test_the_read_aheads_maps_hold_each_chunks_rows_where_its_file_holds_them(tmp_path):
-    """mapped_files: a view of the source's own map of each file at the chunk's byte offset in it, found from a map
-    that starts past the file's beginning; a chunk in RAM gets no map."""
+def test_the_read_aheads_maps_hold_each_chunks_rows_where_the_files_map_holds_them(tmp_path):
+    """mapped_files: each chunk as a read-only view of the map its rows are read from (one that starts past the
+    file's beginning here), at the chunk's place in it; a chunk in RAM gets no map."""
     data = np.arange(3 * 1024, dtype=np.float32).reshape(3, 1024)
     path = tmp_path / "rows.bin"
     path.write_bytes(b"\xff" * 8192 + data.tobytes())
@@ -211,8 +211,11 @@ def test_the_read_aheads_maps_hold_each_chunks_rows_where_its_file_holds_them(tm
     source = arrow.ArrowSource([view[:1], view[1:], in_ram], files=[str(path)])
     rows, maps = source.mapped_files()
     assert rows is None and [first for first, _ in maps] == [0, 1, 3]
-    for (_, chunk), want, offset in zip(maps, (data[:1], data[1:]), (8192, 8192 + 4096)):
+    base = np.frombuffer(maps[0][1]._mmap, np.uint8)
+    assert (base.ctypes.data, len(base)) == (view.ctypes.data, len(mapped))  # the file's map itself
+    for (_, chunk), want, offset in zip(maps, (data[:1], data[1:]), (0, 4096)):
         assert isinstance(chunk, np.memmap) and (chunk.filename, chunk.offset) == (str(path), offset)
+        assert chunk._mmap is maps[0][1]._mmap and not chunk.flags.writeable
         np.testing.assert_array_equal(chunk, want)
     assert getattr(maps[2][1], "_mmap", None) is None  # in RAM: nothing to ask the kernel for
     assert source.mapped_files()[1] is maps  # mapped once

@@ -106,51 +106,39 @@ class ArrowSource(Source):
         return f"{name} (Arrow column in {files[0]!r}{more})"
 
     def mapped_files(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
-        """The chunks as rows of maps of their files, for the disk tier's page requests (:mod:`gpuloader.readahead`).
+        """The chunks as rows of their files' maps, for the disk tier's page requests (:mod:`gpuloader.readahead`).
 
-        ``(index mapping, [(first column row of the chunk, rows), ...])``: each
-        watched file is mapped once more, read-only, by this source (address
-        space only; made on first use), and a chunk's rows are a ``np.memmap``
-        view of that map at the chunk's byte offset in its file (found from the
-        dataset's own map in ``/proc/self/maps``). The page cache is shared, so
-        the pages the read-ahead requests through this map are the ones the rows
-        are read from. A chunk outside the watched files is a plain view (no
-        requests for it); no files, no maps.
-
-        The dataset's map is the one the rows are copied from, so advice on this
-        map's read-around (``MADV_RANDOM`` during a partial pass) does not reach
-        those reads: they keep the kernel's read-around.
+        ``(index mapping, [(first column row of the chunk, rows), ...])``: a
+        chunk's rows are a read-only ``np.memmap`` view of the dataset's own map
+        of its file (found in ``/proc/self/maps``), so the pages requested, the
+        read-around advice and the ``mincore`` check (fast on pages already
+        mapped) all concern the mapping the rows are copied from. The view's
+        ``_mmap`` is that map's memory, holding this source's chunks, so the map
+        stays mapped while the read-ahead holds it. A chunk outside the watched
+        files is a plain view (no requests for it); no files, no maps. Made on
+        first use.
         """
         if self._maps is None:
             self._maps = self._chunk_maps()
         return self._indices, self._maps
 
     def _chunk_maps(self) -> list[tuple[int, np.ndarray]]:
-        import mmap
-
-        places = _file_places(self._views)
-        mapped: dict[str, mmap.mmap] = {}
+        regions: dict[int, Any] = {}
         maps: list[tuple[int, np.ndarray]] = []
-        for view, first, place in zip(self._views, self._firsts.tolist(), places):
-            path, offset = place if place is not None else ("", -1)
-            fd = self._files.fd_of(path)
-            if fd is None:
+        for view, first, span in zip(self._views, self._firsts.tolist(), _file_spans(self._views)):
+            address = view.ctypes.data
+            if span is None or span[0] not in self._files.paths or address + view.nbytes > span[2]:
                 maps.append((first, view))
                 continue
-            if path not in mapped:
-                try:
-                    mapped[path] = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-                except (OSError, ValueError):  # cannot be mapped (an empty file): no requests for its rows
-                    maps.append((first, view))
-                    continue
-            mapping = mapped[path]
-            if offset + view.nbytes > len(mapping):
-                maps.append((first, view))  # not where the dataset's map says (a file changed): no requests
-                continue
-            rows = np.ndarray.__new__(np.memmap, view.shape, view.dtype, buffer=mapping, offset=offset)
-            rows._mmap, rows.filename, rows.offset, rows.mode = mapping, path, offset, "r"
+            path, start, end = span
+            if start not in regions:
+                regions[start] = _mapped_region(start, end - start, self._views)
+            region = regions[start]
+            rows = np.ndarray.__new__(np.memmap, view.shape, view.dtype, buffer=region, offset=address - start)
+            rows.flags.writeable = False
+            rows._mmap, rows.filename, rows.offset, rows.mode = region, path, address - start, "r"
             maps.append((first, rows))
-        return maps if mapped else []
+        return maps if regions else []
 
     # ------------------------------------------------------------ reading
     def column_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -396,8 +384,9 @@ def column_views(chunks: list[Any], name: str) -> list[np.ndarray]:
     return views
 
 
-def _file_places(views: list[np.ndarray]) -> list[tuple[str, int] | None]:
-    """Each view's first byte as ``(file, byte offset in it)`` from ``/proc/self/maps``; None where not in a file."""
+def _file_spans(views: list[np.ndarray]) -> list[tuple[str, int, int] | None]:
+    """The file mapping holding each view's first byte, ``(file, start address, end address)``, from
+    ``/proc/self/maps``; None where it is not in a mapped file."""
     try:
         with open("/proc/self/maps") as maps:
             lines = maps.read().splitlines()
@@ -408,17 +397,23 @@ def _file_places(views: list[np.ndarray]) -> list[tuple[str, int] | None]:
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5].startswith("/"):
             low, _, high = fields[0].partition("-")
-            table.append((int(low, 16), int(high, 16), int(fields[2], 16), fields[5].removesuffix(" (deleted)")))
-    places: list[tuple[str, int] | None] = []
+            table.append((int(low, 16), int(high, 16), fields[5].removesuffix(" (deleted)")))
+    spans: list[tuple[str, int, int] | None] = []
     for view in views:
         address = view.ctypes.data
-        place = None
-        for start, end, offset, path in table:
-            if start <= address < end:
-                place = (path, address - start + offset)
-                break
-        places.append(place)
-    return places
+        spans.append(next(((path, start, end) for start, end, path in table if start <= address < end), None))
+    return spans
+
+
+def _mapped_region(address: int, size: int, keep: list[np.ndarray]) -> Any:
+    """``size`` mapped bytes at ``address`` as a hashable, weak-referenceable buffer (what the read-ahead's
+    bookkeeping takes a map to be), which holds ``keep`` (views over the Arrow buffers that hold the map)."""
+    import ctypes
+
+    kind = type("MappedRegion", (ctypes.c_uint8 * size,), {"__hash__": object.__hash__})
+    region = kind.from_address(address)
+    region.keep = keep
+    return region
 
 
 def mapped_files_of(views: list[np.ndarray]) -> list[str]:
