@@ -198,28 +198,30 @@ def test_an_index_mapping_outside_the_column_is_refused_at_construction(data):
             arrow.ArrowSource(views, bad)
 
 
-def test_the_read_aheads_maps_hold_each_chunks_rows_where_the_files_map_holds_them(tmp_path):
-    """mapped_files: each chunk as a read-only view of the map its rows are read from (one that starts past the
-    file's beginning here), at the chunk's place in it; a chunk in RAM gets no map."""
-    data = np.arange(3 * 1024, dtype=np.float32).reshape(3, 1024)
+@pytest.mark.parametrize("indices", [None, np.array([3, 0, 2, 2], dtype=np.uint64)])
+def test_the_read_ahead_finds_each_row_at_its_place_in_the_files_map(tmp_path, indices):
+    """mapped_files: one map per file (the one the rows are read from; here one that starts past the file's
+    beginning, its chunks apart), item b of it the row_bytes bytes from byte b, each row's item where it lies."""
+    data = np.arange(4 * 1024, dtype=np.float32).reshape(4, 1024)
     path = tmp_path / "rows.bin"
-    path.write_bytes(b"\xff" * 8192 + data.tobytes())
+    path.write_bytes(b"\xff" * 8192 + data[:1].tobytes() + b"\xee" * 100 + data[1:].tobytes())
     with open(path, "rb") as file:
         mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ, offset=8192)
-    view = np.frombuffer(mapped, np.float32).reshape(3, 1024)
-    in_ram = data[:2] + 1
-    source = arrow.ArrowSource([view[:1], view[1:], in_ram], files=[str(path)])
+    first = np.frombuffer(mapped, np.float32, count=1024).reshape(1, 1024)
+    rest = np.frombuffer(mapped, np.float32, offset=4096 + 100).reshape(3, 1024)
+    source = arrow.ArrowSource([first, rest], indices, files=[str(path)])
     rows, maps = source.mapped_files()
-    assert rows is None and [first for first, _ in maps] == [0, 1, 3]
-    base = np.frombuffer(maps[0][1]._mmap, np.uint8)
-    assert (base.ctypes.data, len(base)) == (view.ctypes.data, len(mapped))  # the file's map itself
-    for (_, chunk), want, offset in zip(maps, (data[:1], data[1:]), (0, 4096)):
-        assert isinstance(chunk, np.memmap) and (chunk.filename, chunk.offset) == (str(path), offset)
-        assert chunk._mmap is maps[0][1]._mmap and not chunk.flags.writeable
-        np.testing.assert_array_equal(chunk, want)
-    assert getattr(maps[2][1], "_mmap", None) is None  # in RAM: nothing to ask the kernel for
-    assert source.mapped_files()[1] is maps  # mapped once
-    assert arrow.ArrowSource([in_ram]).mapped_files() == (None, [])
+    assert len(maps) == 1 and maps[0][0] == 0
+    items = maps[0][1]
+    assert isinstance(items, np.memmap) and items.filename == str(path) and not items.flags.writeable
+    assert (items.ctypes.data, items.strides, items.dtype.itemsize) == (first.ctypes.data, (1,), 4096)
+    want = data if indices is None else data[indices.astype(np.int64)]
+    assert len(rows) == len(want)
+    for row, item in zip(want, rows.tolist()):
+        assert items[item].tobytes() == row.tobytes()
+    assert source.mapped_files()[1] is maps  # made once
+    assert arrow.ArrowSource([data[:2] + 1]).mapped_files() == (None, [])  # in RAM: nothing to ask for
+    assert arrow.ArrowSource([first, data[:2] + 1], files=[str(path)]).mapped_files() == (None, [])
 
 
 def test_a_watched_file_rewritten_in_place_is_a_change(tmp_path):

@@ -24,9 +24,8 @@ raises :class:`~gpuloader.sources.base.SourceChangedError`. A file replaced by a
 rename is not a change: the maps hold the data that was opened.
 
 The disk tier's read-ahead (:mod:`gpuloader.readahead`) asks the kernel for
-the pages of the batches ahead through :meth:`ArrowSource.mapped_files`: the
-source's own read-only map of each file (made on first use), in which each
-chunk's rows lie at their byte offset in the file.
+the pages of the batches ahead through :meth:`ArrowSource.mapped_files`: each
+file's map, in which each row is found by its byte offset.
 """
 
 from __future__ import annotations
@@ -92,7 +91,7 @@ class ArrowSource(Source):
         self._one_region = len(self._bytes) == 1
         self._files = _Watched(files)
         self.on_disk = bool(files)  # type: ignore[misc]  # mapped files: counted against host_memory_limit
-        self._maps: list[tuple[int, np.ndarray]] | None = None  # mapped_files(), made on first use
+        self._maps: tuple[np.ndarray | None, list[tuple[int, np.ndarray]]] | None = None  # mapped_files()
 
     @property
     def files(self) -> list[str]:
@@ -106,39 +105,53 @@ class ArrowSource(Source):
         return f"{name} (Arrow column in {files[0]!r}{more})"
 
     def mapped_files(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
-        """The chunks as rows of their files' maps, for the disk tier's page requests (:mod:`gpuloader.readahead`).
+        """The rows as places in their files' maps, for the disk tier's page requests (:mod:`gpuloader.readahead`).
 
-        ``(index mapping, [(first column row of the chunk, rows), ...])``: a
-        chunk's rows are a read-only ``np.memmap`` view of the dataset's own map
-        of its file (found in ``/proc/self/maps``), so the pages requested, the
-        read-around advice and the ``mincore`` check (fast on pages already
-        mapped) all concern the mapping the rows are copied from. The view's
-        ``_mmap`` is that map's memory, holding this source's chunks, so the map
-        stays mapped while the read-ahead holds it. A chunk outside the watched
-        files is a plain view (no requests for it); no files, no maps. Made on
-        first use.
+        Record batches lie in a file with headers between them, so rows are not
+        evenly spaced in it. Each file's map (the dataset's own, found in
+        ``/proc/self/maps``, so the pages requested, the read-around advice and
+        the ``mincore`` check all concern the mapping the rows are copied from)
+        is therefore given as a read-only ``np.memmap`` of overlapping
+        ``row_bytes``-byte items one byte apart: item ``b`` starts at byte ``b``.
+        The returned rows are each source row's item: its byte offset in its
+        file's map, after the maps of the files before it. One map per file
+        keeps the read-ahead's work per pass small (one entry per file, not per
+        record batch).
+
+        Cost: made on first use, an ``int64`` per row (the only memory it
+        holds). The map's memory object holds this source's chunks, so the map
+        stays mapped while the read-ahead holds it. ``(None, [])`` (no page
+        requests) where a chunk is not in one of the watched files' maps.
         """
         if self._maps is None:
-            self._maps = self._chunk_maps()
-        return self._indices, self._maps
+            self._maps = self._file_maps()
+        return self._maps
 
-    def _chunk_maps(self) -> list[tuple[int, np.ndarray]]:
-        regions: dict[int, Any] = {}
-        maps: list[tuple[int, np.ndarray]] = []
-        for view, first, span in zip(self._views, self._firsts.tolist(), _file_spans(self._views)):
+    def _file_maps(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+        spans = _file_spans(self._views)
+        if any(span is None or span[0] not in self._files.paths for span in spans):
+            return None, []
+        maps: dict[int, tuple[int, np.ndarray]] = {}  # map start address -> (its first item, its items)
+        items = np.empty(self._column_rows, dtype=np.int64)
+        total = 0
+        for view, first, span in zip(self._views, self._firsts.tolist(), spans):
+            path, start, end = span  # type: ignore[misc]
             address = view.ctypes.data
-            if span is None or span[0] not in self._files.paths or address + view.nbytes > span[2]:
-                maps.append((first, view))
-                continue
-            path, start, end = span
-            if start not in regions:
-                regions[start] = _mapped_region(start, end - start, self._views)
-            region = regions[start]
-            rows = np.ndarray.__new__(np.memmap, view.shape, view.dtype, buffer=region, offset=address - start)
-            rows.flags.writeable = False
-            rows._mmap, rows.filename, rows.offset, rows.mode = region, path, address - start, "r"
-            maps.append((first, rows))
-        return maps if regions else []
+            if address + view.nbytes > end:
+                return None, []
+            if start not in maps:
+                count = end - start - self.row_bytes + 1
+                region = _mapped_region(start, end - start, self._views)
+                rows = np.ndarray.__new__(np.memmap, (count,), np.dtype((np.void, self.row_bytes)), buffer=region,
+                                          strides=(1,))
+                rows.flags.writeable = False
+                rows._mmap, rows.filename, rows.offset, rows.mode = region, path, 0, "r"
+                maps[start] = (total, rows)
+                total += count
+            base = maps[start][0] + address - start
+            items[first:first + len(view)] = np.arange(base, base + len(view) * self.row_bytes, self.row_bytes)
+        rows_of = items if self._indices is None else items[self._indices]
+        return rows_of, list(maps.values())
 
     # ------------------------------------------------------------ reading
     def column_rows(self, rows: np.ndarray) -> np.ndarray:
