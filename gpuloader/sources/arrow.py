@@ -170,10 +170,11 @@ class ArrowSource(Source):
         the GIL, prefetching the pages of the row 4 rows ahead (a file map has
         4 KB pages, so nearly every row of a shuffled batch costs a page walk;
         overlapped with the copies, the epoch runs as fast as NumPy's ``take``
-        from a RAM array on 2 MB pages). Otherwise a ``searchsorted`` in NumPy, then ``_rows.gather`` once
-        per region touched. Without the compiled part, NumPy's fancy index (one
-        call per region; ``np.take`` would first copy the whole strided view),
-        which copies the batch's bytes twice: into a new array, then into ``out``.
+        from a RAM array on 2 MB pages). Otherwise a ``searchsorted`` in NumPy,
+        then ``_rows.gather`` once per region touched. Without the compiled part,
+        NumPy's fancy index (one call per region; ``np.take`` would first copy
+        the whole strided view), which copies the batch's bytes twice: into a
+        new array, then into ``out``.
         """
         if not len(rows):
             return
@@ -332,10 +333,6 @@ class _Watched:
         self._opened = [os.fstat(fd) for fd in self._fds]
         weakref.finalize(self, _close_all, list(self._fds))
 
-    def fd_of(self, path: str) -> int | None:
-        """The descriptor this watcher holds for ``path`` (None if it watches no such file)."""
-        return self._fds[self.paths.index(path)] if path in self.paths else None
-
     def check(self) -> None:
         for path, fd, opened in zip(self.paths, self._fds, self._opened):
             now = os.fstat(fd)
@@ -431,23 +428,10 @@ def _mapped_region(address: int, size: int, keep: list[np.ndarray]) -> Any:
 
 def mapped_files_of(views: list[np.ndarray]) -> list[str]:
     """The files ``/proc/self/maps`` says the views' first rows lie in (in order, without repeats)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            lines = maps.read().splitlines()
-    except OSError:
-        return []
-    table = []
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith("/"):
-            low, _, high = fields[0].partition("-")
-            table.append((int(low, 16), int(high, 16), fields[5].removesuffix(" (deleted)")))
     files: list[str] = []
-    for view in views:
-        address = view.ctypes.data
-        for start, end, path in table:
-            if start <= address < end and path not in files:
-                files.append(path)
+    for span in _file_spans(views):
+        if span is not None and span[0] not in files:
+            files.append(span[0])
     return [path for path in files if os.path.exists(path)]
 
 
