@@ -147,6 +147,18 @@ def test_one_region_is_read_by_one_compiled_call_per_batch(data, monkeypatch):
     assert calls == [37]  # the whole batch in one call: mapping, chunks and offsets worked out in C
 
 
+def test_a_compiled_part_built_before_take_existed_still_reads_every_row_and_is_reported(data, monkeypatch):
+    if arrow._rows is None:
+        pytest.skip("the compiled gather is not built (no C compiler)")
+
+    class Stale:  # what an in-place build from before this version holds
+        gather = staticmethod(arrow._rows.gather)
+
+    monkeypatch.setattr(arrow, "_rows", Stale)
+    check_reads(one_region_source(data), data)
+    assert "has no take()" in arrow.compiled_gather_missing()
+
+
 @pytest.mark.parametrize("mapping", [None, "uint64", "int32"])
 def test_the_compiled_take_finds_every_row_in_every_chunk(data, mapping):
     """Rows at each chunk's first and last place, in any order, with and without an index mapping."""

@@ -49,6 +49,10 @@ except ImportError as _error:  # pragma: no cover - depends on the build
 
 def compiled_gather_missing() -> str | None:
     """Why the compiled row gather (``_rows``) is not in use, with the fix; None when it is."""
+    if _rows is not None and not hasattr(_rows, "take"):
+        return ("the C extension gpuloader.sources._rows was built from an older source (it has no take()); Arrow "
+                "columns are gathered by its older, slower path. Fix: rebuild it (pip install -e . or python setup.py "
+                "build_ext --inplace).")
     if _rows is not None:
         return None
     return (f"the C extension gpuloader.sources._rows is not built ({_ROWS_ERROR or 'not imported'}); Arrow columns "
@@ -179,8 +183,9 @@ class ArrowSource(Source):
         if not len(rows):
             return
         rows = np.asarray(rows, dtype=np.int64)
-        if self._one_region and _rows is not None and out.flags.c_contiguous:
-            _rows.take(self._bytes[0], self._firsts, self._starts, self._indices, np.ascontiguousarray(rows),
+        take = getattr(_rows, "take", None)  # None without the compiled part, or with one built before it had take
+        if self._one_region and take is not None and out.flags.c_contiguous:
+            take(self._bytes[0], self._firsts, self._starts, self._indices, np.ascontiguousarray(rows),
                        self.row_bytes, out)
             return
         column_rows = self.column_rows(rows)
