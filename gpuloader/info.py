@@ -66,6 +66,8 @@ def info(
         (``devices``: ordinal, name, free and total bytes; ``reason`` when none is
         usable), ``augment_kernel`` (``{"built": True}``, or ``{"built": False,
         "reason"}``: the built-in augmentation ops then run on their NumPy path),
+        ``arrow_gather`` (the same for the compiled row gather of Arrow columns, Hugging
+        Face datasets: without it NumPy's fancy index reads them),
         ``inputs`` (Pillow, datasets, tensorflow: ``{"installed", "version", "reads"}``),
         ``env`` and ``placement`` (None when no dataset was described).
 
@@ -88,6 +90,7 @@ def info(
         "frameworks": {name: _try_import(name) for name in frameworks},
         "cuda": cuda_devices(),
         "augment_kernel": _augment_kernel(),
+        "arrow_gather": _arrow_gather(),
         "inputs": input_libraries(),
         "env": {name: os.environ.get(name) for name in (placement_lib.ENV_DEVICE, "KERAS_BACKEND")},
         "placement": None,
@@ -117,6 +120,13 @@ def _augment_kernel() -> dict[str, Any]:
     from gpuloader.augment import fused
 
     missing = fused.host_kernel_missing()
+    return {"built": True} if missing is None else {"built": False, "reason": missing}
+
+
+def _arrow_gather() -> dict[str, Any]:
+    from gpuloader.sources import arrow
+
+    missing = arrow.compiled_gather_missing()
     return {"built": True} if missing is None else {"built": False, "reason": missing}
 
 
@@ -310,6 +320,8 @@ def format_info(report: dict[str, Any]) -> str:
             )
     kernel = report["augment_kernel"]
     lines.append("augment    host kernel built" if kernel["built"] else f"augment    {kernel['reason']}")
+    gather = report["arrow_gather"]
+    lines.append("arrow      compiled row gather built" if gather["built"] else f"arrow      {gather['reason']}")
     for name, library in report.get("inputs", {}).items():
         shown = library["version"] if library["installed"] else "not installed"
         lines.append(f"{name:<10} {shown}  (input: {library['reads']})")

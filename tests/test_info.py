@@ -16,6 +16,7 @@ import gpuloader
 from gpuloader import __main__ as cli
 from gpuloader import __version__, _cuda, placement
 from gpuloader.augment import fused
+from gpuloader.sources import arrow
 
 main, parser = cli.main, cli.parser
 PUBLIC_NAMES = vars(gpuloader)["__all__"]
@@ -66,6 +67,8 @@ def test_versions_frameworks_and_no_device(no_gpu, monkeypatch):
     assert report["placement"] is None
     assert report["augment_kernel"] == {"built": fused.host_kernel() is not None, **(
         {} if fused.host_kernel() is not None else {"reason": fused.host_kernel_missing()})}
+    assert report["arrow_gather"] == ({"built": True} if arrow._rows is not None else
+                                      {"built": False, "reason": arrow.compiled_gather_missing()})
     json.dumps(report)  # serialisable as it is
     text = info_module.format_info(report)
     assert "CUDA       none: CuPy is not installed" in text
@@ -88,6 +91,20 @@ def test_a_missing_augmentation_kernel_is_reported_with_the_reason_and_the_fix(n
     assert report["augment_kernel"]["built"] is False
     assert "no compiled module here" in report["augment_kernel"]["reason"]
     assert "Fix: install a C compiler" in info_module.format_info(report)
+
+
+def test_the_compiled_arrow_gather_is_reported_built_or_missing_with_the_fix(no_gpu, monkeypatch):
+    if arrow._rows is not None:
+        report = gpuloader.info(frameworks=())
+        assert report["arrow_gather"] == {"built": True}
+        assert "arrow      compiled row gather built" in info_module.format_info(report)
+    monkeypatch.setattr(arrow, "_rows", None)
+    report = gpuloader.info(frameworks=())
+    assert report["arrow_gather"]["built"] is False
+    assert "gpuloader.sources._rows is not built" in report["arrow_gather"]["reason"]
+    text = info_module.format_info(report)
+    assert "arrow      the C extension gpuloader.sources._rows is not built" in text
+    assert "Fix: install a C compiler" in text
 
 
 def test_placement_without_a_gpu_is_the_host_with_the_reason(no_gpu):

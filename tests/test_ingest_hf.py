@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from unittest import mock
 
 import numpy as np
@@ -333,3 +334,49 @@ def test_image_columns_are_augmented_as_the_channels_last_cache_they_are(tmp_pat
                       {"augment": [gpuloader.augment.RandomFlip()], "data_format": "channels_first"}):
         with pytest.raises(ValueError, match=r"image columns are decoded channels-last.*leave data_format out"):
             gpuloader.from_hf_dataset(dataset, **arguments, **call)
+def pages_holding(dataset, rows_bytes: list[bytes]) -> set[tuple[str, int]]:
+    """``(file, page)`` of every page the given rows' bytes lie on, found by searching the dataset's files."""
+    page = 4096
+    pages = set()
+    files = {entry["filename"]: open(entry["filename"], "rb").read() for entry in dataset.cache_files}
+    for wanted in rows_bytes:
+        found = [(path, data.find(wanted)) for path, data in files.items() if data.find(wanted) >= 0]
+        assert len(found) == 1, "each row's bytes are in one file"
+        path, at = found[0]
+        pages.update((path, p) for p in range(at // page, (at + len(wanted) - 1) // page + 1))
+    return pages
+
+
+@pytest.mark.parametrize("shuffled", [False, True], ids=["in order", "through an indices mapping"])
+def test_the_disk_tiers_read_ahead_asks_for_the_pages_the_rows_lie_on_in_the_arrow_files(tmp_path, shuffled):
+    from gpuloader import readahead
+    from gpuloader.ingest.hf import arrow_source
+
+    dataset, x = rows_dataset(tmp_path, n=3000)  # 2 files of record batches of 64 rows, 32 bytes a row
+    column_rows = np.arange(len(x))
+    if shuffled:
+        dataset = dataset.shuffle(seed=3)
+        column_rows = np.asarray(dataset._indices.column("indices")).astype(np.int64)
+    leaf = readahead._Leaf(arrow_source(dataset, "x"))
+    for rows in (np.array([0, 63, 64, 1499, 1500, 2999]), np.random.default_rng(0).permutation(3000)[:40]):
+        asked = {(file.path, page) for file, start, length in leaf.ranges(rows)
+                 for page in range(start // 4096, (start + length) // 4096)}
+        assert asked == pages_holding(dataset, [x[r].tobytes() for r in column_rows[rows]])
+
+
+def test_an_hf_epoch_on_the_disk_tier_has_its_pages_requested_ahead(tmp_path, monkeypatch):
+    from gpuloader import readahead
+
+    made = []
+    monkeypatch.setattr(readahead, "willneed", lambda file, start, length: made.append(file.path))
+    monkeypatch.setattr(readahead, "all_cached", lambda file: False)  # as after a reboot
+    monkeypatch.setattr(readahead, "SWEEP_SHARE", 0.0)  # the window only: requests per batch
+    dataset, _ = rows_dataset(tmp_path, n=3000)
+    loader = gpuloader.from_hf_dataset(dataset, x="x", y="y", batch_size=100, verbose=False)
+    assert loader.placement == "disk"
+    seen = []
+    for _, y in loader.get_numpy_iterator():
+        seen.extend(np.asarray(y).tolist())
+        time.sleep(0.01)  # a training step: the read-ahead thread runs meanwhile
+    assert sorted(seen) == list(range(3000))
+    assert set(made) == {entry["filename"] for entry in dataset.cache_files}, "both files' pages were asked for"

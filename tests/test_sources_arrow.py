@@ -8,6 +8,8 @@ index mapping; registered in ``sources.OPENERS`` for ``pyarrow`` values.
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,7 @@ def test_an_index_mapping_is_applied_row_for_row(data):
     column = chunked(data)
     source = arrow.ArrowSource(arrow.column_views(column.chunks, "x"), indices)
     check_reads(source, data[indices.astype(np.int64)])
+    assert np.shares_memory(source._indices, indices)  # datasets' uint64 mapping is read as is, not copied
 
 
 def test_the_loader_serves_an_arrow_column_as_it_serves_the_array(data):
@@ -105,6 +108,132 @@ def test_the_compiled_gather_refuses_an_offset_outside_its_region():
         arrow._rows.gather(region, np.array([-1, 0], dtype=np.int64), 10, out)
     with pytest.raises(ValueError, match="exactly len"):
         arrow._rows.gather(region, np.array([0], dtype=np.int64), 10, out)
+
+
+def one_region_source(data: np.ndarray, indices=None) -> arrow.ArrowSource:
+    """An ArrowSource whose chunks (40, 1, 50, 12 rows) lie in one region, a row of -1s before each (as record
+    batches lie in an Arrow file, headers between them): a row found in the wrong chunk reads other bytes."""
+    region = np.full((len(data) + 4) * 6, -1, data.dtype)
+    views, start, place = [], 0, 0
+    for size in (40, 1, 50, 12):
+        place += 6
+        region[place:place + size * 6] = data[start:start + size].reshape(-1)
+        views.append(region[place:place + size * 6].reshape(size, 2, 3))
+        start, place = start + size, place + size * 6
+    source = arrow.ArrowSource(views, indices)
+    assert len(source._bytes) == 1  # as /proc/self/maps found the buffer: one region
+    return source
+
+
+def test_one_region_is_read_by_one_compiled_call_per_batch(data, monkeypatch):
+    if arrow._rows is None:
+        pytest.skip("the compiled gather is not built (no C compiler)")
+    calls, compiled = [], arrow._rows
+
+    class Counting:
+        gather = staticmethod(compiled.gather)
+
+        @staticmethod
+        def take(*args):
+            calls.append(len(args[4]))
+            return compiled.take(*args)
+
+    monkeypatch.setattr(arrow, "_rows", Counting)
+    source = one_region_source(data)
+    rows = np.random.default_rng(1).permutation(ROWS)[:37]
+    out = np.empty((37, 2, 3), np.int32)
+    source.read_sorted(rows, out)
+    np.testing.assert_array_equal(out, data[rows])
+    assert calls == [37]  # the whole batch in one call: mapping, chunks and offsets worked out in C
+
+
+def test_a_compiled_part_built_before_take_existed_still_reads_every_row_and_is_reported(data, monkeypatch):
+    if arrow._rows is None:
+        pytest.skip("the compiled gather is not built (no C compiler)")
+
+    class Stale:  # what an in-place build from before this version holds
+        gather = staticmethod(arrow._rows.gather)
+
+    monkeypatch.setattr(arrow, "_rows", Stale)
+    check_reads(one_region_source(data), data)
+    assert "has no take()" in arrow.compiled_gather_missing()
+
+
+@pytest.mark.parametrize("mapping", [None, "uint64", "int32"])
+def test_the_compiled_take_finds_every_row_in_every_chunk(data, mapping):
+    """Rows at each chunk's first and last place, in any order, with and without an index mapping."""
+    if arrow._rows is None:
+        pytest.skip("the compiled gather is not built (no C compiler)")
+    indices = None if mapping is None else np.array([102, 0, 39, 40, 41, 90, 91, 5, 5], dtype=mapping)
+    source = one_region_source(data, indices)
+    want = data if indices is None else data[indices.astype(np.int64)]
+    edges = np.array([0, 39, 40, 41, 90, 91, 102]) if indices is None else np.arange(len(indices))
+    for rows in (edges, edges[::-1], np.repeat(edges, 2)):
+        out = np.zeros((len(rows), 2, 3), np.int32)
+        source.read_sorted(rows, out)
+        np.testing.assert_array_equal(out, want[rows])
+
+
+def test_the_compiled_take_refuses_a_row_outside_and_copies_nothing():
+    if arrow._rows is None:
+        pytest.skip("the compiled gather is not built (no C compiler)")
+    take = arrow._rows.take
+    region = np.arange(100, dtype=np.uint8)
+    firsts, starts = np.array([0, 4, 9], dtype=np.int64), np.array([0, 50], dtype=np.int64)  # 4 rows, then 5
+    out = np.zeros(20, np.uint8)
+    take(region, firsts, starts, None, np.array([3, 4], dtype=np.int64), 10, out)
+    np.testing.assert_array_equal(out, np.r_[30:40, 50:60])
+    take(region, firsts, starts, np.array([8, 0], dtype=np.int64), np.array([0, 1], dtype=np.int64), 10, out)
+    np.testing.assert_array_equal(out, np.r_[90:100, 0:10])  # through the mapping
+    out[:] = 7
+    for indices, rows, what in ((None, [0, 9], "row 9"), (None, [-1, 0], "row -1"),
+                                (np.array([0, 9]), [0, 1], "mapped row 9"),
+                                (np.array([0, -2]), [0, 1], "mapped row -2"),
+                                (np.array([0]), [0, 1], "row 1")):
+        with pytest.raises(IndexError, match=f"rows\\[.\\]: {what} is outside"):
+            take(region, firsts, starts, None if indices is None else indices.astype(np.int64),
+                 np.array(rows, dtype=np.int64), 10, out)
+        assert (out == 7).all(), "nothing is copied when one row is outside"
+    with pytest.raises(IndexError, match="byte offset 95"):  # the second chunk runs past the region's end
+        take(region, np.array([0, 4, 9], dtype=np.int64), np.array([0, 55], dtype=np.int64), None,
+             np.array([8], dtype=np.int64), 10, out[:10])
+    with pytest.raises(ValueError, match="exactly len"):
+        take(region, firsts, starts, None, np.array([0], dtype=np.int64), 10, out)
+    with pytest.raises(ValueError, match="len\\(firsts\\) == len\\(starts\\) \\+ 1"):
+        take(region, firsts[:2], starts, None, np.array([0], dtype=np.int64), 10, out[:10])
+
+
+def test_an_index_mapping_outside_the_column_is_refused_at_construction(data):
+    views = arrow.column_views(chunked(data).chunks, "x")
+    for bad in (np.array([0, ROWS], dtype=np.uint64), np.array([2**63 + 1], dtype=np.uint64), np.array([-1])):
+        with pytest.raises(ValueError, match="index mapping must hold column rows 0 to 102"):
+            arrow.ArrowSource(views, bad)
+
+
+@pytest.mark.parametrize("indices", [None, np.array([3, 0, 2, 2], dtype=np.uint64)])
+def test_the_read_ahead_finds_each_row_at_its_place_in_the_files_map(tmp_path, indices):
+    """mapped_files: one map per file (the one the rows are read from; here one that starts past the file's
+    beginning, its chunks apart), item b of it the row_bytes bytes from byte b, each row's item where it lies."""
+    data = np.arange(4 * 1024, dtype=np.float32).reshape(4, 1024)
+    path = tmp_path / "rows.bin"
+    path.write_bytes(b"\xff" * 8192 + data[:1].tobytes() + b"\xee" * 100 + data[1:].tobytes())
+    with open(path, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ, offset=8192)
+    first = np.frombuffer(mapped, np.float32, count=1024).reshape(1, 1024)
+    rest = np.frombuffer(mapped, np.float32, offset=4096 + 100).reshape(3, 1024)
+    source = arrow.ArrowSource([first, rest], indices, files=[str(path)])
+    rows, maps = source.mapped_files()
+    assert len(maps) == 1 and maps[0][0] == 0
+    items = maps[0][1]
+    assert isinstance(items, np.memmap) and items.filename == str(path) and not items.flags.writeable
+    assert (items.ctypes.data, items.strides, items.dtype.itemsize) == (first.ctypes.data, (1,), 4096)
+    want = data if indices is None else data[indices.astype(np.int64)]
+    assert len(rows) == len(want)
+    for row, item in zip(want, rows.tolist()):
+        assert items[item].tobytes() == row.tobytes()
+    assert source.mapped_files()[1] is maps  # made once
+    assert arrow.ArrowSource([data[:2] + 1]).mapped_files() == (None, [])  # in RAM: nothing to ask for
+    assert arrow.ArrowSource([first, data[:2] + 1], files=[str(path)]).mapped_files() == (None, [])
 
 
 def test_a_watched_file_rewritten_in_place_is_a_change(tmp_path):

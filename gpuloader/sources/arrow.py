@@ -22,6 +22,10 @@ descriptor each, nothing mapped) and ``fstat``-ed before every batch: a file
 rewritten or truncated in place (which would crash a memory map with SIGBUS)
 raises :class:`~gpuloader.sources.base.SourceChangedError`. A file replaced by a
 rename is not a change: the maps hold the data that was opened.
+
+The disk tier's read-ahead (:mod:`gpuloader.readahead`) asks the kernel for
+the pages of the batches ahead through :meth:`ArrowSource.mapped_files`: each
+file's map, in which each row is found by its byte offset.
 """
 
 from __future__ import annotations
@@ -37,8 +41,23 @@ from gpuloader.sources.base import Source, SourceChangedError
 
 try:  # the compiled gather (setup.py builds it where a C compiler is found); else NumPy's fancy index
     from gpuloader.sources import _rows
-except ImportError:  # pragma: no cover - depends on the build
+    _ROWS_ERROR = ""
+except ImportError as _error:  # pragma: no cover - depends on the build
     _rows = None
+    _ROWS_ERROR = str(_error)
+
+
+def compiled_gather_missing() -> str | None:
+    """Why the compiled row gather (``_rows``) is not in use, with the fix; None when it is."""
+    if _rows is not None and not hasattr(_rows, "take"):
+        return ("the C extension gpuloader.sources._rows was built from an older source (it has no take()); Arrow "
+                "columns are gathered by its older, slower path. Fix: rebuild it (pip install -e . or python setup.py "
+                "build_ext --inplace).")
+    if _rows is not None:
+        return None
+    return (f"the C extension gpuloader.sources._rows is not built ({_ROWS_ERROR or 'not imported'}); Arrow columns "
+            "(Hugging Face datasets) are gathered by NumPy's fancy index (same rows, the batch's bytes copied twice). "
+            "Fix: install a C compiler and reinstall gpuloader.")
 
 
 class ArrowSource(Source):
@@ -63,7 +82,12 @@ class ArrowSource(Source):
         lengths = [len(view) for view in views]
         self._firsts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # column row of each chunk
         self._column_rows = int(self._firsts[-1])
-        self._indices = indices
+        self._indices = None if indices is None else _as_int64(indices)
+        if self._indices is not None and len(self._indices) and not (
+                0 <= self._indices.min() and self._indices.max() < self._column_rows):
+            raise ValueError(f"an index mapping must hold column rows 0 to {self._column_rows - 1}; this one holds "
+                             f"{int(self._indices.min())} to {int(self._indices.max())}. Fix: "
+                             "dataset = dataset.flatten_indices().")
         rows = self._column_rows if indices is None else len(indices)
         self.shape = (rows, *(int(size) for size in first.shape[1:]))
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
@@ -71,6 +95,7 @@ class ArrowSource(Source):
         self._one_region = len(self._bytes) == 1
         self._files = _Watched(files)
         self.on_disk = bool(files)  # type: ignore[misc]  # mapped files: counted against host_memory_limit
+        self._maps: tuple[np.ndarray | None, list[tuple[int, np.ndarray]]] | None = None  # mapped_files()
 
     @property
     def files(self) -> list[str]:
@@ -83,25 +108,87 @@ class ArrowSource(Source):
         more = f" and {len(files) - 1} more" if len(files) > 1 else ""
         return f"{name} (Arrow column in {files[0]!r}{more})"
 
+    def mapped_files(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+        """The rows as places in their files' maps, for the disk tier's page requests (:mod:`gpuloader.readahead`).
+
+        Record batches lie in a file with headers between them, so rows are not
+        evenly spaced in it. Each file's map (the dataset's own, found in
+        ``/proc/self/maps``, so the pages requested, the read-around advice and
+        the ``mincore`` check all concern the mapping the rows are copied from)
+        is therefore given as a read-only ``np.memmap`` of overlapping
+        ``row_bytes``-byte items one byte apart: item ``b`` starts at byte ``b``.
+        The returned rows are each source row's item: its byte offset in its
+        file's map, after the maps of the files before it. One map per file
+        keeps the read-ahead's work per pass small (one entry per file, not per
+        record batch).
+
+        Cost: made on first use, an ``int64`` per row (the only memory it
+        holds). The map's memory object holds this source's chunks, so the map
+        stays mapped while the read-ahead holds it. ``(None, [])`` (no page
+        requests) where a chunk is not in one of the watched files' maps.
+        """
+        if self._maps is None:
+            self._maps = self._file_maps()
+        return self._maps
+
+    def _file_maps(self) -> tuple[np.ndarray | None, list[tuple[int, np.ndarray]]]:
+        spans = _file_spans(self._views)
+        if any(span is None or span[0] not in self._files.paths for span in spans):
+            return None, []
+        maps: dict[int, tuple[int, np.ndarray]] = {}  # map start address -> (its first item, its items)
+        items = np.empty(self._column_rows, dtype=np.int64)
+        total = 0
+        for view, first, span in zip(self._views, self._firsts.tolist(), spans):
+            path, start, end = span  # type: ignore[misc]
+            address = view.ctypes.data
+            if address + view.nbytes > end:
+                return None, []
+            if start not in maps:
+                count = end - start - self.row_bytes + 1
+                region = _mapped_region(start, end - start, self._views)
+                rows = np.ndarray.__new__(np.memmap, (count,), np.dtype((np.void, self.row_bytes)), buffer=region,
+                                          strides=(1,))
+                rows.flags.writeable = False
+                rows._mmap, rows.filename, rows.offset, rows.mode = region, path, 0, "r"
+                maps[start] = (total, rows)
+                total += count
+            base = maps[start][0] + address - start
+            items[first:first + len(view)] = np.arange(base, base + len(view) * self.row_bytes, self.row_bytes)
+        rows_of = items if self._indices is None else items[self._indices]
+        return rows_of, list(maps.values())
+
     # ------------------------------------------------------------ reading
     def column_rows(self, rows: np.ndarray) -> np.ndarray:
         """The column's rows (int64) that rows ``rows`` of this source are (the index mapping applied)."""
         if self._indices is None:
             return rows
-        return self._indices[rows].astype(np.int64, copy=False)
+        return self._indices[rows]
 
     def read_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
         """``out[i] = self[rows[i]]``, rows in any order: each row copied from its byte offset in its region.
 
-        Cost: per batch, a ``searchsorted`` over the chunks' first rows, then one
-        ``memcpy`` per row (``_rows.gather``, without the GIL), one call per region
-        touched. Without the compiled part, NumPy's fancy index (one call per
-        region; ``np.take`` would first copy the whole strided view), which copies
-        the batch's bytes twice: into a new array, then into ``out``.
+        Cost: where the chunks lie in one mapped region (the usual case), one call
+        of the compiled ``_rows.take`` per batch: it applies the index mapping,
+        finds each row's chunk (a binary search over the chunks' first rows) and
+        byte offset, checks them all, then copies one ``memcpy`` per row, without
+        the GIL, prefetching the pages of the row 4 rows ahead (a file map has
+        4 KB pages, so nearly every row of a shuffled batch costs a page walk;
+        overlapped with the copies, the epoch runs as fast as NumPy's ``take``
+        from a RAM array on 2 MB pages). Otherwise a ``searchsorted`` in NumPy,
+        then ``_rows.gather`` once per region touched. Without the compiled part,
+        NumPy's fancy index (one call per region; ``np.take`` would first copy
+        the whole strided view), which copies the batch's bytes twice: into a
+        new array, then into ``out``.
         """
         if not len(rows):
             return
-        column_rows = self.column_rows(np.asarray(rows, dtype=np.int64))
+        rows = np.asarray(rows, dtype=np.int64)
+        take = getattr(_rows, "take", None)  # None without the compiled part, or with one built before it had take
+        if self._one_region and take is not None and out.flags.c_contiguous:
+            take(self._bytes[0], self._firsts, self._starts, self._indices, np.ascontiguousarray(rows),
+                       self.row_bytes, out)
+            return
+        column_rows = self.column_rows(rows)
         chunk = np.searchsorted(self._firsts, column_rows, side="right") - 1
         offsets = self._starts[chunk] + (column_rows - self._firsts[chunk]) * self.row_bytes
         flat = out.reshape(-1).view(np.uint8)  # the rows' bytes, in order
@@ -143,6 +230,18 @@ class ArrowSource(Source):
         Cost: one ``os.fstat`` per file (a dataset has few), a few microseconds each.
         """
         self._files.check()
+
+
+def _as_int64(indices: np.ndarray) -> np.ndarray:
+    """An index mapping as C-contiguous int64, without a copy where it already is 8-byte integers.
+
+    A ``uint64`` mapping (what ``datasets`` writes) is viewed as ``int64``: a value of 2**63 or more
+    reads as negative, which every read refuses as outside the column, as it is.
+    """
+    indices = np.ascontiguousarray(indices)
+    if indices.dtype == np.uint64:
+        return indices.view(np.int64)
+    return indices.astype(np.int64, copy=False)
 
 
 def _regions(views: list[np.ndarray], row_bytes: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -300,25 +399,44 @@ def column_views(chunks: list[Any], name: str) -> list[np.ndarray]:
     return views
 
 
-def mapped_files_of(views: list[np.ndarray]) -> list[str]:
-    """The files ``/proc/self/maps`` says the views' first rows lie in (in order, without repeats)."""
+def _file_spans(views: list[np.ndarray]) -> list[tuple[str, int, int] | None]:
+    """The file mapping holding each view's first byte, ``(file, start address, end address)``, from
+    ``/proc/self/maps``; None where it is not in a mapped file."""
     try:
         with open("/proc/self/maps") as maps:
             lines = maps.read().splitlines()
     except OSError:
-        return []
+        return [None] * len(views)
     table = []
     for line in lines:
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5].startswith("/"):
             low, _, high = fields[0].partition("-")
             table.append((int(low, 16), int(high, 16), fields[5].removesuffix(" (deleted)")))
-    files: list[str] = []
+    spans: list[tuple[str, int, int] | None] = []
     for view in views:
         address = view.ctypes.data
-        for start, end, path in table:
-            if start <= address < end and path not in files:
-                files.append(path)
+        spans.append(next(((path, start, end) for start, end, path in table if start <= address < end), None))
+    return spans
+
+
+def _mapped_region(address: int, size: int, keep: list[np.ndarray]) -> Any:
+    """``size`` mapped bytes at ``address`` as a hashable, weak-referenceable buffer (what the read-ahead's
+    bookkeeping takes a map to be), which holds ``keep`` (views over the Arrow buffers that hold the map)."""
+    import ctypes
+
+    kind = type("MappedRegion", (ctypes.c_uint8 * size,), {"__hash__": object.__hash__})
+    region = kind.from_address(address)
+    region.keep = keep
+    return region
+
+
+def mapped_files_of(views: list[np.ndarray]) -> list[str]:
+    """The files ``/proc/self/maps`` says the views' first rows lie in (in order, without repeats)."""
+    files: list[str] = []
+    for span in _file_spans(views):
+        if span is not None and span[0] not in files:
+            files.append(span[0])
     return [path for path in files if os.path.exists(path)]
 
 
