@@ -275,7 +275,7 @@ def test_the_thread_pool_fills_every_row_and_names_a_bad_file_in_any_chunk(tmp_p
     def no_worker(*args, **kwargs):
         raise AssertionError("a worker process was started for a job the threads should decode")
 
-    monkeypatch.setattr(decode.subprocess, "Popen", no_worker)
+    monkeypatch.setattr(decode, "_run_workers", no_worker)  # not Popen: importing Keras may start processes
     with pytest.warns(UserWarning, match=f"1 of {count} images could not be decoded"):
         loader = gpuloader.image_dataset_from_directory(tmp_path / "data", image_size=(4, 4), shuffle=False,
                                                         dtype="uint8", batch_size=count, cache_dir=tmp_path / "c",
@@ -283,6 +283,37 @@ def test_the_thread_pool_fills_every_row_and_names_a_bad_file_in_any_chunk(tmp_p
     expected = np.delete(np.arange(count) % 251, 200)
     np.testing.assert_array_equal(np.asarray(loader[0][0])[:, 0, 0, 0], expected)
     assert str(tmp_path / "data" / "only" / "0200.png") not in loader.file_paths
+
+
+@pytest.mark.parametrize("slow_in", ["pool", "caller"])
+def test_the_rest_of_a_decode_goes_the_way_its_trial_measured_faster_with_the_same_bytes(tmp_path, monkeypatch,
+                                                                                          slow_in):
+    """Threads lose to one thread where handing the GIL about costs more than it frees (tiny images on 2 cores)."""
+    import threading
+    import time
+
+    monkeypatch.setattr(decode, "CHUNK", 8)
+    monkeypatch.setattr(decode.os, "cpu_count", lambda: 2)
+    count = 12 * 8
+    write_numbered(tmp_path / "data" / "only", count)
+    original, where = decode.decode_rows, {}
+
+    def timed(items, start, *rest):
+        in_caller = threading.current_thread() is threading.main_thread()
+        where[start] = "caller" if in_caller else "pool"
+        if where[start] == slow_in:
+            time.sleep(0.03)
+        return original(items, start, *rest)
+
+    monkeypatch.setattr(decode, "decode_rows", timed)
+    loader = gpuloader.image_dataset_from_directory(tmp_path / "data", image_size=(4, 4), shuffle=False,
+                                                    dtype="uint8", batch_size=count, cache_dir=tmp_path / "c",
+                                                    verbose=False)
+    np.testing.assert_array_equal(np.asarray(loader[0][0])[:, 0, 0, 0], np.arange(count) % 251)
+    trial = {0: "caller", 8: "caller", 16: "pool", 24: "pool"}
+    assert {start: where[start] for start in trial} == trial
+    faster = "caller" if slow_in == "pool" else "pool"
+    assert {where[start] for start in range(32, count, 8)} == {faster}
 
 
 def test_the_progress_bar_counts_every_image_once(tmp_path, monkeypatch):

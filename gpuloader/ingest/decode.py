@@ -11,16 +11,20 @@ libjpeg at 1/2, 1/4 or 1/8 scale, never below twice the target, then filtered
 (not for ``nearest``, which must pick pixels, nor with ``crop_to_aspect_ratio``).
 
 The rows are decoded in chunks, in parallel, straight into the cache file (a
-shared memory map): no pixels are pickled. Small and medium jobs run in a pool
-of threads in the calling process: nothing to start, and Pillow releases the
-GIL while it inflates, converts and resamples, though its per-image Python
-work (about 60-80 us of CPU for a 28x28 PNG here) holds it. Measured on 2 cores
-with 5000 28x28 PNGs, the threads beat worker processes, whose start-up (a
-fresh interpreter importing NumPy and Pillow, 0.2-0.4 s each) cost more than
-the whole decode. Jobs of :data:`PROCESSES_FROM` images or more on machines
-of more than two cores go to worker processes, which spread that Python work
-over every core: fresh interpreters (:mod:`gpuloader.ingest._decode_worker`),
-never forks of the caller, which may run TensorFlow's threads.
+shared memory map): no pixels are pickled. Small and medium jobs run in the
+calling process: nothing to start. Pillow releases the GIL while it inflates,
+converts and resamples, but its per-image Python work (about 60-80 us of CPU
+for a 28x28 PNG here) holds it, and for tiny images threads handing the GIL
+back and forth were slower than one thread (on the same 2-core VM hours apart:
+a pool of two 1.57x faster than Keras's epoch, then 1.7x slower than one
+thread), so a long job times one thread against the pool on its first chunks
+and decodes the rest the faster way. Measured on 2 cores with 5000 28x28 PNGs,
+either beat worker processes, whose start-up (a fresh interpreter importing
+NumPy and Pillow, 0.2-0.4 s each) cost more than the whole decode. Jobs of
+:data:`PROCESSES_FROM` images or more on machines of more than two cores go to
+worker processes, which spread that Python work over every core: fresh
+interpreters (:mod:`gpuloader.ingest._decode_worker`), never forks of the
+caller, which may run TensorFlow's threads.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +57,8 @@ FILTERS = {"bilinear": "BILINEAR", "nearest": "NEAREST", "bicubic": "BICUBIC", "
 #: From this many images, on more than two cores, decode in worker processes (each starts in ~0.2-0.4 s).
 PROCESSES_FROM = 20000
 CHUNK = 128
+#: Decodes of at least this many chunks (plus one per thread) time one thread against the pool first.
+TRIAL_CHUNKS = 6
 #: A JPEG is decoded at a reduced scale only down to this many times the target size (then filtered).
 DRAFT_GAP = 2
 
@@ -273,23 +280,52 @@ def _decode_in_threads(
     items: Sequence[str | bytes], names: Sequence[str], out: np.ndarray, settings: DecodeSettings, threads: int,
     progress: Progress, problems: dict[int, str],
 ) -> None:
-    """Decode the chunks of ``items`` into ``out`` with ``threads`` threads (none: in this thread)."""
-    starts = range(0, len(items), CHUNK)
+    """Decode the chunks of ``items`` into ``out`` with ``threads`` threads (none: in this thread).
+
+    Threads pay only where Pillow's GIL-free work outweighs handing the GIL back and forth: for tiny images
+    (28x28 PNGs) two threads on a 2-core VM measured 1.7x slower than one (0.8-0.96 s against 0.38-0.6 s
+    for 5000). So with :data:`TRIAL_CHUNKS` chunks or more, one chunk after the first is timed in this
+    thread, the next ``threads`` chunks in the pool, and the rest go the faster way. The bytes are the same
+    either way (each image's decode is deterministic); the trial costs nothing beyond its own chunks.
+    """
+    starts = list(range(0, len(items), CHUNK))
 
     def chunk(start: int) -> list[tuple[int, str]]:
         return decode_rows(items[start:start + CHUNK], start, out, settings, names[start:start + CHUNK])
 
-    if threads <= 1:
-        for start in starts:
+    def serially(chosen: list[int]) -> None:
+        for start in chosen:
             problems.update(chunk(start))
             progress.advance(len(items[start:start + CHUNK]))
+
+    if threads <= 1:
+        serially(starts)
         return
+    if len(starts) >= TRIAL_CHUNKS + threads:
+        serially(starts[:1])  # the first chunk pays Pillow's plugin imports: not timed
+        began = time.perf_counter()
+        serially(starts[1:2])
+        one_thread = (time.perf_counter() - began) / CHUNK
+        began = time.perf_counter()
+        in_pool(starts[2:2 + threads], chunk, threads, progress, problems, len(items))
+        pooled = (time.perf_counter() - began) / (threads * CHUNK)
+        rest = starts[2 + threads:]
+        if pooled >= one_thread:
+            serially(rest)
+            return
+        starts = rest
+    in_pool(starts, chunk, threads, progress, problems, len(items))
+
+
+def in_pool(starts: list[int], chunk: Any, threads: int, progress: Progress, problems: dict[int, str],
+            n: int) -> None:
+    """``chunk(start)`` of every start, ``threads`` at a time; problems gathered, progress advanced in order."""
     with ThreadPoolExecutor(threads, thread_name_prefix="gpuloader-decode") as pool:
         futures = [pool.submit(chunk, start) for start in starts]
         try:
             for start, future in zip(starts, futures):
                 problems.update(future.result())
-                progress.advance(len(items[start:start + CHUNK]))
+                progress.advance(min(CHUNK, n - start))
         except BaseException:  # an interrupt or a failure: drop the chunks not yet started
             for future in futures:
                 future.cancel()
