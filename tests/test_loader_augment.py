@@ -250,6 +250,18 @@ def test_bad_augment_arguments_are_refused_at_construction(x_kind, value, messag
         Loader(data, y, batch_size=16, seed=7, augment=value, verbose=False)
 
 
+@pytest.mark.parametrize(("layer", "fix"), [("RandomFlip", r"gpuloader\.augment\.RandomFlip\(\.\.\.\)"),
+                                           ("RandomRotation", "a gpuloader.augment op")])
+def test_a_keras_layer_in_augment_is_refused_naming_the_op_to_use_or_the_model(layer, fix):
+    import keras
+
+    x, y = images()
+    made = keras.layers.RandomFlip("horizontal") if layer == "RandomFlip" else keras.layers.RandomRotation(0.1)
+    message = rf"is a Keras layer \({layer}\).*Fix: use {fix}, or put the layer in the model"
+    with pytest.raises(TypeError, match=message):
+        Loader(x, y, batch_size=16, seed=7, augment=[made], verbose=False)
+
+
 def test_a_list_of_images_with_augment_is_told_to_stack_them():
     x, y = images()
     with pytest.raises(ValueError, match=r"x is a list of samples.*np\.stack\(images\)"):

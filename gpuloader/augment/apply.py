@@ -37,6 +37,7 @@ from gpuloader.augment.ops import (
 from gpuloader.gather import is_aligned
 
 _BUILTIN = (*GEOMETRIC, Normalize)
+_BUILT_IN_NAMES = {kind.__name__ for kind in _BUILTIN}
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,14 @@ def check_augment(
                 raise TypeError(
                     f"augment[{position}] for {name} is {op!r} inside a list; augment.Same takes the place of the "
                     f"whole list. Fix: augment={{..., {name!r}: {op!r}}}, not [{op!r}]."
+                )
+            if any(kind.__name__ == "Layer" and kind.__module__.startswith("keras") for kind in type(op).__mro__):
+                kind = type(op).__name__
+                ours = f"gpuloader.augment.{kind}(...)" if kind in _BUILT_IN_NAMES else "a gpuloader.augment op"
+                raise TypeError(
+                    f"augment[{position}] for {name} is a Keras layer ({kind}); augment= takes gpuloader's ops, "
+                    f"which the loader runs on its keyed draws before the batch reaches the model. Fix: use "
+                    f"{ours}, or put the layer in the model."
                 )
             raise TypeError(f"augment[{position}] for {name} is not an op: {op!r}; {_PROTOCOL}.")
         if isinstance(op, AugmentOp) and type(op).apply is AugmentOp.apply:
