@@ -42,8 +42,8 @@ test-keras-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_PY) -m pytest -q $(KERAS_SEAM_TESTS)
 
 # make bench: the quick profile (2 rounds of the headline comparisons, augmentation rows included; progress and
-# time left for every case; about 3 minutes on a quiet 2-core machine: 2.3 minutes of CPU time measured on a fresh
-# clone, against 3.6 for the previous profile, which took a newcomer 5 minutes); make bench-full: the long version the README's figures come from (it adds the digits
+# time left for every case; about 4 minutes on a quiet 2-core machine with the mask and ingest suites; 2.3 minutes of CPU time on a fresh
+# clone before them, against 3.6 for the previous profile, which took a newcomer 5 minutes); make bench-full: the long version the README's figures come from (it adds the digits
 # mode, the steps_per_execution=32 fit rows, both datasets in fit and the augmentation fit rows). How bench/ is
 # built, and how to add a suite: bench/README.md. Extra arguments: make bench BENCH_ARGS="--suites host --modes epoch".
 BENCH_ARGS ?=

@@ -99,7 +99,11 @@ def run_case(case: str, work: Path, round_index: int) -> dict:
     import keras
     import tensorflow as tf
 
+    # Both libraries are imported before any timing (Keras's function is, by `import keras`), as the
+    # standalone run does before its forks.
     import gpuloader
+    import gpuloader.ingest.folder
+    import gpuloader.loader
 
     tf.constant(1.0) + 1.0  # the runtime's ~170 MB before any baseline
     folder = work / "images"
