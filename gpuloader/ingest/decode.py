@@ -307,17 +307,17 @@ def _decode_in_threads(
         serially(starts[1:2])
         one_thread = (time.perf_counter() - began) / CHUNK
         began = time.perf_counter()
-        in_pool(starts[2:2 + threads], chunk, threads, progress, problems, len(items))
+        _in_pool(starts[2:2 + threads], chunk, threads, progress, problems, len(items))
         pooled = (time.perf_counter() - began) / (threads * CHUNK)
         rest = starts[2 + threads:]
         if pooled >= one_thread:
             serially(rest)
             return
         starts = rest
-    in_pool(starts, chunk, threads, progress, problems, len(items))
+    _in_pool(starts, chunk, threads, progress, problems, len(items))
 
 
-def in_pool(starts: list[int], chunk: Any, threads: int, progress: Progress, problems: dict[int, str],
+def _in_pool(starts: list[int], chunk: Any, threads: int, progress: Progress, problems: dict[int, str],
             n: int) -> None:
     """``chunk(start)`` of every start, ``threads`` at a time; problems gathered, progress advanced in order."""
     with ThreadPoolExecutor(threads, thread_name_prefix="gpuloader-decode") as pool:
