@@ -36,6 +36,8 @@ def dtype_problem(dtype: Any, name: str, *, byte_order_ok: bool = False) -> str 
     loader converts inputs once), a non-native byte order.
     """
     dtype = np.dtype(dtype)
+    if (dtype, byte_order_ok) in _ACCEPTED:
+        return None  # the per-batch check of a transform's output: a set lookup, no text built
     kind = dtype.kind
     received = f"{name} has dtype {dtype}"
     if dtype.type.__module__.split(".")[0] == "ml_dtypes":  # bfloat16, float8_*, int4, ... (kind "V" or "f")
@@ -87,7 +89,12 @@ def dtype_problem(dtype: Any, name: str, *, byte_order_ok: bool = False) -> str 
             f"{received} in non-native byte order ({dtype.str}), which DLPack refuses; return native order: "
             "value.astype(value.dtype.newbyteorder('='))."
         )
+    _ACCEPTED.add((dtype, byte_order_ok))
     return None
+
+
+_ACCEPTED: set[tuple[np.dtype, bool]] = set()
+"""The (dtype, byte_order_ok) pairs ``dtype_problem`` found fine (a handful per process)."""
 
 
 def check_transform_output(result: Any, backend: str | None = None) -> tuple[Structure, list[Any]]:
@@ -181,7 +188,7 @@ def hand_off(array: Any, backend: str, *, known_aligned: bool = False) -> Any:
         known_aligned: the caller made ``array`` itself, C-contiguous and
             64-byte aligned (as :func:`gpuloader.gather.gather` does); skips the check.
     """
-    if isinstance(array, np.ndarray) and array.dtype.name == "bfloat16":
+    if isinstance(array, np.ndarray) and array.dtype.type.__name__ == "bfloat16":  # not dtype.name: Python code
         return _hand_off_bfloat16(array, backend, known_aligned)
     if backend == "tensorflow":
         global _tf_from_dlpack

@@ -555,3 +555,25 @@ def test_label_values_keep_their_meaning_arrays_large_ids_and_soft_binary_target
     np.testing.assert_array_equal(np.asarray(soft[0][1])[:, 0], [0.25, 1.0] * 6)
     with pytest.raises(ValueError, match=r"class_names names \['class_a'\] more than once"):
         gpuloader.image_dataset_from_directory(folder, class_names=["class_a", "class_a", "class_b"], **call)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_float32_batches_are_the_cached_bytes_cast_in_one_aligned_buffer(tmp_path, data_format):
+    import keras
+
+    from gpuloader.gather import is_aligned
+
+    folder = write_folder(tmp_path / "data", per_class=(8, 8, 8))
+    call = {"image_size": (12, 10), "shuffle": False, "batch_size": 24, "cache_dir": tmp_path / "c", "verbose": False}
+    previous = keras.config.image_data_format()
+    try:
+        keras.config.set_image_data_format(data_format)
+        stored = np.asarray(gpuloader.image_dataset_from_directory(folder, dtype="uint8", **call)[0][0])
+        loader = gpuloader.image_dataset_from_directory(folder, **call)
+        served = np.asarray(loader[0][0])
+        _, leaves = loader.pipeline.prepare(0, 0, False)
+    finally:
+        keras.config.set_image_data_format(previous)
+    assert served.dtype == np.float32 and served.shape == stored.shape
+    np.testing.assert_array_equal(served, stored.astype(np.float32))
+    assert is_aligned(leaves[0])  # the hand-off takes it as it is, with no second copy of the batch

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuloader.gather import aligned_empty
 from gpuloader.ingest import cache as cache_lib
 from gpuloader.ingest import decode
 
@@ -501,11 +502,19 @@ def _serve(dtype: str | None, transform: Callable[..., Any] | None) -> Callable[
         images = batch[0]
         if channels_first:
             images = (getattr(xp, "permute_dims", None) or xp.transpose)(images, (0, 3, 1, 2))
-            contiguous = getattr(xp, "ascontiguousarray", None)  # NumPy, CuPy: the copy and the cast in one pass
-            if contiguous is not None:
-                images = contiguous(images, dtype=xp.float32 if dtype == "float32" else images.dtype)
-        if dtype == "float32" and images.dtype != xp.float32:
-            images = xp.astype(images, xp.float32)
+        if xp is np and (channels_first or images.dtype != np.float32):
+            # One pass (the cast and the layout's copy together) into a buffer the hand-off takes as it is
+            # (64-byte aligned): NumPy's own result would be copied once more there.
+            out = aligned_empty(images.shape, np.float32 if dtype == "float32" else images.dtype)
+            np.copyto(out, images, casting="unsafe")
+            images = out
+        else:
+            if channels_first:
+                contiguous = getattr(xp, "ascontiguousarray", None)  # CuPy: the copy and the cast in one pass
+                if contiguous is not None:
+                    images = contiguous(images, dtype=xp.float32 if dtype == "float32" else images.dtype)
+            if dtype == "float32" and images.dtype != xp.float32:
+                images = xp.astype(images, xp.float32)
         batch = (images, *batch[1:])
         return batch if transform is None else transform(batch, xp)
 
