@@ -215,3 +215,23 @@ def test_a_seeded_shuffle_or_random_source_is_the_same_every_run_and_accepted(tm
     numbers = tf.data.Dataset.random(seed=4).take(6)  # seeded: the same numbers every run, not a random step
     loader = gpuloader.from_tf_dataset(numbers, cache_dir=tmp_path, batch_size=6, shuffle=False, verbose=False)
     np.testing.assert_array_equal(np.asarray(loader[0][0]), list(numbers.as_numpy_iterator()))
+
+
+def test_rebuild_reads_the_pipeline_again_and_later_calls_open_the_new_entry(tmp_path, monkeypatch):
+    n = 60
+    old = tf.data.Dataset.from_tensor_slices(np.zeros((n, 2), np.float32))
+    new = tf.data.Dataset.from_tensor_slices(np.ones((n, 2), np.float32))  # the data's new version, same key
+    call = {"cache_key": "rows-v1", "cache_dir": tmp_path, "batch_size": n, "shuffle": False, "verbose": False}
+    assert np.asarray(gpuloader.from_tf_dataset(old, **call)[0][0]).max() == 0
+    stale = gpuloader.from_tf_dataset(new, **call)  # same key: the old entry, as documented
+    assert np.asarray(stale[0][0]).max() == 0
+    rebuilt = gpuloader.from_tf_dataset(new, rebuild=True, **call)
+    assert np.asarray(rebuilt[0][0]).min() == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pipeline ran again")
+
+    monkeypatch.setattr(tfdata, "_materialise", refuse)
+    later = gpuloader.from_tf_dataset(new, **call)
+    assert np.asarray(later[0][0]).min() == 1
+    assert len([entry for entry in tmp_path.iterdir() if entry.name.startswith("tfdata-")]) == 1

@@ -82,17 +82,20 @@ def open_or_build(
     source: Mapping[str, Any],
     content: Any,
     build: Callable[[Path], dict[str, Any]],
+    rebuild: bool = False,
 ) -> Entry:
     """The entry for (``source``, ``content``): opened if built before, else built by ``build(folder)``.
 
     ``build`` writes ``<name>.npy`` files into the folder it is given and
     returns the manifest's extra fields, with ``"arrays"`` naming the files it
     wrote. Its exceptions propagate after the temporary folder is removed.
+    ``rebuild=True`` builds even if the entry exists and replaces it under the
+    same name, so later calls without ``rebuild`` open the new one.
     """
     source_hash, content_hash = digest(source)[:16], digest(content)[:16]
     name = f"{kind}-{source_hash}-{content_hash}"
     final = root / name
-    opened = _open(final, source, content_hash)
+    opened = None if rebuild else _open(final, source, content_hash)
     if opened is not None:
         return opened
     for stale in root.glob(f".tmp-{kind}-{source_hash}-*"):
@@ -106,11 +109,11 @@ def open_or_build(
         with open(temporary / MANIFEST, "w") as file:
             json.dump(manifest, file, default=str)
         if final.exists():
-            opened = _open(final, source, content_hash)
+            opened = None if rebuild else _open(final, source, content_hash)
             if opened is not None:  # another process finished the same entry first: use it
                 shutil.rmtree(temporary, ignore_errors=True)
                 return opened
-            shutil.rmtree(final, ignore_errors=True)  # an unreadable entry (e.g. an older format): replace it
+            shutil.rmtree(final, ignore_errors=True)  # the entry replaced, or unreadable (e.g. an older format)
         try:
             os.rename(temporary, final)
         except OSError:  # another process renamed its copy in first: use that one

@@ -63,7 +63,8 @@ def from_tf_dataset(
         cache_dir: where the cache lives (see :func:`gpuloader.image_dataset_from_directory`).
         cache_key: a string naming this data (and its version); None derives
             the key from the pipeline's serialized graph.
-        rebuild: read the pipeline again even if a cache entry exists.
+        rebuild: read the pipeline again even if a cache entry exists; the new entry replaces it (later
+            calls without ``rebuild`` open the new one).
         allow_batched: accept elements made by ``batch()`` (each one sample, e.g. a window of a series).
         allow_random: accept random ops or variables in the pipeline, drawn once when the cache is built.
         verbose: progress bar while reading (needs tqdm), and the Loader's own.
@@ -112,13 +113,13 @@ def from_tf_dataset(
                 "pipeline's data from another's; pass cache_key='a name for this data and its version'."
             ) from outside
         cache_key = _graph_key(strict)
-    content = {"key": cache_key, "shapes": shapes, "dtypes": dtypes, "rebuild": os.urandom(8).hex() if rebuild else 0}
+    content = {"key": cache_key, "shapes": shapes, "dtypes": dtypes}
     source = {"key": cache_key}
 
     def build(folder: Path) -> dict[str, Any]:
         return _materialise(tf, dataset, folder, shapes, dtypes, verbose)
 
-    entry = cache_lib.open_or_build(cache_lib.cache_root(cache_dir), "tfdata", source, content, build)
+    entry = cache_lib.open_or_build(cache_lib.cache_root(cache_dir), "tfdata", source, content, build, rebuild)
     arrays = tf.nest.pack_sequence_as(structure, [entry.array(f"c{i}") for i in range(len(components))],
                                       expand_composites=False)
     from gpuloader.loader import Loader
