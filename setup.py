@@ -1,8 +1,10 @@
 """The compiled parts: the host kernel of the built-in augmentation ops (gpuloader/augment/_pixels.c) and the
-gather of rows by byte offset for Arrow columns (gpuloader/sources/_rows.c).
+gather of rows by byte offset for Arrow columns (gpuloader/sources/_rows.c), and the stat of many files at once for
+the image folders' cache key (gpuloader/ingest/_stat.c).
 
 Everything else is in pyproject.toml. ``optional=True``: without a C compiler the
-install still succeeds and the ops (and the Arrow gather) run on their NumPy path (same bytes, slower);
+install still succeeds and the ops (the Arrow gather, the folder's stats) run on their Python path (same bytes,
+slower);
 ``python -m gpuloader info`` says which one is in use.
 """
 
@@ -21,6 +23,13 @@ setup(
             "gpuloader.sources._rows",
             sources=["gpuloader/sources/_rows.c"],
             extra_compile_args=["-O3"],
+            optional=True,
+        ),
+        Extension(
+            "gpuloader.ingest._stat",
+            sources=["gpuloader/ingest/_stat.c"],
+            extra_compile_args=["-O2", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         ),
     ]

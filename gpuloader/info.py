@@ -67,7 +67,8 @@ def info(
         usable), ``augment_kernel`` (``{"built": True}``, or ``{"built": False,
         "reason"}``: the built-in augmentation ops then run on their NumPy path),
         ``arrow_gather`` (the same for the compiled row gather of Arrow columns, Hugging
-        Face datasets: without it NumPy's fancy index reads them),
+        Face datasets: without it NumPy's fancy index reads them), ``folder_stat`` (the same
+        for the compiled stat of an image folder's files: without it ``os.stat`` in a loop),
         ``inputs`` (Pillow, datasets, tensorflow: ``{"installed", "version", "reads"}``),
         ``env`` and ``placement`` (None when no dataset was described).
 
@@ -91,6 +92,7 @@ def info(
         "cuda": cuda_devices(),
         "augment_kernel": _augment_kernel(),
         "arrow_gather": _arrow_gather(),
+        "folder_stat": _folder_stat(),
         "inputs": input_libraries(),
         "env": {name: os.environ.get(name) for name in (placement_lib.ENV_DEVICE, "KERAS_BACKEND")},
         "placement": None,
@@ -127,6 +129,13 @@ def _arrow_gather() -> dict[str, Any]:
     from gpuloader.sources import arrow
 
     missing = arrow.compiled_gather_missing()
+    return {"built": True} if missing is None else {"built": False, "reason": missing}
+
+
+def _folder_stat() -> dict[str, Any]:
+    from gpuloader.ingest import folder
+
+    missing = folder.compiled_stat_missing()
     return {"built": True} if missing is None else {"built": False, "reason": missing}
 
 
@@ -322,6 +331,8 @@ def format_info(report: dict[str, Any]) -> str:
     lines.append("augment    host kernel built" if kernel["built"] else f"augment    {kernel['reason']}")
     gather = report["arrow_gather"]
     lines.append("arrow      compiled row gather built" if gather["built"] else f"arrow      {gather['reason']}")
+    stats = report["folder_stat"]
+    lines.append("folder     compiled file stat built" if stats["built"] else f"folder     {stats['reason']}")
     for name, library in report.get("inputs", {}).items():
         shown = library["version"] if library["installed"] else "not installed"
         lines.append(f"{name:<10} {shown}  (input: {library['reads']})")

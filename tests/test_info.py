@@ -93,17 +93,29 @@ def test_a_missing_augmentation_kernel_is_reported_with_the_reason_and_the_fix(n
     assert "Fix: install a C compiler" in info_module.format_info(report)
 
 
-def test_the_compiled_arrow_gather_is_reported_built_or_missing_with_the_fix(no_gpu, monkeypatch):
-    if arrow._rows is not None:
+COMPILED_PARTS = [  # (module, its compiled attribute, report key, line when built, line when missing)
+    ("gpuloader.sources.arrow", "_rows", "arrow_gather", "arrow      compiled row gather built",
+     "arrow      the C extension gpuloader.sources._rows is not built"),
+    ("gpuloader.ingest.folder", "_stat", "folder_stat", "folder     compiled file stat built",
+     "folder     the C extension gpuloader.ingest._stat is not built"),
+]
+
+
+@pytest.mark.parametrize(("module_name", "attribute", "key", "built_line", "missing_line"), COMPILED_PARTS)
+def test_a_compiled_part_is_reported_built_or_missing_with_the_fix(no_gpu, monkeypatch, module_name, attribute, key,
+                                                                  built_line, missing_line):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    if getattr(module, attribute) is not None:
         report = gpuloader.info(frameworks=())
-        assert report["arrow_gather"] == {"built": True}
-        assert "arrow      compiled row gather built" in info_module.format_info(report)
-    monkeypatch.setattr(arrow, "_rows", None)
+        assert report[key] == {"built": True}
+        assert built_line in info_module.format_info(report)
+    monkeypatch.setattr(module, attribute, None)
     report = gpuloader.info(frameworks=())
-    assert report["arrow_gather"]["built"] is False
-    assert "gpuloader.sources._rows is not built" in report["arrow_gather"]["reason"]
+    assert report[key]["built"] is False
     text = info_module.format_info(report)
-    assert "arrow      the C extension gpuloader.sources._rows is not built" in text
+    assert missing_line in text
     assert "Fix: install a C compiler" in text
 
 

@@ -577,3 +577,43 @@ def test_float32_batches_are_the_cached_bytes_cast_in_one_aligned_buffer(tmp_pat
     assert served.dtype == np.float32 and served.shape == stored.shape
     np.testing.assert_array_equal(served, stored.astype(np.float32))
     assert is_aligned(leaves[0])  # the hand-off takes it as it is, with no second copy of the batch
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_stat_files_gives_what_os_stat_gives_and_names_a_missing_file(tmp_path, monkeypatch, compiled):
+    from gpuloader.ingest import folder
+
+    if compiled and folder._stat is None:
+        pytest.skip("gpuloader.ingest._stat is not built here")
+    if not compiled:
+        monkeypatch.setattr(folder, "_stat", None)
+    paths = []
+    for i in range(2100):  # enough for several threads
+        path = tmp_path / f"f{i:04d}.png"
+        path.write_bytes(b"x" * (i % 37))
+        paths.append(str(path))
+    os.symlink(paths[5], tmp_path / "link.png")  # followed, as os.stat follows it
+    paths.append(str(tmp_path / "link.png"))
+    paths.append(str(tmp_path / "n\u00e9e \u6f22.png"))  # a name beyond ASCII
+    Path(paths[-1]).write_bytes(b"abc")
+    expected = [(s.st_size, s.st_mtime_ns, s.st_ino, s.st_ctime_ns) for s in map(os.stat, paths)]
+    np.testing.assert_array_equal(folder.stat_files(paths), np.array(expected, dtype=np.int64))
+    gone = [*paths[:1500], str(tmp_path / "gone.png"), *paths[1500:]]
+    with pytest.raises(FileNotFoundError) as raised:
+        folder.stat_files(gone)
+    assert raised.value.filename == str(tmp_path / "gone.png")
+
+
+def test_the_compiled_stat_builds_without_a_warning_under_wall_wextra(tmp_path):
+    import shutil
+    import subprocess
+    import sysconfig
+
+    compiler = shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]) or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    source = Path(gpuloader.__file__).parent / "ingest" / "_stat.c"
+    command = [compiler, "-O2", "-Wall", "-Wextra", "-pthread", "-fPIC", f"-I{sysconfig.get_paths()['include']}",
+               "-c", str(source), "-o", str(tmp_path / "stat.o")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
