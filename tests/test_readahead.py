@@ -56,6 +56,19 @@ def no_sweep(monkeypatch):
     monkeypatch.setattr(readahead, "SWEEP_SHARE", 0.0)
 
 
+def long_sweep(monkeypatch):
+    """A sweep of one page a request, each taking 2 ms (about 1.3 s in all): its thread is still at work when a
+    test looks for it, however fast the batches are read."""
+    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", PAGE)
+    recorded = readahead.willneed
+
+    def slow(file, start, length):
+        time.sleep(0.002)
+        recorded(file, start, length)
+
+    monkeypatch.setattr(readahead, "willneed", slow)
+
+
 def readahead_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == "gpuloader-readahead"]
 
@@ -160,7 +173,7 @@ def test_the_window_is_bounded_in_bytes_too(page_rows, monkeypatch, requests):
 def test_an_abandoned_iteration_leaves_no_thread(page_rows, requests, monkeypatch):
     x, y = page_rows
     loader = Loader(x, y, batch_size=BATCH, seed=0, device="disk", verbose=False, workers=2)
-    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", PAGE)  # a long sweep: the thread is busy when closed
+    long_sweep(monkeypatch)  # the thread is busy when closed
     iterator = loader.get_numpy_iterator()
     next(iterator)
     next(iterator)
@@ -179,7 +192,7 @@ def test_the_thread_ends_while_a_reference_cycle_keeps_the_abandoned_iteration(p
 
     x, y = page_rows
     loader = Loader(x, y, batch_size=BATCH, seed=0, device="disk", verbose=False)
-    monkeypatch.setattr(readahead, "SWEEP_CHUNK_BYTES", PAGE)
+    long_sweep(monkeypatch)
     gc.disable()
     try:
         iterator = loader.get_numpy_iterator()

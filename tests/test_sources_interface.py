@@ -39,9 +39,12 @@ def built_in_sources(data: np.ndarray, tmp_path: Path) -> dict[str, tuple[Source
         np.save(shard_paths[-1], part)
     rows = np.array([0, 1, 5, 6, 7, 40, 41, 99, 102])
     shards = open_source(shard_paths, "x")
+    fortran = tmp_path / "f.npy"
+    np.save(fortran, np.asfortranarray(data))  # mapped as a strided view: not a run of rows per row
     return {
         "array": (open_source(data, "x"), data),
         "npy path": (open_source(path, "x"), data),
+        "Fortran-order npy": (open_source(fortran, "x"), data),
         "caller's memmap": (open_source(np.load(path, mmap_mode="r"), "x"), data),
         "shards": (shards, data),
         "subset of npy": (open_source(path, "x").subset(rows), data[rows]),
@@ -51,7 +54,7 @@ def built_in_sources(data: np.ndarray, tmp_path: Path) -> dict[str, tuple[Source
     }
 
 
-KINDS = ["array", "npy path", "caller's memmap", "shards", "subset of npy", "subset of shards",
+KINDS = ["array", "npy path", "Fortran-order npy", "caller's memmap", "shards", "subset of npy", "subset of shards",
          "subset of a subset", "subset of an array"]
 
 
@@ -72,12 +75,34 @@ def test_every_source_reads_the_rows_it_holds(data, tmp_path, kind):
     out = np.empty((n, *want.shape[1:]), want.dtype)
     read_rows_sorted(source, shuffled, out)
     np.testing.assert_array_equal(out, want[shuffled])
+    if source.reads_in_any_order:  # then read_rows_sorted hands it the rows as they come
+        out[...] = 0
+        source.read_sorted(shuffled, out)
+        np.testing.assert_array_equal(out, want[shuffled])
     picked = np.array([0, n // 2, n - 1])
     np.testing.assert_array_equal(source.subset(picked).read_range(0, 3), want[picked])
     source.check_unchanged()
     source.check_unchanged(slice(0, 2))
     source.check_unchanged(shuffled[:5])
     assert source.describe("x").startswith("x")
+
+
+def test_npy_files_read_a_batch_in_its_own_order_with_the_compiled_gather(data, tmp_path, monkeypatch):
+    from gpuloader.sources import npy
+
+    made = built_in_sources(data, tmp_path)
+    if npy._rows is None:
+        pytest.skip("the compiled row gather is not built here")
+    for kind in ("npy path", "caller's memmap", "subset of npy"):
+        assert made[kind][0].reads_in_any_order, kind  # no sort and no put-back copy per batch
+    assert not made["Fortran-order npy"][0].reads_in_any_order  # not rows of contiguous bytes: sorted, put back
+    monkeypatch.setattr(npy, "_rows", None)
+    without = open_source(tmp_path / "d.npy", "x")
+    assert not without.reads_in_any_order
+    shuffled = np.random.default_rng(1).permutation(len(data))
+    out = np.empty_like(data)
+    read_rows_sorted(without, shuffled, out)
+    np.testing.assert_array_equal(out, data[shuffled])
 
 
 def test_sources_on_disk_name_their_files_in_messages(data, tmp_path):

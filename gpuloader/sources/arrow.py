@@ -56,7 +56,8 @@ def compiled_gather_missing() -> str | None:
     if _rows is not None:
         return None
     return (f"the C extension gpuloader.sources._rows is not built ({_ROWS_ERROR or 'not imported'}); Arrow columns "
-            "(Hugging Face datasets) are gathered by NumPy's fancy index (same rows, the batch's bytes copied twice). "
+            "(Hugging Face datasets) are gathered by NumPy's fancy index, and .npy files on the disk tier read in "
+            "sorted order then put back (same rows, the batch's bytes copied twice). "
             "Fix: install a C compiler and reinstall gpuloader.")
 
 

@@ -47,7 +47,8 @@ class Source(abc.ABC):
     dtype: np.dtype
     on_disk: ClassVar[bool] = True
     #: True where :meth:`read_sorted` takes rows in any order as fast (rows already in memory or mapped, e.g.
-    #: Arrow): :func:`read_rows_sorted` then hands it the batch's rows as they are, with no sort and put-back.
+    #: Arrow, or ``.npy`` maps with the compiled gather): :func:`read_rows_sorted` then hands it the batch's
+    #: rows as they are, with no sort and put-back.
     reads_in_any_order: ClassVar[bool] = False
 
     # ------------------------------------------------------------ derived

@@ -27,6 +27,10 @@ class RowSubset(Source):
     def on_disk(self) -> bool:  # type: ignore[override]  # as the source it reads from
         return self.base.on_disk
 
+    @property
+    def reads_in_any_order(self) -> bool:  # type: ignore[override]  # as the source it reads from
+        return self.base.reads_in_any_order
+
     def describe(self, name: str) -> str:
         return self.base.describe(name)
 
