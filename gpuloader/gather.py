@@ -1,10 +1,11 @@
-"""Gather one batch: the rows a batch needs, copied into a fresh buffer.
+"""Gather one batch: the rows a batch needs, copied into a buffer of its own.
 
-Each batch is a fresh, C-contiguous allocation. On the host it is aligned to 64
-bytes (TensorFlow aborts the process on a less aligned buffer, see
-docs/design.md); CuPy's allocator aligns to 256 bytes. A fresh buffer per batch
-is what makes the zero-copy hand-off safe: a tensor a caller still holds is
-never overwritten by a later batch.
+Each batch is a C-contiguous buffer that nothing else holds. On the host it is
+aligned to 64 bytes (TensorFlow aborts the process on a less aligned buffer, see
+docs/design.md) and comes from a :class:`~gpuloader.blocks.BlockPool` (a block
+of an earlier batch once nothing holds it, else a new one); CuPy's allocator
+aligns to 256 bytes. A buffer no one holds is what makes the zero-copy hand-off
+safe: a tensor a caller still holds is never overwritten by a later batch.
 
 Cost: one copy of the batch's bytes (``batch_size x row bytes``) per leaf.
 
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuloader.blocks import BlockPool
 from gpuloader.sources import Source, is_disk_leaf, read_rows_sorted
 
 ALIGNMENT = 64
@@ -62,9 +64,10 @@ def _count(rows: slice | Any, n: int) -> int:
 class HostGather:
     """The host gather of fixed leaves, with each batch size's block layout computed once.
 
-    One fresh block per batch holds all of the batch's arrays, each C-contiguous
-    on a 64-byte boundary: one allocation per batch instead of one per array.
-    The block lives as long as any of its arrays does. Leaves kept as
+    One block per batch holds all of the batch's arrays, each C-contiguous
+    on a 64-byte boundary: one block per batch instead of one per array, from
+    a pool that reuses a block once nothing holds any of its arrays
+    (:mod:`gpuloader.blocks`), so its pages are not faulted in again. Leaves kept as
     :class:`~gpuloader.sources.Source`\\ s (on disk) are read through their
     interface, rows in ascending order (:func:`read_rows_sorted`).
 
@@ -78,6 +81,7 @@ class HostGather:
         self._reads_disk = any(is_disk_leaf(leaf) for leaf in leaves)
         self._n = int(leaves[0].shape[0])
         self._layouts: dict[int, tuple[int, list[tuple[tuple[int, ...], np.dtype, int]]]] = {}
+        self._blocks = BlockPool()
 
     def _layout(self, count: int) -> tuple[int, list[tuple[tuple[int, ...], np.dtype, int]]]:
         layout = self._layouts.get(count)
@@ -93,14 +97,14 @@ class HostGather:
     accepts_make = True  # Store.take(rows, make) may hand it leaves a kernel of the caller writes
 
     def __call__(self, rows: slice | np.ndarray, make: dict[int, Any] | None = None) -> list[np.ndarray]:
-        """Fresh arrays holding ``leaf[rows]`` of every leaf. Cost: the batch's bytes copied once.
+        """Arrays that nothing else holds, with ``leaf[rows]`` of every leaf. Cost: the batch's bytes copied once.
 
         ``make``: ``{leaf index: write(out)}`` for leaves whose batch the caller's
         kernel writes into ``out`` (its place in the block) instead of a copy of
         ``leaf[rows]`` (the augmentation's kernel, which reads the stored rows itself).
         """
         block_bytes, parts = self._layout(_count(rows, self._n))
-        block = np.empty(block_bytes, dtype=np.uint8)
+        block = self._blocks.take(block_bytes)
         start = -block.ctypes.data % ALIGNMENT
         outs = []
         with _disk_readers if self._reads_disk else contextlib.nullcontext():  # DISK_READERS at a time
