@@ -65,6 +65,14 @@ class BlockPool:
             self._keep(block)
             return block
 
+    def array(self, shape: tuple[int, ...], dtype: np.dtype | type | str, alignment: int = 64) -> np.ndarray:
+        """An uninitialised C-contiguous array starting on ``alignment`` bytes, in a block of this pool."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        block = self.take(nbytes + alignment)
+        start = -block.ctypes.data % alignment
+        return np.ndarray(shape, dtype, buffer=block, offset=start)
+
     def _keep(self, block: np.ndarray) -> None:
         """Keep ``block`` for reuse, first dropping kept blocks nothing holds when the pool is full."""
         kept = self._kept

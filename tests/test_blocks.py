@@ -74,3 +74,20 @@ def test_batches_held_by_torch_or_jax_keep_their_values(backend):
             kept.append((xb, np.array(xb)))
     for xb, then in kept:
         np.testing.assert_array_equal(np.asarray(xb), then)
+
+
+def test_normalized_batches_held_keep_their_values():
+    pytest.importorskip("tensorflow")
+    from gpuloader import augment
+
+    images = np.random.default_rng(0).integers(0, 255, (200, 8, 8, 3), dtype=np.uint8)
+    ops = [augment.RandomFlip(), augment.Normalize(127.5, 64.0)]  # a float32 buffer apart from the gather's block
+    loader = gpuloader.Loader(images, batch_size=10, seed=2, device="host", augment=ops, verbose=False)
+    kept = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for step, (xb,) in enumerate(loader.get_tf_dataset()):
+            if step % 4 == 0:
+                kept.append((xb, np.array(xb)))
+    for xb, then in kept:
+        np.testing.assert_array_equal(np.asarray(xb), then)

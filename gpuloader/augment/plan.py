@@ -31,6 +31,7 @@ from gpuloader.augment import fused as fused_lib
 from gpuloader.augment.apply import apply_augment, output_dtype
 from gpuloader.augment.assign import AugmentedInput
 from gpuloader.augment.normalize import Normalize
+from gpuloader.blocks import BlockPool
 
 FROM_STORE = "the host kernel, reading the stored images"
 CUDA = "one CUDA launch per batch (GatherAugment), reading the stored images"
@@ -89,6 +90,7 @@ class InputAugmentation:
         self._kernels: list[Any] = []
         self._why = ""
         self._apart = ""  # why a follower on a kernel path runs a pass of its own
+        self._blocks = BlockPool()  # host outputs of another dtype than the gather's block (a Normalize's)
         if on_gpu:
             self._kernels = self._gpu_kernels()
             self.path = CUDA if all(kernel is not None for kernel in self._kernels) else ARRAY_API
@@ -197,12 +199,12 @@ class InputAugmentation:
     def _write_host(
         self, sources: list[Any], rows: np.ndarray, ids: np.ndarray, draws: BatchDraws, outs: list[Any]
     ) -> list[Any]:
-        """The host kernel's one pass over ``rows`` of ``sources`` (leaves by index) into ``outs`` (None: new)."""
-        from gpuloader.gather import aligned_empty
-
+        """The host kernel's one pass over ``rows`` of ``sources`` (leaves by index) into ``outs`` (None: a buffer
+        of this input's pool, one that nothing holds any more)."""
         targets = [self, *self.followers]
         made = [
-            aligned_empty((len(rows), *sources[target.index].shape[1:]), target.output_dtype) if out is None else out
+            self._blocks.array((len(rows), *sources[target.index].shape[1:]), target.output_dtype)
+            if out is None else out
             for target, out in zip(targets, outs)
         ]
         followers = [(f._table, sources[f.index], out) for f, out in zip(self.followers, made[1:])]

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuloader.gather import aligned_empty
+from gpuloader.blocks import BlockPool
 from gpuloader.ingest import cache as cache_lib
 from gpuloader.ingest import decode
 
@@ -536,6 +536,8 @@ def _serve(dtype: str | None, transform: Callable[..., Any] | None) -> Callable[
     if dtype != "float32" and not channels_first:
         return transform
 
+    blocks = BlockPool()  # the batches' buffers, each reused once nothing holds it
+
     def serve(batch: tuple[Any, ...], xp: Any) -> tuple[Any, ...]:
         images = batch[0]
         if channels_first:
@@ -543,7 +545,7 @@ def _serve(dtype: str | None, transform: Callable[..., Any] | None) -> Callable[
         if xp is np and (channels_first or images.dtype != np.float32):
             # One pass (the cast and the layout's copy together) into a buffer the hand-off takes as it is
             # (64-byte aligned): NumPy's own result would be copied once more there.
-            out = aligned_empty(images.shape, np.float32 if dtype == "float32" else images.dtype)
+            out = blocks.array(images.shape, np.float32 if dtype == "float32" else images.dtype)
             np.copyto(out, images, casting="unsafe")
             images = out
         else:
