@@ -330,7 +330,8 @@ def format_info(report: dict[str, Any]) -> str:
     kernel = report["augment_kernel"]
     lines.append("augment    host kernel built" if kernel["built"] else f"augment    {kernel['reason']}")
     gather = report["arrow_gather"]
-    lines.append("arrow      compiled row gather built" if gather["built"] else f"arrow      {gather['reason']}")
+    lines.append("rows       compiled row gather built (Arrow columns, .npy files on disk)" if gather["built"]
+                 else f"rows       {gather['reason']}")
     stats = report["folder_stat"]
     lines.append("folder     compiled file stat built" if stats["built"] else f"folder     {stats['reason']}")
     for name, library in report.get("inputs", {}).items():

@@ -94,8 +94,8 @@ def test_a_missing_augmentation_kernel_is_reported_with_the_reason_and_the_fix(n
 
 
 COMPILED_PARTS = [  # (module, its compiled attribute, report key, line when built, line when missing)
-    ("gpuloader.sources.arrow", "_rows", "arrow_gather", "arrow      compiled row gather built",
-     "arrow      the C extension gpuloader.sources._rows is not built"),
+    ("gpuloader.sources.arrow", "_rows", "arrow_gather", "rows       compiled row gather built",
+     "rows       the C extension gpuloader.sources._rows is not built"),
     ("gpuloader.ingest.folder", "_stat", "folder_stat", "folder     compiled file stat built",
      "folder     the C extension gpuloader.ingest._stat is not built"),
 ]
