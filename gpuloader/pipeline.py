@@ -1,7 +1,7 @@
 """One batch, from its position in an order to the consumer's tensors.
 
 The path of a batch: its rows (a slice of the input order, or a slice of the
-epoch's permutation), the fused gather of every leaf into one fresh block
+epoch's permutation), the fused gather of every leaf into one block nothing else holds
 (:mod:`gpuloader.gather`, ``_cuda.RowGather`` on the GPU), the augmentation ops
 (:mod:`gpuloader.augment`, keyed by seed, epoch and each row's index in the whole
 dataset) and then the user's ``transform``, both where the data lives, the re-alignment of a transform's output on

@@ -48,7 +48,7 @@ class Store:
         return sum(leaf_nbytes(leaf) for leaf in self.leaves)
 
     def take(self, rows: slice | Any, make: dict[int, Callable[[Any], Any]] | None = None) -> list[Any]:
-        """Fresh arrays holding ``leaf[rows]`` of every leaf (see :mod:`gpuloader.gather`).
+        """Arrays that nothing else holds, with ``leaf[rows]`` of every leaf (see :mod:`gpuloader.gather`).
 
         ``make``: ``{leaf index: write(out)}``, leaves that a kernel of the caller
         writes into their place in the batch instead of a copy (the host's gather
