@@ -94,6 +94,22 @@ def test_shuffled_split_has_keras_files_in_each_subset_and_the_loader_shuffles_t
     assert labels == {path: train.class_names.index(folders[path]) for path in labels}
 
 
+def test_a_folder_changed_between_the_training_and_validation_calls_is_warned_about_with_the_overlap(tmp_path):
+    folder = write_folder(tmp_path / "data", per_class=(9, 7, 8))
+    split = {"validation_split": 0.25, "seed": 1337, "image_size": (12, 10), "cache_dir": tmp_path / "c",
+             "verbose": False}
+    train = gpuloader.image_dataset_from_directory(folder, subset="training", **split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same listing: the subsets are apart, nothing to say
+        gpuloader.image_dataset_from_directory(folder, subset="validation", **split)
+    PIL.fromarray(np.zeros((12, 10, 3), np.uint8)).save(folder / "class_a" / "added.png")
+    with pytest.warns(UserWarning, match=r"changed between the subset='training' call.*\d+ of this subset's 6 files "
+                                         r"are also in the training loader.*subset=\"both\"") as caught:
+        val = gpuloader.image_dataset_from_directory(folder, subset="validation", **split)
+    shared = len(set(val.file_paths) & set(train.file_paths))
+    assert shared > 0 and f"{shared} of this subset's" in str(caught[0].message)
+
+
 def test_crop_to_aspect_ratio_takes_keras_centred_window(tmp_path):
     import keras
 
