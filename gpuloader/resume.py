@@ -137,7 +137,26 @@ def fit_start(call: KerasCall, schedule: EpochSchedule) -> Start | None:
                 RuntimeWarning, stacklevel=6,
             )
         return Start(start[0], start[1])
+    for backup in backups:
+        _warn_of_another_seed(backup.backup_dir, schedule)
     return None
+
+
+def _warn_of_another_seed(backup_dir: str, schedule: EpochSchedule) -> None:
+    """Say so when ``backup_dir`` holds the record of a loader like ``schedule``'s but for another seed: the
+    interrupted run's (``seed=None`` draws a new seed in every process), whose orders this one does not replay."""
+    same = json.dumps(schedule.signature, sort_keys=True, default=str)
+    for record in _records_in(backup_dir):
+        loader = dict(record.get("loader") or {})
+        seed = loader.pop("seed", None)
+        if seed != schedule.seed and json.dumps(loader, sort_keys=True, default=str) == same:
+            warnings.warn(
+                f"gpuloader: {backup_dir} holds the record of a loader over the same data with seed={seed}, but "
+                f"this loader's seed is {schedule.seed} (seed=None draws a new one in every process), so its orders "
+                f"are not the interrupted run's and the record is not used. Fix: pass seed={seed} to resume that "
+                "run exactly (and a fixed seed from now on).", RuntimeWarning, stacklevel=6,
+            )
+            return
 
 
 def _write(backup: Any, path: str, reference: weakref.ref[EpochSchedule]) -> None:

@@ -228,6 +228,18 @@ def test_a_record_from_another_checkpoint_is_not_used_and_says_so(tmp_path):
     assert trained == batches_of(1) + batches_of(2)  # the no-record rule: order = Keras epoch
 
 
+def test_a_record_of_the_same_loader_with_another_seed_names_that_seed(tmp_path):
+    backup_dir = tmp_path / "backup"
+    x, y = data()
+    crashed = Loader(x, y, batch_size=BATCH, seed=None, verbose=False)  # seed=None: drawn in this process
+    recorded_fit(crashed, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir),
+                                                                               delete_checkpoint=False)])
+    (backup_dir / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    again = Loader(x, y, batch_size=BATCH, seed=None, verbose=False)  # a new process draws another seed
+    with pytest.warns(RuntimeWarning, match=rf"same data with seed={crashed.seed}.*Fix: pass seed={crashed.seed}"):
+        recorded_fit(again, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir))])
+
+
 # ------------------------------------------------------------------ states
 def loader_of_ids(**kwargs):
     x, y = id_data(40)
