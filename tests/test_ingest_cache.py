@@ -88,3 +88,12 @@ def test_a_read_only_cache_folder_without_the_entry_is_named_with_the_fix(tmp_pa
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(PermissionError, match=r"cache cannot be written in .*Permission denied.*Fix: pass cache_dir="):
         cache.open_or_build(tmp_path, "test", {"name": "x"}, {"version": 1}, lambda folder: {"arrays": {}})
+
+
+def test_a_cache_folder_under_the_home_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cache.cache_root("~/models/cache") == tmp_path / "home" / "models" / "cache"
+    monkeypatch.setenv(cache.ENV_CACHE_DIR, "~/env-cache")  # quoted in a shell or a .env file: not expanded there
+    assert cache.cache_root() == tmp_path / "home" / "env-cache"
+    assert not (tmp_path / "~").exists()

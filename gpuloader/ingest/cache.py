@@ -49,7 +49,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     if cache_dir is None:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         cache_dir, origin = os.path.join(xdg, "gpuloader"), "the default, $XDG_CACHE_HOME or ~/.cache"
-    root = Path(cache_dir)
+    root = Path(cache_dir).expanduser()  # "~/..." in an argument or a quoted variable is the home folder, not ./~
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
