@@ -197,7 +197,9 @@ def _check_graph(graph: Any, allow_batched: bool, allow_random: bool) -> None:
             raise ValueError(
                 f"the dataset's elements are batches (its pipeline ends in {batching}, after which nothing "
                 "unbatches): each batch would become one sample, and the Loader would batch the batches. "
-                "Fix: drop the batch() (the Loader batches: Loader(..., batch_size=...)), or dataset.unbatch(); "
+                "Fix: drop the batch() (the Loader batches: Loader(..., batch_size=...)), or unbatch it with its "
+                "number of samples n stated (TensorFlow does not count an unbatched dataset's samples): "
+                "dataset.unbatch().apply(tf.data.experimental.assert_cardinality(n)); "
                 "if each element is one sample on purpose (e.g. a window of a series), pass allow_batched=True."
             )
     if not allow_random:
