@@ -206,6 +206,22 @@ def test_a_fit_after_an_iteration_outside_fit_took_batches_goes_on_after_them_an
         assert recorded_fit(again, epochs=1) == batches_of(0)
 
 
+@pytest.mark.parametrize("look", ["peek", "whole"])
+def test_iterating_the_training_loader_in_a_callback_serves_that_epoch_and_takes_nothing_from_fit(look):
+    loader, seen = make(), {}
+
+    class Look(keras.callbacks.Callback):  # e.g. plotting a batch of predictions at every epoch's end
+        def on_epoch_end(self, epoch, logs=None):
+            batches = iter(loader)
+            looked = [next(batches)] if look == "peek" else list(batches)
+            seen[epoch] = [np.asarray(batch[0])[:, -1].astype(int).tolist() for batch in looked]  # ids: last column
+
+    trained = recorded_fit(loader, epochs=3, callbacks=[Look()])
+    assert trained == batches_of(0) + batches_of(1) + batches_of(2)  # every sample of every epoch, in order
+    assert seen == {e: batches_of(e)[:1] if look == "peek" else batches_of(e) for e in range(3)}
+    assert loader.get_state()["epoch"] == 3
+
+
 def test_a_record_is_kept_for_the_training_loader_only_and_named_by_its_signature(tmp_path):
     train, validation = make(), make(shuffle=False)
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
