@@ -164,6 +164,9 @@ _BATCHING = frozenset({
     "DenseToSparseBatchDataset", "ExperimentalDenseToSparseBatchDataset",
 })
 _UNBATCHING = frozenset({"UnbatchDataset", "ExperimentalUnbatchDataset"})
+#: Dataset ops whose first input picks which of the others gives each element (sample_from_datasets,
+#: choose_from_datasets, rejection_resample): its elements (indices, batched or not) are never the data's.
+_SELECTOR_FIRST = frozenset({"DirectedInterleaveDataset", "ExperimentalDirectedInterleaveDataset"})
 #: Ops whose values differ from one run of the pipeline to the next: random numbers, or variables
 #: (a Keras random layer's seed generator is one).
 _STATEFUL = frozenset({
@@ -305,7 +308,8 @@ def _batching_op(nodes: dict[str, Any], node: Any) -> str | None:
         seen.add(current.name)
         if current.op in _BATCHING:
             return current.op
-        for name in current.input:
+        inputs = current.input[1:] if current.op in _SELECTOR_FIRST else current.input
+        for name in inputs:
             parent = nodes.get(name.lstrip("^").split(":")[0])
             if parent is not None and "Dataset" in parent.op:
                 pending.append(parent)
