@@ -203,6 +203,37 @@ def test_a_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
         gpuloader.image_dataset_from_directory(folder, **arguments)
 
 
+def test_skipped_images_leave_keras_split_as_it_is_and_fixing_them_moves_no_other_file(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", per_class=(9, 7, 8))
+    bad = folder / "class_a" / "broken.png"
+    bad.write_bytes(b"not a png")
+    split = {"validation_split": 0.3, "seed": 7, "image_size": (12, 10)}
+    keras_train, keras_val = keras.utils.image_dataset_from_directory(folder, subset="both", verbose=False, **split)
+    with pytest.warns(UserWarning, match="could not be decoded and were skipped"):
+        train, val = gpuloader.image_dataset_from_directory(folder, subset="both", on_error="skip", verbose=False,
+                                                            cache_dir=tmp_path / "c", **split)
+    assert sorted(train.file_paths) == sorted(set(keras_train.file_paths) - {str(bad)})
+    assert sorted(val.file_paths) == sorted(set(keras_val.file_paths) - {str(bad)})
+    PIL.fromarray(np.zeros((12, 10, 3), np.uint8)).save(bad, format="PNG")  # the file fixed: only it comes back
+    train_fixed, val_fixed = gpuloader.image_dataset_from_directory(folder, subset="both", verbose=False,
+                                                                    cache_dir=tmp_path / "c", **split)
+    assert set(train.file_paths) <= set(train_fixed.file_paths) and set(val.file_paths) <= set(val_fixed.file_paths)
+
+
+def test_a_subset_whose_every_image_is_skipped_is_refused_naming_them(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", per_class=(5, 5), nested=False)
+    split = {"validation_split": 0.1, "seed": 3, "image_size": (12, 10)}
+    (only,) = keras.utils.image_dataset_from_directory(folder, subset="validation", verbose=False, **split).file_paths
+    Path(only).write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=rf"every image of the validation subset .* was skipped.*{Path(only).name}"):
+        gpuloader.image_dataset_from_directory(folder, subset="both", on_error="skip", verbose=False,
+                                               cache_dir=tmp_path / "c", **split)
+
+
 def test_jpeg_files_decode_within_a_few_levels_of_keras(tmp_path):
     import keras
 

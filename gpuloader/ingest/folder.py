@@ -130,13 +130,21 @@ def image_dataset_from_directory(
                       f"(on_error='skip'): {_listing(skipped, '')}", stacklevel=2)
     kept = np.array([row for row in range(len(files)) if row not in skipped], dtype=np.int64)
     images = entry.array("images")
-    order = np.arange(len(kept))
+    # Keras's split is of the listed files, before any is decoded: skipped files leave the subset Keras puts them
+    # in, and the other files stay where Keras (and a later call with the file fixed) puts them.
+    order = np.arange(len(files))
     if shuffle:
         np.random.RandomState(seed % 2**32).shuffle(order)  # Keras shuffles the file list so before splitting
     parts = [("training", True), ("validation", False)] if subset == "both" else [(subset, shuffle)]
     loaders = []
     for part, part_shuffle in parts:
         rows = _split(order, validation_split, part, directory)
+        if skipped:
+            rows = rows[np.isin(rows, kept)]
+            if not len(rows):
+                raise ValueError(f"every image of the {part} subset of {directory!r} was skipped (on_error='skip'): "
+                                 f"{_listing(skipped, '')}. Fix or remove them, or choose another validation_split.")
+        rows = np.searchsorted(kept, rows)  # file rows to rows of the cache, which holds the kept files only
         if validation_split:
             _check_split_of_the_same_listing(
                 (directory, kind, tuple(class_names or ()), follow_links, seed, float(validation_split), shuffle),
