@@ -256,6 +256,19 @@ def test_a_record_of_the_same_loader_with_another_seed_names_that_seed(tmp_path)
         recorded_fit(again, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir))])
 
 
+def test_a_record_of_a_loader_over_other_data_names_what_differs(tmp_path):
+    backup_dir = tmp_path / "backup"
+    x, y = data()
+    recorded_fit(make(), epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir),
+                                                                               delete_checkpoint=False)])
+    (backup_dir / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    grown = Loader(np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]]), batch_size=BATCH, seed=SEED,
+                   verbose=False)  # a sample added to the data between the crash and the resume
+    with pytest.warns(RuntimeWarning, match=rf"record of another loader than this one \(num_samples {N} there, "
+                                            rf"{N + 1} here\).*Fix: build the loader as that run did"):
+        recorded_fit(grown, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir))])
+
+
 # ------------------------------------------------------------------ states
 def loader_of_ids(**kwargs):
     x, y = id_data(40)
