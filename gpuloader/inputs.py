@@ -10,6 +10,7 @@ headers, see :func:`gpuloader.sources.open_source`); CUDA arrays are kept where 
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -182,6 +183,9 @@ def _as_leaf(value: Any, name: str) -> Any:
     A non-native byte order is accepted: the store converts it once (on-disk
     files: per batch on the disk tier).
     """
+    other = _other_input_kind(value)
+    if other is not None:
+        raise TypeError(f"{name} is {other[0]}, not an array: a Loader batches arrays. Fix: {other[1]}.")
     if isinstance(value, np.ma.MaskedArray):
         masked = int(np.ma.count_masked(value))
         raise TypeError(
@@ -211,6 +215,21 @@ def _as_leaf(value: Any, name: str) -> Any:
             "Reshape it, e.g. np.reshape(value, (-1,))."
         )
     return array
+
+
+def _other_input_kind(value: Any) -> tuple[str, str] | None:
+    """``(what value is, the function that reads it)`` for an input kind with a function of its own (a Hugging Face
+    or tf.data dataset, a folder), else None. By type names and the file system: imports nothing."""
+    kinds = {(cls.__module__.split(".")[0], cls.__name__) for cls in type(value).__mro__}
+    if ("datasets", "Dataset") in kinds or ("datasets", "DatasetDict") in kinds:
+        return ("a Hugging Face datasets." + type(value).__name__,
+                "gpuloader.from_hf_dataset(dataset, x='column', y='column') (of a split: dataset['train'])")
+    if ("tensorflow", "DatasetV2") in kinds:
+        return "a tf.data.Dataset", "gpuloader.from_tf_dataset(dataset), which reads it once into a cache"
+    if isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
+        return (f"the folder {os.fspath(value)!r}",
+                "for a folder of images with one subfolder per class, gpuloader.image_dataset_from_directory(folder)")
+    return None
 
 
 def check_leaves(leaves: list[Any], names: list[str]) -> int:

@@ -346,8 +346,12 @@ class Loader(_NotCopied, _NotATfDataset, _AsDataAdapter, keras.utils.PyDataset):
         return self._pipeline.to_consumer(self._pipeline.prepare(position, item.epoch, item.shuffled, item.augmented))
 
     def __iter__(self) -> Iterator[Any]:
-        """One pass over the batches (``for batch in loader``), prepared ahead by ``workers`` threads."""
-        return self._passes.iterate(self._pipeline.backend())
+        """One pass over the batches (``for batch in loader``), prepared ahead by ``workers`` threads.
+
+        Outside Keras it trains: it takes the stream's next batches. In a callback of ``fit`` it serves the epoch
+        being trained, as ``loader[i]`` does there, and moves nothing.
+        """
+        return self._passes.iterate(self._pipeline.backend(), by_user=True)
 
     def on_epoch_end(self) -> None:
         """Move to the next epoch's order if this epoch finished (see :mod:`gpuloader.schedule`).

@@ -111,13 +111,17 @@ class KerasPasses:
             if length is not None:
                 set_pass_length(call.token, length)
 
-    def iterate(self, backend: str) -> Iterator[Any]:
-        """One pass of batches for ``backend``, prepared ahead by ``workers`` threads."""
+    def iterate(self, backend: str, by_user: bool = False) -> Iterator[Any]:
+        """One pass of batches for ``backend``, prepared ahead by ``workers`` threads.
+
+        ``by_user``: ``for batch in loader`` (not a trainer's adapter); inside a fit's epoch, that is a callback
+        looking at the data, served without moving the stream (:meth:`EpochSchedule.look_pass`).
+        """
         pipeline = self._pipeline
-        for prepared in self._pass_of(pipeline.prepare):
+        for prepared in self._pass_of(pipeline.prepare, by_user):
             yield pipeline.to_consumer(prepared, backend)
 
-    def _pass_of(self, prepare: Callable[[int, int, bool, bool], Any]) -> Iterator[Any]:
+    def _pass_of(self, prepare: Callable[[int, int, bool, bool], Any], by_user: bool = False) -> Iterator[Any]:
         """``prepare(position, epoch, shuffled, augmented)`` for every batch of one pass, in order, ahead.
 
         The pass (epoch, first batch, length) is decided when iteration starts
@@ -129,7 +133,8 @@ class KerasPasses:
         schedule = self._schedule
         call = keras_call()
         self.check_arguments(call)  # here, in the frame of the Keras call that consumes the pass
-        running = schedule.begin_pass(call)
+        in_fit_epoch = call is not None and call.kind == "fit" and call.epoch is not None
+        running = schedule.look_pass(call) if by_user and in_fit_epoch else schedule.begin_pass(call)
         epoch, shuffled, augmented = running.epoch, running.shuffled, running.augmented
         first, end = running.start, running.start + running.length
         # On the disk tier, the pages of the batches ahead are requested in the pass's order.

@@ -117,6 +117,7 @@ class _Threads:
         self._idle = 0
         self._closed = False
         self._started = 0
+        self._join_s = JOIN_S
 
     def submit(self, index: int) -> Future[Any]:
         """A future of ``produce(index)``, run by an idle thread or a new one (up to the limit)."""
@@ -136,8 +137,13 @@ class _Threads:
                 thread.start()
         return future
 
-    def close(self) -> None:
-        """Cancel the batches not yet started, let idle threads end, and wait for running ones."""
+    def close(self, _current_thread: Callable[[], threading.Thread] = threading.current_thread,
+              _monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Cancel the batches not yet started, let idle threads end, and wait for running ones.
+
+        The module functions it calls are bound as defaults: an iterator left half-read is closed while the
+        interpreter exits, when this module's globals are already None.
+        """
         with self._condition:
             self._closed = True
             cancelled = [future for _, future in self._tasks]
@@ -146,13 +152,13 @@ class _Threads:
             self._condition.notify_all()
         for future in cancelled:
             future.cancel()
-        current = threading.current_thread()
+        current = _current_thread()
         if current in threads:
             return  # closed from its own thread (by the garbage collector): the others end by themselves
         # Bounded: a finaliser may run while this thread holds a lock that a running batch needs.
-        deadline = time.monotonic() + JOIN_S
+        deadline = _monotonic() + self._join_s
         for thread in threads:
-            thread.join(max(deadline - time.monotonic(), 0.0))
+            thread.join(max(deadline - _monotonic(), 0.0))
 
     def _work(self) -> None:
         me = threading.current_thread()

@@ -137,7 +137,45 @@ def fit_start(call: KerasCall, schedule: EpochSchedule) -> Start | None:
                 RuntimeWarning, stacklevel=6,
             )
         return Start(start[0], start[1])
+    for backup in backups:
+        _warn_of_another_loader(backup.backup_dir, schedule)
     return None
+
+
+def _warn_of_another_loader(backup_dir: str, schedule: EpochSchedule) -> None:
+    """Say so when ``backup_dir`` holds no record of ``schedule``'s loader but one of another: the interrupted run's
+    loader had another seed (``seed=None`` draws a new one in every process) or other data or settings (a file
+    added to its folder), so this fit cannot replay its batches; name what differs (the closest record's)."""
+    ours = {"seed": schedule.seed, **schedule.signature}
+    text = {key: json.dumps(value, sort_keys=True, default=str) for key, value in ours.items()}
+    closest: tuple[list[str], dict[str, Any]] | None = None
+    for record in _records_in(backup_dir):
+        theirs = dict(record.get("loader") or {})
+        differ = [key for key in sorted(set(ours) | set(theirs))
+                  if json.dumps(theirs.get(key), sort_keys=True, default=str) != text.get(key)]
+        if differ and (closest is None or len(differ) < len(closest[0])):
+            closest = (differ, theirs)
+    if closest is None:
+        return
+    differ, theirs = closest
+    if differ == ["seed"]:
+        message = (f"{backup_dir} holds the record of a loader over the same data with seed={theirs['seed']}, but "
+                   f"this loader's seed is {schedule.seed} (seed=None draws a new one in every process), so its orders "
+                   f"are not the interrupted run's and the record is not used. Fix: pass seed={theirs['seed']} to "
+                   "resume that run exactly (and a fixed seed from now on).")
+    else:
+        changes = "; ".join(f"{key} {_short(theirs.get(key))} there, {_short(ours.get(key))} here"
+                            for key in differ[:4])
+        message = (f"{backup_dir} holds the record of another loader than this one ({changes}), so it is not used: "
+                   "the interrupted run's batches cannot be replayed over other data or settings (a file added to "
+                   "an image folder changes num_samples). Fix: build the loader as that run did, or give a new run a "
+                   "backup_dir of its own.")
+    warnings.warn(f"gpuloader: {message}", RuntimeWarning, stacklevel=6)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _write(backup: Any, path: str, reference: weakref.ref[EpochSchedule]) -> None:

@@ -21,7 +21,8 @@ batches training has taken). The rule:
 - **Evaluation and prediction** passes serve the input order and move nothing;
   Keras's one-batch peek to build the model moves nothing either.
 - ``loader[i]`` serves batch ``i`` of the current epoch (inside ``fit``: of the
-  epoch the Keras epoch trains; inside ``evaluate``/``predict``, from a callback
+  epoch the Keras epoch trains, and so does ``for batch in loader`` in a fit's
+  callback, moving nothing; inside ``evaluate``/``predict``, from a callback
   or a metric: what those passes serve) and never moves the stream, except that giving
   out every batch of an epoch outside Keras finishes it (the ``Sequence``
   contract: the same index gives the same batch until ``on_epoch_end``).
@@ -238,6 +239,13 @@ class EpochSchedule:
         self._move_to(epoch, position)
         return Pass(epoch, position, self._steps - position, self._orders.shuffle, moves_stream=True, augmented=True,
                     started=True)
+
+    def look_pass(self, call: KerasCall) -> Pass:
+        """``for batch in loader`` inside a fit's epoch (a callback looking at the data): the epoch that Keras epoch
+        trains, whole and augmented, as ``loader[i]`` serves it there; the stream does not move, so the fit's own
+        passes keep every batch."""
+        return Pass(self._epoch_for_item(0, call), 0, self._steps, self._orders.shuffle, moves_stream=False,
+                    augmented=True)
 
     def served(self, running: Pass) -> None:
         """A training pass handed out its next batch: the stream moves past it."""

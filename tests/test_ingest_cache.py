@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gpuloader.ingest import cache
 
@@ -15,6 +16,7 @@ BUILD = """
 import sys, time
 from pathlib import Path
 import numpy as np
+import pytest
 from gpuloader.ingest import cache
 
 def build(folder):
@@ -67,3 +69,31 @@ def test_a_build_folder_is_removed_only_once_its_process_on_this_host_has_exited
     assert np.asarray(entry.array("values")).tolist() == [1, 1, 1]
     assert not dead.exists()
     assert alive.exists() and elsewhere.exists()
+
+
+def test_a_cache_folder_that_cannot_be_made_is_named_with_the_fix(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(OSError, match=r"cache cannot be written in .*a_file.*cache_dir=.*GPULOADER_CACHE_DIR"):
+        cache.cache_root(tmp_path / "a_file" / "cache")
+
+
+def test_a_read_only_cache_folder_without_the_entry_is_named_with_the_fix(tmp_path, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def read_only(path, *args, **kwargs):  # what a folder without write permission gives a non-root user
+        if path.name.startswith(".tmp-"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(PermissionError, match=r"cache cannot be written in .*Permission denied.*Fix: pass cache_dir="):
+        cache.open_or_build(tmp_path, "test", {"name": "x"}, {"version": 1}, lambda folder: {"arrays": {}})
+
+
+def test_a_cache_folder_under_the_home_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cache.cache_root("~/models/cache") == tmp_path / "home" / "models" / "cache"
+    monkeypatch.setenv(cache.ENV_CACHE_DIR, "~/env-cache")  # quoted in a shell or a .env file: not expanded there
+    assert cache.cache_root() == tmp_path / "home" / "env-cache"
+    assert not (tmp_path / "~").exists()

@@ -94,6 +94,22 @@ def test_shuffled_split_has_keras_files_in_each_subset_and_the_loader_shuffles_t
     assert labels == {path: train.class_names.index(folders[path]) for path in labels}
 
 
+def test_a_folder_changed_between_the_training_and_validation_calls_is_warned_about_with_the_overlap(tmp_path):
+    folder = write_folder(tmp_path / "data", per_class=(9, 7, 8))
+    split = {"validation_split": 0.25, "seed": 1337, "image_size": (12, 10), "cache_dir": tmp_path / "c",
+             "verbose": False}
+    train = gpuloader.image_dataset_from_directory(folder, subset="training", **split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same listing: the subsets are apart, nothing to say
+        gpuloader.image_dataset_from_directory(folder, subset="validation", **split)
+    PIL.fromarray(np.zeros((12, 10, 3), np.uint8)).save(folder / "class_a" / "added.png")
+    with pytest.warns(UserWarning, match=r"changed between the subset='training' call.*\d+ of this subset's 6 files "
+                                         r"are also in the training loader.*subset=\"both\"") as caught:
+        val = gpuloader.image_dataset_from_directory(folder, subset="validation", **split)
+    shared = len(set(val.file_paths) & set(train.file_paths))
+    assert shared > 0 and f"{shared} of this subset's" in str(caught[0].message)
+
+
 def test_crop_to_aspect_ratio_takes_keras_centred_window(tmp_path):
     import keras
 
@@ -185,6 +201,37 @@ def test_a_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
     np.testing.assert_array_equal(np.asarray(skipped[0][0])[index], expected)
     with pytest.raises(decode.DecodeError, match=r"broken\.jpg"):  # the cache remembers the bad file
         gpuloader.image_dataset_from_directory(folder, **arguments)
+
+
+def test_skipped_images_leave_keras_split_as_it_is_and_fixing_them_moves_no_other_file(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", per_class=(9, 7, 8))
+    bad = folder / "class_a" / "broken.png"
+    bad.write_bytes(b"not a png")
+    split = {"validation_split": 0.3, "seed": 7, "image_size": (12, 10)}
+    keras_train, keras_val = keras.utils.image_dataset_from_directory(folder, subset="both", verbose=False, **split)
+    with pytest.warns(UserWarning, match="could not be decoded and were skipped"):
+        train, val = gpuloader.image_dataset_from_directory(folder, subset="both", on_error="skip", verbose=False,
+                                                            cache_dir=tmp_path / "c", **split)
+    assert sorted(train.file_paths) == sorted(set(keras_train.file_paths) - {str(bad)})
+    assert sorted(val.file_paths) == sorted(set(keras_val.file_paths) - {str(bad)})
+    PIL.fromarray(np.zeros((12, 10, 3), np.uint8)).save(bad, format="PNG")  # the file fixed: only it comes back
+    train_fixed, val_fixed = gpuloader.image_dataset_from_directory(folder, subset="both", verbose=False,
+                                                                    cache_dir=tmp_path / "c", **split)
+    assert set(train.file_paths) <= set(train_fixed.file_paths) and set(val.file_paths) <= set(val_fixed.file_paths)
+
+
+def test_a_subset_whose_every_image_is_skipped_is_refused_naming_them(tmp_path):
+    import keras
+
+    folder = write_folder(tmp_path / "data", per_class=(5, 5), nested=False)
+    split = {"validation_split": 0.1, "seed": 3, "image_size": (12, 10)}
+    (only,) = keras.utils.image_dataset_from_directory(folder, subset="validation", verbose=False, **split).file_paths
+    Path(only).write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=rf"every image of the validation subset .* was skipped.*{Path(only).name}"):
+        gpuloader.image_dataset_from_directory(folder, subset="both", on_error="skip", verbose=False,
+                                               cache_dir=tmp_path / "c", **split)
 
 
 def test_jpeg_files_decode_within_a_few_levels_of_keras(tmp_path):

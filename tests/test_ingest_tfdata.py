@@ -110,9 +110,20 @@ def test_take_makes_an_infinite_dataset_finite(tmp_path):
 )
 def test_a_batched_dataset_is_refused_even_with_fixed_shapes(tmp_path, make):
     dataset, _, _ = pipeline(20)
-    with pytest.raises(ValueError, match=r"elements are batches.*BatchDataset.*unbatch\(\).*allow_batched=True"):
+    fix = r"unbatch\(\)\.apply\(tf\.data\.experimental\.assert_cardinality\(n\)\)"  # unbatch() alone has no count
+    with pytest.raises(ValueError, match=rf"elements are batches.*BatchDataset.*{fix}.*allow_batched=True"):
         gpuloader.from_tf_dataset(make(dataset), cache_dir=tmp_path, verbose=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_seeded_mix_of_datasets_is_samples_though_its_selector_is_batched(tmp_path):
+    dataset, x, _ = pipeline(20)
+    # sample_from_datasets picks each element's source from a batched stream of random numbers (its selector
+    # input); the elements themselves are single samples.
+    mixed = tf.data.Dataset.sample_from_datasets([dataset.take(10), dataset.skip(10)], seed=3)
+    loader = gpuloader.from_tf_dataset(mixed.apply(tf.data.experimental.assert_cardinality(20)), cache_dir=tmp_path,
+                                       batch_size=20, shuffle=False, verbose=False)
+    assert sorted(np.asarray(loader[0][0])[:, 0].tolist()) == sorted(x[:, 0].tolist())
 
 
 def test_batches_unbatched_again_are_samples_and_allow_batched_takes_windows(tmp_path):

@@ -249,3 +249,32 @@ def test_a_transform_returning_writable_xp_arrays_still_serves():
                     verbose=False)
     xs, ys = loader[0]
     assert [i // 2 for i in sample_ids(xs)] == np.asarray(ys).tolist()
+
+
+# ---------------------------------------------------------------- inputs with a function of their own
+def _hf_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    return datasets.Dataset.from_dict({"a": np.zeros((8, 3), np.float32)})
+
+
+def _tf_dataset(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    return tf.data.Dataset.from_tensor_slices(np.zeros((8, 3), np.float32))
+
+
+def _folder(tmp_path):
+    (tmp_path / "images" / "cats").mkdir(parents=True)
+    return str(tmp_path / "images")
+
+
+@pytest.mark.parametrize(
+    ("make", "fix"),
+    [
+        (_hf_dataset, r"is a Hugging Face datasets\.Dataset, not an array.*gpuloader\.from_hf_dataset\(dataset, x="),
+        (_tf_dataset, r"is a tf\.data\.Dataset, not an array.*gpuloader\.from_tf_dataset\(dataset\)"),
+        (_folder, r"is the folder .*images', not an array.*gpuloader\.image_dataset_from_directory\(folder\)"),
+    ],
+)
+def test_a_dataset_or_a_folder_given_to_loader_names_its_own_function(tmp_path, make, fix):
+    with pytest.raises(TypeError, match=fix):
+        Loader(make(tmp_path), verbose=False)

@@ -259,3 +259,17 @@ def test_at_most_disk_readers_threads_gather_from_disk_at_once(tmp_path, monkeyp
     for i, batch in enumerate(batches):
         np.testing.assert_array_equal(batch, x[order[i * 4 : (i + 1) * 4]])
     assert peak == min(workers, gather.DISK_READERS)
+
+
+def test_an_iterator_left_half_read_at_exit_closes_without_a_traceback():
+    from conftest import run_python
+
+    script = (
+        "import numpy as np, gpuloader\n"
+        "loader = gpuloader.Loader(np.zeros((200, 4), np.float32), batch_size=8, workers=2, verbose=False)\n"
+        "batches = iter(loader)\n"
+        "next(batches)  # a look at the first batch, as tutorials do; the interpreter then exits\n"
+    )
+    result = run_python(["-c", script])
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr

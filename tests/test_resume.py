@@ -206,6 +206,22 @@ def test_a_fit_after_an_iteration_outside_fit_took_batches_goes_on_after_them_an
         assert recorded_fit(again, epochs=1) == batches_of(0)
 
 
+@pytest.mark.parametrize("look", ["peek", "whole"])
+def test_iterating_the_training_loader_in_a_callback_serves_that_epoch_and_takes_nothing_from_fit(look):
+    loader, seen = make(), {}
+
+    class Look(keras.callbacks.Callback):  # e.g. plotting a batch of predictions at every epoch's end
+        def on_epoch_end(self, epoch, logs=None):
+            batches = iter(loader)
+            looked = [next(batches)] if look == "peek" else list(batches)
+            seen[epoch] = [np.asarray(batch[0])[:, -1].astype(int).tolist() for batch in looked]  # ids: last column
+
+    trained = recorded_fit(loader, epochs=3, callbacks=[Look()])
+    assert trained == batches_of(0) + batches_of(1) + batches_of(2)  # every sample of every epoch, in order
+    assert seen == {e: batches_of(e)[:1] if look == "peek" else batches_of(e) for e in range(3)}
+    assert loader.get_state()["epoch"] == 3
+
+
 def test_a_record_is_kept_for_the_training_loader_only_and_named_by_its_signature(tmp_path):
     train, validation = make(), make(shuffle=False)
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
@@ -226,6 +242,31 @@ def test_a_record_from_another_checkpoint_is_not_used_and_says_so(tmp_path):
             pytest.warns(RuntimeWarning, match="fit resumes at epoch 1 and nothing records"):
         trained = recorded_fit(make(), epochs=3, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir))])
     assert trained == batches_of(1) + batches_of(2)  # the no-record rule: order = Keras epoch
+
+
+def test_a_record_of_the_same_loader_with_another_seed_names_that_seed(tmp_path):
+    backup_dir = tmp_path / "backup"
+    x, y = data()
+    crashed = Loader(x, y, batch_size=BATCH, seed=None, verbose=False)  # seed=None: drawn in this process
+    recorded_fit(crashed, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir),
+                                                                               delete_checkpoint=False)])
+    (backup_dir / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    again = Loader(x, y, batch_size=BATCH, seed=None, verbose=False)  # a new process draws another seed
+    with pytest.warns(RuntimeWarning, match=rf"same data with seed={crashed.seed}.*Fix: pass seed={crashed.seed}"):
+        recorded_fit(again, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir))])
+
+
+def test_a_record_of_a_loader_over_other_data_names_what_differs(tmp_path):
+    backup_dir = tmp_path / "backup"
+    x, y = data()
+    recorded_fit(make(), epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir),
+                                                                               delete_checkpoint=False)])
+    (backup_dir / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    grown = Loader(np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]]), batch_size=BATCH, seed=SEED,
+                   verbose=False)  # a sample added to the data between the crash and the resume
+    with pytest.warns(RuntimeWarning, match=rf"record of another loader than this one \(num_samples {N} there, "
+                                            rf"{N + 1} here\).*Fix: build the loader as that run did"):
+        recorded_fit(grown, epochs=2, callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir))])
 
 
 # ------------------------------------------------------------------ states

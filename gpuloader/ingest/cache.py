@@ -43,14 +43,27 @@ MANIFEST = "manifest.json"
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The folder cache entries live in (created if missing); see the module docstring for the order."""
+    origin = "cache_dir="
     if cache_dir is None:
-        cache_dir = os.environ.get(ENV_CACHE_DIR)
+        cache_dir, origin = os.environ.get(ENV_CACHE_DIR), f"${ENV_CACHE_DIR}"
     if cache_dir is None:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        cache_dir = os.path.join(xdg, "gpuloader")
-    root = Path(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
+        cache_dir, origin = os.path.join(xdg, "gpuloader"), "the default, $XDG_CACHE_HOME or ~/.cache"
+    root = Path(cache_dir).expanduser()  # "~/..." in an argument or a quoted variable is the home folder, not ./~
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unwritable(root, origin, error) from error
     return root
+
+
+def _unwritable(root: Path, origin: str, error: OSError) -> OSError:
+    """``error`` (an ``OSError`` of the same type) saying that the cache folder cannot be written, and the fix."""
+    return type(error)(
+        f"the decode-once cache cannot be written in {str(root)!r} ({origin}): {error}. An entry is built there "
+        "the first time a source is read (an entry already built is only read). Fix: pass cache_dir= a writable "
+        f"folder, or set ${ENV_CACHE_DIR}."
+    )
 
 
 def digest(value: Any) -> str:
@@ -102,7 +115,10 @@ def open_or_build(
         if _abandoned(stale):  # left by a build that was killed, not one running now
             shutil.rmtree(stale, ignore_errors=True)
     temporary = root / f".tmp-{name}-{_owner()}-{uuid.uuid4().hex[:8]}"
-    temporary.mkdir()
+    try:
+        temporary.mkdir()
+    except OSError as error:
+        raise _unwritable(root, "the cache folder", error) from error
     try:
         extra = build(temporary)
         manifest = {"format": FORMAT, "kind": kind, "source": dict(source), "content_hash": content_hash, **extra}

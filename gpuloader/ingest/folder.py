@@ -35,6 +35,9 @@ except ImportError as _error:  # pragma: no cover - depends on the build
     _STAT_ERROR = str(_error)
 
 ON_ERROR = ("raise", "skip")
+# The splits this process has served, to tell a validation_split call whose folder changed since the call that made
+# the other subset: {(folder, split arguments): {subset: (the listing's content hash, its files' hashes, sorted)}}.
+_SPLITS_SERVED: dict[tuple[Any, ...], dict[str, tuple[str, np.ndarray]]] = {}
 
 
 def image_dataset_from_directory(
@@ -134,13 +137,26 @@ def image_dataset_from_directory(
                       f"(on_error='skip'): {_listing(skipped, '')}", stacklevel=2)
     kept = np.array([row for row in range(len(files)) if row not in skipped], dtype=np.int64)
     images = entry.array("images")
-    order = np.arange(len(kept))
+    # Keras's split is of the listed files, before any is decoded: skipped files leave the subset Keras puts them
+    # in, and the other files stay where Keras (and a later call with the file fixed) puts them.
+    order = np.arange(len(files))
     if shuffle:
         np.random.RandomState(seed % 2**32).shuffle(order)  # Keras shuffles the file list so before splitting
     parts = [("training", True), ("validation", False)] if subset == "both" else [(subset, shuffle)]
     loaders = []
     for part, part_shuffle in parts:
         rows = _split(order, validation_split, part, directory)
+        if skipped:
+            rows = rows[np.isin(rows, kept)]
+            if not len(rows):
+                raise ValueError(f"every image of the {part} subset of {directory!r} was skipped (on_error='skip'): "
+                                 f"{_listing(skipped, '')}. Fix or remove them, or choose another validation_split.")
+        rows = np.searchsorted(kept, rows)  # file rows to rows of the cache, which holds the kept files only
+        if validation_split:
+            _check_split_of_the_same_listing(
+                (directory, kind, tuple(class_names or ()), follow_links, seed, float(validation_split), shuffle),
+                part, entry.manifest["content_hash"], [files[row] for row in kept[rows]],
+            )
         if shuffle:
             rows = np.sort(rows)  # the loader shuffles by its own keyed order; rows ascending read the file in order
         loaders.append(_loader(
@@ -483,6 +499,32 @@ def _listing(problems: dict[int, str], what: str) -> str:
     shown = [problems[row] for row in sorted(problems)[:5]]
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return f"{len(problems)} image(s) {what}: " + "; ".join(shown) + more + "." if what else "; ".join(shown) + more
+
+
+def _check_split_of_the_same_listing(key: tuple[Any, ...], part: str, listing: str, split_files: list[str]) -> None:
+    """Warn when the other subset of this split was made earlier in this process from another listing of the folder.
+
+    Keras's split (and this one) keeps the subsets apart only over one file list: a file added or removed between
+    the ``subset="training"`` and ``subset="validation"`` calls draws the two from different lists, and the
+    validation loader then holds training files. Cost: one hash per file of the subset.
+    """
+    hashes = np.unique(np.fromiter((hash(name) for name in split_files), dtype=np.int64, count=len(split_files)))
+    served = _SPLITS_SERVED.setdefault(key, {})
+    other = "validation" if part == "training" else "training"
+    if other in served and served[other][0] != listing:
+        shared = np.intersect1d(hashes, served[other][1], assume_unique=True)
+        if len(shared):
+            shared_set = set(shared.tolist())
+            example = next(name for name in split_files if hash(name) in shared_set)
+            warnings.warn(
+                f"the folder {key[0]!r} changed between the subset={other!r} call and this subset={part!r} call "
+                f"(same seed and validation_split): the two subsets were drawn from different file lists, and "
+                f"{len(shared)} of this subset's {len(split_files)} files are also in the {other} loader made "
+                f"earlier (e.g. {example!r}). Fix: subset=\"both\" (one listing for both loaders), or make the "
+                f"{other} loader again now.",
+                stacklevel=3,
+            )
+    served[part] = (listing, hashes)
 
 
 def _split(order: np.ndarray, validation_split: float | None, subset: str | None, directory: str) -> np.ndarray:

@@ -109,6 +109,14 @@ def from_hf_dataset(
             "once, dataset = dataset.with_format(None).map(fn, batched=True), and pass that; move random "
             "augmentation to augment=[...] (drawn anew each epoch), or into the model."
         )
+    if dataset.format.get("format_kwargs", {}).get("dtype") is not None:
+        raise ValueError(
+            f"the dataset's format casts to dtype={dataset.format['format_kwargs']['dtype']!r} "
+            f"(with_format({dataset.format.get('type')!r}, dtype=...)), which applies when rows are read in Python; "
+            "from_hf_dataset serves the stored Arrow types, so the cast would be skipped. Fix: cast the column "
+            "itself, dataset.cast_column(name, datasets.Value('float16')) (or the Sequence/ArrayND of it), and pass "
+            "dataset.with_format(None); or cast the batches in the model."
+        )
     settings = _per_column_settings(dataset, image_size, color_mode, interpolation, crop_to_aspect_ratio)
     columns = _Columns(dataset, settings, cache_dir, on_error, verbose)
     parts = [_map(part, columns.leaf) if part is not None else None for part in (x, y, sample_weight)]

@@ -165,6 +165,9 @@ _BATCHING = frozenset({
     "DenseToSparseBatchDataset", "ExperimentalDenseToSparseBatchDataset",
 })
 _UNBATCHING = frozenset({"UnbatchDataset", "ExperimentalUnbatchDataset"})
+#: Dataset ops whose first input picks which of the others gives each element (sample_from_datasets,
+#: choose_from_datasets, rejection_resample): its elements (indices, batched or not) are never the data's.
+_SELECTOR_FIRST = frozenset({"DirectedInterleaveDataset", "ExperimentalDirectedInterleaveDataset"})
 #: Ops whose values differ from one run of the pipeline to the next: random numbers, or variables
 #: (a Keras random layer's seed generator is one).
 _STATEFUL = frozenset({
@@ -198,7 +201,9 @@ def _check_graph(graph: Any, allow_batched: bool, allow_random: bool) -> None:
             raise ValueError(
                 f"the dataset's elements are batches (its pipeline ends in {batching}, after which nothing "
                 "unbatches): each batch would become one sample, and the Loader would batch the batches. "
-                "Fix: drop the batch() (the Loader batches: Loader(..., batch_size=...)), or dataset.unbatch(); "
+                "Fix: drop the batch() (the Loader batches: Loader(..., batch_size=...)), or unbatch it with its "
+                "number of samples n stated (TensorFlow does not count an unbatched dataset's samples): "
+                "dataset.unbatch().apply(tf.data.experimental.assert_cardinality(n)); "
                 "if each element is one sample on purpose (e.g. a window of a series), pass allow_batched=True."
             )
     if not allow_random:
@@ -304,7 +309,8 @@ def _batching_op(nodes: dict[str, Any], node: Any) -> str | None:
         seen.add(current.name)
         if current.op in _BATCHING:
             return current.op
-        for name in current.input:
+        inputs = current.input[1:] if current.op in _SELECTOR_FIRST else current.input
+        for name in inputs:
             parent = nodes.get(name.lstrip("^").split(":")[0])
             if parent is not None and "Dataset" in parent.op:
                 pending.append(parent)
