@@ -183,7 +183,7 @@ def _as_leaf(value: Any, name: str) -> Any:
     A non-native byte order is accepted: the store converts it once (on-disk
     files: per batch on the disk tier).
     """
-    other = _other_input_kind(value)
+    other = other_input_kind(value)
     if other is not None:
         raise TypeError(f"{name} is {other[0]}, not an array: a Loader batches arrays. Fix: {other[1]}.")
     if isinstance(value, np.ma.MaskedArray):
@@ -217,7 +217,7 @@ def _as_leaf(value: Any, name: str) -> Any:
     return array
 
 
-def _other_input_kind(value: Any) -> tuple[str, str] | None:
+def other_input_kind(value: Any) -> tuple[str, str] | None:
     """``(what value is, the function that reads it)`` for an input kind with a function of its own (a Hugging Face
     or tf.data dataset, a folder), else None. By type names and the file system: imports nothing."""
     kinds = {(cls.__module__.split(".")[0], cls.__name__) for cls in type(value).__mro__}

@@ -91,6 +91,14 @@ class KerasPasses:
                 f"{self._steps * self._config.batch_size} of its {self._pipeline.n} samples (the last, partial batch "
                 "is dropped); build the loader with drop_remainder=False to predict every sample.",
             )
+        if call.kind == "evaluate" and self._config.drop_remainder and self._pipeline.n % self._config.batch_size:
+            scored = self._steps * self._config.batch_size
+            said = "fit's validation" if call.within_fit else "evaluate()"
+            self._warn_once(
+                "evaluate", f"{said} on a loader with drop_remainder=True scores {scored} of its {self._pipeline.n} "
+                f"samples, and always leaves out the same last {self._pipeline.n - scored} (evaluation serves the "
+                "input order); build the loader it evaluates with drop_remainder=False to score every sample.",
+            )
 
     def _warn_once(self, key: str, message: str, category: type[Warning] = UserWarning) -> None:
         if key not in self._warned:

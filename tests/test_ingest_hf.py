@@ -208,6 +208,8 @@ def test_an_image_column_is_decoded_once_into_the_cache(saved, tmp_path, monkeyp
         (lambda d: d, ValueError, "no column 'nope'"),
         (lambda d: d.with_transform(lambda batch: {"x": [[v * 100 for v in row] for row in batch["x"]]}),
          ValueError, r"has a transform.*would be skipped.*map\(fn, batched=True\)"),
+        (lambda d: __import__("tensorflow").data.Dataset.from_tensor_slices(np.zeros(4)), TypeError,
+         r"received _TensorSliceDataset\. It is a tf\.data\.Dataset\. Fix: gpuloader\.from_tf_dataset"),
         (lambda d: d.with_format("numpy", dtype=np.float16), ValueError,
          r"casts to dtype=.*float16.*cast would be skipped.*cast_column"),
     ],

@@ -116,6 +116,12 @@ def test_a_batched_dataset_is_refused_even_with_fixed_shapes(tmp_path, make):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_hugging_face_dataset_is_refused_naming_its_function(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    with pytest.raises(TypeError, match=r"received Dataset\. It is a Hugging Face.*gpuloader\.from_hf_dataset"):
+        gpuloader.from_tf_dataset(datasets.Dataset.from_dict({"a": [1, 2]}), cache_dir=tmp_path)
+
+
 def test_a_seeded_mix_of_datasets_is_samples_though_its_selector_is_batched(tmp_path):
     dataset, x, _ = pipeline(20)
     # sample_from_datasets picks each element's source from a batched stream of random numbers (its selector

@@ -149,6 +149,17 @@ def test_predict_with_drop_remainder_warns_that_samples_are_dropped():
     assert predictions.shape == (64, 1)
 
 
+def test_evaluating_with_drop_remainder_warns_that_the_same_samples_are_always_left_out():
+    x, y = data(70)
+    train = Loader(x, y, batch_size=16, seed=0, drop_remainder=True, verbose=False)
+    validation = Loader(x, y, batch_size=16, drop_remainder=True, verbose=False)  # e.g. subset="both" kwargs
+    with pytest.warns(UserWarning, match=r"fit's validation on a loader with drop_remainder=True scores 64 of its "
+                                         r"70 samples, and always leaves out the same last 6"):
+        model().fit(train, validation_data=validation, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match=r"evaluate\(\) on a loader with drop_remainder=True scores 64 of its 70"):
+        model().evaluate(Loader(x, y, batch_size=16, drop_remainder=True, verbose=False), verbose=0)
+
+
 def test_a_subclass_overriding_getitem_is_refused_naming_transform():
     class Shaped(Loader):
         def __getitem__(self, index):

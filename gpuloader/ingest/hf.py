@@ -93,12 +93,17 @@ def from_hf_dataset(
     """
     import datasets
 
+    from gpuloader.inputs import other_input_kind
+
     if not isinstance(dataset, datasets.Dataset):
         hint = " Pick a split, e.g. dataset['train']." if isinstance(dataset, datasets.DatasetDict) else ""
         if isinstance(dataset, (datasets.IterableDataset, datasets.IterableDatasetDict)):
             hint = (" An IterableDataset (streaming=True) has no addressable rows to shuffle. Fix: load it without "
                     "streaming=True, or materialise it: datasets.Dataset.from_generator(lambda: (yield from "
                     "dataset), features=dataset.features).")
+        other = other_input_kind(dataset)
+        if not hint and other is not None:
+            hint = f" It is {other[0]}. Fix: {other[1]}."
         raise TypeError(f"from_hf_dataset takes a datasets.Dataset; received {type(dataset).__name__}.{hint}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip"; received {on_error!r}.')

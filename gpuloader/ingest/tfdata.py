@@ -76,7 +76,11 @@ def from_tf_dataset(
     import tensorflow as tf
 
     if not isinstance(dataset, tf.data.Dataset):
-        raise TypeError(f"from_tf_dataset takes a tf.data.Dataset; received {type(dataset).__name__}.")
+        from gpuloader.inputs import other_input_kind
+
+        other = other_input_kind(dataset)
+        hint = f" It is {other[0]}. Fix: {other[1]}." if other is not None else ""
+        raise TypeError(f"from_tf_dataset takes a tf.data.Dataset; received {type(dataset).__name__}.{hint}")
     count = int(dataset.cardinality().numpy())
     if count == tf.data.INFINITE_CARDINALITY:
         raise ValueError("the dataset is infinite (a repeat() without a count): a cache needs a finite number of "
