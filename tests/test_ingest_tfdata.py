@@ -252,3 +252,12 @@ def test_rebuild_reads_the_pipeline_again_and_later_calls_open_the_new_entry(tmp
     later = gpuloader.from_tf_dataset(new, **call)
     assert np.asarray(later[0][0]).min() == 1
     assert len([entry for entry in tmp_path.iterdir() if entry.name.startswith("tfdata-")]) == 1
+
+
+def test_complex_elements_are_cached_as_the_loader_takes_complex_arrays(tmp_path):
+    values = (np.arange(12) + 1j * np.arange(12)).astype(np.complex64).reshape(6, 2)
+    dataset = tf.data.Dataset.from_tensor_slices(values)
+    loader = gpuloader.from_tf_dataset(dataset, cache_dir=tmp_path, batch_size=6, shuffle=False, verbose=False)
+    np.testing.assert_array_equal(np.asarray(loader[0][0]), values)
+    with pytest.raises(ValueError, match=r"dtype string; .* Decode strings"):
+        gpuloader.from_tf_dataset(tf.data.Dataset.from_tensor_slices(["a", "b"]), cache_dir=tmp_path, verbose=False)

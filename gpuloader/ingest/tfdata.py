@@ -343,11 +343,14 @@ def _check_component(tf: Any, path: str, component: Any) -> None:
             "map (tf.image.resize, tf.ensure_shape); if the dataset is batched (first dimension None), unbatch() it: "
             "the Loader batches."
         )
-    if component.dtype == tf.string or not (component.dtype.is_floating or component.dtype.is_integer
-                                            or component.dtype.is_bool):
-        raise ValueError(f"{path} has dtype {component.dtype.name}; only numeric and bool tensors can be batched. "
+    if component.dtype == tf.string:
+        raise ValueError(f"{path} has dtype string; only numeric and bool tensors can be batched. "
                          "Decode strings in a map (e.g. tf.io.decode_image) or turn them into integer ids.")
-    if np.dtype(component.dtype.as_numpy_dtype).kind not in "biuf":  # bfloat16: ml_dtypes' type, no .npy type
+    dtype = component.dtype
+    if not (dtype.is_floating or dtype.is_integer or dtype.is_bool or dtype.is_complex):
+        raise ValueError(f"{path} has dtype {dtype.name} (not data: a handle or variant); only numeric and bool "
+                         "tensors can be cached. Map the pipeline to the tensors the model reads.")
+    if np.dtype(component.dtype.as_numpy_dtype).kind not in "biufc":  # bfloat16: ml_dtypes' type, no .npy type
         raise ValueError(
             f"{path} has dtype {component.dtype.name}, which the cache's .npy files cannot hold (NumPy writes it as "
             "raw bytes, 'V2'). Fix: cast it in the pipeline, dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)); "
