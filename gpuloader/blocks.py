@@ -30,6 +30,17 @@ MAX_SPARE_BYTES = 256 * 1024 * 1024
 """Blocks are kept for reuse only while those kept hold at most this many bytes in all."""
 
 
+def array_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The bytes of a C-contiguous array of ``shape`` and ``dtype``."""
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def aligned_in(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, alignment: int) -> np.ndarray:
+    """A C-contiguous array of ``shape`` and ``dtype`` in uint8 ``raw`` (``alignment`` bytes longer than it needs),
+    starting on ``alignment`` bytes; its ``base`` is ``raw``."""
+    return np.ndarray(shape, dtype, buffer=raw, offset=-raw.ctypes.data % alignment)
+
+
 def _baseline_refcount() -> int:
     """``sys.getrefcount`` of an array held only by one list, as this interpreter counts it."""
     kept = [np.empty(1, dtype=np.uint8)]
@@ -68,10 +79,7 @@ class BlockPool:
     def array(self, shape: tuple[int, ...], dtype: np.dtype | type | str, alignment: int = 64) -> np.ndarray:
         """An uninitialised C-contiguous array starting on ``alignment`` bytes, in a block of this pool."""
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        block = self.take(nbytes + alignment)
-        start = -block.ctypes.data % alignment
-        return np.ndarray(shape, dtype, buffer=block, offset=start)
+        return aligned_in(self.take(array_bytes(shape, dtype) + alignment), shape, dtype, alignment)
 
     def _keep(self, block: np.ndarray) -> None:
         """Keep ``block`` for reuse, first dropping kept blocks nothing holds when the pool is full."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuloader.blocks import BlockPool
+from gpuloader.blocks import BlockPool, aligned_in, array_bytes
 from gpuloader.sources import Source, is_disk_leaf, read_rows_sorted
 
 ALIGNMENT = 64
@@ -43,10 +43,7 @@ _disk_readers = threading.BoundedSemaphore(DISK_READERS)
 def aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = ALIGNMENT) -> np.ndarray:
     """An uninitialised C-contiguous NumPy array whose data starts on ``alignment`` bytes."""
     dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + alignment, dtype=np.uint8)
-    offset = (-raw.ctypes.data) % alignment
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+    return aligned_in(np.empty(array_bytes(shape, dtype) + alignment, dtype=np.uint8), shape, dtype, alignment)
 
 
 def is_aligned(array: np.ndarray, alignment: int = ALIGNMENT) -> bool:
